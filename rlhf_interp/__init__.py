@@ -1,0 +1,26 @@
+"""rlhf_interp: train RLHF policies with PPO on TransformerLens bridges and see what RLHF changed inside."""
+
+__version__ = "0.1.0"
+
+from rlhf_interp.checkpoints import latest_checkpoint, list_checkpoints, read_meta, save_hf_model
+from rlhf_interp.kl import (
+    AdaptiveKLController,
+    entropy,
+    js_divergence,
+    kl_divergence,
+    kl_estimate,
+    kl_estimate_reverse,
+)
+from rlhf_interp.models import (
+    EMBEDDED_ALIAS,
+    KNOWN_ALIASES,
+    TINY_ALIAS,
+    ModelLoadError,
+    default_device,
+    fetch_embedded,
+    load_hf_model,
+    load_model,
+    tokenize,
+)
+from rlhf_interp.prompts import load_prompts
+from rlhf_interp.report import Report

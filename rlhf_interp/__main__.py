@@ -1,0 +1,5 @@
+import sys
+
+from rlhf_interp.cli import main
+
+sys.exit(main())
