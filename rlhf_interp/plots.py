@@ -1,0 +1,143 @@
+"""Plotting helpers: tidy DataFrames in, matplotlib Figures out (Agg backend, no display needed).
+
+Each function takes the tidy table an analysis returns and draws it; callers hand the Figure to
+`Report.figure` or save it. Sections are appended per feature; keep each function self-contained.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# Model diffing (rlhf_interp.diff): layer-by-layer curves, heatmaps, token shifts
+
+
+def plot_diff_by_layer(df: pd.DataFrame, metric: str = "rel_diff_norm", *, hue: str = "hook",
+                       title: str | None = None, logy: bool = False) -> Figure:
+    """One line per ``hue`` value (a hook point, a step, a model ...) of ``metric`` against ``layer``.
+
+    Rows sharing (``hue``, ``layer``) are averaged, so a trajectory table can be drawn with ``hue="step"``
+    after filtering it to one hook.
+    """
+    _require(df, ["layer", metric, hue])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for value, group in df.groupby(hue, sort=True):
+        series = group.groupby("layer")[metric].mean()
+        ax.plot(series.index, series.values, marker="o", markersize=3, label=str(value))
+    ax.set_xlabel("layer")
+    ax.set_ylabel(metric)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title or f"{metric} by layer")
+    ax.legend(title=hue, fontsize=8, ncol=2 if df[hue].nunique() > 6 else 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_diff_heatmap(df: pd.DataFrame, *, row: str, col: str, value: str, title: str | None = None,
+                      cmap: str = "viridis") -> Figure:
+    """A ``row`` x ``col`` heatmap of ``value`` (mean over duplicate cells), e.g. layer x head JS divergence,
+    step x layer relative difference norm, layer x position cosine, layer x component weight change."""
+    _require(df, [row, col, value])
+    grid = df.pivot_table(index=row, columns=col, values=value, aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(min(14, 2 + 0.35 * grid.shape[1]), min(10, 1.5 + 0.3 * grid.shape[0])))
+    image = ax.imshow(grid.values, aspect="auto", cmap=cmap, interpolation="nearest")
+    ax.set_yticks(range(grid.shape[0]), [str(v) for v in grid.index], fontsize=7)
+    step = max(1, grid.shape[1] // 40)
+    ax.set_xticks(range(0, grid.shape[1], step), [str(v) for v in grid.columns[::step]], fontsize=7,
+                  rotation=90 if grid.columns.dtype == object else 0)
+    ax.set_xlabel(col)
+    ax.set_ylabel(row)
+    fig.colorbar(image, ax=ax, label=value)
+    ax.set_title(title or f"{value}: {row} x {col}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_shifts(token_shifts: pd.DataFrame, *, value: str = "prob_diff", k: int = 12,
+                      title: str | None = None) -> Figure:
+    """Horizontal bars: the ``k`` tokens whose ``value`` rose most and the ``k`` that fell most
+    (the ``token_shifts`` table of a diff; ``direction``/``rank`` columns)."""
+    _require(token_shifts, ["direction", "rank", "token", value])
+    if "step" in token_shifts.columns:
+        token_shifts = token_shifts[token_shifts["step"] == token_shifts["step"].max()]
+    shown = pd.concat([token_shifts[token_shifts["direction"] == "up"].nsmallest(k, "rank"),
+                       token_shifts[token_shifts["direction"] == "down"].nsmallest(k, "rank").iloc[::-1]])
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(shown) + 1.2))
+    colors = ["tab:green" if v >= 0 else "tab:red" for v in shown[value]]
+    ax.barh(range(len(shown)), shown[value], color=colors)
+    ax.set_yticks(range(len(shown)), [repr(t) for t in shown["token"]], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel(value)
+    ax.set_title(title or "tokens whose next-token probability moved most")
+    fig.tight_layout()
+    return fig
+
+
+def diff_figures(tables: dict[str, pd.DataFrame], *, hook: str = "hook_resid_post") -> dict[str, Figure]:
+    """The standard figures of a model diff (``ModelDiff.tables()``), by file name. With a ``step`` column
+    (a trajectory) the per-layer curves get one line per step and a step x layer heatmap is added."""
+    figs: dict[str, Figure] = {}
+    residual = tables.get("residual")
+    trajectory = residual is not None and "step" in residual.columns and residual["step"].nunique() > 1
+    if residual is not None:
+        last = residual[residual["step"] == residual["step"].max()] if "step" in residual.columns else residual
+        for metric in ("rel_diff_norm", "cosine_sim", "norm_ratio"):
+            figs[f"residual_{metric}"] = plot_diff_by_layer(last, metric, title=f"{metric} by layer and hook point")
+        if trajectory:
+            one = residual[residual["hook"] == hook]
+            figs["trajectory_rel_diff_norm"] = plot_diff_heatmap(
+                one, row="step", col="layer", value="rel_diff_norm", title=f"{hook}: rel_diff_norm by step and layer")
+            figs["trajectory_rel_diff_norm_curves"] = plot_diff_by_layer(
+                one, "rel_diff_norm", hue="step", title=f"{hook}: rel_diff_norm by layer, one line per step")
+    by_position = tables.get("residual_by_position")
+    if by_position is not None:
+        if "step" in by_position.columns:
+            by_position = by_position[by_position["step"] == by_position["step"].max()]
+        figs["position_rel_diff_norm"] = plot_diff_heatmap(
+            by_position[by_position["hook"] == hook], row="layer", col="position", value="rel_diff_norm",
+            title=f"{hook}: rel_diff_norm by layer and token position")
+    directions = tables.get("directions")
+    if directions is not None:
+        last = directions[directions["step"] == directions["step"].max()] if "step" in directions.columns else directions
+        long = last.melt(id_vars=["layer", "hook"], value_vars=["mean_share", "top_pc_variance_ratio"],
+                         var_name="share", value_name="value")
+        figs["direction_shares"] = plot_diff_by_layer(long, "value", hue="share",
+                                                      title="difference: share that is a constant shift (mean_share) "
+                                                            "and variance share of the top PC")
+    attention = tables.get("attention")
+    if attention is not None:
+        last = attention[attention["step"] == attention["step"].max()] if "step" in attention.columns else attention
+        figs["attention_js"] = plot_diff_heatmap(last, row="layer", col="head", value="js_divergence",
+                                                 title="attention pattern JS divergence (nats) per head")
+    weights = tables.get("weights_summary")
+    if weights is not None:
+        last = weights[weights["step"] == weights["step"].max()] if "step" in weights.columns else weights
+        figs["weights_rel_diff_norm"] = plot_diff_heatmap(last, row="layer", col="component", value="rel_diff_norm",
+                                                          title="weights: relative Frobenius change (layer -1: "
+                                                                "outside blocks)")
+    shifts = tables.get("token_shifts")
+    if shifts is not None:
+        figs["token_shifts"] = plot_token_shifts(shifts)
+    ranks = tables.get("logit_lens_tokens")
+    if ranks is not None and not trajectory:
+        labelled = ranks.assign(series=ranks["token"].map(repr) + " via " + ranks["model"])
+        figs["logit_lens_token_rank"] = plot_diff_by_layer(labelled, "rank", hue="series", logy=True,
+                                                           title="rank of watched tokens in each layer's mean "
+                                                                 "difference (1 = most promoted)")
+    return figs
+
+
+def _require(df: pd.DataFrame, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"DataFrame lacks column(s) {missing}; it has {list(df.columns)}.")
