@@ -3,6 +3,25 @@
 __version__ = "0.1.0"
 
 from rlhf_interp.checkpoints import latest_checkpoint, list_checkpoints, read_meta, save_hf_model
+from rlhf_interp.diff import (
+    DifferenceDirections,
+    ModelDiff,
+    ModelMismatchError,
+    attention_diff,
+    attention_diff_view,
+    check_compatible,
+    diff_models,
+    diff_trajectory,
+    difference_directions,
+    logit_lens_table,
+    logit_lens_token_ranks,
+    most_changed_heads,
+    output_diff,
+    policy_samples,
+    residual_diff,
+    summarize_weight_diff,
+    weight_diff,
+)
 from rlhf_interp.kl import (
     AdaptiveKLController,
     entropy,
