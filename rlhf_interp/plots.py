@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -28,9 +29,10 @@ def plot_diff_by_layer(df: pd.DataFrame, metric: str = "rel_diff_norm", *, hue: 
     """
     _require(df, ["layer", metric, hue])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for value, group in df.groupby(hue, sort=True):
+    for value, group in df.groupby(hue, sort=pd.api.types.is_numeric_dtype(df[hue])):
         series = group.groupby("layer")[metric].mean()
         ax.plot(series.index, series.values, marker="o", markersize=3, label=str(value))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel(metric)
     if logy:
@@ -53,7 +55,7 @@ def plot_diff_heatmap(df: pd.DataFrame, *, row: str, col: str, value: str, title
     ax.set_yticks(range(grid.shape[0]), [str(v) for v in grid.index], fontsize=7)
     step = max(1, grid.shape[1] // 40)
     ax.set_xticks(range(0, grid.shape[1], step), [str(v) for v in grid.columns[::step]], fontsize=7,
-                  rotation=90 if grid.columns.dtype == object else 0)
+                  rotation=0 if pd.api.types.is_numeric_dtype(grid.columns) else 90)
     ax.set_xlabel(col)
     ax.set_ylabel(row)
     fig.colorbar(image, ax=ax, label=value)

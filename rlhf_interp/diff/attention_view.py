@@ -29,7 +29,7 @@ def head_patterns(bridge, prompt: str, heads: list[tuple[int, int]]) -> tuple[li
 
 
 def attention_diff_view(base, tuned, prompt: str, heads: list[tuple[int, int]]):
-    """``circuitsvis.attention.attention_patterns`` with each head twice, "L{l}H{h} base" then "... tuned".
+    """``circuitsvis.attention.attention_heads`` with each head twice, "L{l}H{h} base" then "... tuned".
 
     Pass the result to ``Report.circuitsvis`` for an offline HTML view.
     """
@@ -42,5 +42,4 @@ def attention_diff_view(base, tuned, prompt: str, heads: list[tuple[int, int]]):
     _, tuned_patterns = head_patterns(tuned, prompt, heads)
     stacked = torch.stack([base_patterns, tuned_patterns], dim=1).flatten(0, 1)  # base, tuned, base, tuned...
     names = [f"L{layer}H{head} {which}" for layer, head in heads for which in ("base", "tuned")]
-    return circuitsvis.attention.attention_patterns(tokens=str_tokens, attention=stacked,
-                                                    attention_head_names=names)
+    return circuitsvis.attention.attention_heads(attention=stacked, tokens=str_tokens, attention_head_names=names)

@@ -1,0 +1,245 @@
+"""Model diffing: exact zeros on a self-diff, planted changes found where planted, flat memory, clear refusals."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from rlhf_interp import load_model, load_prompts, save_hf_model, tokenize
+from rlhf_interp.cli import main as cli_main
+from rlhf_interp.diff import (
+    RESID_HOOKS,
+    AttentionAccumulator,
+    DirectionAccumulator,
+    ModelMismatchError,
+    OutputAccumulator,
+    ResidualAccumulator,
+    attention_diff_view,
+    classify_param,
+    diff_models,
+    diff_trajectory,
+    direction_logit_scores,
+    most_changed_heads,
+    policy_samples,
+    residual_diff,
+    weight_diff,
+)
+from rlhf_interp.diff.lens import token_id
+from rlhf_interp.diff.stream import paired_batches
+from rlhf_interp.models import bridge_from_hf, build_tiny_model, load_tokenizer
+
+PROMPTS = load_prompts(limit=6, seed=0)
+
+
+def tiny_copy(edit_q_layer: int | None = None, scale: float = 0.3, seed: int = 0):
+    """An independent tiny-test bridge, optionally with layer ``edit_q_layer``'s W_Q perturbed."""
+    model = load_model("tiny-test", device="cpu")
+    if edit_q_layer is not None:
+        q = model.original_model.model.layers[edit_q_layer].self_attn.q_proj.weight
+        with torch.no_grad():
+            q.add_(scale * torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)))
+    return model
+
+
+def rows(df: pd.DataFrame, **where) -> pd.DataFrame:
+    for key, value in where.items():
+        df = df[df[key] == value]
+    return df
+
+
+def test_self_diff_is_exactly_zero(tiny):
+    other = tiny_copy()  # same weights, a different object
+    result = diff_models(tiny, other, PROMPTS, batch_size=4, watch_tokens=["."])
+    assert set(result.residual["hook"]) == set(RESID_HOOKS) and len(result.residual) == 2 * len(RESID_HOOKS)
+    assert (result.residual["cosine_sim"] == 1.0).all()
+    assert (result.residual["rel_diff_norm"] == 0.0).all() and (result.residual["norm_ratio"] == 1.0).all()
+    assert (result.residual_by_position["cosine_sim"] == 1.0).all()
+    assert (result.directions["mean_diff_norm"] == 0.0).all() and (result.directions["rms_diff_norm"] == 0.0).all()
+    assert (result.attention["js_divergence"] == 0.0).all()
+    assert (result.output_tokens[["kl_forward", "kl_reverse"]] == 0.0).all().all()
+    assert result.output_summary["kl_forward"].item() == 0.0 and (result.token_shifts["prob_diff"] == 0.0).all()
+    assert (result.weights["diff_norm"] == 0.0).all()
+    assert result.logit_lens_tokens["rank"].isna().all()  # a zero direction ranks nothing
+
+
+def test_padding_and_bos_are_masked_out(tiny):
+    tokens, mask = tokenize(tiny, PROMPTS)
+    assert (mask == 0).any(), "the prompts should need padding for this test to mean anything"
+    table = residual_diff(tiny, tiny, PROMPTS, batch_size=len(PROMPTS))
+    assert (table["n_tokens"] == int(mask.sum()) - len(PROMPTS)).all()  # real tokens minus one BOS each
+    with_bos = residual_diff(tiny, tiny, PROMPTS, include_bos=True)
+    assert (with_bos["n_tokens"] == int(mask.sum())).all()
+
+
+def test_planted_vector_is_found_at_its_layer_and_not_before(tiny):
+    """Add a constant vector pointing at '.' in the unembedding to blocks.1.hook_mlp_out of a copy."""
+    tuned = tiny_copy()
+    dot = token_id(tiny, ".")
+    planted = (tiny.W_U[:, dot] / tiny.ln_final.w).detach()
+    planted = 0.5 * planted / planted.norm()
+    with tuned.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", lambda act, hook: act + planted)]):
+        result = diff_models(tiny, tuned, PROMPTS, batch_size=4, watch_tokens=["."])
+    res = result.residual.set_index(["layer", "hook"])
+    untouched = [(0, h) for h in RESID_HOOKS] + [(1, "hook_resid_pre"), (1, "hook_resid_mid"), (1, "hook_attn_out")]
+    for key in untouched:
+        assert res.loc[key, "rel_diff_norm"] == 0.0 and res.loc[key, "cosine_sim"] == 1.0, key
+    for key in [(1, "hook_mlp_out"), (1, "hook_resid_post")]:
+        assert res.loc[key, "rel_diff_norm"] > 0.1 and res.loc[key, "cosine_sim"] < 1.0, key
+    torch.testing.assert_close(result.vectors.vector(1), planted, atol=1e-5, rtol=1e-4)
+    assert result.vectors.vector(0).abs().max() == 0
+    layer1 = rows(result.directions, layer=1).iloc[0]
+    assert layer1["mean_share"] == pytest.approx(1.0, abs=1e-6)  # a constant shift has no variance
+    ranks = rows(result.logit_lens_tokens, layer=1, model="base")
+    assert ranks["rank"].item() == 1
+    top = rows(result.logit_lens, layer=1, model="tuned", kind="promoted", rank=1)
+    assert top["token"].item() == "."
+    assert rows(result.token_shifts, direction="up", rank=1)["token"].item() == "."
+    assert (result.attention["js_divergence"] == 0.0).all()  # patterns are computed before the planted hook
+    assert (result.weights["diff_norm"] == 0.0).all()  # a hook changes no weight
+
+
+def test_weight_edit_is_found_in_weights_attention_and_residuals(tiny):
+    tuned = tiny_copy(edit_q_layer=1)
+    result = diff_models(tiny, tuned, PROMPTS, batch_size=3)
+    changed = result.weights[result.weights["diff_norm"] > 0]
+    assert changed["param"].tolist() == ["model.layers.1.self_attn.q_proj.weight"]
+    summary = result.weights_summary.set_index(["layer", "component"])
+    assert summary.loc[(1, "attn.W_Q"), "rel_diff_norm"] > 0 and summary.loc[(0, "attn.W_Q"), "rel_diff_norm"] == 0
+    js = result.attention.set_index(["layer", "head"])["js_divergence"]
+    assert (js.loc[0] == 0).all() and (js.loc[1] > 0).all()  # W_Q of all four heads was perturbed
+    assert most_changed_heads(result.attention, 2)[0][0] == 1
+    res = result.residual.set_index(["layer", "hook"])["rel_diff_norm"]
+    assert (res.loc[0] == 0).all() and res.loc[(1, "hook_resid_pre")] == 0 and res.loc[(1, "hook_attn_out")] > 0
+    assert result.output_summary["kl_forward"].item() > 0 and result.output_summary["kl_reverse"].item() > 0
+    view = attention_diff_view(tiny, tuned, PROMPTS[0], [(1, 0), (1, 2)])
+    assert "L1H0 base" in str(view) and "L1H2 tuned" in str(view)
+
+
+def test_accumulator_state_stays_flat_as_prompts_grow(tiny):
+    cfg = tiny.cfg
+    accumulators = [ResidualAccumulator(cfg.n_layers, RESID_HOOKS, max_positions=16),
+                    DirectionAccumulator(cfg.n_layers, cfg.d_model, ("hook_resid_post", "hook_mlp_out")),
+                    AttentionAccumulator(cfg.n_layers, cfg.n_heads), OutputAccumulator(cfg.d_vocab, per_token=False)]
+    names = [n for acc in accumulators for n in acc.hook_names()]
+    sizes_after: list[list[int]] = []
+    prompts = load_prompts(limit=24, seed=1)
+    for batch in paired_batches(tiny, tiny, prompts, names, batch_size=4):
+        for acc in accumulators:
+            acc.update(batch)
+        sizes_after.append([acc.state_nbytes() for acc in accumulators])
+    assert len(sizes_after) == 6 and all(sizes == sizes_after[0] for sizes in sizes_after)
+    # O(hooks x layers x d_model^2) for the directions, as documented: sums of d and of d d^T in float64.
+    assert sizes_after[0][1] == 8 * 2 * cfg.n_layers * (cfg.d_model + cfg.d_model ** 2)
+    assert accumulators[1].count == accumulators[2].rows == accumulators[3].count > 24 * 2
+
+
+def test_mismatched_models_are_rejected_before_any_forward(tiny):
+    forwards = []
+    deeper = build_tiny_model()
+    deeper.config.num_hidden_layers = 3
+    from transformers import LlamaForCausalLM
+
+    three = bridge_from_hf(LlamaForCausalLM(deeper.config), load_tokenizer(), name="three-layers")
+    with tiny.hooks(fwd_hooks=[("hook_embed", lambda act, hook: forwards.append(1))]):
+        with pytest.raises(ModelMismatchError) as err:
+            diff_models(tiny, three, PROMPTS)
+    assert "n_layers: base 2 vs tuned 3" in str(err.value) and not forwards
+    other_vocab = bridge_from_hf(build_tiny_model(), load_tokenizer(), name="other-tokenizer")
+    other_vocab.tokenizer.add_tokens(["<new-token>"])  # the bridge keeps its own tokenizer object
+    with pytest.raises(ModelMismatchError, match="tokenizer vocab size: base 49152 vs tuned 49153"):
+        diff_models(tiny, other_vocab, PROMPTS)
+    with pytest.raises(ModelMismatchError):
+        weight_diff(tiny, three)
+    with pytest.raises(ValueError, match="hook_resid_post"):
+        diff_models(tiny, tiny, PROMPTS, hooks=["hook_resid_psot"])
+
+
+def test_logit_lens_matches_the_real_final_norm_to_first_order():
+    """The lens score of v should rank tokens like the actual logit change from adding a little v before ln_final."""
+    model = tiny_copy()
+    with torch.no_grad():
+        model.ln_final.w.copy_(torch.rand(model.cfg.d_model, generator=torch.Generator().manual_seed(1)) + 0.5)
+    tokens, mask = tokenize(model, ["The weather today is"])
+    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=["blocks.1.hook_resid_post"])
+    x = cache["blocks.1.hook_resid_post"][0, -1]
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        delta = model.unembed(model.ln_final(x + 1e-3 * x.norm() * v / v.norm())) - model.unembed(model.ln_final(x))
+    score = direction_logit_scores(model, v[None])[0]
+    corr = torch.corrcoef(torch.stack([delta - delta.mean(), score]))[0, 1]
+    assert corr > 0.95
+    unweighted = (v @ model.W_U) - (v @ model.W_U).mean()  # forgetting ln_final.w ranks worse
+    assert corr > torch.corrcoef(torch.stack([delta, unweighted]))[0, 1]
+
+
+def test_classify_param_uses_transformerlens_names():
+    assert classify_param("model.layers.3.self_attn.q_proj.weight") == (3, "attn.W_Q", "attention")
+    assert classify_param("model.layers.0.self_attn.o_proj.weight") == (0, "attn.W_O", "attention")
+    assert classify_param("model.layers.12.mlp.down_proj.weight") == (12, "mlp.W_out", "mlp")
+    assert classify_param("model.layers.2.post_attention_layernorm.weight") == (2, "ln2.w", "norm")
+    assert classify_param("model.norm.weight") == (-1, "ln_final.w", "norm")
+    assert classify_param("model.embed_tokens.weight") == (-1, "embed.W_E", "embedding")
+    assert classify_param("transformer.h.5.attn.c_attn.bias") == (5, "attn.b_QKV", "attention")
+    assert classify_param("transformer.h.5.mlp.c_proj.weight") == (5, "mlp.W_out", "mlp")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run directory with an unchanged checkpoint (step 5) and one with layer 1's W_Q edited (step 9)."""
+    run = tmp_path_factory.mktemp("run")
+    for step, edit in ((5, None), (9, 1)):
+        model = tiny_copy(edit_q_layer=edit)
+        save_hf_model(model.original_model, model.tokenizer, run / f"checkpoint-{step:06d}",
+                      meta={"step": step, "base_model": "tiny-test"})
+    return run
+
+
+def test_trajectory_has_a_step_column(tiny, tiny_run):
+    result = diff_trajectory(tiny, tiny_run, PROMPTS[:3], analyses=("residual", "weights", "output"))
+    for name, df in result.tables().items():
+        assert df.columns[0] == "step" and set(df["step"]) == {5, 9}, name
+    res = result.residual.set_index(["step", "layer", "hook"])["rel_diff_norm"]
+    assert (res.loc[5] == 0).all()
+    assert (res.loc[9].loc[0] == 0).all() and res.loc[(9, 1, "hook_attn_out")] > 0
+    assert result.config["steps"] == [5, 9]
+
+
+def test_cli_diff_writes_tables_and_figures(tiny_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli_main(["diff", "--base", "tiny-test", "--tuned", str(tiny_run), "--out", str(out), "--n-prompts", "4",
+                     "--watch-token", ".", "--device", "cpu"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "--trajectory" in text and "layers with the largest hook_resid_post change" in text
+    for name in ("residual", "residual_by_position", "directions", "components", "logit_lens", "logit_lens_tokens",
+                 "weights", "weights_summary", "attention", "output_tokens", "token_shifts"):
+        assert (out / f"{name}.csv").stat().st_size > 0, name
+    for name in ("residual_rel_diff_norm", "attention_js", "weights_rel_diff_norm", "token_shifts"):
+        assert (out / f"{name}.png").stat().st_size > 0, name
+    residual = pd.read_csv(out / "residual.csv")
+    assert residual.query("layer == 1 and hook == 'hook_attn_out'")["rel_diff_norm"].item() > 0
+    assert (out / "directions.pt").exists()
+    bad = cli_main(["diff", "--base", "tiny-test", "--tuned", str(tmp_path), "--out", str(out), "--trajectory"])
+    assert bad == 2 and "checkpoint" in capsys.readouterr().err
+
+
+def test_policy_samples_are_seeded_continuations(tiny):
+    first = policy_samples(tiny, PROMPTS[:2], max_new_tokens=4, seed=3)
+    again = policy_samples(tiny, PROMPTS[:2], max_new_tokens=4, seed=3)
+    assert first == again and len(first) == 2
+    assert all(text.startswith(prompt) and len(text) > len(prompt) for text, prompt in zip(first, PROMPTS))
+
+
+@pytest.mark.integration
+def test_embedded_planted_change_found_at_its_layer(smol):
+    """On SmolLM2: a vector added at blocks.12.hook_resid_post changes nothing before layer 12, everything after."""
+    tuned = load_model("smollm2-135m", device="cpu")
+    vector = torch.randn(smol.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    with tuned.hooks(fwd_hooks=[("blocks.12.hook_resid_post", lambda act, hook: act + vector)]):
+        result = diff_models(smol, tuned, PROMPTS[:4], analyses=("residual", "output"), hooks=["hook_resid_post"])
+    post = result.residual.set_index("layer")["rel_diff_norm"]
+    assert (post.loc[:11] == 0).all() and (post.loc[12:] > 0).all()
+    assert result.output_summary["kl_forward"].item() > 0
+    same = diff_models(smol, tuned, PROMPTS[:2], analyses=("residual", "output"), hooks=["hook_resid_post"])
+    assert (same.residual["cosine_sim"] == 1.0).all() and same.output_summary["kl_forward"].item() == 0.0
