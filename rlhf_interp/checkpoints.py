@@ -37,7 +37,8 @@ def hf_state_dict(hf_model) -> dict[str, torch.Tensor]:
     expected = set(fresh.state_dict().keys())
     clean: dict[str, torch.Tensor] = {}
     for key, tensor in hf_model.state_dict().items():
-        plain = key.replace("._original_component", "")
+        # Bridge aliases carry "._original_component"; a merged PEFT layer keeps its weight in ".base_layer".
+        plain = key.replace("._original_component", "").replace(".base_layer", "")
         if plain in expected and plain not in clean:
             clean[plain] = tensor
     if getattr(hf_model.config, "tie_word_embeddings", False):
@@ -97,6 +98,7 @@ def save_hf_model(hf_model, tokenizer, out_dir: str | Path, *, meta: dict[str, A
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name, tensors in (extra_tensors or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
         for name, obj in (extra_files or {}).items():
             if name.endswith(".json"):

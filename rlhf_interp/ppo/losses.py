@@ -1,0 +1,88 @@
+"""PPO's losses, in the order of the algorithm (Schulman et al. 2017; Ziegler et al. 2019 for the LM case).
+
+Shapes: ``[batch, gen]`` — one entry per generated token; ``mask`` is 1 on real generated tokens
+(0 after EOS). Token t's value ``V_t`` is the value of the state *before* token t is chosen.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from rlhf_interp.kl import masked_mean
+
+BatchGen = "batch gen"
+
+
+def per_token_rewards(scores: Float[Tensor, "batch"], kl: Float[Tensor, BatchGen], mask: Float[Tensor, BatchGen],
+                      kl_coef: float) -> Float[Tensor, BatchGen]:
+    """r_t = -beta * KL_t at every token, plus the sequence score at the last real token (Ziegler eq. 1)."""
+    rewards = -kl_coef * kl * mask
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask.bool()  # one-hot at the last real token
+    return rewards + last.to(rewards.dtype) * scores[:, None]
+
+
+def gae(rewards: Float[Tensor, BatchGen], values: Float[Tensor, BatchGen], mask: Float[Tensor, BatchGen],
+        gamma: float, lam: float) -> tuple[Float[Tensor, BatchGen], Float[Tensor, BatchGen]]:
+    """Generalized advantage estimation (Schulman et al. 2016), episodic: no bootstrap after the last token.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lambda * A_{t+1};  returns R_t = A_t + V_t.
+    lambda = 1 gives Monte-Carlo returns minus the baseline (ARENA's form); lambda = 0 gives one-step TD.
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = next_advantage * mask[:, t]
+        # Past the end of a sequence (mask 0) nothing flows back.
+        next_value = values[:, t] * mask[:, t]
+        next_advantage = next_advantage * mask[:, t]
+    returns = advantages + values
+    return advantages * mask, returns * mask
+
+
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """Normalise to zero mean and unit variance over the masked entries."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Clipped surrogate: L = -E[min(rho A, clip(rho, 1-eps, 1+eps) A)], rho = pi/pi_old.
+
+    Returns (loss, clip fraction, approx KL(pi_old || pi) by k3)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages
+    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_range).float(), mask)
+        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+    return loss, clip_fraction, approx_kl
+
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_range: float) -> Tensor:
+    """Clipped value loss: 0.5 * E[max((V - R)^2, (clip(V, V_old +- eps) - R)^2)]; clip_range 0 disables clipping."""
+    unclipped = (values - returns) ** 2
+    if clip_range <= 0:
+        return 0.5 * masked_mean(unclipped, mask)
+    clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * masked_mean(torch.maximum(unclipped, (clipped_values - returns) ** 2), mask)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 - Var[R - V] / Var[R]: 1 is a perfect critic, 0 no better than a constant, < 0 worse."""
+    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return float(1.0 - var_residual / var_returns.clamp_min(1e-8))
