@@ -1,0 +1,100 @@
+"""Batched sampling from a bridge with the toolkit's tokenization convention.
+
+Why a helper around ``bridge.generate``: every caller (edit measurements, rollouts) needs the same
+three things back — the token ids of prompt + continuation, which of them are real (left padding,
+tokens after EOS), and the continuation text alone — and must pass our left-padded, BOS-prefixed
+tokens *with* their attention mask (without it the pads shift every real token's position).
+
+Layout of a `Generation` (``P`` = padded prompt width, ``T`` = number of new columns)::
+
+    tokens          [batch, P + T]  prompt (left-padded) then sampled ids; after EOS the bridge writes EOS
+    attention_mask  [batch, P + T]  1 on real prompt tokens and on generated tokens up to and including EOS
+    generated_mask  [batch, P + T]  1 only on generated tokens up to and including EOS
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from rlhf_interp.models import tokenize
+
+
+@dataclass
+class Generation:
+    """Prompts and their sampled continuations, with the masks every later computation needs."""
+
+    prompts: list[str]
+    tokens: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+    generated_mask: Int[Tensor, "batch seq"]
+    prompt_len: int  # padded prompt width P: columns >= P were generated
+    texts: list[str]  # continuations only (special tokens removed)
+
+    @property
+    def n_new_tokens(self) -> Int[Tensor, "batch"]:
+        """Generated tokens per sequence (EOS included when it was sampled)."""
+        return self.generated_mask.sum(dim=1)
+
+    @property
+    def prompt_mask(self) -> Int[Tensor, "batch seq"]:
+        return self.attention_mask * (1 - self.generated_mask)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def select(self, rows: slice | list[int]) -> "Generation":
+        """A sub-batch (same padded width)."""
+        idx = list(range(len(self)))[rows] if isinstance(rows, slice) else list(rows)
+        return Generation([self.prompts[i] for i in idx], self.tokens[idx], self.attention_mask[idx],
+                          self.generated_mask[idx], self.prompt_len, [self.texts[i] for i in idx])
+
+
+def continuation_masks(new_tokens: Int[Tensor, "batch new"], stop_ids: list[int]
+                       ) -> Int[Tensor, "batch new"]:
+    """1 on generated tokens up to and including the first stop token of each row, 0 after it."""
+    is_stop = torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device)).long()
+    stops_before = torch.cumsum(is_stop, dim=1) - is_stop  # stop tokens strictly before this column
+    return (stops_before == 0).long()
+
+
+@torch.no_grad()
+def generate(bridge, prompts: list[str] | str, *, max_new_tokens: int = 24, do_sample: bool = True,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, use_past_kv_cache: bool = True, stop_at_eos: bool = True
+             ) -> Generation:
+    """Sample continuations of ``prompts`` in one left-padded batch (BOS prepended, as `tokenize` does).
+
+    ``seed`` makes sampling reproducible without touching the caller's global RNG (the same seed
+    gives the same samples for the same logits, which keeps sweeps comparable setting to setting).
+    Hooks and edits that are active on ``bridge`` stay active during generation.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("generate needs at least one prompt.")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    tokens, mask = tokenize(bridge, prompts)
+    prompt_len = tokens.shape[1]
+    devices = [tokens.device] if tokens.device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=devices) if seed is not None else nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = bridge.generate(tokens, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                              temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
+                              use_past_kv_cache=use_past_kv_cache, return_type="tokens", verbose=False)
+    new_tokens = out[:, prompt_len:]
+    eos = bridge.tokenizer.eos_token_id
+    stop_ids = [eos] if (stop_at_eos and eos is not None) else []
+    gen_mask = continuation_masks(new_tokens, stop_ids) if stop_ids else torch.ones_like(new_tokens)
+    attention_mask = torch.cat([mask, gen_mask], dim=1)
+    generated_mask = torch.cat([torch.zeros_like(mask), gen_mask], dim=1)
+    texts = [bridge.tokenizer.decode(row[m.bool()], skip_special_tokens=True)
+             for row, m in zip(new_tokens.cpu(), gen_mask.cpu())]
+    return Generation(list(prompts), out, attention_mask, generated_mask, prompt_len, texts)
