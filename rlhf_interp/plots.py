@@ -143,3 +143,77 @@ def _require(df: pd.DataFrame, columns: list[str]) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"DataFrame lacks column(s) {missing}; it has {list(df.columns)}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Edits and their KL shift (rlhf_interp.measure sweeps)
+
+
+def plot_sweep_curves(df: pd.DataFrame, y: str, *, x: str = "coef", hue: str = "layer", err: str | None = None,
+                      ax=None, title: str | None = None, logy: bool = False) -> Figure:
+    """One line per ``hue`` value of ``y`` against ``x`` (e.g. KL vs steering coefficient per layer),
+    with ``err`` (a standard-error column) as error bars when given."""
+    _require(df, [x, y, hue] + ([err] if err else []))
+    fig = ax.figure if ax is not None else plt.figure(figsize=(6, 4))
+    ax = ax if ax is not None else fig.add_subplot(111)
+    cmap = plt.get_cmap("viridis")
+    values = sorted(df[hue].unique(), key=lambda v: (str(type(v)), v))
+    for i, value in enumerate(values):
+        group = df[df[hue] == value].sort_values(x)
+        color = cmap(i / max(1, len(values) - 1))
+        yerr = group[err].fillna(0).to_numpy() if err else None
+        ax.errorbar(group[x], group[y], yerr=yerr, marker="o", markersize=3, capsize=2, color=color, label=str(value))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if logy:
+        ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_title(title or f"{y} vs {x}")
+    ax.legend(title=hue, fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_steering_sweep(df: pd.DataFrame, *, reward_label: str = "reward", hue: str = "layer",
+                        kl: str = "kl_exact") -> Figure:
+    """Three panels from a steering sweep: KL per sequence vs coefficient, reward vs coefficient (one
+    line per layer), and reward against KL (the price of each setting)."""
+    _require(df, ["coef", hue, f"{kl}_mean", "reward_mean"])
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    err_kl = f"{kl}_stderr" if f"{kl}_stderr" in df else None
+    err_r = "reward_stderr" if "reward_stderr" in df else None
+    plot_sweep_curves(df, f"{kl}_mean", hue=hue, err=err_kl, ax=axes[0],
+                      title="KL(edited || unedited) per sequence (nats)")
+    plot_sweep_curves(df, "reward_mean", hue=hue, err=err_r, ax=axes[1], title=f"{reward_label} per sequence")
+    cmap = plt.get_cmap("viridis")
+    values = sorted(df[hue].unique())
+    for i, value in enumerate(values):
+        group = df[df[hue] == value].sort_values("coef")
+        axes[2].plot(group[f"{kl}_mean"], group["reward_mean"], marker="o", markersize=3,
+                     color=cmap(i / max(1, len(values) - 1)), label=str(value))
+    axes[2].set_xscale("symlog", linthresh=0.1)
+    axes[2].set_xlabel(f"{kl}_mean (nats per sequence)")
+    axes[2].set_ylabel("reward_mean")
+    axes[2].set_title(f"{reward_label} bought per nat of KL")
+    axes[2].legend(title=hue, fontsize=8)
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation_sweep(df: pd.DataFrame, *, target: str = "target", kl: str = "kl_exact") -> Figure:
+    """Bars per ablation target: KL per sequence (with standard errors) and mean reward."""
+    _require(df, [target, f"{kl}_mean", "reward_mean"])
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(df) + 2), 6), sharex=True)
+    labels = df[target].astype(str).tolist()
+    err = df[f"{kl}_stderr"].fillna(0) if f"{kl}_stderr" in df else None
+    axes[0].bar(labels, df[f"{kl}_mean"], yerr=err, color="#4c72b0", capsize=2)
+    axes[0].set_ylabel(f"{kl}_mean (nats/seq)")
+    axes[0].set_title("KL(ablated || unablated) per sequence")
+    rerr = df["reward_stderr"].fillna(0) if "reward_stderr" in df else None
+    axes[1].bar(labels, df["reward_mean"], yerr=rerr, color="#dd8452", capsize=2)
+    axes[1].set_ylabel("reward_mean")
+    axes[1].tick_params(axis="x", rotation=90, labelsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
