@@ -257,8 +257,11 @@ def build_report(args, result, traj, lines, final_path, checkpoints, chosen, tex
                 "number and changes no ranking). Projected through the tuned and through the base model.")
     if "logit_lens_token_rank" in figs:
         report.figure("logit_lens_token_rank", figs.pop("logit_lens_token_rank"))
-    report.table("logit_lens_tokens", result.logit_lens_tokens, title="Rank of the watched tokens per layer",
-                 max_rows=5)
+    ranks = result.logit_lens_tokens.pivot_table(index="layer", columns=["token", "model"], values="rank")
+    ranks.columns = [f"rank of {token!r} via {model}" for token, model in ranks.columns]
+    report.table("logit_lens_token_rank_by_layer", ranks.reset_index(), title="Rank of the watched tokens in each "
+                 "layer's mean difference (1 = most promoted of the vocabulary)", max_rows=64)
+    report.table("logit_lens_tokens", result.logit_lens_tokens, max_rows=5)
     lens = result.logit_lens
     last_layers = sorted(lens["layer"].unique())[-3:]
     wide = (lens[(lens["model"] == "tuned") & lens["layer"].isin(last_layers) & (lens["rank"] <= 10)]
