@@ -10,7 +10,6 @@ import torch
 
 from rlhf_interp.cli import main as cli_main
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
-from rlhf_interp.ppo.rollout import gen_mask_from_tokens
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -114,9 +113,3 @@ def test_variants_train_and_move_the_policy(tmp_path, overrides):
         from transformers import AutoModelForCausalLM
 
         AutoModelForCausalLM.from_pretrained(tmp_path / "v" / "checkpoint-000002")
-
-
-def test_gen_mask_stops_after_first_eos():
-    tokens = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8]])
-    assert gen_mask_from_tokens(tokens, 2, True).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
-    assert gen_mask_from_tokens(tokens, 2, False).tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]

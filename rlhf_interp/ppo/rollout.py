@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from rlhf_interp.kl import entropy, kl_divergence, penalty_kl
-from rlhf_interp.models import tokenize
+from rlhf_interp.generation import generate
 from rlhf_interp.ppo.value_head import ValueHead, forward_with_values
 from rlhf_interp.rewards import RewardFn, score
 
@@ -45,35 +45,10 @@ class Rollout:
         return self.tokens[:, self.prompt_len:]
 
 
-def gen_mask_from_tokens(gen_tokens: Tensor, eos_id: int | None, stop_at_eos: bool) -> Tensor:
-    """1 up to and including the first EOS, 0 after it (all ones when generation did not stop at EOS)."""
-    mask = torch.ones_like(gen_tokens, dtype=torch.float32)
-    if not stop_at_eos or eos_id is None:
-        return mask
-    is_eos = (gen_tokens == eos_id).long()
-    after_eos = (is_eos.cumsum(-1) - is_eos) > 0  # strictly after the first EOS
-    return mask.masked_fill(after_eos, 0.0)
-
-
-def sample(policy, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None, stop_at_eos: bool = False) -> tuple[Tensor, Tensor, int]:
-    """Batched KV-cached sampling. Returns (tokens [batch, prompt+gen], prompt attention mask, prompt length)."""
-    tokens, mask = tokenize(policy, prompts)
-    with torch.no_grad():
-        out = policy.generate(tokens, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
-                              temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
-                              return_type="tokens", verbose=False)
-    return out, mask, tokens.shape[1]
-
-
 def gather_logprobs(logits: Float[Tensor, "batch gen vocab"], tokens: Int[Tensor, "batch gen"]
                     ) -> tuple[Float[Tensor, "batch gen"], Float[Tensor, "batch gen vocab"]]:
     logp = torch.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, tokens[..., None]).squeeze(-1), logp
-
-
-def decode_completions(tokenizer, gen_tokens: Tensor, gen_mask: Tensor) -> list[str]:
-    return [tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(gen_tokens, gen_mask)]
 
 
 @torch.no_grad()
@@ -82,11 +57,11 @@ def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, pr
             stop_at_eos: bool = False, kl_direction: str = "forward", kl_estimator: str = "k1",
             keep_ref_logits: bool = False, value_hook: str = "ln_final.hook_normalized") -> Rollout:
     """Sample, then one policy pass (log-probs, values) and one reference pass (log-probs) over the samples."""
-    tokens, prompt_mask, prompt_len = sample(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                             top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos)
+    sampled = generate(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p, stop_at_eos=stop_at_eos)
+    tokens, attention_mask, prompt_len = sampled.tokens, sampled.attention_mask, sampled.prompt_len
     gen_tokens = tokens[:, prompt_len:]
-    gen_mask = gen_mask_from_tokens(gen_tokens, policy.tokenizer.eos_token_id, stop_at_eos).to(tokens.device)
-    attention_mask = torch.cat([prompt_mask, gen_mask.long()], dim=1)
+    gen_mask = sampled.generated_mask[:, prompt_len:].float()
 
     # Logits at column c predict the token at c + 1: generated tokens are predicted from prompt_len - 1 on.
     predicting = slice(prompt_len - 1, tokens.shape[1] - 1)
@@ -98,15 +73,14 @@ def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, pr
 
     logprobs, _ = gather_logprobs(logits, gen_tokens)
     ref_logprobs, _ = gather_logprobs(ref_logits, gen_tokens)
-    completions = decode_completions(policy.tokenizer, gen_tokens, gen_mask)
     return Rollout(
-        prompts=list(prompts), completions=completions, tokens=tokens, attention_mask=attention_mask,
+        prompts=list(prompts), completions=sampled.texts, tokens=tokens, attention_mask=attention_mask,
         prompt_len=prompt_len, gen_mask=gen_mask, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
         kl_penalty=penalty_kl(logprobs, ref_logprobs, direction=kl_direction, estimator=kl_estimator,
                               logits_policy=logits, logits_ref=ref_logits) * gen_mask,
         kl_forward=kl_divergence(logits, ref_logits) * gen_mask,
         kl_reverse=kl_divergence(ref_logits, logits) * gen_mask,
         entropy=entropy(logits) * gen_mask,
-        scores=score(reward, completions).to(tokens.device),
+        scores=score(reward, sampled.texts).to(tokens.device),
         ref_logits=ref_logits if keep_ref_logits else None,
     )
