@@ -41,5 +41,13 @@ from rlhf_interp.models import (
     load_model,
     tokenize,
 )
+from rlhf_interp.preference_data import PreferencePair, read_preferences, synthesize_pairs, write_preferences
 from rlhf_interp.prompts import load_prompts
 from rlhf_interp.report import Report
+from rlhf_interp.reward_model import (
+    RewardModel,
+    RewardTrainingConfig,
+    bradley_terry_loss,
+    load_reward_model,
+    train_reward_model,
+)
