@@ -217,3 +217,73 @@ def plot_ablation_sweep(df: pd.DataFrame, *, target: str = "target", kl: str = "
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned reward models (rlhf_interp.reward_model) and reward hacking
+
+
+def plot_reward_model_training(metrics: pd.DataFrame) -> Figure:
+    """Bradley-Terry loss and pair accuracy per epoch, train and validation (``train_reward_model``'s frame)."""
+    _require(metrics, ["epoch", "split", "loss", "accuracy"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split, style in (("train", "o-"), ("val", "s--")):
+        group = metrics[metrics.split == split].sort_values("epoch")
+        axes[0].plot(group.epoch, group.loss, style, label=split)
+        axes[1].plot(group.epoch, group.accuracy, style, label=split)
+    axes[0].set_ylabel("Bradley-Terry loss")
+    axes[1].set_ylabel("pairs ranked right")
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    for ax in axes:
+        ax.set_xlabel("epoch (0 = before training)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_learned_vs_true(df: pd.DataFrame, *, true: str = "true_reward", learned: str = "rm_reward",
+                         title: str | None = None) -> Figure:
+    """Learned reward against the true reward it imitates: jittered points and the mean per true value."""
+    _require(df, [true, learned])
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(df))
+    ax.scatter(df[true] + jitter, df[learned], s=8, alpha=0.35, color="#4c72b0", label="texts")
+    means = df.groupby(true)[learned].agg(["mean", "count"]).reset_index()
+    ax.plot(means[true], means["mean"], "o-", color="#c44e52", label="mean per true value")
+    ax.set_xlabel(true)
+    ax.set_ylabel(learned)
+    ax.set_title(title or f"{learned} vs {true}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reward_hacking(phases: pd.DataFrame, *, true: str = "true_reward_z", learned: str = "rm_reward_z",
+                        corr: str | None = "spearman") -> Figure:
+    """True vs learned reward of the policy's samples over PPO phases (in the same standardised units),
+    and optionally their per-phase rank correlation: where the curves part, the policy exploits the RM."""
+    _require(phases, ["phase", true, learned] + ([corr] if corr else []))
+    panels = 2 if corr else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(phases.phase, phases[true], "o-", label=f"true ({true})", color="#55a868")
+    ax.plot(phases.phase, phases[learned], "s-", label=f"reward model ({learned})", color="#c44e52")
+    ax.set_xlabel("PPO phase")
+    ax.set_ylabel("mean reward (held-out base-text units)")
+    ax.set_title("true vs learned reward of the policy's samples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if corr:
+        ax = axes[0, 1]
+        ax.plot(phases.phase, phases[corr], "o-", color="#8172b3")
+        ax.set_xlabel("PPO phase")
+        ax.set_ylabel(f"{corr} (RM vs true, within phase)")
+        ax.set_title("does the RM still rank the policy's samples right?")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
