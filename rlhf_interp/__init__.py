@@ -22,6 +22,17 @@ from rlhf_interp.diff import (
     summarize_weight_diff,
     weight_diff,
 )
+from rlhf_interp.edits import (
+    Ablation,
+    Combined,
+    DirectionAblation,
+    EditError,
+    NoEdit,
+    Steering,
+    orthogonalize_weights,
+    prompt_length,
+)
+from rlhf_interp.generation import Generation, generate
 from rlhf_interp.kl import (
     AdaptiveKLController,
     entropy,
@@ -41,6 +52,16 @@ from rlhf_interp.models import (
     load_model,
     tokenize,
 )
+from rlhf_interp.measure import (
+    LogitsCache,
+    ablation_sweep,
+    evaluate_edit,
+    kl_shift,
+    score_generation,
+    sequence_kl,
+    steering_sweep,
+    sweep,
+)
 from rlhf_interp.preference_data import PreferencePair, read_preferences, synthesize_pairs, write_preferences
 from rlhf_interp.prompts import load_prompts
 from rlhf_interp.report import Report
@@ -50,4 +71,11 @@ from rlhf_interp.reward_model import (
     bradley_terry_loss,
     load_reward_model,
     train_reward_model,
+)
+from rlhf_interp.steering import (
+    SteeringVector,
+    contrastive,
+    finetuning_direction,
+    mean_difference,
+    pca_direction,
 )

@@ -32,7 +32,6 @@ several query heads share one key/value head, and each still has its own ``hook_
 
 from __future__ import annotations
 
-import contextlib
 import re
 import weakref
 from contextlib import ExitStack, contextmanager
@@ -418,7 +417,12 @@ class Steering(Edit):
             if layers is None:
                 layers = sorted(self.vectors)
         else:
-            self.vectors, self.vector = None, torch.as_tensor(vector).detach()
+            try:
+                self.vectors, self.vector = None, torch.as_tensor(vector).detach()
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise EditError(f"Steering takes a [d_model] tensor, a {{layer: tensor}} dict or a SteeringVector, "
+                                f"not {type(vector).__name__} (for diff directions use "
+                                f"SteeringVector.from_diff(d.vectors) or d.vectors.vector(layer)).") from err
             if layers is None:
                 raise EditError("Steering with a single vector needs layers= (an int, a list of ints, or 'all').")
         if getattr(vector, "hook", None) and hook == "resid_post":

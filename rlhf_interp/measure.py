@@ -296,17 +296,17 @@ def evaluate_edit(model, edit: Edit | None, prompts: Sequence[str], reward: str 
 # Sweeps
 
 
-def sweep(model, settings: Iterable[tuple[dict[str, Any], Edit]], prompts: Sequence[str],
+def sweep(model, settings: Iterable[tuple[dict[str, Any], Edit] | Edit], prompts: Sequence[str],
           reward: str | Callable = "char_count", *, reference=None, max_new_tokens: int = 24, seed: int | None = 0,
           samples_per_prompt: int = 1, prompt_kl: bool = True, cache: LogitsCache | None = None,
           keep_sequences: bool = False, desc: str = "sweep") -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluate each ``(columns, edit)`` setting; one row per setting.
+    """Evaluate each ``(columns, edit)`` setting (a bare edit describes itself); one row per setting.
 
     Columns: the setting's own columns, then `evaluate_edit`'s, then (``prompt_kl``) kl_prompt_mean
     and kl_prompt_max: the mean / max per-position KL(edited || reference) teacher-forced on the
     prompts (reference logits computed once for the whole sweep).
     """
-    settings = list(settings)
+    settings = [s if isinstance(s, tuple) else (edit_columns(s), s) for s in settings]
     cache = cache if cache is not None else LogitsCache(max_entries=2)
     rows, seq_frames = [], []
     for columns, edit in tqdm(settings, desc=desc, unit="setting"):
@@ -362,7 +362,7 @@ def all_heads(model, layers: Iterable[int] | str = "all") -> list[str]:
 
 
 __all__ = [
-    "LogitsCache", "ablation_sweep", "all_heads", "distinct_n", "edit_columns", "evaluate_edit", "forward_logits",
+    "LogitsCache", "ablation_sweep", "all_heads", "distinct_n", "evaluate_edit", "forward_logits",
     "kl_shift", "sample", "score_generation", "sequence_kl", "steering_settings", "steering_sweep",
     "summarize_sequences", "sweep",
 ]

@@ -190,7 +190,8 @@ def plot_steering_sweep(df: pd.DataFrame, *, reward_label: str = "reward", hue: 
         group = df[df[hue] == value].sort_values("coef")
         axes[2].plot(group[f"{kl}_mean"], group["reward_mean"], marker="o", markersize=3,
                      color=cmap(i / max(1, len(values) - 1)), label=str(value))
-    axes[2].set_xscale("symlog", linthresh=0.1)
+    if float(df[f"{kl}_mean"].max()) > 10:
+        axes[2].set_xscale("symlog", linthresh=1.0)
     axes[2].set_xlabel(f"{kl}_mean (nats per sequence)")
     axes[2].set_ylabel("reward_mean")
     axes[2].set_title(f"{reward_label} bought per nat of KL")

@@ -62,6 +62,17 @@ class SteeringVector:
         return pd.DataFrame({"layer": self.layers, "hook": self.hook,
                              "norm": [float(self.vectors[k].norm()) for k in self.layers]})
 
+    @classmethod
+    def from_diff(cls, directions, hook: str = "hook_resid_post", kind: str | int = "mean",
+                  layers: Iterable[int] | None = None, model: str = "") -> "SteeringVector":
+        """Per-layer vectors from `rlhf_interp.diff` difference directions (``ModelDiff.vectors``):
+        the base-to-tuned mean difference (``kind="mean"``) or principal component ``kind=i``."""
+        layer_list = list(layers) if layers is not None else list(range(directions.mean.shape[1]))
+        vectors = {layer: directions.vector(layer, hook, kind).detach().float().cpu() for layer in layer_list}
+        short = hook[len("hook_"):] if hook.startswith("hook_") else hook
+        return cls(vectors, short, "finetuning" if kind == "mean" else f"finetuning_pc{kind}", model,
+                   {"from": "diff", "kind": kind, "n_tokens": getattr(directions, "n_tokens", None)})
+
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 

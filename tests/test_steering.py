@@ -81,6 +81,12 @@ def test_finetuning_direction(tiny):
     keep[torch.arange(len(prompts)), mask.argmax(1)] = False
     torch.testing.assert_close(sv[1], (b - a)[keep].mean(0), atol=1e-5, rtol=1e-5)
     assert sv.meta["base"] == "tiny-test"
+    # The diff module's streamed mean difference is the same direction.
+    from rlhf_interp.diff import diff_models
+
+    from_diff = SteeringVector.from_diff(diff_models(tiny, tuned, prompts).vectors)
+    assert from_diff.layers == [0, 1] and from_diff.hook == "resid_post"
+    torch.testing.assert_close(from_diff[1], sv[1], atol=1e-6, rtol=1e-5)
 
 
 def test_save_load_roundtrip(tiny, tmp_path):
