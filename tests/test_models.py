@@ -93,3 +93,41 @@ def test_embedded_hooks_fire_on_every_layer(smol):
 def test_embedded_greedy_names_paris(smol):
     text = smol.generate("The capital of France is", max_new_tokens=8, do_sample=False, verbose=False)
     assert "Paris" in text
+
+
+def test_loads_trl_style_value_head_checkpoint(tmp_path):
+    """TRL's AutoModelForCausalLMWithValueHead saves 'pretrained_model.'-prefixed weights plus 'v_head.' tensors."""
+    from safetensors.torch import save_file
+
+    from rlhf_interp.checkpoints import hf_state_dict
+
+    hf, tokenizer, _ = load_hf_model("tiny-test", device="cpu")
+    with torch.no_grad():
+        hf.model.norm.weight.mul_(1.5)  # so the loaded model must be this one, not a fresh tiny-test
+    state = {f"pretrained_model.{k}": v.contiguous() for k, v in hf_state_dict(hf).items()}
+    state["v_head.summary.weight"] = torch.zeros(1, 64)
+    hf.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    loaded = load_model(tmp_path, device="cpu")
+    tokens, mask = tokenize(loaded, ["Hello there"])
+    with torch.no_grad():
+        expected = hf(input_ids=tokens, attention_mask=mask).logits
+    torch.testing.assert_close(loaded(tokens, attention_mask=mask), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_loads_peft_adapter_directory_merged(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    hf, tokenizer, _ = load_hf_model("tiny-test", device="cpu")
+    peft_model = get_peft_model(hf, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = "tiny-test"
+    peft_model.save_pretrained(tmp_path)
+    tokens, mask = tokenize(load_model("tiny-test", device="cpu"), ["Hello there"])
+    with torch.no_grad():
+        expected = peft_model(input_ids=tokens, attention_mask=mask).logits
+        base = load_model("tiny-test", device="cpu")(tokens, attention_mask=mask)
+    loaded = load_model(tmp_path, device="cpu")
+    got = loaded(tokens, attention_mask=mask)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert (got - base).abs().max() > 1e-3  # the adapter really changed the model
