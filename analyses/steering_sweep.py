@@ -20,10 +20,12 @@ Coefficient 0 adds nothing, so it is sampled once and its row is shared by every
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -58,11 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-root", default="reports")
+    p.add_argument("--rebuild", action="store_true",
+                   help="rebuild the report from the tables of an earlier run in OUT_ROOT/steering_sweep (no model)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rebuild:
+        return rebuild(args)
     torch.set_num_threads(2)
     start = time.perf_counter()
     layers = [int(x) for x in args.layers.split(",")]
@@ -97,34 +103,98 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def answer(table: pd.DataFrame, layers: list[int], baseline_reward: float) -> str:
-    """The early-vs-late comparison, computed from the table."""
+def rebuild(args: argparse.Namespace) -> int:
+    """Re-render reports/steering_sweep/ from its own CSV tables and config (e.g. after changing the text)."""
+    src = Path(args.out_root) / "steering_sweep"
+    config = json.loads((src / "config.json").read_text())
+    for key in ("model", "layers", "coefs", "n_prompts", "max_new_tokens", "seed"):
+        setattr(args, key, config[key])
+    norms = pd.read_csv(src / "vector_norms.csv")
+    table = pd.read_csv(src / "sweep.csv").merge(norms[["layer", "vector_norm", "resid_norm"]], on="layer")
+    if "n_sequences" not in table:
+        table["n_sequences"] = args.n_prompts
+    prompts = load_prompts(limit=args.n_prompts, seed=args.seed)
+    seqs = pd.read_csv(src / "sequences.csv", keep_default_na=False)
+    seqs["prompt"] = [prompts[i] for i in seqs.prompt_idx]
+    vector_bytes = (src / "period_vector.safetensors").read_bytes()
+    baseline = table[table.coef == 0].iloc[0]
+    out = build_report(args, table, norms, seqs, baseline, float(config["seconds"])).save()
+    (out / "period_vector.safetensors").write_bytes(vector_bytes)
+    print(f"[steering_sweep] rebuilt {out}/", file=sys.stderr)
+    return 0
+
+
+def kl_scaling(table: pd.DataFrame, push: float = 0.1) -> pd.DataFrame:
+    """Per layer, a power law fitted to the non-zero coefficients: ``KL = a * coef^slope``.
+
+    Columns: layer, kl_slope, kl_at_coef_1 (fitted), kl_at_push (fitted KL when the push is ``push`` times
+    the residual norm), push.
+    """
+    rows = []
+    for layer, g in table[(table.coef > 0) & (table.kl_exact_mean > 0)].groupby("layer"):
+        if len(g) < 2:
+            continue
+        y = np.log(g.kl_exact_mean.to_numpy())
+        slope, icpt = np.polyfit(np.log(g.coef.to_numpy()), y, 1)
+        slope_p, icpt_p = np.polyfit(np.log(g.push_over_resid.to_numpy()), y, 1)
+        rows.append({"layer": int(layer), "kl_slope": slope, "kl_at_coef_1": float(np.exp(icpt)),
+                     "kl_at_push": float(np.exp(icpt_p + slope_p * np.log(push))), "push": push})
+    return pd.DataFrame(rows)
+
+
+def answer(table: pd.DataFrame, layers: list[int], baseline: pd.Series) -> str:
+    """The early-vs-late comparison, computed from the table (no number here is typed in by hand)."""
     early, late = min(layers), max(layers)
-    lines = ["| coef | KL at layer %d | KL at layer %d | periods at layer %d | periods at layer %d |" % (early, late, early, late),
-             "| --- | --- | --- | --- | --- |"]
     pivot_kl = table.pivot_table(index="coef", columns="layer", values="kl_exact_mean")
     pivot_r = table.pivot_table(index="coef", columns="layer", values="reward_mean")
+    lines = [f"| coef | KL at layer {early} | KL at layer {late} | periods at layer {early} | periods at layer {late} |",
+             "| --- | --- | --- | --- | --- |"]
     smaller = 0
     nonzero = [c for c in pivot_kl.index if c != 0]
     for coef in pivot_kl.index:
         kl_e, kl_l = pivot_kl.loc[coef, early], pivot_kl.loc[coef, late]
-        lines.append(f"| {coef:g} | {kl_e:.3g} | {kl_l:.3g} | {pivot_r.loc[coef, early]:.3g} | {pivot_r.loc[coef, late]:.3g} |")
-        if coef != 0 and kl_l < kl_e:
-            smaller += 1
-    ranked = table[table.coef > 0].groupby("layer")["kl_exact_mean"].mean().sort_values()
-    best = table[table.coef > 0].assign(per_nat=lambda d: (d.reward_mean - baseline_reward)
-                                        / d.kl_exact_mean.clip(lower=1e-9)).sort_values("per_nat", ascending=False)
-    top = best.iloc[0] if len(best) else None
-    verdict = (f"At the same coefficient, layer {late} cost less KL than layer {early} in {smaller} of {len(nonzero)} "
-               f"non-zero coefficients. Mean KL over the non-zero coefficients, lowest first: "
-               + ", ".join(f"layer {int(k)}: {v:.3g}" for k, v in ranked.items()) + " nats per sequence.")
-    if top is not None and top.per_nat <= 0:
-        verdict += " No setting raised the period count above the unsteered baseline."
-    elif top is not None:
-        verdict += (f" The most extra periods per nat of KL came from layer {int(top.layer)} at coefficient "
-                    f"{top.coef:g} ({top.reward_mean:.3g} periods vs {baseline_reward:.3g} unsteered, for "
-                    f"{top.kl_exact_mean:.3g} nats).")
-    return "\n".join(lines) + "\n\n" + verdict
+        lines.append(f"| {coef:g} | {kl_e:.3g} | {kl_l:.3g} | {pivot_r.loc[coef, early]:.3g} | "
+                     f"{pivot_r.loc[coef, late]:.3g} |")
+        smaller += int(coef != 0 and kl_l < kl_e)
+    scaling = kl_scaling(table)
+    spread = [(pivot_kl.loc[c].max() - pivot_kl.loc[c].min()) / pivot_kl.loc[c].mean() for c in nonzero]
+    text = ["\n".join(lines), ""]
+    verdict = "no" if smaller == 0 else ("yes" if smaller == len(nonzero) else "mixed")
+    text.append(f"**In coefficient units: {verdict}.** At the same coefficient (a multiple of the period-vs-comma "
+                f"difference observed at that layer) layer {late} cost less KL than layer {early} at {smaller} of "
+                f"{len(nonzero)} non-zero coefficients, and across all {len(layers)} layers the KL at one coefficient "
+                f"varies by {min(spread):.0%}-{max(spread):.0%} of its mean, while one doubling of the coefficient "
+                f"multiplies it by {2 ** scaling.kl_slope.min():.1f}-{2 ** scaling.kl_slope.max():.1f}: KL grows like "
+                f"coef^{scaling.kl_slope.min():.2f}-{scaling.kl_slope.max():.2f} (fitted per layer; a small "
+                f"perturbation's KL grows like coef^2).")
+    if not scaling.empty:
+        by_push = scaling.sort_values("layer")
+        first, last = by_push.iloc[0], by_push.iloc[-1]
+        cheapest = by_push.sort_values("kl_at_push").iloc[0]
+        text.append(f"\n**Per unit of relative push:** the same vectors are a different share of the residual "
+                    f"stream at each layer (see the norms table). A push of {int(first.push * 100)}% of the residual "
+                    f"norm costs, by the per-layer fits: "
+                    + ", ".join(f"layer {r.layer}: {r.kl_at_push:.2g}" for r in by_push.itertuples())
+                    + f" nats per sequence — layer {int(last.layer)} "
+                    + ("less" if last.kl_at_push < first.kl_at_push else "more")
+                    + f" than layer {int(first.layer)} ({last.kl_at_push:.2g} vs {first.kl_at_push:.2g}); cheapest: "
+                    f"layer {int(cheapest.layer)}.")
+    n_seq = int(table.n_sequences.iloc[0]) if "n_sequences" in table else "these"
+    gains = table[table.coef > 0].copy()
+    se0 = float(baseline.reward_stderr)
+    gains["z"] = (gains.reward_mean - baseline.reward_mean) / np.sqrt(gains.reward_stderr ** 2 + se0 ** 2)
+    rel_se = gains.kl_exact_stderr / gains.kl_exact_mean
+    best = gains.sort_values("reward_mean", ascending=False).iloc[0]
+    worst = gains.sort_values("reward_mean").iloc[0]
+    text.append(f"\n**Reward.** Unsteered: {baseline.reward_mean:.3g} ± {se0:.2g} periods. The most: layer "
+                f"{int(best.layer)}, coefficient {best.coef:g}: {best.reward_mean:.3g} ± {best.reward_stderr:.2g} "
+                f"({best.z:.1f} standard errors above the baseline) for {best.kl_exact_mean:.3g} nats. "
+                f"{int((gains.z > 2).sum())} of {len(gains)} settings are more than 2 standard errors above the "
+                f"baseline; the fewest periods: layer {int(worst.layer)}, coefficient {worst.coef:g}: "
+                f"{worst.reward_mean:.3g} (distinct-2 {worst.distinct_2:.2f} vs {baseline.distinct_2:.2f} unsteered). "
+                f"With {n_seq} sequences per setting the reward differences are noisy; the KL estimates much less "
+                f"so (standard errors {rel_se.min():.0%}-{rel_se.max():.0%} of the mean).")
+    return "\n".join(text)
 
 
 def build_report(args, table: pd.DataFrame, norms: pd.DataFrame, seqs: pd.DataFrame, baseline: pd.Series,
@@ -151,25 +221,30 @@ Unsteered baseline: {baseline.reward_mean:.3g} ± {baseline.reward_stderr:.2g} p
 Time per setting: {per_setting.median():.0f} s median ({per_setting.min():.0f}-{per_setting.max():.0f} s) on a
 shared 2-core CPU; whole run {seconds / 60:.1f} min.
 """)
-    report.text("## Would a later layer make a smaller change?\n\n" + answer(table, layers, float(baseline.reward_mean)))
-    report.figure("sweep", plot_steering_sweep(table, reward_label="periods (char_count '.')"),
-                  title="KL and reward by layer and coefficient")
-    fig = plot_sweep_curves(table, "kl_exact_mean", x="push_over_resid", err="kl_exact_stderr",
+    report.text("## Would a later layer make a smaller change?\n\n" + answer(table, layers, baseline))
+    fig = plot_steering_sweep(table, reward_label="periods (char_count '.')")
+    fig.axes[0].set_yscale("symlog", linthresh=0.1)
+    report.figure("sweep", fig, title="KL and reward by layer and coefficient (KL on a log scale)")
+    fig = plot_sweep_curves(table[table.coef > 0], "kl_exact_mean", x="push_over_resid", err="kl_exact_stderr",
                             title="KL per sequence vs size of the push relative to the residual stream")
     fig.axes[0].set_xlabel("coef x |vector_L| / mean |resid_post_L|")
+    fig.axes[0].set_xscale("log")
+    fig.axes[0].set_yscale("log")
     report.figure("kl_vs_relative_push", fig, title="The same KL against the relative size of the push")
     fig = plot_sweep_curves(table, "kl_prompt_mean", err=None, title="mean per-token KL on the prompts (teacher-forced)")
     report.figure("kl_prompt", fig, title="Per-token KL on the prompts")
-    cols = ["layer", "coef", "reward_mean", "reward_stderr", "kl_exact_mean", "kl_exact_stderr", "kl_k1_mean",
+    cols = ["layer", "coef", "n_sequences", "reward_mean", "reward_stderr", "kl_exact_mean", "kl_exact_stderr", "kl_k1_mean",
             "kl_k1_stderr", "kl_k3_mean", "kl_k3_stderr", "kl_per_token", "kl_prompt_mean", "entropy_mean",
             "distinct_1", "distinct_2", "new_tokens_mean", "push_over_resid", "seconds"]
     report.table("sweep", table[cols], title="All settings (one row per layer x coefficient)", max_rows=60)
     report.table("vector_norms", norms, title="Steering vector norms vs residual-stream norms")
+    report.table("kl_scaling", kl_scaling(table), title="Power-law fit per layer: KL = a * coef^kl_slope")
     examples = seqs.copy()
     examples["layer"] = examples["layer"].astype(int)
     strongest = table[table.coef > 0].sort_values("reward_mean", ascending=False).head(2)
     picks = [(-1, 0.0)] + [(int(r.layer), float(r.coef)) for r in strongest.itertuples()]
     shown = pd.concat([examples[(examples.layer == layer) & (examples.coef == coef)].head(3) for layer, coef in picks])
+    shown = shown.assign(continuation=shown.continuation.astype(str).str.replace("\n", " ⏎ ", regex=False))
     report.table("examples", shown[["layer", "coef", "prompt", "continuation", "reward", "kl_exact"]],
                  title="Sample continuations (layer -1 = unsteered)")
     report.table("sequences", examples[["layer", "coef", "prompt_idx", "continuation", "n_new_tokens", "reward",
