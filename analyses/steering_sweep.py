@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 import pandas as pd
 import torch
 
@@ -230,6 +231,7 @@ shared 2-core CPU; whole run {seconds / 60:.1f} min.
     fig.axes[0].set_xlabel("coef x |vector_L| / mean |resid_post_L|")
     fig.axes[0].set_xscale("log")
     fig.axes[0].set_yscale("log")
+    fig.axes[0].xaxis.set_minor_formatter(NullFormatter())
     report.figure("kl_vs_relative_push", fig, title="The same KL against the relative size of the push")
     fig = plot_sweep_curves(table, "kl_prompt_mean", err=None, title="mean per-token KL on the prompts (teacher-forced)")
     report.figure("kl_prompt", fig, title="Per-token KL on the prompts")
