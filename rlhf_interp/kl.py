@@ -38,9 +38,12 @@ def js_divergence(logits_p: Float[Tensor, "... vocab"], logits_q: Float[Tensor, 
     """Jensen-Shannon divergence (natural log, so at most log 2) along the last dim."""
     logp = torch.log_softmax(logits_p, dim=-1)
     logq = torch.log_softmax(logits_q, dim=-1)
-    logm = torch.logaddexp(logp, logq) - math.log(2.0)
-    p, q = logp.exp(), logq.exp()
-    return 0.5 * (p * (logp - logm)).sum(-1) + 0.5 * (q * (logq - logm)).sum(-1)
+    # log(p/m) and log(q/m) written through d = log q - log p, so identical inputs give exactly 0.
+    d = logq - logp
+    log2 = torch.log(torch.tensor(2.0, dtype=d.dtype, device=d.device))
+    log_p_over_m = log2 - torch.nn.functional.softplus(d)
+    log_q_over_m = d + log_p_over_m
+    return 0.5 * (logp.exp() * log_p_over_m).sum(-1) + 0.5 * (logq.exp() * log_q_over_m).sum(-1)
 
 
 def js_divergence_probs(p: Float[Tensor, "... n"], q: Float[Tensor, "... n"], eps: float = 1e-12
