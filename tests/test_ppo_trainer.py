@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from rlhf_interp.cli import main as cli_main
 from rlhf_interp.ppo import PPOConfig, PPOTrainer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -110,31 +109,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_texts(path: Path, field: str) -> list[str]:
-    if not path.exists():
-        raise FileNotFoundError(f"Text file {path} does not exist.")
-    if path.suffix != ".jsonl":
-        return [line for line in path.read_text().splitlines() if line.strip()]
-    texts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise ValueError(f"{path}:{number}: expected an object with a string {field!r} field.")
-        texts.append(record[field])
-    return texts
-
-
 def _score(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from rlhf_interp.reward_model import load_reward_model
 
-    texts = _read_texts(Path(args.texts), args.field)
+    from rlhf_interp.prompts import load_prompts  # one reader for .txt / .jsonl text files
+
+    texts = load_prompts(args.texts, field=args.field)
     if not texts:
         raise ValueError(f"{args.texts} holds no texts.")
     rm = load_reward_model(args.model_dir, batch_size=args.batch_size)
