@@ -169,6 +169,13 @@ def test_checkpoint_round_trips(trained):
     torch.testing.assert_close(reloaded.score(texts), rm.score(texts), rtol=0, atol=1e-5)
     torch.testing.assert_close(reloaded.score(texts, normalize=False), rm.score(texts, normalize=False), rtol=0, atol=1e-5)
     assert not torch.equal(rm.score(texts), rm.score(texts, normalize=False))
+    # The backbone is a plain HF directory: load_model opens it for the analysis tools.
+    from rlhf_interp import load_model
+    from rlhf_interp.checkpoints import hf_state_dict
+
+    backbone = hf_state_dict(load_model(out, device="cpu").original_model)
+    saved = hf_state_dict(rm.bridge.original_model)
+    assert all(torch.equal(backbone[k], saved[k].cpu()) for k in saved)
     # Batching and order do not change a text's score.
     torch.testing.assert_close(reloaded.score(texts[::-1], batch_size=1).flip(0), reloaded.score(texts), rtol=0, atol=1e-4)
 
