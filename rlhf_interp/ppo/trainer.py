@@ -13,9 +13,9 @@ import random
 import re
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -357,21 +357,17 @@ class PPOTrainer:
                     f.write(json.dumps({"phase": self.phase, "prompt": prompt, "completion": completion,
                                         "reward": value}) + "\n")
 
-    def _merged_hf_model(self):
+    @contextmanager
+    def _merged_hf_model(self) -> Iterator[Any]:
         """The HF model to export: LoRA merged into the weights (so any tool loads it) or the policy itself."""
         if self.peft_model is None:
-            return nullcontext(self.hf_policy)
-        peft_model = self.peft_model
-
-        class _Merged:
-            def __enter__(self_inner):
-                peft_model.merge_adapter()
-                return peft_model.base_model.model
-
-            def __exit__(self_inner, *exc):
-                peft_model.unmerge_adapter()
-
-        return _Merged()
+            yield self.hf_policy
+            return
+        self.peft_model.merge_adapter()
+        try:
+            yield self.peft_model.base_model.model
+        finally:
+            self.peft_model.unmerge_adapter()
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<phase>`` atomically: HF weights + tokenizer, value head, meta.json, trainer state."""
