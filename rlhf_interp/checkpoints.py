@@ -28,6 +28,14 @@ import torch
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
+def plain_param_name(key: str) -> str:
+    """The Hugging Face name of a parameter of a bridge-wrapped (or merged-PEFT) model.
+
+    Bridge aliases carry ``._original_component``; a merged PEFT layer keeps its weight in ``.base_layer``.
+    """
+    return key.replace("._original_component", "").replace(".base_layer", "")
+
+
 def hf_state_dict(hf_model) -> dict[str, torch.Tensor]:
     """The clean Hugging Face state dict of a (possibly bridge-wrapped) model."""
     from transformers import AutoModelForCausalLM
@@ -37,8 +45,7 @@ def hf_state_dict(hf_model) -> dict[str, torch.Tensor]:
     expected = set(fresh.state_dict().keys())
     clean: dict[str, torch.Tensor] = {}
     for key, tensor in hf_model.state_dict().items():
-        # Bridge aliases carry "._original_component"; a merged PEFT layer keeps its weight in ".base_layer".
-        plain = key.replace("._original_component", "").replace(".base_layer", "")
+        plain = plain_param_name(key)
         if plain in expected and plain not in clean:
             clean[plain] = tensor
     if getattr(hf_model.config, "tie_word_embeddings", False):

@@ -57,7 +57,11 @@ def js_divergence_probs(p: Float[Tensor, "... n"], q: Float[Tensor, "... n"], ep
 
 def entropy(logits: Float[Tensor, "... vocab"]) -> Float[Tensor, "..."]:
     """Shannon entropy (nats) of softmax(logits) along the last dim."""
-    logp = torch.log_softmax(logits, dim=-1)
+    return entropy_from_logprobs(torch.log_softmax(logits, dim=-1))
+
+
+def entropy_from_logprobs(logp: Float[Tensor, "... vocab"]) -> Float[Tensor, "..."]:
+    """Shannon entropy (nats) from normalised log-probabilities (when they are already at hand)."""
     return -(logp.exp() * logp).sum(dim=-1)
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhf_interp.cli import main as cli_main
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
@@ -112,3 +113,15 @@ def test_variants_train_and_move_the_policy(tmp_path, overrides):
         from transformers import AutoModelForCausalLM
 
         AutoModelForCausalLM.from_pretrained(tmp_path / "v" / "checkpoint-000002")
+
+
+def test_lora_resume_restores_the_trained_adapter(tmp_path):
+    trainer = PPOTrainer(tiny_config(lora_r=4, lora_targets="[q_proj,v_proj]"), tmp_path / "lora", progress=False)
+    trainer.train()
+    trained = {n: p.detach().clone() for n, p in trainer.hf_policy.named_parameters() if "lora_B" in n}
+    assert trained and any(p.abs().max() > 0 for p in trained.values())  # lora_B starts at 0: it was trained
+    resumed = PPOTrainer.resume(tmp_path / "lora", progress=False)
+    restored = {n: p.detach() for n, p in resumed.hf_policy.named_parameters() if "lora_B" in n}
+    assert restored.keys() == trained.keys()
+    for name, value in trained.items():
+        assert torch.equal(restored[name], value), name

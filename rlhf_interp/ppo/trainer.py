@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_interp.checkpoints import checkpoint_dir, latest_checkpoint, list_checkpoints, read_meta, save_hf_model
-from rlhf_interp.kl import AdaptiveKLController, FixedKLController, masked_mean, penalty_kl
+from rlhf_interp.checkpoints import (checkpoint_dir, hf_state_dict, latest_checkpoint, list_checkpoints, plain_param_name,
+                                     read_meta, save_hf_model)
+from rlhf_interp.kl import AdaptiveKLController, FixedKLController, entropy_from_logprobs, masked_mean, penalty_kl
 from rlhf_interp.models import bridge_from_hf, load_hf_model, model_source
 from rlhf_interp.ppo import losses
 from rlhf_interp.ppo.config import PPOConfig
@@ -62,10 +63,6 @@ class RunningStd:
 
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-def _plain_name(name: str) -> str:
-    return name.replace("._original_component", "")
 
 
 class PPOTrainer:
@@ -129,7 +126,7 @@ class PPOTrainer:
         if cfg.freeze_layers > self.policy.cfg.n_layers:
             raise ValueError(f"freeze_layers = {cfg.freeze_layers} but the model has {self.policy.cfg.n_layers} layers.")
         for name, param in self.hf_policy.named_parameters():
-            plain = _plain_name(name)
+            plain = plain_param_name(name)
             layer = _LAYER.search(plain)
             frozen = (layer is not None and int(layer.group(1)) < cfg.freeze_layers) or (
                 not cfg.train_embeddings and ("embed_tokens" in plain or "lm_head" in plain))
@@ -250,7 +247,7 @@ class PPOTrainer:
                 pg_loss, clip_fraction, approx_kl = losses.policy_loss(
                     logprobs, rollout.logprobs[idx], advantages[idx], mask, cfg.clip_range)
                 v_loss = losses.value_loss(values, rollout.values[idx], returns[idx], mask, cfg.clip_range_value)
-                ent = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mask)
+                ent = masked_mean(entropy_from_logprobs(logp_all), mask)
                 loss = pg_loss + cfg.value_loss_coef * v_loss - cfg.entropy_coef * ent
                 kl_loss = torch.zeros(())
                 if cfg.kl_placement == "loss":
@@ -383,7 +380,7 @@ class PPOTrainer:
         if self.peft_model is not None:
             from peft import get_peft_model_state_dict
 
-            adapter = {k.replace("_original_component.", ""): v for k, v in get_peft_model_state_dict(self.peft_model).items()}
+            adapter = {plain_param_name(k): v for k, v in get_peft_model_state_dict(self.peft_model).items()}
             extra_tensors["adapter/adapter_model.safetensors"] = adapter
         meta = {"step": self.phase, "base_model": self.config.model, "config": self.config.to_dict(),
                 "metrics": self.history[-1] if self.history else {}, "value_head": {"kind": self.config.value_head,
@@ -420,10 +417,8 @@ class PPOTrainer:
         else:
             # Policy weights from the checkpoint; the reference stays the base model.
             hf, _, _ = load_hf_model(ckpt, device=self.device)
-            from rlhf_interp.checkpoints import hf_state_dict
-
             with torch.no_grad():
-                own = {_plain_name(k): p for k, p in self.hf_policy.named_parameters()}
+                own = {plain_param_name(k): p for k, p in self.hf_policy.named_parameters()}
                 for key, value in hf_state_dict(hf).items():
                     if key in own:
                         own[key].copy_(value)
