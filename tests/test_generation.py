@@ -1,0 +1,129 @@
+"""KV-cached generation must equal uncached generation, token for token.
+
+Why these tests exist: transformers 5.24 renamed the cache argument that transformer-lens 4.3 reads, and
+cached generation became garbage after the first token while only three steering tests noticed. Here the
+plain path is compared directly (several prompts, left padding, batch > 1), with each kind of edit
+active, and the runtime canary (`check_kv_cache`) is shown to catch exactly that break.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from rlhf_interp.edits import Ablation, DirectionAblation, NoEdit, Steering
+from rlhf_interp.generation import KVCacheError, check_kv_cache, generate
+
+PROMPTS = ["The capital of France is", "Hi", "Once upon a time, in a small village by the sea,", "2 + 2 ="]
+
+
+def _greedy_pair(model, prompts, n=8):
+    cached = generate(model, prompts, max_new_tokens=n, do_sample=False, stop_at_eos=False)
+    uncached = generate(model, prompts, max_new_tokens=n, do_sample=False, stop_at_eos=False,
+                        use_past_kv_cache=False)
+    return cached, uncached
+
+
+def _edits(model):
+    d = model.cfg.d_model
+    g = torch.Generator().manual_seed(0)
+    vector = torch.randn(d, generator=g) * 4
+    return {
+        "none": NoEdit(),
+        "steer_all": Steering(vector, layers=1, positions="all"),
+        "steer_prompt": Steering(vector, layers=0, positions="prompt"),
+        "steer_generated": Steering(vector, layers=1, positions="generated"),
+        "steer_slice": Steering(vector, layers=0, positions=slice(2, None, 2)),
+        "ablate_zero_layer": Ablation("1", kind="zero"),
+        "ablate_mean_head": Ablation((1, 0), kind="mean", reference_prompts=PROMPTS),
+        "direction": DirectionAblation(torch.randn(d, generator=g), layers="all"),
+    }
+
+
+@pytest.mark.parametrize("edit_name", [
+    "none", "steer_all", "steer_prompt", "steer_generated", "steer_slice", "ablate_zero_layer",
+    "ablate_mean_head", "direction"])
+def test_cached_equals_uncached_tiny(tiny, edit_name):
+    edit = _edits(tiny)[edit_name].on(tiny)
+    with edit:
+        cached, uncached = _greedy_pair(tiny, PROMPTS)
+    assert cached.tokens.shape == uncached.tokens.shape
+    assert torch.equal(cached.tokens, uncached.tokens), (cached.texts, uncached.texts)
+
+
+def test_edits_do_change_generation(tiny):
+    """Guard for the test above: the edits it uses really act on the output (else equality is vacuous)."""
+    plain = generate(tiny, PROMPTS, max_new_tokens=8, do_sample=False, stop_at_eos=False)
+    for name, edit in _edits(tiny).items():
+        if name == "none":
+            continue
+        with edit.on(tiny):
+            edited = generate(tiny, PROMPTS, max_new_tokens=8, do_sample=False, stop_at_eos=False)
+        assert not torch.equal(edited.tokens, plain.tokens), name
+
+
+@contextlib.contextmanager
+def _cache_ignored(model):
+    """Reproduce the transformers-5.24 break: attention never sees (so never updates) the KV cache."""
+    def drop_cache(module, args, kwargs):
+        kwargs = dict(kwargs)
+        for key in ("past_key_values", "layer_past", "cache"):
+            kwargs.pop(key, None)
+        return args, kwargs
+
+    handles = [block.attn.register_forward_pre_hook(drop_cache, with_kwargs=True) for block in model.blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_canary_passes_on_a_healthy_model(tiny):
+    check_kv_cache(tiny, force=True)  # raises on failure
+
+
+def test_canary_raises_a_clear_error_on_a_broken_cache(tiny):
+    with _cache_ignored(tiny):
+        cached, uncached = _greedy_pair(tiny, PROMPTS[:2])
+        assert not torch.equal(cached.tokens, uncached.tokens)  # the simulated break is real
+        with pytest.raises(KVCacheError) as err:
+            check_kv_cache(tiny, force=True)
+    message = str(err.value)
+    for words in ("transformers", "transformer-lens", "constraints.txt", "use_past_kv_cache=False"):
+        assert words in message
+    check_kv_cache(tiny, force=True)  # healthy again once the break is gone
+
+
+def test_generate_runs_the_canary_once_per_model(tiny, monkeypatch):
+    from rlhf_interp import generation
+
+    calls = []
+    real = generation.check_kv_cache
+    monkeypatch.setattr(generation, "_KV_CHECKED", generation.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(generation, "check_kv_cache", lambda m, **kw: (calls.append(m), real(m, **kw)))
+    generate(tiny, "Hi", max_new_tokens=2, do_sample=False)
+    generate(tiny, "Hi", max_new_tokens=2, do_sample=False)
+    generate(tiny, "Hi", max_new_tokens=2, do_sample=False, use_past_kv_cache=False)
+    assert len(calls) == 2 and generation._KV_CHECKED.get(tiny) is True
+
+
+def test_generate_refuses_a_broken_cache(tiny, monkeypatch):
+    from rlhf_interp import generation
+
+    monkeypatch.setattr(generation, "_KV_CHECKED", generation.weakref.WeakKeyDictionary())
+    with _cache_ignored(tiny), pytest.raises(KVCacheError):
+        generate(tiny, PROMPTS, max_new_tokens=4)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("edit_name", ["none", "steer_generated", "ablate_zero_layer"])
+def test_cached_equals_uncached_smollm2(smol, edit_name):
+    edit = _edits(smol)[edit_name].on(smol)
+    with edit:
+        cached, uncached = _greedy_pair(smol, PROMPTS, n=12)
+    assert torch.equal(cached.tokens, uncached.tokens), (cached.texts, uncached.texts)
+    if edit_name == "none":
+        assert cached.texts[0].startswith(" Paris")
