@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from rlhf_interp.core.io import read_jsonl
 
 SHIPPED_PROMPTS = Path(__file__).parent / "data" / "prompts.txt"
 
@@ -23,13 +24,7 @@ def load_prompts(source: str | Path | None = None, *, limit: int | None = None, 
                                 f".jsonl file (objects with a {field!r} field), or omit it for the shipped set.")
     prompts: list[str] = []
     if path.suffix == ".jsonl":
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
+        for number, record in read_jsonl(path):
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise ValueError(f"{path}:{number}: expected an object with a string {field!r} field.")
             prompts.append(record[field])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rlhf_interp.cli.measure_cmd import add_common_args, load_prompt_set, parse_layers, write_config
+from rlhf_interp.cli.common import add_common_args, load_prompt_set, parse_layers, write_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> int:
+    from rlhf_interp.bridge import load_model
     from rlhf_interp.edits import resolve_layers
     from rlhf_interp.measure import ablation_sweep, all_heads
-    from rlhf_interp.models import load_model
     from rlhf_interp.plots import plot_ablation_sweep
     from rlhf_interp.prompts import load_prompts
 

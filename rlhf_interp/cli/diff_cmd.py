@@ -36,9 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhf_interp.checkpoints import list_checkpoints
+    from rlhf_interp.bridge import list_checkpoints, load_model
     from rlhf_interp.diff import RESID_HOOKS, check_compatible, diff_models, diff_trajectory, policy_samples
-    from rlhf_interp.models import load_model
     from rlhf_interp.plots import diff_figures
     from rlhf_interp.prompts import load_prompts
 

@@ -1,54 +1,12 @@
 """``rlhf-interp measure``: the KL shift of one edit (or of one model against another), per token on the
-prompts and per sequence on samples, with reward, entropy and diversity. Also holds the arguments the
-``steer`` and ``ablate`` commands share."""
+prompts and per sequence on samples, with reward, entropy and diversity."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-
-def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> None:
-    """Model, prompts, sampling, reward and output options shared by steer / ablate / measure."""
-    parser.add_argument("--model", default="smollm2-135m", help="alias, local directory, run directory or HF id")
-    parser.add_argument("--prompts", default="default", help="'default' (shipped openings), a .txt or .jsonl file")
-    parser.add_argument("--n-prompts", type=int, default=16, help="how many prompts (a seeded sample)")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens sampled per prompt")
-    parser.add_argument("--reward", default="char_count",
-                        help="char_count (periods), sentiment, length, module:function or reward_model:PATH")
-    parser.add_argument("--seed", type=int, default=0, help="prompt sample and sampling seed")
-    parser.add_argument("--out", default=default_out, help="output directory (CSV, PNG, config.json)")
-
-
-def load_prompt_set(args: argparse.Namespace) -> list[str]:
-    from rlhf_interp.prompts import load_prompts
-
-    return load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
-
-
-def parse_floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise ValueError(f"Expected comma-separated numbers, e.g. '0,1,2,4'; got {text!r}.") from err
-
-
-def parse_layers(text: str) -> list[int] | str:
-    if text == "all":
-        return "all"
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise ValueError(f"Expected comma-separated layer numbers or 'all', got {text!r}.") from err
-
-
-def write_config(out: Path, args: argparse.Namespace, **extra) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in vars(args).items() if k != "func"}
-    (out / "config.json").write_text(json.dumps({**config, **extra, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                                                indent=2, default=str))
+from rlhf_interp.cli.common import add_common_args, load_prompt_set, parse_layers, write_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,8 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_edit(args: argparse.Namespace):
     """The edit named by --steer / --ablate / --ablate-direction (combined when several are given)."""
-    from rlhf_interp.edits import Ablation, Combined, DirectionAblation, Steering
-    from rlhf_interp.steering import SteeringVector
+    from rlhf_interp.edits import Ablation, Combined, DirectionAblation, Steering, SteeringVector
 
     edits = []
     layers = parse_layers(args.layers) if args.layers else None
@@ -89,8 +46,8 @@ def build_edit(args: argparse.Namespace):
 
 
 def _measure(args: argparse.Namespace) -> int:
+    from rlhf_interp.bridge import load_model
     from rlhf_interp.measure import evaluate_edit, kl_shift
-    from rlhf_interp.models import load_model
 
     out = Path(args.out)
     edit = build_edit(args)

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from rlhf_interp.models import EMBEDDED_MODELS, KNOWN_ALIASES, cache_root, dir_size_bytes, embedded_model_dir, is_cached
+    from rlhf_interp.bridge.aliases import (EMBEDDED_MODELS, KNOWN_ALIASES, cache_root, dir_size_bytes, embedded_model_dir,
+                                            is_cached)
 
     print(f"cache: {cache_root()}")
     print(f"{'alias':<14} {'cached':<7} {'size':>9}  description")
@@ -40,7 +41,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from rlhf_interp.models import dir_size_bytes, fetch_embedded
+    from rlhf_interp.bridge import dir_size_bytes, fetch_embedded
 
     start = time.perf_counter()
     path = fetch_embedded(args.name, force=args.force)
@@ -49,7 +50,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from rlhf_interp.models import load_model
+    from rlhf_interp.bridge import load_model
 
     start = time.perf_counter()
     bridge = load_model(args.name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rlhf_interp.cli.common import parse_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("reward-model", help="learned reward models: synthesize preference pairs, train, score",
@@ -63,25 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p_score.set_defaults(func=_score)
 
 
-def _key_values(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"{item!r} must look like KEY=VALUE.")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
-    return out
-
-
 def _synth(args: argparse.Namespace) -> int:
-    from rlhf_interp.models import load_model
-    from rlhf_interp.preference_data import synthesize_pairs, write_preferences
+    from rlhf_interp.bridge import load_model
     from rlhf_interp.prompts import load_prompts
-    from rlhf_interp.rewards import get_reward
+    from rlhf_interp.reward import get_reward, synthesize_pairs, write_preferences
 
-    reward = get_reward(args.reward, **_key_values(args.reward_args))
+    reward = get_reward(args.reward, **parse_options(args.reward_args, what="--reward-arg"))
     model = load_model(args.model, dtype=args.dtype)
     pairs, stats = synthesize_pairs(model, reward, load_prompts(args.prompts), args.n_pairs,
                                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -94,7 +83,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlhf_interp.reward_model import RewardTrainingConfig, train_reward_model
+    from rlhf_interp.reward import RewardTrainingConfig, train_reward_model
 
     config = RewardTrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
                                   val_fraction=args.val_fraction, patience=args.patience,
@@ -112,9 +101,8 @@ def _train(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from rlhf_interp.reward_model import load_reward_model
-
     from rlhf_interp.prompts import load_prompts  # one reader for .txt / .jsonl text files
+    from rlhf_interp.reward import load_reward_model
 
     texts = load_prompts(args.texts, field=args.field)
     if not texts:

@@ -4,10 +4,9 @@ tidy table (CSV) and a figure (PNG) of reward and KL per setting."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from rlhf_interp.cli.measure_cmd import add_common_args, load_prompt_set, parse_floats, parse_layers, write_config
+from rlhf_interp.cli.common import add_common_args, load_prompt_set, parse_floats, parse_layers, write_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,52 +40,51 @@ def _texts(values: list[str]) -> list[str]:
 
 def build_vector(args: argparse.Namespace, model, layers):
     """The steering vector the arguments describe."""
-    from rlhf_interp import steering
-    from rlhf_interp.models import load_model
+    from rlhf_interp.bridge import load_model
+    from rlhf_interp.core.io import read_jsonl
+    from rlhf_interp.edits import vectors
 
     given = [bool(args.vector), bool(args.positive or args.negative), bool(args.pairs), bool(args.base or args.tuned)]
     if sum(given) != 1:
         raise ValueError("Give exactly one vector source: --vector FILE, --positive/--negative TEXTS, --pairs FILE, "
                          "or --base MODEL --tuned MODEL.")
     if args.vector:
-        return steering.SteeringVector.load(args.vector)
+        return vectors.SteeringVector.load(args.vector)
     if args.positive or args.negative:
         if not (args.positive and args.negative):
             raise ValueError("--positive and --negative go together.")
         pos, neg = _texts(args.positive), _texts(args.negative)
         method = args.method or "mean_difference"
         if method == "mean_difference":
-            return steering.mean_difference(model, pos, neg, layers, args.hook, args.reduce)
+            return vectors.mean_difference(model, pos, neg, layers, args.hook, args.reduce)
         if len(pos) != len(neg):
             raise ValueError(f"--method {method} pairs texts: got {len(pos)} positive and {len(neg)} negative.")
         pairs = list(zip(pos, neg))
     elif args.pairs:
         pairs = []
-        for number, line in enumerate(Path(args.pairs).read_text().splitlines(), start=1):
-            if line.strip():
-                record = json.loads(line)
-                if not {"positive", "negative"} <= set(record):
-                    raise ValueError(f"{args.pairs}:{number}: expected an object with 'positive' and 'negative'.")
-                pairs.append((record["positive"], record["negative"]))
+        for number, record in read_jsonl(args.pairs):
+            if not isinstance(record, dict) or not {"positive", "negative"} <= set(record):
+                raise ValueError(f"{args.pairs}:{number}: expected an object with 'positive' and 'negative'.")
+            pairs.append((record["positive"], record["negative"]))
         method = args.method or "contrastive"
     else:
         if not (args.base and args.tuned):
             raise ValueError("--base and --tuned go together.")
         base = model if args.base == args.model else load_model(args.base)
         tuned = model if args.tuned == args.model else load_model(args.tuned)
-        return steering.finetuning_direction(base, tuned, load_prompt_set(args), layers, args.hook)
+        return vectors.finetuning_direction(base, tuned, load_prompt_set(args), layers, args.hook)
     if method == "pca":
-        return steering.pca_direction(model, pairs, layers, args.hook, args.reduce)
+        return vectors.pca_direction(model, pairs, layers, args.hook, args.reduce)
     if method == "mean_difference":
-        return steering.mean_difference(model, [p for p, _ in pairs], [n for _, n in pairs], layers, args.hook,
+        return vectors.mean_difference(model, [p for p, _ in pairs], [n for _, n in pairs], layers, args.hook,
                                         args.reduce)
-    return steering.contrastive(model, pairs, layers, args.hook, args.reduce)
+    return vectors.contrastive(model, pairs, layers, args.hook, args.reduce)
 
 
 def _steer(args: argparse.Namespace) -> int:
+    from rlhf_interp.bridge import load_model
     from rlhf_interp.edits import resolve_layers
     from rlhf_interp.measure import steering_sweep
-    from rlhf_interp.models import load_model
     from rlhf_interp.plots import plot_steering_sweep
 
     out = Path(args.out)

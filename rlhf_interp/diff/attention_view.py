@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from rlhf_interp.bridge.activations import capture
+from rlhf_interp.bridge.tokens import tokenize
 from rlhf_interp.diff.compat import check_compatible
 from rlhf_interp.diff.stream import PATTERN_HOOK, block_hook
-from rlhf_interp.models import tokenize
 
 
 def most_changed_heads(attention: pd.DataFrame, n: int = 4) -> list[tuple[int, int]]:
@@ -22,8 +23,7 @@ def head_patterns(bridge, prompt: str, heads: list[tuple[int, int]]) -> tuple[li
     """Token strings of ``prompt`` (BOS prepended) and the attention patterns ``[len(heads), pos, pos]``."""
     tokens, mask = tokenize(bridge, [prompt])
     names = sorted({block_hook(layer, PATTERN_HOOK) for layer, _ in heads})
-    with torch.no_grad():
-        _, cache = bridge.run_with_cache(tokens, attention_mask=mask, names_filter=names)
+    cache = capture(bridge, tokens, mask, names)
     patterns = torch.stack([cache[block_hook(layer, PATTERN_HOOK)][0, head] for layer, head in heads])
     return [bridge.tokenizer.decode([t]) for t in tokens[0].tolist()], patterns.detach().cpu()
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from rlhf_interp.bridge.loading import model_source
 from rlhf_interp.diff.accumulators import (
     AttentionAccumulator,
     DifferenceDirections,
@@ -26,7 +27,6 @@ from rlhf_interp.diff.compat import check_compatible
 from rlhf_interp.diff.lens import logit_lens_table, logit_lens_token_ranks
 from rlhf_interp.diff.stream import RESID_HOOKS, paired_batches, validate_hooks
 from rlhf_interp.diff.weights import summarize_weight_diff, weight_diff
-from rlhf_interp.models import model_source
 
 ANALYSES: tuple[str, ...] = ("residual", "directions", "attention", "output", "weights")
 

@@ -1,7 +1,8 @@
 """Run base and tuned on the same token batches, one batch at a time.
 
 Why a generator: every diff statistic is a running sum over batches, so nothing here ever holds more
-than one batch's activations. Hooks exist only inside ``run_with_cache`` (removed when it returns).
+than one batch's activations. Activations come from the one capture helper
+(`rlhf_interp.bridge.activations.capture`); positions and masks from `rlhf_interp.core.masks`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rlhf_interp.models import tokenize
+from rlhf_interp.bridge.activations import capture
+from rlhf_interp.bridge.tokens import tokenize
+from rlhf_interp.core.masks import content_mask, real_positions
 
 # The residual-stream hook points compared at every layer (TransformerLens names, per block).
 RESID_HOOKS: tuple[str, ...] = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
@@ -51,19 +54,7 @@ class PairedBatch:
     tuned_logits: Float[Tensor, "batch pos vocab"] | None
 
 
-def real_token_positions(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
-    """Position of each token among its row's real tokens (left padding makes this differ from the column)."""
-    positions = attention_mask.long().cumsum(dim=1) - 1
-    return positions.masked_fill(attention_mask == 0, -1)
-
-
-def _run(bridge, tokens: Tensor, mask: Tensor, hook_names: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-    device = next(bridge.parameters()).device
-    tokens, mask = tokens.to(device), mask.to(device)
-    if not hook_names:
-        return bridge(tokens, attention_mask=mask), {}
-    logits, cache = bridge.run_with_cache(tokens, attention_mask=mask, names_filter=hook_names)
-    return logits, {name: cache[name] for name in hook_names}
+real_token_positions = real_positions  # the old name: index among the row's real tokens, -1 on padding
 
 
 def paired_batches(base, tuned, texts: Sequence[str], hook_names: Sequence[str], *, batch_size: int = 8,
@@ -78,11 +69,11 @@ def paired_batches(base, tuned, texts: Sequence[str], hook_names: Sequence[str],
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
         chunk = list(texts[start:start + batch_size])
         tokens, mask = tokenize(base, chunk)
-        with torch.no_grad():
-            base_logits, base_cache = _run(base, tokens, mask, names)
-            tuned_logits, tuned_cache = _run(tuned, tokens, mask, names)
-        positions = real_token_positions(mask)
-        token_mask = mask.bool() if include_bos else mask.bool() & (positions > 0)
+        b = capture(base, tokens, mask, names, logits=True)
+        t = capture(tuned, tokens, mask, names, logits=True)
+        base_logits, base_cache, tuned_logits, tuned_cache = b.logits, b.acts, t.logits, t.acts
+        positions = real_positions(mask)
+        token_mask = content_mask(mask, include_bos=include_bos)
         yield PairedBatch(
             tokens=tokens, attention_mask=mask, token_mask=token_mask, positions=positions,
             prompt_index=torch.arange(start, start + len(chunk)),

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from rlhf_interp.generation import generate
+from rlhf_interp.bridge.generation import generate
 
 
 def policy_samples(bridge, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 8,

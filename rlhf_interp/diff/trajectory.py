@@ -8,9 +8,9 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from rlhf_interp.checkpoints import CHECKPOINT_PATTERN, list_checkpoints, read_meta
+from rlhf_interp.bridge.loading import load_model, model_device
+from rlhf_interp.bridge.run_dirs import CHECKPOINT_PATTERN, list_checkpoints, read_meta
 from rlhf_interp.diff.core import ModelDiff, diff_models
-from rlhf_interp.models import load_model, model_device
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:

@@ -1,6 +1,6 @@
 """Weight diff: how far each parameter tensor moved, named in TransformerLens's vocabulary.
 
-Read from the clean Hugging Face state dict (`rlhf_interp.checkpoints.hf_state_dict`): the bridge's own
+Read from the clean Hugging Face state dict (`rlhf_interp.bridge.hf.hf_state_dict`): the bridge's own
 state dict carries alias keys, so every tensor would be counted several times.
 """
 
@@ -11,7 +11,7 @@ import re
 import pandas as pd
 import torch
 
-from rlhf_interp.checkpoints import hf_state_dict
+from rlhf_interp.bridge.hf import hf_state_dict
 from rlhf_interp.diff.compat import ModelMismatchError, check_compatible
 
 # (pattern on the HF parameter name, TransformerLens-style component stem, group). First match wins.

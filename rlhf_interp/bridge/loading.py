@@ -1,0 +1,116 @@
+"""Turn a name, a Hugging Face id, a local directory, a run directory or a foreign checkpoint into a
+`TransformerBridge`.
+
+Why one entry point: every other module (trainer, diff, edits, measure, reward models) must see models
+through the same tokenizer convention, device choice and dtype, or their numbers are not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from rlhf_interp.bridge.aliases import (EMBEDDED_ALIAS, EMBEDDED_MODELS, KNOWN_ALIASES, TINY_ALIAS, TOKENIZER_DIR,
+                                        ModelLoadError, default_device, resolve_dtype)
+from rlhf_interp.bridge.embedded import build_tiny_model, fetch_embedded, load_tokenizer
+from rlhf_interp.bridge.foreign import (clean_foreign_state_dict, has_tokenizer, load_from_hub, load_peft_adapter,
+                                       model_from_state_dict)
+from rlhf_interp.bridge.run_dirs import find_model_dir
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | torch.device | None = None,
+                  dtype: str | torch.dtype | None = None):
+    """Load the plain Hugging Face causal LM and tokenizer behind any accepted name.
+
+    Returns ``(hf_model, tokenizer, source)`` where ``source`` is the alias or resolved directory.
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype)
+    device = torch.device(device) if device is not None else default_device()
+    name = str(name_or_path)
+
+    if name == TINY_ALIAS:
+        model = build_tiny_model().to(device=device, dtype=torch_dtype)
+        return model.eval(), load_tokenizer(), TINY_ALIAS
+    if name in EMBEDDED_MODELS:
+        model_dir, source = fetch_embedded(name), name
+    else:
+        local = Path(name).expanduser()
+        if local.exists():
+            model_dir = find_model_dir(local)
+            source = str(model_dir)
+        elif _HUB_ID.match(name):
+            return load_from_hub(name, device, torch_dtype)
+        else:
+            raise ModelLoadError(
+                f"Unknown model {name!r}: it is neither a known alias ({', '.join(sorted(KNOWN_ALIASES))}), "
+                f"nor an existing local directory, nor a Hugging Face id (owner/name)."
+            )
+
+    if (model_dir / "adapter_config.json").exists() and not (model_dir / "config.json").exists():
+        return load_peft_adapter(model_dir, device, torch_dtype, load_hf_model)
+
+    cleaned = clean_foreign_state_dict(model_dir)
+    if cleaned is not None:
+        model = model_from_state_dict(model_dir, cleaned, torch_dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation="eager")
+    model.config.output_attentions = False
+    tokenizer = load_tokenizer(model_dir if has_tokenizer(model_dir) else _tokenizer_fallback(model_dir))
+    return model.to(device).eval(), tokenizer, source
+
+
+def _tokenizer_fallback(model_dir: Path) -> Path:
+    """Checkpoints without tokenizer files: use the base model named in our meta.json, else SmolLM2's."""
+    meta = model_dir / "meta.json"
+    if meta.exists():
+        base = json.loads(meta.read_text()).get("base_model")
+        if base and base != TINY_ALIAS and base in EMBEDDED_MODELS:
+            return fetch_embedded(base)
+    return TOKENIZER_DIR
+
+
+def bridge_from_hf(hf_model, tokenizer, name: str = "model"):
+    """Boot a TransformerBridge around an already-loaded HF model (no Hub access)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tokenizer.padding_side = "left"
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=str(next(hf_model.parameters()).device),
+        dtype=next(hf_model.parameters()).dtype,
+    )
+    bridge.eval()
+    bridge.rlhf_interp_source = str(name)
+    return bridge
+
+
+def load_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None, frozen: bool = False):
+    """Load any accepted model as a `TransformerBridge`.
+
+    ``name_or_path``: ``"smollm2-135m"`` (embedded default, offline), ``"tiny-test"``, a local HF
+    directory (ours, TRL, OpenRLHF, verl, a PEFT adapter), a run directory (its latest checkpoint),
+    or a Hub id when the Hub is reachable. ``device=None`` picks CUDA when available. ``frozen=True``
+    turns off gradients of every weight (a reference model, a reward model's backbone).
+    """
+    hf_model, tokenizer, source = load_hf_model(name_or_path, device=device, dtype=dtype)
+    if frozen:
+        for p in hf_model.parameters():
+            p.requires_grad_(False)
+    return bridge_from_hf(hf_model, tokenizer, name=str(source))
+
+
+def model_source(bridge) -> str:
+    """The name or directory a bridge was loaded from (for metadata)."""
+    return getattr(bridge, "rlhf_interp_source", getattr(bridge.cfg, "model_name", "unknown"))
+
+
+def model_device(bridge) -> torch.device:
+    """The device of a bridge's weights."""
+    return next(bridge.parameters()).device
