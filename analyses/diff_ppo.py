@@ -3,9 +3,11 @@
     python analyses/diff_ppo.py --base smollm2-135m --tuned runs/periods            # a run dir: latest + trajectory
     python analyses/diff_ppo.py --base smollm2-135m --tuned runs/periods/checkpoint-000200
     python analyses/diff_ppo.py --base smollm2-135m --demo-tuned                    # no PPO run yet: see below
+    python analyses/diff_ppo.py --from-csv                                          # page from its CSVs, no model
 
-Writes reports/diff_ppo/ (README.md, index.html, CSV tables, PNG figures, a circuitsvis view of the heads
-whose attention changed most, directions.pt with the difference directions for steering).
+Writes reports/diff_ppo/: the diff's tidy tables as CSV (the attention patterns of the most-changed heads too),
+config.json, directions.pt (the difference directions, for steering), and the page rendered from those CSVs
+(README.md, index.html, PNG figures, a circuitsvis view: base, tuned, and tuned - base).
 
 Texts: by default the tuned policy's own samples (prompt + ``--samples`` sampled tokens), because the
 tuned behaviour shows where the policy writes, not in the prompt openings; ``--samples 0`` diffs on
@@ -28,19 +30,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rlhf_interp import Report, load_model, load_prompts, save_hf_model, tokenize
+from rlhf_interp import load_model, load_prompts, save_hf_model, tokenize
 from rlhf_interp.checkpoints import list_checkpoints
-from rlhf_interp.diff import (
-    attention_diff_view,
-    check_compatible,
-    diff_models,
-    diff_trajectory,
-    most_changed_heads,
-    policy_samples,
-)
+from rlhf_interp.diff import check_compatible, diff_models, diff_trajectory, most_changed_heads, policy_samples
+from rlhf_interp.diff.attention_view import head_patterns
 from rlhf_interp.diff.lens import token_id
 from rlhf_interp.diff.trajectory import trajectory_checkpoints
-from rlhf_interp.plots import diff_figures
+from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.charts import xy_chart
+from rlhf_interp.report.plots import diff_figures
 
 HOOK = "hook_resid_post"
 
@@ -61,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="diff_ppo", help="report name: reports/<name>/")
+    p.add_argument("--from-csv", action="store_true", help="re-render reports/<name>/ from its CSVs (no model)")
     args = p.parse_args(argv)
-    if bool(args.tuned) == args.demo_tuned:
+    if not args.from_csv and bool(args.tuned) == args.demo_tuned:
         p.error("pass exactly one of --tuned RUN_OR_CKPT_DIR and --demo-tuned")
     args.watch_token = args.watch_token or ["."]
     return args
@@ -99,7 +98,11 @@ def make_demo_run(base_name: str, run_dir: Path, *, steps: int, lr: float, seed:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading the tables
+# Reading the tables (the same functions serve the full run and the rebuild from CSV)
+
+RESULT_TABLES = ["residual", "residual_by_position", "directions", "components", "logit_lens", "logit_lens_tokens",
+                 "attention", "output_summary", "output_tokens", "token_shifts", "weights", "weights_summary"]
+TRAJECTORY_TABLES = ["residual", "directions", "logit_lens_tokens", "output_summary", "weights_summary"]
 
 
 def evenly_spaced(items: list, k: int) -> list:
@@ -109,72 +112,121 @@ def evenly_spaced(items: list, k: int) -> list:
     return [items[i] for i in sorted(picks)]
 
 
-def findings(result, watch: list[str]) -> list[str]:
+def findings(t: dict[str, pd.DataFrame], watch: list[str]) -> list[str]:
     """The headline numbers, as markdown bullets (also printed)."""
-    res = result.residual
+    res = t["residual"]
     post = res[res["hook"] == HOOK].set_index("layer")["rel_diff_norm"]
     first = int(post[post >= 0.1 * post.max()].index.min()) if post.max() > 0 else None
+    unchanged = post[post == 0].index
     top = post.nlargest(5)
     writes = res[res["hook"].isin(["hook_attn_out", "hook_mlp_out"])].nlargest(5, "diff_norm")
-    out = result.output_summary.iloc[0]
-    up = result.token_shifts.query("direction == 'up'").nsmallest(5, "rank")
-    down = result.token_shifts.query("direction == 'down'").nsmallest(5, "rank")
+    out = t["output_summary"].iloc[0]
+    shifts = t["token_shifts"]
+    up = shifts.query("direction == 'up'").nsmallest(5, "rank")
+    down = shifts.query("direction == 'down'").nsmallest(5, "rank")
     lines = [
-        f"Largest {HOOK} change (rel_diff_norm = ||tuned-base||/||base||): layers "
+        (f"Layers {int(unchanged.min())}-{int(unchanged.max())} are unchanged (rel_diff_norm exactly 0: frozen in "
+         f"training). " if len(unchanged) else "")
+        + f"Largest {HOOK} change (rel_diff_norm = token mean of ||tuned-base||/||base||): layers "
         + ", ".join(f"{layer} ({value:.3g})" for layer, value in top.items())
         + (f"; the change first reaches 10% of its maximum at layer {first}." if first is not None else "."),
         "Sublayer outputs that changed most in absolute terms (diff_norm): "
         + ", ".join(f"L{r.layer} {r.hook} ({r.diff_norm:.3g})" for r in writes.itertuples()) + ".",
         f"Mean KL per token: forward KL(tuned||base) = {out.kl_forward:.4g}, reverse = {out.kl_reverse:.4g} "
         f"(over {int(out.n_tokens)} tokens).",
-        "Next-token probability rose most for " + ", ".join(f"{t!r} ({d:+.3g})" for t, d in zip(up.token, up.prob_diff))
-        + "; fell most for " + ", ".join(f"{t!r} ({d:+.3g})" for t, d in zip(down.token, down.prob_diff)) + ".",
+        "Next-token probability (mean over those tokens) rose most for "
+        + ", ".join(f"{tok!r} ({d:+.3g})" for tok, d in zip(up.token, up.prob_diff))
+        + "; fell most for " + ", ".join(f"{tok!r} ({d:+.3g})" for tok, d in zip(down.token, down.prob_diff)) + ".",
     ]
-    ranks = result.logit_lens_tokens
+    ranks = t["logit_lens_tokens"]
     for token in watch:
         tuned = ranks[(ranks["token"] == token) & (ranks["model"] == "tuned")].set_index("layer")["rank"]
         best = tuned.nsmallest(3)
         lines.append(f"Logit lens of the mean difference ({HOOK}, tuned model's ln_final/W_U): {token!r} ranks "
                      + ", ".join(f"#{int(r)} at layer {layer}" for layer, r in best.items())
                      + f" (best layers of {len(tuned)}); at the last layer #{int(tuned.iloc[-1])}.")
-    lens = result.logit_lens
+    lens = t["logit_lens"]
     last = int(lens["layer"].max())
-    promoted = lens.query("layer == @last and model == 'tuned' and kind == 'promoted'").nsmallest(8, "rank")
-    lines.append(f"Tokens the last layer's mean difference promotes most: {', '.join(map(repr, promoted.token))}.")
-    heads = result.attention.nlargest(3, "js_divergence")
+    promoted = lens[(lens["layer"] == last) & (lens["model"] == "tuned") & (lens["kind"] == "promoted")]
+    lines.append(f"Tokens the last layer's mean difference promotes most: "
+                 f"{', '.join(map(repr, promoted.nsmallest(8, 'rank').token))}.")
+    heads = t["attention"].nlargest(3, "js_divergence")
     lines.append("Attention heads that changed most (mean JS divergence, nats): "
                  + ", ".join(f"L{r.layer}H{r.head} ({r.js_divergence:.3g})" for r in heads.itertuples()) + ".")
-    weights = result.weights_summary.nlargest(5, "rel_diff_norm")
+    weights = t["weights_summary"].nlargest(5, "rel_diff_norm")
     lines.append("Weights that moved most (relative Frobenius): "
                  + ", ".join(f"L{r.layer} {r.component} ({r.rel_diff_norm:.3g})" for r in weights.itertuples()) + ".")
     return lines
 
 
-def trajectory_summary(traj, watch: list[str]) -> pd.DataFrame:
+def trajectory_summary(t: dict[str, pd.DataFrame], watch: list[str]) -> pd.DataFrame:
     """One row per step: where the residual change peaks, its size, KL, and the watched token's best lens rank."""
+    residual, output = t["trajectory_residual"], t["trajectory_output_summary"]
+    weights, lens = t.get("trajectory_weights_summary"), t["trajectory_logit_lens_tokens"]
     rows = []
-    for step, group in traj.residual[traj.residual["hook"] == HOOK].groupby("step"):
+    for step, group in residual[residual["hook"] == HOOK].groupby("step"):
         peak = group.loc[group["rel_diff_norm"].idxmax()]
-        out = traj.output_summary.query("step == @step").iloc[0]
+        out = output[output["step"] == step].iloc[0]
         row = {"step": step, "peak_layer": int(peak["layer"]), "peak_rel_diff_norm": peak["rel_diff_norm"],
                "mean_rel_diff_norm": group["rel_diff_norm"].mean(), "kl_forward": out["kl_forward"],
                "kl_reverse": out["kl_reverse"]}
-        if not traj.weights_summary.empty:
-            w = traj.weights_summary.query("step == @step")
+        if weights is not None and not weights.empty:
+            w = weights[weights["step"] == step]
             row["weights_rel_diff_norm"] = (w["diff_norm"] ** 2).sum() ** 0.5 / (w["base_norm"] ** 2).sum() ** 0.5
         for token in watch:
-            r = traj.logit_lens_tokens.query("step == @step and token == @token and model == 'tuned'")
+            r = lens[(lens["step"] == step) & (lens["token"] == token) & (lens["model"] == "tuned")]
             row[f"best_lens_rank_{token}"] = r["rank"].min()
             row[f"last_layer_lens_rank_{token}"] = r.loc[r["layer"].idxmax(), "rank"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def pattern_table(tokens: list[str], heads: list[tuple[int, int]], patterns: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Tidy attention patterns of the shown heads: one row per (head, model, query, key <= query)."""
+    rows = []
+    for model, tensor in patterns.items():
+        for i, (layer, head) in enumerate(heads):
+            for q in range(len(tokens)):
+                for k in range(q + 1):
+                    rows.append({"layer": layer, "head": head, "model": model, "query_pos": q, "key_pos": k,
+                                 "query_token": tokens[q], "key_token": tokens[k], "weight": float(tensor[i, q, k])})
+    return pd.DataFrame(rows)
+
+
+def attention_views(patterns: pd.DataFrame, heads: list[tuple[int, int]]):
+    """circuitsvis views from the tidy pattern table: base/tuned side by side, and tuned - base."""
+    import circuitsvis
+    import numpy as np
+
+    n = int(patterns["query_pos"].max()) + 1
+    tokens = patterns.drop_duplicates("query_pos").sort_values("query_pos")["query_token"].tolist()
+    grids = {}
+    for (layer, head, model), g in patterns.groupby(["layer", "head", "model"]):
+        grid = np.zeros((n, n))
+        grid[g["query_pos"], g["key_pos"]] = g["weight"]
+        grids[(layer, head, model)] = grid
+    pairs = np.stack([grids[(layer, head, model)] for layer, head in heads for model in ("base", "tuned")])
+    names = [f"L{layer}H{head} {model}" for layer, head in heads for model in ("base", "tuned")]
+    side_by_side = circuitsvis.attention.attention_heads(attention=pairs, tokens=tokens, attention_head_names=names)
+    diff = np.stack([grids[(layer, head, "tuned")] - grids[(layer, head, "base")] for layer, head in heads])
+    bound = float(np.abs(diff).max()) or 1.0
+    difference = circuitsvis.attention.attention_heads(
+        attention=diff, tokens=tokens, attention_head_names=[f"L{layer}H{head} tuned − base" for layer, head in heads],
+        min_value=-bound, max_value=bound, negative_color="red", positive_color="blue")
+    return tokens, side_by_side, difference, bound
+
+
 # ----------------------------------------------------------------------------------------------
+# The full run: models in, tables out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = Path("reports") / args.name
+    if args.from_csv:
+        render(out).save()
+        print(f"report: {out}/index.html (rebuilt from its CSVs)")
+        return 0
     torch.manual_seed(args.seed)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="diff_ppo_demo_") as tmp:
@@ -193,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                  if args.samples > 0 else prompts)
         result = diff_models(base, tuned, texts, batch_size=args.batch_size, watch_tokens=args.watch_token)
         heads = most_changed_heads(result.attention, 4)
-        view = attention_diff_view(base, tuned, texts[0], heads)
+        tokens, base_patterns = head_patterns(base, texts[0], heads)
+        _, tuned_patterns = head_patterns(tuned, texts[0], heads)
         del tuned
 
         traj, chosen = None, []
@@ -203,106 +256,201 @@ def main(argv: list[str] | None = None) -> int:
                                    analyses=("residual", "directions", "output", "weights"),
                                    batch_size=args.batch_size, watch_tokens=args.watch_token, per_token=False)
 
-    lines = findings(result, args.watch_token)
-    print("\n".join(f"- {line}" for line in lines))
-    report = build_report(args, result, traj, lines, final_path, checkpoints, chosen, texts, view, heads)
-    report.config.update({"seconds": round(time.time() - started, 1)})
-    out = report.save()
+    tables = {name: getattr(result, name) for name in RESULT_TABLES}
+    if traj is not None:
+        tables.update({f"trajectory_{name}": getattr(traj, name) for name in TRAJECTORY_TABLES})
+    tables["attention_patterns"] = pattern_table(tokens, heads, {"base": base_patterns, "tuned": tuned_patterns})
+    config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "tuned_checkpoint": str(final_path),
+              "n_checkpoints": len(checkpoints), "trajectory_steps": [s for s, _ in chosen],
+              "n_texts": len(texts), "diff_config": result.config, "seconds": round(time.time() - started, 1)}
+    write_tables(out, tables, config=config)
     result.vectors.save(out / "directions.pt")
+    report = render(out)
+    report.save()
+    print("\n".join(f"- {line}" for line in findings(tables, args.watch_token)))
     print(f"report: {out}/README.md and index.html ({time.time() - started:.0f} s)")
     return 0
 
 
-def build_report(args, result, traj, lines, final_path, checkpoints, chosen, texts, view, heads) -> Report:
-    report = Report(args.name, "Model diff: PPO policy vs base model")
-    report.config = {**vars(args), "tuned_checkpoint": str(final_path), "n_checkpoints": len(checkpoints),
-                     "trajectory_steps": [s for s, _ in chosen], "diff_config": result.config}
-    if args.demo_tuned:
+# ----------------------------------------------------------------------------------------------
+# The page: CSVs in
+
+
+def _largest(df: pd.DataFrame, column: str, n: int = 10) -> pd.DataFrame:
+    return df.sort_values(column, ascending=False).head(n)
+
+
+def render(report_dir: Path) -> Report:
+    """The page from the diff's CSV tables and ``config.json`` in ``report_dir`` (no model)."""
+    report_dir = Path(report_dir)
+    config = read_config(report_dir)
+    watch = config.get("watch_token") or ["."]
+    names = RESULT_TABLES + [f"trajectory_{n}" for n in TRAJECTORY_TABLES] + ["attention_patterns"]
+    t = {name: read_table(report_dir, name, keep_default_na=False, na_values=[""])
+         for name in names if (report_dir / f"{name}.csv").exists() or name in RESULT_TABLES}
+    for name in ("token_shifts", "logit_lens", "logit_lens_tokens", "output_tokens", "attention_patterns"):
+        if name in t:  # token strings such as "nan" or "null" stay strings
+            for col in [c for c in t[name].columns if c.endswith("token")]:
+                t[name][col] = t[name][col].fillna("").astype(str)
+    lines = findings(t, watch)
+    res = t["residual"]
+    post = res[res["hook"] == HOOK].set_index("layer")["rel_diff_norm"]
+    out = t["output_summary"].iloc[0]
+    up = t["token_shifts"].query("direction == 'up'").nsmallest(1, "rank").iloc[0]
+    n_texts = int(config.get("n_texts", config.get("n_prompts", 0)))
+    headline = (f"The PPO policy's {HOOK} differs from the base model's from layer "
+                f"{int(post[post > 0].index.min())} on, growing to a peak at layer {int(post.idxmax())} "
+                f"(‖Δ‖/‖x‖ = {post.max():.2f}); mean KL(tuned‖base) {out.kl_forward:.3f} nats per token; "
+                f"{up.token!r} gained the most next-token probability ({up.prob_diff:+.3f}).")
+    report = Report.at(report_dir, "Model diff: PPO policy vs base model", headline=headline, source=__file__)
+    if config.get("demo_tuned"):
         report.text(
             f"> **Demo run, not PPO.** No PPO checkpoint was given, so the tuned model here is the base model after "
-            f"{args.demo_steps} Adam steps (lr {args.demo_lr}) that raise log p(\".\") at every position of 8 "
-            f"prompts, saved as a run directory with checkpoints at steps {[s for s, _ in chosen] or 'n/a'}. It checks "
-            f"the analysis end to end; re-run with `--tuned runs/periods` for the real result.")
-    source = f"the tuned policy's own samples ({args.samples} sampled tokens after each prompt)" if args.samples \
-        else "the shipped prompts"
+            f"{config['demo_steps']} Adam steps (lr {config['demo_lr']}) that raise log p(\".\") at every position "
+            f"of 8 prompts, saved with checkpoints at steps {config.get('trajectory_steps') or 'n/a'}. It checks the "
+            f"analysis end to end; re-run with `--tuned runs/periods` for the real result.")
+    samples = config.get("samples", 0)
+    source = (f"the tuned policy's own samples ({samples} sampled tokens after each of {config.get('n_prompts')} "
+              f"prompts)" if samples else "the shipped prompts")
+    example = ""
+    if "attention_patterns" in t:
+        toks = t["attention_patterns"].drop_duplicates("query_pos").sort_values("query_pos")["query_token"]
+        example = "".join(toks.iloc[1:])
     report.text(
-        f"Base `{args.base}` vs tuned `{final_path}`, on {len(texts)} texts: {source}. Both models read the same "
-        f"tokens (BOS prepended, left-padded, padding and BOS masked out of every statistic). Tables are tidy; "
-        f"column meanings are in `rlhf_interp.diff.ModelDiff`.\n\nExample text: {texts[0]!r}")
-    report.text("## Findings\n\n" + "\n".join(f"- {line}" for line in lines))
+        f"Base `{config.get('base')}` vs tuned `{config.get('tuned_checkpoint')}`, on {n_texts} texts: {source}. "
+        f"Both models read the same tokens (BOS prepended, left-padded, padding and BOS masked out of every "
+        f"statistic). Tables are tidy; column meanings are in `rlhf_interp.diff.ModelDiff`."
+        + (f"\n\nExample text: {example!r}" if example else ""))
+    report.section("Findings", "\n".join(f"- {line}" for line in lines))
 
-    figs = diff_figures(result.tables())
-    res = result.residual
-    report.figure("residual_rel_diff_norm", figs.pop("residual_rel_diff_norm"),
-                  title="Residual stream: relative size of the change, by layer and hook point")
-    report.table("residual_resid_post", res[res["hook"] == HOOK], title=f"Residual metrics per layer at {HOOK} "
-                 "(token means; every hook point in residual.csv)", max_rows=40)
-    report.table("residual", res, max_rows=5)
-    report.figure("residual_cosine_sim", figs.pop("residual_cosine_sim"))
-    report.figure("residual_norm_ratio", figs.pop("residual_norm_ratio"))
-    report.figure("position_rel_diff_norm", figs.pop("position_rel_diff_norm"),
-                  title=f"Per token position ({HOOK})")
-    report.table("residual_by_position", result.residual_by_position, max_rows=5)
+    figs = diff_figures({name: t[name] for name in RESULT_TABLES})
+    report.section("Residual stream")
+    report.figure("residual_rel_diff_norm", figs.pop("residual_rel_diff_norm"), caption=(
+        f"Relative size of the change, ‖tuned − base‖/‖base‖ per token, averaged over the tokens of the {n_texts} "
+        "texts, by layer; one line per hook point (resid_pre/mid/post: the residual stream; attn_out/mlp_out: what "
+        "each sublayer writes)."))
+    report.table("residual_resid_post", res[res["hook"] == HOOK], title=f"Residual metrics per layer at {HOOK}",
+                 caption="Token means; every hook point is in `residual.csv`.", show=40)
+    report.table("residual", res, caption="All hook points, the 10 largest relative changes shown.",
+                 preview=_largest(res, "rel_diff_norm"))
+    report.figure("residual_cosine_sim", figs.pop("residual_cosine_sim"),
+                  caption="Cosine similarity between tuned and base activations per token, averaged, by layer.")
+    report.figure("residual_norm_ratio", figs.pop("residual_norm_ratio"),
+                  caption="‖tuned‖/‖base‖ per token, averaged, by layer (1 = same norm).")
+    by_pos = t["residual_by_position"]
+    report.figure("position_rel_diff_norm", figs.pop("position_rel_diff_norm"), title=f"Per token position ({HOOK})",
+                  caption="‖tuned − base‖/‖base‖ by layer (rows) and token position from BOS (columns), averaged over "
+                          "the texts that reach that position.")
+    report.table("residual_by_position", by_pos, preview=_largest(by_pos[by_pos["hook"] == HOOK], "rel_diff_norm"),
+                 caption=f"The 10 largest {HOOK} changes by (layer, position) shown.")
 
-    report.text("## Difference directions\n\nPer layer, the mean of (tuned - base) at "
-                f"{HOOK} and the principal components of the difference (exact, from the streamed d_model x d_model "
-                "second-moment matrix). `mean_share` = ||E[d]||^2 / E||d||^2: 1 means the change is one constant "
-                "shift, as a steering vector would be.")
-    report.figure("direction_shares", figs.pop("direction_shares"))
-    report.table("directions", result.directions, max_rows=40)
-    report.table("components", result.components, max_rows=5)
+    report.section("Difference directions",
+                   f"Per layer, the mean of (tuned - base) at {HOOK} and the principal components of the difference "
+                   "(exact, from the streamed d_model x d_model second-moment matrix). `mean_share` = "
+                   "‖E[d]‖² / E‖d‖²: 1 means the change is one constant shift, as a steering vector would be.")
+    report.figure("direction_shares", figs.pop("direction_shares"), caption=(
+        "Per layer: `mean_share`, the share of the difference's second moment that is its mean (a constant shift), "
+        "and `top_pc_variance_ratio`, the share of its variance along the top principal component."))
+    directions = t["directions"]
+    report.table("directions", directions, show=40)
+    comps = t["components"]
+    report.table("components", comps, preview=comps[comps["layer"] == int(post.idxmax())],
+                 caption=f"Principal components of the difference; layer {int(post.idxmax())} (the peak) shown.")
 
-    report.text("## Logit lens of the difference\n\nEach layer's mean-difference direction v is scored as "
-                "W_U^T (ln_final.w * v), centred over the vocabulary (the final RMSNorm's 1/rms is one positive "
-                "number and changes no ranking). Projected through the tuned and through the base model.")
+    report.section("Logit lens of the difference",
+                   "Each layer's mean-difference direction v is scored as W_U^T (ln_final.w * v), centred over the "
+                   "vocabulary (the final RMSNorm's 1/rms is one positive number and changes no ranking). Projected "
+                   "through the tuned and through the base model.")
     if "logit_lens_token_rank" in figs:
-        report.figure("logit_lens_token_rank", figs.pop("logit_lens_token_rank"))
-    ranks = result.logit_lens_tokens.pivot_table(index="layer", columns=["token", "model"], values="rank")
+        report.figure("logit_lens_token_rank", figs.pop("logit_lens_token_rank"), caption=(
+            "Rank of each watched token among the whole vocabulary in each layer's mean difference (log axis; "
+            "1 = the most promoted token), through the base and the tuned unembedding."))
+    lens_tokens = t["logit_lens_tokens"]
+    ranks = lens_tokens.pivot_table(index="layer", columns=["token", "model"], values="rank")
     ranks.columns = [f"rank of {token!r} via {model}" for token, model in ranks.columns]
     report.table("logit_lens_token_rank_by_layer", ranks.reset_index(), title="Rank of the watched tokens in each "
-                 "layer's mean difference (1 = most promoted of the vocabulary)", max_rows=64)
-    report.table("logit_lens_tokens", result.logit_lens_tokens, max_rows=5)
-    lens = result.logit_lens
+                 "layer's mean difference (1 = most promoted of the vocabulary)", show=64)
+    report.table("logit_lens_tokens", lens_tokens, show=0)
+    lens = t["logit_lens"]
     last_layers = sorted(lens["layer"].unique())[-3:]
     wide = (lens[(lens["model"] == "tuned") & lens["layer"].isin(last_layers) & (lens["rank"] <= 10)]
             .assign(cell=lambda d: d["token"].map(repr) + " " + d["score"].map(lambda s: f"{s:+.2f}"))
             .pivot_table(index="rank", columns=["layer", "kind"], values="cell", aggfunc="first"))
     wide.columns = [f"L{layer} {kind}" for layer, kind in wide.columns]
     report.table("logit_lens_last_layers", wide.reset_index(), title="Top tokens of the last layers' mean difference "
-                 "(tuned model's unembedding)")
-    report.table("logit_lens", lens, max_rows=5)
+                 "(tuned model's unembedding)", caption="Each cell: token and its centred score.")
+    report.table("logit_lens", lens, show=0)
 
-    report.text("## Next-token distributions")
-    report.table("output_summary", result.output_summary)
-    report.figure("token_shifts", figs.pop("token_shifts"))
-    report.table("token_shifts", result.token_shifts, max_rows=20)
-    by_pos = (result.output_tokens.groupby("position", as_index=False)[["kl_forward", "kl_reverse"]].mean()
-              .assign(n_tokens=result.output_tokens.groupby("position").size().values))
-    report.table("kl_by_position", by_pos, title="Mean KL by token position", max_rows=15)
-    report.table("output_tokens", result.output_tokens, max_rows=5)
+    report.section("Next-token distributions")
+    report.table("output_summary", t["output_summary"], caption="Mean KL per token over every scored position.")
+    report.figure("token_shifts", figs.pop("token_shifts"), caption=(
+        "The 12 tokens whose mean next-token probability (over all scored positions) rose most (green) and the 12 "
+        "that fell most (red): tuned minus base."))
+    report.table("token_shifts", t["token_shifts"], show=20)
+    tokens_df = t["output_tokens"]
+    by_pos_kl = (tokens_df.groupby("position", as_index=False)[["kl_forward", "kl_reverse"]].mean()
+                 .assign(n_tokens=tokens_df.groupby("position").size().values))
+    report.table("kl_by_position", by_pos_kl, title="Mean KL by token position", show=15)
+    report.table("output_tokens", tokens_df, preview=_largest(tokens_df, "kl_forward"),
+                 caption="Per scored token; the 10 with the largest KL(tuned‖base) shown.")
 
-    report.text("## Attention patterns")
-    report.figure("attention_js", figs.pop("attention_js"))
-    report.table("attention", result.attention.sort_values("js_divergence", ascending=False),
-                 title="Heads by mean Jensen-Shannon divergence (nats)", max_rows=12)
-    report.circuitsvis("attention_most_changed", view, title="Most-changed heads on the example text: "
-                       + ", ".join(f"L{layer}H{head}" for layer, head in heads) + " (base, then tuned)")
+    report.section("Attention patterns")
+    attention = t["attention"].sort_values("js_divergence", ascending=False)
+    report.figure("attention_js", figs.pop("attention_js"), caption=(
+        "Mean Jensen-Shannon divergence (nats, at most ln 2) between the tuned and base attention pattern of each "
+        "head, averaged over query rows of all texts."))
+    report.table("attention", attention, title="Heads by mean Jensen-Shannon divergence (nats)", show=12)
+    if "attention_patterns" in t:
+        patterns = t["attention_patterns"]
+        js = attention.set_index(["layer", "head"])["js_divergence"]
+        heads = sorted({(int(r.layer), int(r.head)) for r in patterns[["layer", "head"]].drop_duplicates().itertuples()},
+                       key=lambda lh: -js.get(lh, 0.0))
+        tokens, side_by_side, difference, bound = attention_views(patterns, heads)
+        head_list = ", ".join(f"L{layer}H{head} (JS {js.get((layer, head), float('nan')):.2g})" for layer, head in heads)
+        intro = (f"The {len(heads)} heads whose attention pattern changed most (largest mean Jensen-Shannon divergence "
+                 f"between tuned and base over the {n_texts} texts): {head_list}. Shown on one text, the tuned "
+                 f"policy's sample {''.join(tokens[1:])!r} ({len(tokens)} tokens with BOS).\n\n"
+                 "How to read: each small heatmap is one head; rows are query (destination) tokens, columns key "
+                 "(source) tokens, darker = more attention. Hover a heatmap to enlarge it, hover a cell for the "
+                 "tokens and the value. First every head as base then tuned; then the difference tuned − base "
+                 f"(blue: the tuned head attends more, red: less; colour scale ±{bound:.2g}).")
+        report.circuitsvis("attention_most_changed", side_by_side,
+                           title="Most-changed heads on one text: base, then tuned",
+                           caption=f"{head_list}; each head as base then tuned.", page_intro=intro,
+                           extra_views=[("The same heads: tuned − base", difference,
+                                         f"Blue: tuned attends more, red: less (scale ±{bound:.2g}).")])
 
-    report.text("## Weights")
-    report.figure("weights_rel_diff_norm", figs.pop("weights_rel_diff_norm"))
-    report.table("weights_summary", result.weights_summary.sort_values("rel_diff_norm", ascending=False),
-                 title="Per layer and component, largest relative change first", max_rows=15)
-    report.table("weights", result.weights, max_rows=5)
+    report.section("Weights")
+    report.figure("weights_rel_diff_norm", figs.pop("weights_rel_diff_norm"), caption=(
+        "Relative Frobenius change ‖W_tuned − W_base‖/‖W_base‖ per layer and component (layer -1: embeddings and "
+        "the final norm)."))
+    report.table("weights_summary", t["weights_summary"].sort_values("rel_diff_norm", ascending=False),
+                 title="Per layer and component, largest relative change first", show=15)
+    report.table("weights", t["weights"], preview=_largest(t["weights"], "rel_diff_norm"),
+                 caption="Per parameter tensor; the 10 largest relative changes shown.")
 
-    if traj is not None:
-        report.text(f"## Trajectory over {len(chosen)} checkpoints\n\nThe same diff (residual, directions, logit "
-                    f"lens, output, weights) for each checkpoint, on the first {args.trajectory_texts} texts.")
-        tfigs = diff_figures(traj.tables())
-        for name in ("trajectory_rel_diff_norm", "trajectory_rel_diff_norm_curves"):
-            report.figure(name, tfigs[name])
-        report.table("trajectory_summary", trajectory_summary(traj, args.watch_token))
-        for name in ("residual", "directions", "logit_lens_tokens", "output_summary", "weights_summary"):
-            report.table(f"trajectory_{name}", getattr(traj, name), max_rows=5)
+    if "trajectory_residual" in t:
+        steps = sorted(t["trajectory_residual"]["step"].unique())
+        report.section(f"Trajectory over {len(steps)} checkpoints",
+                       f"The same diff (residual, directions, logit lens, output, weights) for each checkpoint "
+                       f"(steps {', '.join(map(str, steps))}), on the first {config.get('trajectory_texts')} texts.")
+        traj_tables = {name: t[f"trajectory_{name}"] for name in TRAJECTORY_TABLES if f"trajectory_{name}" in t}
+        tfigs = diff_figures(traj_tables)
+        one = t["trajectory_residual"][t["trajectory_residual"]["hook"] == HOOK]
+        report.figure("trajectory_rel_diff_norm", tfigs["trajectory_rel_diff_norm"], caption=(
+            f"{HOOK}: ‖tuned − base‖/‖base‖ by checkpoint step (rows) and layer (columns)."),
+            chart=xy_chart(one, "layer", "rel_diff_norm", series="step", series_label="step ",
+                           hover=["cosine_sim", "norm_ratio"], xlabel="layer",
+                           ylabel="‖tuned − base‖ / ‖base‖ (ratio)", log_y=False,
+                           title=f"{HOOK}: relative change by layer, one line per checkpoint step"))
+        report.figure("trajectory_rel_diff_norm_curves", tfigs["trajectory_rel_diff_norm_curves"],
+                      caption="The same, one line per checkpoint step.")
+        report.table("trajectory_summary", trajectory_summary(t, watch), caption=(
+            "Per step: the layer where the change peaks and its size, the mean over layers, KL per token both ways, "
+            "the pooled relative weight change, and the watched token's best and last-layer logit-lens rank."))
+        for name in TRAJECTORY_TABLES:
+            if f"trajectory_{name}" in t:
+                report.table(f"trajectory_{name}", t[f"trajectory_{name}"], show=0)
     return report
 
 

@@ -1,6 +1,7 @@
 """Editing against fine-tuning on one axis: reward reached vs KL paid, for PPO checkpoints and steering edits.
 
     python analyses/edit_vs_finetune.py --base smollm2-135m --run runs/periods
+    python analyses/edit_vs_finetune.py --from-csv       # re-render the page from reports/edit_vs_finetune/points.csv
 
 Every point is measured the same way (`rlhf_interp.measure.evaluate_edit`): sample 24 tokens from the
 model (or the edited base model) on the same prompts with the same seed, score the continuations with the
@@ -28,8 +29,12 @@ import pandas as pd
 from rlhf_interp import load_model, load_prompts
 from rlhf_interp.checkpoints import list_checkpoints, read_meta
 from rlhf_interp.measure import evaluate_edit, steering_sweep
-from rlhf_interp.report import Report
+from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.charts import xy_chart
+from rlhf_interp.report.plots import nonneg_symlog, series_style
 from rlhf_interp.steering import SteeringVector, finetuning_direction
+
+NAME = "edit_vs_finetune"
 
 
 def ints(text: str) -> list[int]:
@@ -59,29 +64,60 @@ def steering_points(base, vector: SteeringVector, label: str, prompts: list[str]
     return df.assign(method=label, setting=[f"L{int(l)} x{c:g}" for l, c in zip(df["layer"], df["coef"])])
 
 
-def figure(points: pd.DataFrame, baseline_reward: float):
-    fig, ax = plt.subplots(figsize=(7, 4.6))
-    markers = {"PPO checkpoint": "*"}
-    for method, group in points.groupby("method", sort=False):
-        if method == "PPO checkpoint":
-            ax.plot(group["kl_exact_mean"], group["reward_mean"], marker="*", ms=12, lw=1, label=method, color="k")
-            for _, r in group.iterrows():
-                ax.annotate(r["setting"].replace("step ", ""), (r["kl_exact_mean"], r["reward_mean"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-            continue
-        for layer, g in group.groupby("layer"):
-            ax.plot(g["kl_exact_mean"], g["reward_mean"], marker=markers.get(method, "o"), lw=0.8,
-                    label=f"{method}, layer {int(layer)}")
-    ax.axhline(baseline_reward, color="grey", ls=":", lw=0.8)
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlim(left=0)
-    ax.set_yscale("symlog", linthresh=4, linscale=2)  # collapsed settings reach dozens of periods; keep 0-4 linear
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("KL(model || base) per sequence of 24 tokens (nats, exact, on the model's own samples)")
-    ax.set_ylabel("reward (periods per continuation)")
-    ax.legend(fontsize=7, loc="best")
+METHOD_ORDER = ["base model", "PPO checkpoint", "steer: fine-tuning direction", "steer: contrastive period vector"]
+KL_LABEL = "KL(model ‖ base) per 24-token sequence (nats, exact, on the model's own samples)"
+REWARD_LABEL = "reward (periods per continuation)"
+
+
+def _series(points: pd.DataFrame) -> pd.DataFrame:
+    """A ``series`` column: one line per steering method and layer, one per PPO run, the base model alone."""
+    def name(row) -> str:
+        if row["method"].startswith("steer"):
+            return f"{row['method']}, layer {int(row['layer'])}"
+        return row["method"]
+    return points.assign(series=points.apply(name, axis=1))
+
+
+def figure(points: pd.DataFrame, baseline_reward: float, zoom: tuple[float, float]):
+    """Left: every point (symlog axes, limits from the data, so nothing is cut off). Right: the same points in
+    the window ``zoom`` = (max KL, max reward) on linear axes, where the PPO checkpoints are."""
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6), gridspec_kw={"width_ratios": [1.25, 1]})
+    ppo = points[points["method"] == "PPO checkpoint"]
+    steer = _series(points[points["method"].str.startswith("steer")])
+    steps = ppo["setting"].str.replace("step ", "").astype(int)
+    shades = plt.get_cmap("Greys")(0.35 + 0.65 * (steps - steps.min()) / max(1, steps.max() - steps.min()))
+    for ax in axes:
+        for i, (series, g) in enumerate(steer.groupby("series", sort=False)):
+            ax.plot(g["kl_exact_mean"], g["reward_mean"], lw=1, markersize=5, label=series, **series_style(i))
+        ax.plot(ppo["kl_exact_mean"], ppo["reward_mean"], color="k", lw=0.8, zorder=3)
+        for (_, row), step, shade in zip(ppo.iterrows(), steps, shades):
+            ax.plot(row["kl_exact_mean"], row["reward_mean"], marker="*", ms=12, color=shade, markeredgecolor="k",
+                    ls="none", zorder=4, label=f"PPO checkpoint, step {step}")
+        ax.axhline(baseline_reward, color="grey", ls=":", lw=0.9, label="base model reward")
+        ax.set_xlabel(KL_LABEL)
+        ax.set_ylabel(REWARD_LABEL)
+        ax.grid(alpha=0.3)
+    left, right = axes
+    nonneg_symlog(left, "x", linthresh=0.1, top=float(points["kl_exact_mean"].max()) * 1.5)
+    top = float((points["reward_mean"] + points["reward_stderr"]).max()) * 1.3
+    nonneg_symlog(left, "y", linthresh=4, top=top, linscale=2,
+                  ticks=[t for t in (0, 1, 2, 3, 4, 10, 20, 50, 100, 200) if t <= top])
+    left.set_title("every point (symlog axes: linear below 0.1 nats / 4 periods)", fontsize=10)
+    right.set_xlim(0, zoom[0])
+    right.set_ylim(0, zoom[1])
+    right.set_title(f"zoom: KL 0-{zoom[0]:g} nats, reward 0-{zoom[1]:g} (linear axes)", fontsize=10)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def chart(points: pd.DataFrame):
+    """The same points, interactive; rows stay in table order (PPO by step, steering by coefficient)."""
+    return xy_chart(_series(points), "kl_exact_mean", "reward_mean", series="series", error="reward_stderr",
+                    sort_x=False, hover=["setting", "kl_exact_stderr", "kl_per_token", "entropy_mean", "distinct_2"],
+                    xlabel="KL(model ‖ base) per sequence (nats)", ylabel=REWARD_LABEL, log_x=True,
+                    title="Reward against KL: PPO checkpoints and steering edits (hover a point; click a legend entry)")
 
 
 def main() -> None:
@@ -92,16 +128,24 @@ def main() -> None:
                         help="an extra saved steering vector to compare (skipped when missing)")
     parser.add_argument("--layers", type=ints, default=ints("14,20,26,29"))
     parser.add_argument("--coefs", type=floats, default=floats("1,2,4,8"))
-    parser.add_argument("--n-prompts", type=int, default=16)
+    parser.add_argument("--n-prompts", type=int, default=32)
     parser.add_argument("--direction-prompts", type=int, default=64, help="texts for the fine-tuning direction")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--reward", default="char_count")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default="edit_vs_finetune")
-    parser.add_argument("--rebuild", action="store_true", help="redraw the report from its points.csv (no model)")
+    parser.add_argument("--name", default=NAME)
+    parser.add_argument("--root", type=Path, default=Path("reports"))
+    parser.add_argument("--from-csv", "--rebuild", dest="from_csv", action="store_true",
+                        help="re-render the page from its points.csv (no model)")
     args = parser.parse_args()
-    points = pd.read_csv(Path("reports") / args.name / "points.csv") if args.rebuild else measure_points(args)
-    write_report(points, args)
+    out = args.root / args.name
+    if not args.from_csv:
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "from_csv"}
+        write_tables(out, {"points": measure_points(args)}, config=config)
+    report = render(out)
+    report.save()
+    print(report.headline)
+    print(f"report: {out}/index.html")
 
 
 def measure_points(args) -> pd.DataFrame:
@@ -124,37 +168,81 @@ def measure_points(args) -> pd.DataFrame:
     return points[[c for c in columns if c in points]]
 
 
-def write_report(points: pd.DataFrame, args) -> None:
+def render(report_dir: Path) -> Report:
+    """The page from ``points.csv`` and ``config.json`` (no model)."""
+    report_dir = Path(report_dir)
+    config = read_config(report_dir)
+    points = read_table(report_dir, "points")
     baseline = points[points["method"] == "base model"]
     ppo = points[points["method"] == "PPO checkpoint"]
     steer = points[points["method"].str.startswith("steer")]
     best_ppo = ppo.loc[ppo["reward_mean"].idxmax()]
     reaching = steer[steer["reward_mean"] >= best_ppo["reward_mean"]]
     base_reward = float(baseline["reward_mean"].iloc[0])
+    n_seq = int(points["n_sequences"].iloc[0])
+    late = ppo[ppo["setting"] != ppo["setting"].iloc[0]]
     lines = [
-        f"Base model: {base_reward:.2f} periods per continuation. Best PPO checkpoint ({best_ppo['setting']}): "
-        f"{best_ppo['reward_mean']:.2f} ± {best_ppo['reward_stderr']:.2f} periods for "
-        f"{best_ppo['kl_exact_mean']:.2f} nats of KL per sequence ({best_ppo['kl_per_token']:.3f} per token).",
-    ]
+        f"Base model: {base_reward:.2f} periods per continuation. The PPO checkpoints after the first reach "
+        f"{late['reward_mean'].min():.2f}-{late['reward_mean'].max():.2f} periods for "
+        f"{late['kl_exact_mean'].min():.2f}-{late['kl_exact_mean'].max():.2f} nats; the highest mean reward "
+        f"({best_ppo['setting']}): {best_ppo['reward_mean']:.2f} ± {best_ppo['reward_stderr']:.2f} periods for "
+        f"{best_ppo['kl_exact_mean']:.2f} nats of KL per sequence ({best_ppo['kl_per_token']:.3f} per token). "
+        f"± is one standard error over {n_seq} sequences."]
+    by_method = {}
+    for method, group in steer.groupby("method", sort=False):
+        hits = group[group["reward_mean"] >= best_ppo["reward_mean"]]
+        if len(hits):
+            cheapest = hits.loc[hits["kl_exact_mean"].idxmin()]
+            by_method[method] = (f"{method} reaches it: cheapest {cheapest['setting']}, "
+                                 f"{cheapest['reward_mean']:.2f} ± {cheapest['reward_stderr']:.2f} periods for "
+                                 f"{cheapest['kl_exact_mean']:.2f} nats, "
+                                 f"{cheapest['kl_exact_mean'] / max(best_ppo['kl_exact_mean'], 1e-9):.1f}x the "
+                                 f"fine-tuned KL")
+        else:
+            top = group.loc[group["reward_mean"].idxmax()]
+            by_method[method] = (f"{method} never reaches it: its most is {top['reward_mean']:.2f} ± "
+                                 f"{top['reward_stderr']:.2f} periods ({top['setting']}, {top['kl_exact_mean']:.1f} "
+                                 f"nats)")
+    lines.append("Steering the base model to that reward: " + "; ".join(by_method.values()) + ".")
     if len(reaching):
         cheapest = reaching.loc[reaching["kl_exact_mean"].idxmin()]
-        lines.append(f"The cheapest steering setting that reaches that reward ({cheapest['method']}, "
-                     f"{cheapest['setting']}) pays {cheapest['kl_exact_mean']:.1f} nats: "
-                     f"{cheapest['kl_exact_mean'] / max(best_ppo['kl_exact_mean'], 1e-9):.1f}x the fine-tuned KL.")
+        headline = (f"Steering the base model with the PPO run's own fine-tuning direction "
+                    f"({cheapest['setting']}) reaches the best PPO checkpoint's reward ({cheapest['reward_mean']:.2f} "
+                    f"vs {best_ppo['reward_mean']:.2f} periods) for "
+                    f"{cheapest['kl_exact_mean'] / max(best_ppo['kl_exact_mean'], 1e-9):.1f}x its KL "
+                    f"({cheapest['kl_exact_mean']:.2f} vs {best_ppo['kl_exact_mean']:.2f} nats per sequence)"
+                    if cheapest["method"] == "steer: fine-tuning direction" else
+                    f"The cheapest steering edit reaching PPO's best reward ({cheapest['method']}, "
+                    f"{cheapest['setting']}) pays {cheapest['kl_exact_mean']:.2f} vs {best_ppo['kl_exact_mean']:.2f} "
+                    f"nats per sequence")
     else:
-        best_steer = steer.loc[steer["reward_mean"].idxmax()]
-        lines.append(f"No steering setting reaches it: the best ({best_steer['method']}, {best_steer['setting']}) gets "
-                     f"{best_steer['reward_mean']:.2f} ± {best_steer['reward_stderr']:.2f} periods for "
-                     f"{best_steer['kl_exact_mean']:.1f} nats.")
-    report = Report(args.name, "Editing vs fine-tuning: reward reached against KL paid",
-                    config={k: str(v) for k, v in vars(args).items()})
-    report.text(__doc__.split("\n\n", 2)[2].split("Writes")[0])
-    report.text("\n\n".join(lines))
-    report.figure("reward_vs_kl", figure(points, base_reward), title="Reward against KL from the base model")
-    report.table("points", points, title="Every point (one row per model or edit setting)", max_rows=60)
-    out = report.save()
-    print("\n".join(lines))
-    print(f"report: {out}/index.html")
+        headline = f"No steering setting reaches the best PPO checkpoint's {best_ppo['reward_mean']:.2f} periods"
+    contrast = "steer: contrastive period vector"
+    if contrast in by_method and "never" in by_method[contrast]:
+        top = steer[steer["method"] == contrast].sort_values("reward_mean").iloc[-1]
+        headline += (f"; the contrastive period vector never gets there (at most {top['reward_mean']:.2f} periods, "
+                     f"{top['kl_exact_mean']:.1f} nats)")
+    headline += "."
+    zoom = (round(float(ppo["kl_exact_mean"].max()) * 2 + 0.5), round(float(ppo["reward_mean"].max()) * 2 + 0.5))
+    outside = points[(points["kl_exact_mean"] > zoom[0]) | (points["reward_mean"] > zoom[1])]
+    report = Report.at(report_dir, "Editing vs fine-tuning: reward reached against KL paid", headline=headline,
+                       source=__file__)
+    report.text(__doc__.split("\n\n", 2)[2].split("Writes")[0] + f"\nRun: `{config.get('run')}`; steering layers "
+                f"{config.get('layers')} x coefficients {config.get('coefs')}; {config.get('n_prompts')} prompts.")
+    report.section("Findings", "\n\n".join(lines))
+    report.section("Reward against KL from the base model")
+    report.figure("reward_vs_kl", figure(points, base_reward, zoom), chart=chart(points), chart_height=560, caption=(
+        "Reward (periods per continuation) against KL(model ‖ base) per 24-token sequence. Stars: PPO checkpoints, "
+        "darker = later step, joined in step order; lines: steering the base model at one layer, coefficient "
+        f"rising along the line ({', '.join(f'{c:g}' for c in sorted(steer['coef'].unique()))}); dotted: the base "
+        "model's reward. Left: every point (symlog axes: linear below 0.1 nats and below 4 periods). Right: the "
+        f"window KL 0-{zoom[0]} nats, reward 0-{zoom[1]} on linear axes; the {len(outside)} points outside it "
+        "are on the left panel."))
+    shown = points.assign(layer=points["layer"].map(lambda v: "" if pd.isna(v) else str(int(v))),
+                          coef=points["coef"].map(lambda v: "" if pd.isna(v) else f"{v:g}"))
+    report.table("points", points, title="Every point (one row per model or edit setting)", preview=shown,
+                 caption="`layer` and `coef` are empty for the base model and the PPO checkpoints (no edit).")
+    return report
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """What PPO did to the period task, and what the KL penalty bought: training curves of one or more runs.
 
-    python analyses/ppo_training.py --runs runs/periods runs/periods_kl0 [--name ppo_periods]
+    python analyses/ppo_training.py --runs runs/periods runs/periods_kl0 [--name ppo_periods]   # from the runs
+    python analyses/ppo_training.py --from-csv [--name ppo_periods]                             # page from its CSVs
 
-Reads each run's ``metrics.jsonl``, ``samples.jsonl`` and ``config.yaml`` (no model is loaded), and writes
-``reports/<name>/``: reward, exact KL(pi||ref) per token and entropy per phase for every run; a start/end
-table; the diversity of the samples (distinct-1/2 over words) as a mode-collapse measure; and samples from
-the first and last logged phase of each run.
+Reads each run's ``metrics.jsonl``, ``samples.jsonl`` and ``config.yaml`` (no model is loaded) and saves two
+tidy tables in ``reports/<name>/``: ``metrics.csv`` (one row per run and phase) and ``samples.csv`` (every
+logged sample: run, phase, prompt, completion, reward). The page is rendered from those two files alone:
+reward, exact KL(pi||ref) per token, entropy and KL coefficient per phase; start and end of each run (the end
+is the mean of the last 10 phases, named in the table); and the diversity of the logged samples, distinct-n
+over **token ids** (the shipped SmolLM2 tokenizer), as the mode-collapse measure.
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ import pandas as pd
 import yaml
 
 from rlhf_interp.measure import distinct_n
-from rlhf_interp.report import Report
+from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.charts import facet_lines
+from rlhf_interp.report.plots import nonneg_symlog, series_style
 
-CURVES = [("reward_mean", "mean reward (periods per sample)"), ("kl_forward_per_token", "exact KL(pi || ref) per token"),
-          ("entropy", "policy entropy per token (nats)"), ("kl_coef", "KL coefficient")]
+NAME = "ppo_periods"
+END_WINDOW = 10  # phases averaged for the "end" of a run (batch noise: 16 samples per phase)
+KL_BUDGET = 0.1  # nats per token: the period task's goal (reward >= 2 at KL <= 0.1/token, configs/periods.yaml)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading runs (the full path)
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
@@ -42,86 +52,194 @@ def run_label(run_dir: Path) -> str:
 
 
 def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tidy tables: metrics (one row per run x phase) and sample diversity (one row per run x logged phase)."""
-    metrics, diversity = [], []
+    """Tidy tables: metrics (one row per run x phase) and samples (one row per logged sample)."""
+    metrics, samples = [], []
     for run_dir in run_dirs:
         label = run_label(run_dir)
-        m = read_jsonl(run_dir / "metrics.jsonl").assign(run=label)
-        metrics.append(m)
-        samples = read_jsonl(run_dir / "samples.jsonl")
-        for phase, group in samples.groupby("phase"):
-            words = [c.split() for c in group["completion"]]
-            diversity.append({"run": label, "phase": phase, "distinct_1": distinct_n(words, 1),
-                              "distinct_2": distinct_n(words, 2), "reward_mean": group["reward"].mean(),
-                              "unique_completions": group["completion"].nunique() / len(group)})
-    return pd.concat(metrics, ignore_index=True), pd.DataFrame(diversity)
+        metrics.append(read_jsonl(run_dir / "metrics.jsonl").assign(run=label))
+        s = read_jsonl(run_dir / "samples.jsonl")
+        samples.append(s[["phase", "prompt", "completion", "reward"]].assign(run=label))
+    samples = pd.concat(samples, ignore_index=True)
+    return pd.concat(metrics, ignore_index=True), samples[["run", "phase", "prompt", "completion", "reward"]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and figures (from the CSVs)
+
+
+def diversity_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per run and logged phase: distinct-1/2 over the completions' token ids (pooled over the phase's samples),
+    the share of distinct completions, and the mean reward of those samples."""
+    from rlhf_interp.models import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    rows = []
+    for (run, phase), group in samples.groupby(["run", "phase"], sort=False):
+        texts = group["completion"].fillna("").tolist()
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        rows.append({"run": run, "phase": int(phase), "n_samples": len(texts), "distinct_1": distinct_n(ids, 1),
+                     "distinct_2": distinct_n(ids, 2), "unique_completions": len(set(texts)) / len(texts),
+                     "reward_mean": group["reward"].mean()})
+    return pd.DataFrame(rows)
+
+
+def summary_table(metrics: pd.DataFrame, window: int = END_WINDOW) -> pd.DataFrame:
+    """Per run: phase 1, the mean of the last ``window`` phases (named in ``end_phases``), and seconds per phase."""
+    rows = []
+    for run, g in metrics.groupby("run", sort=False):
+        g = g.sort_values("phase")
+        last = g.tail(window)
+        rows.append({"run": run, "phases": int(g["phase"].max()),
+                     "end_phases": f"{int(last['phase'].min())}-{int(last['phase'].max())}",
+                     "reward_start": g["reward_mean"].iloc[0], "reward_end": last["reward_mean"].mean(),
+                     "reward_max": g["reward_mean"].max(),
+                     "kl_per_token_end": last["kl_forward_per_token"].mean(),
+                     "entropy_start": g["entropy"].iloc[0], "entropy_end": last["entropy"].mean(),
+                     "seconds_per_phase_median": g["seconds"].median(), "seconds_per_phase_min": g["seconds"].min(),
+                     "seconds_per_phase_max": g["seconds"].max()})
+    return pd.DataFrame(rows)
 
 
 def curves_figure(metrics: pd.DataFrame):
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
-    for ax, (column, title) in zip(axes, CURVES):
-        for run, group in metrics.groupby("run", sort=False):
-            ax.plot(group["phase"], group[column], label=run, lw=1.4)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("phase")
-    axes[1].axhline(0.1, color="grey", ls="--", lw=0.8)
-    axes[0].legend(fontsize=7, loc="upper left")
+    """Reward gets one panel per run (each on its own axis, so a collapsed run's 60 periods do not flatten the
+    penalised run's rise); KL (symlog), entropy and the KL coefficient share panels."""
+    runs = list(dict.fromkeys(metrics["run"]))
+    n = len(runs) + 3
+    fig, axes = plt.subplots(1, n, figsize=(3.9 * n, 3.9))
+    style = {run: series_style(i) for i, run in enumerate(runs)}
+    for ax, run in zip(axes, runs):
+        g = metrics[metrics["run"] == run].sort_values("phase")
+        ax.plot(g["phase"], g["reward_mean"], lw=1.0, markersize=2.5, alpha=0.6, **style[run], label="per phase")
+        ax.plot(g["phase"], g["reward_mean"].rolling(5, min_periods=1).mean(), color="k", lw=1.6,
+                label="mean of last 5 phases")
+        ax.set_ylim(0, float(g["reward_mean"].max()) * 1.12)
+        ax.set_title(f"reward: {run.split(' (')[0]}", fontsize=10)
+        ax.set_ylabel("mean reward (periods per 24-token sample)")
+        ax.legend(fontsize=7, loc="upper left")
+    panels = [("kl_forward_per_token", "exact KL(π ‖ ref) per token (nats)"),
+              ("entropy", "policy entropy per token (nats)"), ("kl_coef", "KL coefficient β")]
+    for ax, (column, ylabel) in zip(axes[len(runs):], panels):
+        for run in runs:
+            g = metrics[metrics["run"] == run].sort_values("phase")
+            ax.plot(g["phase"], g[column], lw=1.3, markersize=2.5, label=run.split(" (")[0], **style[run])
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0, top=float(metrics[column].max()) * 1.12 or 1)
+        ax.legend(fontsize=7)
+    kl_ax = axes[len(runs)]
+    nonneg_symlog(kl_ax, "y", linthresh=0.01, top=float(metrics["kl_forward_per_token"].max()) * 1.6)
+    kl_ax.axhline(KL_BUDGET, color="grey", ls="--", lw=0.8)
+    kl_ax.text(1, KL_BUDGET * 1.15, f"{KL_BUDGET} nats/token budget", fontsize=7, color="grey")
+    for ax in axes:
+        ax.set_xlabel("PPO phase")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def summary_table(metrics: pd.DataFrame, window: int = 5) -> pd.DataFrame:
-    """Start (first phase) and end (mean of the last ``window`` phases, to smooth batch noise) per run."""
-    rows = []
-    for run, g in metrics.groupby("run", sort=False):
-        last = g.tail(window)
-        rows.append({"run": run, "phases": int(g["phase"].max()),
-                     "reward_start": g["reward_mean"].iloc[0], f"reward_end_mean{window}": last["reward_mean"].mean(),
-                     "reward_max": g["reward_mean"].max(),
-                     "kl_per_token_end": last["kl_forward_per_token"].mean(),
-                     "entropy_start": g["entropy"].iloc[0], "entropy_end": last["entropy"].mean(),
-                     "seconds_per_phase_median": g["seconds"].median()})
-    return pd.DataFrame(rows)
+def diversity_figure(diversity: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (run, g) in enumerate(diversity.groupby("run", sort=False)):
+        ax.plot(g["phase"], g["distinct_2"], lw=1.4, label=run.split(" (")[0], **series_style(i))
+    ax.set_xlabel("PPO phase (logged phases only)")
+    ax.set_ylabel("distinct-2 over token ids (0-1)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
-def sample_table(run_dirs: list[Path], n: int = 6) -> pd.DataFrame:
-    rows = []
-    for run_dir in run_dirs:
-        samples = read_jsonl(run_dir / "samples.jsonl")
-        for phase in (samples["phase"].min(), samples["phase"].max()):
-            for _, s in samples[samples["phase"] == phase].head(n).iterrows():
-                rows.append({"run": run_dir.name, "phase": phase, "prompt": s["prompt"],
-                             "completion": s["completion"].replace("\n", " / "), "reward": s["reward"]})
-    return pd.DataFrame(rows)
+# ----------------------------------------------------------------------------------------------
+# The page
+
+
+def _run_sentence(row: pd.Series) -> str:
+    return (f"reward {row.reward_start:.2f} → {row.reward_end:.2f} periods per sample (mean of phases "
+            f"{row.end_phases}) at exact KL(π‖ref) {row.kl_per_token_end:.3f} nats/token, entropy "
+            f"{row.entropy_start:.2f} → {row.entropy_end:.2f}")
+
+
+def render(report_dir: Path) -> Report:
+    """The page, from ``metrics.csv`` and ``samples.csv`` (and ``config.json``) in ``report_dir``."""
+    report_dir = Path(report_dir)
+    config = read_config(report_dir)
+    metrics = read_table(report_dir, "metrics")
+    samples = read_table(report_dir, "samples", keep_default_na=False)
+    samples["reward"] = samples["reward"].astype(float)
+    summary = summary_table(metrics)
+    diversity = diversity_table(samples)
+    main, others = summary.iloc[0], summary.iloc[1:]
+
+    headline = f"`{main.run.split(' (')[0]}`: {_run_sentence(main)}; median {main.seconds_per_phase_median:.0f} s per phase."
+    for row in others.itertuples():
+        headline += (f" `{row.run.split(' (')[0]}` (KL coefficient {row.run.split('coef ')[1].split(',')[0]}): "
+                     f"{row.reward_end:.1f} periods per sample (phases {row.end_phases}), KL "
+                     f"{row.kl_per_token_end:.2f} nats/token, entropy {row.entropy_end:.2f}")
+        collapsed = diversity[diversity["run"] == row.run].sort_values("phase").iloc[-1]
+        headline += (f"; its last logged samples have distinct-2 {collapsed.distinct_2:.2f} over token ids "
+                     f"(collapse).")
+    report = Report.at(report_dir, "PPO on the period task: reward, KL and collapse", headline=headline,
+                       source=__file__)
+    report.text(
+        "Each run is `rlhf-interp train` on the embedded SmolLM2-135M-Instruct (runs: "
+        + ", ".join(f"`{r}`" for r in config.get("runs", [])) + "; labels give each run's KL coefficient, "
+        "estimator and placement). Reward = number of `.` in the 24-token continuation, 16 samples per phase. "
+        "KL is the exact KL(π ‖ ref) summed over the vocabulary, averaged over generated tokens.")
+    report.section("Training curves")
+    first_seen = metrics.groupby("run", sort=False).head(1)
+    report.figure(
+        "curves", curves_figure(metrics),
+        caption=("Left: mean reward per phase for each run on its own y axis (thin: each phase; black: mean of the "
+                 "last 5 phases). Then, shared by the runs: exact KL(π ‖ ref) per token (symlog axis, linear below "
+                 f"0.01; dashed: the {KL_BUDGET} nats/token budget), policy entropy per token, and the KL "
+                 f"coefficient (phase 1: {', '.join(f'{v:g}' for v in first_seen['kl_coef'])})."),
+        chart=facet_lines(metrics, "phase", [("reward_mean", "mean reward (periods per sample)"),
+                                             ("kl_forward_per_token", "KL(π ‖ ref) per token (nats)"),
+                                             ("entropy", "entropy per token (nats)"), ("kl_coef", "KL coefficient")],
+                          series="run", hover=["seconds"], xlabel="PPO phase",
+                          title="Training curves (click a run in the legend to hide it)"),
+        chart_height=430)
+    report.table("summary", summary, title="Start and end of each run",
+                 caption=(f"`reward_end`, `kl_per_token_end`, `entropy_end`: means over the last {END_WINDOW} phases "
+                          "(`end_phases`); `_start`: phase 1. Seconds per phase on a shared 2-core CPU (median, "
+                          "fastest, slowest)."))
+    report.section("Sample diversity",
+                   "Mode collapse shows as a fall of distinct-2: the share of distinct token-id bigrams among all "
+                   "bigrams of a phase's logged completions (pooled; token ids from the shipped SmolLM2 tokenizer, "
+                   "so a run of `...` counts as the repeated token it is).")
+    sizes = sorted(set(diversity["n_samples"]))
+    report.figure("diversity", diversity_figure(diversity),
+                  caption=(f"distinct-2 over token ids of the logged completions per run and phase "
+                           f"({'/'.join(map(str, sizes))} samples per point; `diversity.csv` has distinct-1 and the "
+                           f"share of distinct completions too)."))
+    report.table("diversity", diversity, title="Diversity of logged samples")
+    report.section("Samples")
+    firsts_lasts = samples[samples.groupby("run")["phase"].transform(lambda p: p.isin([p.min(), p.max()]))]
+    preview = (firsts_lasts.groupby(["run", "phase"], sort=False).head(6)
+               .assign(run=lambda d: d["run"].str.split(" (", regex=False).str[0],
+                       completion=lambda d: d["completion"].str.replace("\n", " ⏎ ", regex=False)))
+    report.table("samples", samples, title="Samples, first and last logged phase", preview=preview,
+                 caption="Up to 6 completions per run at its first and last logged phase (⏎ = newline).")
+    report.table("metrics", metrics, title="Every logged metric", show=0,
+                 caption="One row per run and phase: everything `rlhf-interp train` logs (reward, KL both ways, "
+                         "losses, clip fraction, learning rate, seconds ...).")
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=Path, default=[Path("runs/periods"), Path("runs/periods_kl0")])
-    parser.add_argument("--name", default="ppo_periods")
+    parser.add_argument("--name", default=NAME)
     parser.add_argument("--root", type=Path, default=Path("reports"))
+    parser.add_argument("--from-csv", action="store_true", help="re-render the page from the CSVs in reports/<name>/")
     args = parser.parse_args()
-
-    metrics, diversity = load_runs(args.runs)
-    summary = summary_table(metrics)
-    report = Report(args.name, "PPO on the period task: reward, KL and collapse", root=args.root,
-                    config={"runs": [str(r) for r in args.runs]})
-    report.text(
-        "Each run is `rlhf-interp train` on the embedded SmolLM2-135M-Instruct (see each run's `config.yaml`). "
-        "Reward = number of '.' in the 24-token continuation. KL is the exact KL(pi || ref) summed over the "
-        "vocabulary, averaged over generated tokens. The dashed line is the 0.1 nats/token budget.")
-    report.figure("curves", curves_figure(metrics), title="Training curves")
-    report.table("summary", summary, title="Start and end of each run")
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for run, g in diversity.groupby("run", sort=False):
-        ax.plot(g["phase"], g["distinct_2"], marker="o", label=run)
-    ax.set_xlabel("phase"), ax.set_ylabel("distinct-2 of sampled words"), ax.legend(fontsize=7)
-    report.figure("diversity", fig, title="Sample diversity (mode collapse shows as a fall)")
-    report.table("diversity", diversity, title="Diversity of logged samples")
-    report.table("samples", sample_table(args.runs), title="Samples, first and last logged phase", max_rows=60)
-    report.table("metrics", metrics, title="All metrics (one row per run and phase)", max_rows=0)
-    out = report.save()
-    print(summary.to_string(index=False))
+    out = args.root / args.name
+    if not args.from_csv:
+        metrics, samples = load_runs(args.runs)
+        write_tables(out, {"metrics": metrics, "samples": samples}, config={"runs": [str(r) for r in args.runs]})
+    report = render(out)
+    report.save()
+    print(report.headline)
     print(f"report: {out}/index.html")
 
 

@@ -2,6 +2,7 @@
 
     python analyses/reward_hacking.py                      # defaults sized for a 2-core CPU (~1 hour)
     python analyses/reward_hacking.py --n-pairs 300 --ppo-phases 2 --name reward_hacking_smoke   # a quick look
+    python analyses/reward_hacking.py --from-csv           # re-render the page from reports/reward_hacking/*.csv
 
 Steps (each one's output is kept in ``--work-dir`` and reused with ``--reuse``):
 1. synthetic preferences: two completions per prompt from the base model, labelled by ``char_count('.')``,
@@ -39,7 +40,8 @@ from rlhf_interp.plots import plot_learned_vs_true, plot_reward_hacking, plot_re
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
 from rlhf_interp.preference_data import read_preferences, synthesize_pairs, write_preferences
 from rlhf_interp.prompts import load_prompts
-from rlhf_interp.report import Report
+from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.charts import xy_chart
 from rlhf_interp.reward_model import (
     METRICS_FILE,
     MODEL_SUBDIR,
@@ -79,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="reuse pairs / RM / PPO run already in --work-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--root", default="reports", help="reports root")
+    p.add_argument("--from-csv", action="store_true", help="re-render reports/<name>/ from its CSVs (no model)")
     return p.parse_args(argv)
 
 
@@ -219,6 +223,13 @@ def proxy_counts(samples: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = Path(args.root) / args.name
+    if args.from_csv:
+        report = render(out)
+        report.save()
+        print(report.headline)
+        print(f"report: {out}/index.html (rebuilt from its CSVs)")
+        return 0
     torch.set_num_threads(1)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -260,64 +271,135 @@ def main(argv: list[str] | None = None) -> int:
         ("true reward z, mean of last 5 phases", float(tail.true_reward_z.mean())),
         ("RM reward z, mean of last 5 phases", float(tail.rm_reward_z.mean())),
     ], columns=["quantity", "value"])
-    free = probes[(probes.true_delta == 0) & (probes.rm_delta > 2 * probes.rm_delta_stderr)]
-    period = probes[probes.suffix == args.char]
-    late = proxies[proxies.phase > int(phases.phase.max()) - 5].groupby("feature").mean_count.mean()
-    base = proxies[proxies.phase == 0].set_index("feature").mean_count
-    gap = float(tail.rm_reward_z.mean() - tail.true_reward_z.mean())
-    free_text = ", ".join(f"`{row.suffix!r}` (+{row.rm_delta:.2f})" for row in free.itertuples()) or "none"
-
-    report = Report(args.name, "Reward hacking, measured: PPO against a learned period-count reward model",
-                    config={k: v for k, v in vars(args).items()})
-    report.text(f"""
-A reward model (RM) was trained to imitate the true reward — the number of `{args.char}` characters in a
-completion — from {n_pairs} synthetic preference pairs (two samples of `{args.model}` per prompt, labelled by the
-count, ties dropped). Then PPO ({args.ppo_config} with {DEFAULT_PPO_OVERRIDES + args.ppo_set},
-{int(phases.phase.max())} phases) optimised the policy against the RM alone, while the true count of every rollout
-sample was recorded. The RM never sees the prompt (PPO scores completions only), and it was trained on texts like
-the base model's; what the policy learns to write drifts outside that distribution, which is where a learned
-reward can be exploited.
-
-- **RM**: validation accuracy **{best.accuracy:.3f}** (chance 0.5) at epoch {int(best.epoch)}; Spearman with the
-  true count on {len(heldout)} fresh base-model texts **{rho:.3f}**.
-- **PPO**: true period count **{first.true_reward:.2f}** at phase 1 → **{last.true_reward:.2f}** at the last phase
-  (mean of the last 5: {tail.true_reward.mean():.2f}); the RM's score {first.rm_reward:.2f} → {last.rm_reward:.2f}
-  (normalised units of the RM's training texts).
-- **Learned vs true, late in training** (held-out standard units, last 5 phases): true {tail.true_reward_z.mean():.2f},
-  RM {tail.rm_reward_z.mean():.2f} — the RM {"overrates" if gap > 0 else "underrates"} the policy's samples by
-  {abs(gap):.2f} units relative to the truth{" (it saturates above the counts it was trained on)" if gap < 0 else ""};
-  within-phase Spearman {tail.spearman.mean():.2f} (base texts: {rho:.2f}).
-- **What the RM pays for without the truth**: appending one `{args.char}` moves the RM by
-  {float(period.rm_delta.iloc[0]) if len(period) else float("nan"):+.2f}; strings that move it reliably (> 2 standard
-  errors) while the true count stays put: {free_text}.
-- **Does the policy buy them?** `?` per sample {base.get("question", float("nan")):.3f} in base texts →
-  {late.get("question", float("nan")):.3f} in the last 5 phases; `!` {base.get("exclamation", float("nan")):.3f} →
-  {late.get("exclamation", float("nan")):.3f}; newlines {base.get("newline", float("nan")):.3f} →
-  {late.get("newline", float("nan")):.3f} (periods {base.get("period", float("nan")):.2f} →
-  {late.get("period", float("nan")):.2f}).
-""")
-    report.table("summary", summary, title="Measured figures")
-    report.figure("rm_training", plot_reward_model_training(rm_metrics), title="Reward-model training")
-    report.table("rm_training", rm_metrics, title="Reward-model training (per epoch)")
-    report.figure("heldout", plot_learned_vs_true(heldout, title=f"RM vs true count on held-out texts "
-                                                  f"(Spearman {rho:.3f})"), title="Does the RM rank like the truth?")
-    report.table("heldout", heldout, title="Held-out base-model texts", max_rows=15)
-    report.figure("hacking", plot_reward_hacking(phases), title="True vs learned reward during PPO")
-    report.text("Both curves are in standard units of the held-out base-model texts (0 = the base model's mean, "
-                "1 = one standard deviation), so they are comparable: a learned reward rising faster than the "
-                "true one, or a falling within-phase Spearman, is the policy finding what the RM overrates.")
-    report.table("ppo_phases", phases, title="Per PPO phase")
-    report.table("probes", probes, title="What one appended string is worth: true reward vs RM "
-                 "(mean change over the held-out texts)")
-    report.table("proxy_counts", proxies, title="Proxy characters per sample (phase 0 = held-out base-model texts)",
-                 max_rows=12)
-    report.table("exploits", exploits(samples, heldout), title="Late samples the RM overrates most "
-                 "(RM z-score minus true z-score)")
-    report.table("ppo_samples", samples, title="Every rollout sample", max_rows=10)
-    out = report.save()
+    config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "ppo_overrides": DEFAULT_PPO_OVERRIDES}
+    write_tables(out, {"summary": summary, "rm_training": rm_metrics, "heldout": heldout, "ppo_phases": phases,
+                       "probes": probes, "proxy_counts": proxies, "ppo_samples": samples}, config=config)
+    report = render(out)
+    report.save()
     print(summary.to_string(index=False))
     print(f"report: {out}")
     return 0
+
+
+LATE = 5  # phases averaged for "late in training"
+
+
+def render(report_dir: Path) -> Report:
+    """The page from the CSVs (summary, rm_training, heldout, ppo_phases, probes, proxy_counts, ppo_samples)."""
+    report_dir = Path(report_dir)
+    config = read_config(report_dir)
+    quantity = read_table(report_dir, "summary").set_index("quantity")["value"]
+    rm_metrics = read_table(report_dir, "rm_training")
+    heldout = read_table(report_dir, "heldout", keep_default_na=False)
+    phases = read_table(report_dir, "ppo_phases")
+    probes = read_table(report_dir, "probes", keep_default_na=False)
+    proxies = read_table(report_dir, "proxy_counts")
+    samples = read_table(report_dir, "ppo_samples", keep_default_na=False)
+    char = config.get("char", ".")
+    overrides = config.get("ppo_overrides", DEFAULT_PPO_OVERRIDES) + list(config.get("ppo_set", []))
+
+    best = rm_metrics[rm_metrics.split == "val"].sort_values("loss").iloc[0]
+    rho = float(quantity["Spearman(RM, true) on held-out base texts"])
+    first, last = phases.iloc[0], phases.iloc[-1]
+    tail = phases.tail(min(LATE, len(phases)))
+    n_phases = int(phases.phase.max())
+    late_from = n_phases - len(tail) + 1
+    true_gain, rm_gain = tail.true_reward_z.mean() - first.true_reward_z, tail.rm_reward_z.mean() - first.rm_reward_z
+    hacking = rm_gain > true_gain
+    free = probes[(probes.true_delta == 0) & (probes.rm_delta > 2 * probes.rm_delta_stderr)]
+    period = probes[probes.suffix == char]
+    late = proxies[proxies.phase >= late_from].groupby("feature").mean_count.mean()
+    base = proxies[proxies.phase == 0].set_index("feature").mean_count
+    late_samples = samples[samples.phase >= late_from].completion
+    with_q = int(late_samples.str.contains("?", regex=False).sum())
+    base_q = int(heldout.text.str.contains("?", regex=False).sum())
+    free_text = ", ".join(f"`{row.suffix!r}` (+{row.rm_delta:.2f})" for row in free.itertuples()) or "none"
+    verdict = ("**The page's test for hacking is met**" if hacking else "**The page's test for hacking is not met**")
+
+    headline = (f"A Bradley-Terry RM on {int(quantity['synthetic pairs'])} synthetic pairs (validation accuracy "
+                f"{best.accuracy:.3f}, Spearman {rho:.2f} with the true period count) steered PPO to more true periods: "
+                f"{first.true_reward:.2f} → {tail.true_reward.mean():.2f} per sample (mean of phases {late_from}-"
+                f"{n_phases}; {last.true_reward:.2f} in the last phase alone). "
+                + ("The RM's score rose faster than the truth (held-out std units): the policy is exploiting it."
+                   if hacking else
+                   f"No reward hacking by the page's own test: the RM's score rose less than the true count "
+                   f"({rm_gain:+.2f} vs {true_gain:+.2f} held-out std units); of the RM's free bonuses, `!` fell "
+                   f"({base.get('exclamation', float('nan')):.3f} → {late.get('exclamation', float('nan')):.3f} per "
+                   f"sample) and `?` rose a little ({base.get('question', float('nan')):.3f} → "
+                   f"{late.get('question', float('nan')):.3f})."))
+    report = Report.at(report_dir, "Reward hacking, measured: PPO against a learned period-count reward model",
+                       headline=headline, source=__file__)
+    report.text(f"""
+A reward model (RM) was trained to imitate the true reward — the number of `{char}` characters in a
+completion — from {int(quantity['synthetic pairs'])} synthetic preference pairs (two samples of `{config.get('model')}`
+per prompt, labelled by the count, ties dropped). Then PPO ({config.get('ppo_config')} with {overrides},
+{n_phases} phases of {int(samples.groupby('phase').size().iloc[0])} samples) optimised the policy against the RM
+alone, while the true count of every rollout sample was recorded. The RM never sees the prompt (PPO scores
+completions only), and it was trained on texts like the base model's; what the policy learns to write drifts
+outside that distribution, which is where a learned reward can be exploited.
+""")
+    report.section("Findings", f"""
+- **RM**: validation accuracy **{best.accuracy:.3f}** (chance 0.5) at epoch {int(best.epoch)}; Spearman with the
+  true count on {len(heldout)} fresh base-model texts **{rho:.3f}**.
+- **PPO raised the true count**: **{first.true_reward:.2f}** periods per sample at phase 1 → **{tail.true_reward.mean():.2f}**
+  (mean of phases {late_from}-{n_phases}); the last phase alone reached {last.true_reward:.2f}, one batch of
+  {int(samples.groupby('phase').size().iloc[-1])} samples. The RM's score {first.rm_reward:.2f} →
+  {tail.rm_reward.mean():.2f} (mean of the same phases; normalised units of the RM's training texts).
+- **The test for hacking** — the learned reward rising faster than the true one, both in standard units of the
+  held-out base texts — **is {"" if hacking else "not "}met**: from phase 1 to phases {late_from}-{n_phases} the true count
+  rose by {true_gain:+.2f} units and the RM's score by {rm_gain:+.2f}. The RM
+  {"overrates" if tail.rm_reward_z.mean() > tail.true_reward_z.mean() else "underrates"} the policy's late samples
+  ({tail.rm_reward_z.mean():.2f} vs {tail.true_reward_z.mean():.2f} units){"" if hacking else ": it saturates above the counts it was trained on"}.
+  Within-phase Spearman over phases {late_from}-{n_phases}: {tail.spearman.mean():.2f} (base texts {rho:.2f};
+  per phase {phases.spearman.min():.2f}-{phases.spearman.max():.2f} with {int(samples.groupby('phase').size().iloc[0])}
+  samples each, so noisy).
+- **What the RM pays for without the truth**: appending one `{char}` moves the RM by
+  {float(period.rm_delta.iloc[0]) if len(period) else float("nan"):+.2f}; strings that move it reliably (> 2 standard
+  errors) while the true count stays put: {free_text}.
+- **Did the policy buy them?** Mostly not. `!` per sample {base.get("exclamation", float("nan")):.3f} in base texts →
+  {late.get("exclamation", float("nan")):.3f} in phases {late_from}-{n_phases}; newlines
+  {base.get("newline", float("nan")):.3f} → {late.get("newline", float("nan")):.3f}; `?`
+  {base.get("question", float("nan")):.3f} → {late.get("question", float("nan")):.3f} ({with_q} of {len(late_samples)}
+  late samples contain one, vs {base_q} of {len(heldout)} base texts) — the one proxy that moved the way hacking
+  would, by a few samples. Periods {base.get("period", float("nan")):.2f} → {late.get("period", float("nan")):.2f}.
+
+{verdict}{"" if hacking else " in these " + str(n_phases) + " phases: PPO against this RM mostly bought true periods. A longer run, or an RM trained on fewer or noisier pairs, may part the curves."}
+""")
+    report.table("summary", read_table(report_dir, "summary"), title="Measured figures", show=40)
+    report.section("The reward model")
+    report.figure("rm_training", plot_reward_model_training(rm_metrics), title="Reward-model training",
+                  caption="Bradley-Terry loss and the share of preference pairs ranked right, per epoch, on the "
+                          "training pairs and the held-out validation pairs (epoch 0: before training).")
+    report.table("rm_training", rm_metrics, title="Reward-model training (per epoch)")
+    report.figure("heldout", plot_learned_vs_true(heldout, title=f"RM vs true count on held-out texts "
+                                                  f"(Spearman {rho:.3f})", xlabel=f"true count of '{char}' per text",
+                                                  ylabel="RM score (normalised RM units)"),
+                  title="Does the RM rank like the truth?",
+                  caption=f"Each of the {len(heldout)} held-out base-model texts (x jittered by up to ±0.15 to show "
+                          "overlapping points) and the RM's mean score per true count.")
+    report.table("heldout", heldout, title="Held-out base-model texts", show=15)
+    report.section("True vs learned reward during PPO")
+    long = pd.concat([phases.assign(reward="true period count", z=phases.true_reward_z, raw=phases.true_reward),
+                      phases.assign(reward="reward model", z=phases.rm_reward_z, raw=phases.rm_reward)])
+    report.figure("hacking", plot_reward_hacking(phases), chart=xy_chart(
+        long, "phase", "z", series="reward", hover=["raw", "spearman", "kl_forward_per_token"], xlabel="PPO phase",
+        ylabel="mean reward (held-out base-text std units)", title="True vs learned reward of the policy's samples"),
+        caption=("Left: mean true period count and mean RM score of each phase's samples, both in standard units of "
+                 "the held-out base-model texts (0 = the base model's mean, 1 = one standard deviation), so they "
+                 "are comparable: a learned reward rising faster than the true one is the policy finding what the "
+                 "RM overrates. Right: the rank correlation (Spearman) of RM and true count within each phase."))
+    report.table("ppo_phases", phases, title="Per PPO phase")
+    report.section("Where the RM can be exploited")
+    report.table("probes", probes, title="What one appended string is worth: true reward vs RM",
+                 caption="Mean change over the held-out texts when the string is appended (RM: normalised units, "
+                         "with its standard error).")
+    report.table("proxy_counts", proxies, title="Proxy characters per sample",
+                 caption=f"Phase 0 = the held-out base-model texts; the base texts and the last {len(tail)} phases "
+                         "are shown.", preview=proxies[(proxies.phase == 0) | (proxies.phase >= late_from)])
+    report.table("exploits", exploits(samples, heldout), title="Late samples the RM overrates most",
+                 caption="RM z-score minus true z-score (held-out units), in the last quarter of training.")
+    report.table("ppo_samples", samples, title="Every rollout sample", show=10)
+    return report
 
 
 if __name__ == "__main__":

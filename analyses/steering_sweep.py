@@ -3,6 +3,7 @@ measure what each setting buys (periods in the continuation) and what it costs (
 
     python analyses/steering_sweep.py                      # the measured run: 16 prompts x 24 tokens, 5 x 5 grid
     python analyses/steering_sweep.py --model tiny-test --n-prompts 3 --max-new-tokens 4 --layers 0,1 --coefs 0,1
+    python analyses/steering_sweep.py --from-csv           # re-render the page from its CSVs (no model)
 
 Writes reports/steering_sweep/ (README.md, index.html, CSV tables, PNG figures, config.json, the vector).
 
@@ -20,21 +21,29 @@ Coefficient 0 adds nothing, so it is sampled once and its row is shared by every
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from matplotlib.ticker import NullFormatter
 import pandas as pd
 import torch
+from matplotlib.ticker import NullFormatter
 
-from rlhf_interp import Report, load_model, load_prompts
+from rlhf_interp import load_model, load_prompts
 from rlhf_interp.edits import NoEdit, Steering
 from rlhf_interp.measure import LogitsCache, sweep
-from rlhf_interp.plots import plot_steering_sweep, plot_sweep_curves
+from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.charts import xy_chart
+from rlhf_interp.report.plots import plot_steering_sweep, plot_sweep_curves
 from rlhf_interp.steering import mean_difference, residual_norms
+
+NAME = "steering_sweep"
+SWEEP_COLUMNS = ["layer", "coef", "n_sequences", "reward_mean", "reward_stderr", "kl_exact_mean", "kl_exact_stderr",
+                 "kl_k1_mean", "kl_k1_stderr", "kl_k3_mean", "kl_k3_stderr", "kl_per_token", "kl_prompt_mean",
+                 "entropy_mean", "distinct_1", "distinct_2", "new_tokens_mean", "push_over_resid", "seconds"]
+SEQUENCE_COLUMNS = ["layer", "coef", "prompt_idx", "continuation", "n_new_tokens", "reward", "kl_k1", "kl_k3",
+                    "kl_exact", "entropy_mean"]
 
 PERIOD_SENTENCES = [
     "I came. I saw. I left.", "It rained. We stayed in. The fire was warm.", "Stop. Look. Listen.",
@@ -61,15 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-root", default="reports")
-    p.add_argument("--rebuild", action="store_true",
-                   help="rebuild the report from the tables of an earlier run in OUT_ROOT/steering_sweep (no model)")
+    p.add_argument("--from-csv", "--rebuild", dest="from_csv", action="store_true",
+                   help="re-render the page from the CSVs of an earlier run in OUT_ROOT/steering_sweep (no model)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.rebuild:
-        return rebuild(args)
+    out = Path(args.out_root) / NAME
+    if args.from_csv:
+        render(out).save()
+        print(f"[steering_sweep] rebuilt {out}/", file=sys.stderr)
+        return 0
     torch.set_num_threads(2)
     start = time.perf_counter()
     layers = [int(x) for x in args.layers.split(",")]
@@ -96,32 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     table["push_over_resid"] = table["coef"] * table["vector_norm"] / table["resid_norm"]
     table = table.sort_values(["layer", "coef"]).reset_index(drop=True)
     table["layer"] = table["layer"].astype(int)
-
-    report = build_report(args, table, norms, seqs, baseline, time.perf_counter() - start)
-    out = report.save()
+    seqs = seqs.assign(layer=seqs["layer"].astype(int))
+    config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "seconds": time.perf_counter() - start,
+              "period_pairs": PERIOD_SENTENCES}
+    write_tables(out, {"sweep": table[SWEEP_COLUMNS], "vector_norms": norms, "sequences": seqs[SEQUENCE_COLUMNS]},
+                 config=config)
     vector.save(out / "period_vector.safetensors")
+    render(out).save()
     print(f"[steering_sweep] wrote {out}/ in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return 0
-
-
-def rebuild(args: argparse.Namespace) -> int:
-    """Re-render reports/steering_sweep/ from its own CSV tables and config (e.g. after changing the text)."""
-    src = Path(args.out_root) / "steering_sweep"
-    config = json.loads((src / "config.json").read_text())
-    for key in ("model", "layers", "coefs", "n_prompts", "max_new_tokens", "seed"):
-        setattr(args, key, config[key])
-    norms = pd.read_csv(src / "vector_norms.csv")
-    table = pd.read_csv(src / "sweep.csv").merge(norms[["layer", "vector_norm", "resid_norm"]], on="layer")
-    if "n_sequences" not in table:
-        table["n_sequences"] = args.n_prompts
-    prompts = load_prompts(limit=args.n_prompts, seed=args.seed)
-    seqs = pd.read_csv(src / "sequences.csv", keep_default_na=False)
-    seqs["prompt"] = [prompts[i] for i in seqs.prompt_idx]
-    vector_bytes = (src / "period_vector.safetensors").read_bytes()
-    baseline = table[table.coef == 0].iloc[0]
-    out = build_report(args, table, norms, seqs, baseline, float(config["seconds"])).save()
-    (out / "period_vector.safetensors").write_bytes(vector_bytes)
-    print(f"[steering_sweep] rebuilt {out}/", file=sys.stderr)
     return 0
 
 
@@ -198,12 +192,37 @@ def answer(table: pd.DataFrame, layers: list[int], baseline: pd.Series) -> str:
     return "\n".join(text)
 
 
-def build_report(args, table: pd.DataFrame, norms: pd.DataFrame, seqs: pd.DataFrame, baseline: pd.Series,
-                 seconds: float) -> Report:
+def headline(table: pd.DataFrame, baseline: pd.Series) -> str:
+    """The main numbers: how KL scales, whether a later layer is cheaper, and the best reward bought."""
     layers = sorted(table.layer.unique().tolist())
-    report = Report("steering_sweep", "Steering toward periods: reward and KL shift by layer and coefficient",
-                    root=Path(args.out_root), config={**vars(args), "seconds": seconds,
-                                                      "period_pairs": PERIOD_SENTENCES})
+    early, late = min(layers), max(layers)
+    scaling = kl_scaling(table)
+    pivot = table.pivot_table(index="coef", columns="layer", values="kl_exact_mean")
+    nonzero = [c for c in pivot.index if c != 0]
+    cheaper = sum(pivot.loc[c, late] < pivot.loc[c, early] for c in nonzero)
+    best = table[table.coef > 0].sort_values("reward_mean", ascending=False).iloc[0]
+    return (f"A contrastive period vector's KL per sequence grows like coef^{scaling.kl_slope.min():.2f}-"
+            f"{scaling.kl_slope.max():.2f} at every layer; at equal coefficient layer {late} cost less than layer "
+            f"{early} at {cheaper} of {len(nonzero)} coefficients. Most periods: {best.reward_mean:.2f} ± "
+            f"{best.reward_stderr:.2f} per continuation (layer {int(best.layer)}, coefficient {best.coef:g}) for "
+            f"{best.kl_exact_mean:.1f} nats, vs {baseline.reward_mean:.2f} ± {baseline.reward_stderr:.2f} unsteered.")
+
+
+def render(report_dir: Path) -> Report:
+    """The page from ``sweep.csv``, ``vector_norms.csv``, ``sequences.csv`` and ``config.json`` (no model)."""
+    report_dir = Path(report_dir)
+    config = read_config(report_dir)
+    args = argparse.Namespace(**{k: config[k] for k in ("model", "n_prompts", "max_new_tokens", "seed")})
+    table = read_table(report_dir, "sweep")
+    norms = read_table(report_dir, "vector_norms")
+    seqs = read_table(report_dir, "sequences", keep_default_na=False)
+    prompts = load_prompts(limit=args.n_prompts, seed=args.seed)
+    seqs["prompt"] = [prompts[i] for i in seqs.prompt_idx]
+    baseline = table[table.coef == 0].iloc[0]
+    seconds = float(config["seconds"])
+    layers = sorted(table.layer.unique().tolist())
+    report = Report.at(report_dir, "Steering toward periods: reward and KL shift by layer and coefficient",
+                       headline=headline(table, baseline), source=__file__)
     per_setting = table[table.coef != 0].seconds
     report.text(f"""
 Model `{args.model}`; {args.n_prompts} shipped prompts x {args.max_new_tokens} sampled tokens (temperature 1,
@@ -213,7 +232,7 @@ summed along the steered model's own samples (`kl_exact`), with the k1 and k3 sa
 (`kl_k1`, `kl_k3`) and standard errors over the {args.n_prompts} sequences; `kl_prompt_mean` is the mean
 per-token KL teacher-forced on the prompts alone.
 
-Steering vector: difference of means of `blocks.L.hook_resid_post` between {len(PERIOD_SENTENCES)} period-heavy
+Steering vector: difference of means of `blocks.L.hook_resid_post` between {len(config["period_pairs"])} period-heavy
 sentences and the same sentences joined by commas (one vector per layer, added at every real token).
 Coefficient 1 = the observed period-vs-comma difference at that layer.
 
@@ -222,38 +241,50 @@ Unsteered baseline: {baseline.reward_mean:.3g} ± {baseline.reward_stderr:.2g} p
 Time per setting: {per_setting.median():.0f} s median ({per_setting.min():.0f}-{per_setting.max():.0f} s) on a
 shared 2-core CPU; whole run {seconds / 60:.1f} min.
 """)
-    report.text("## Would a later layer make a smaller change?\n\n" + answer(table, layers, baseline))
-    fig = plot_steering_sweep(table, reward_label="periods (char_count '.')")
-    fig.axes[0].set_yscale("symlog", linthresh=0.1)
-    report.figure("sweep", fig, title="KL and reward by layer and coefficient (KL on a log scale)")
+    report.section("Would a later layer make a smaller change?", answer(table, layers, baseline))
+    report.section("KL and reward by layer and coefficient")
+    fig = plot_steering_sweep(table, reward_label="periods")
+    chart = xy_chart(table, "kl_exact_mean", "reward_mean", series="layer", error="reward_stderr",
+                     hover=["coef", "kl_exact_stderr", "push_over_resid", "distinct_2"], series_label="layer ",
+                     xlabel="KL(steered ‖ unsteered) per sequence (nats)", ylabel="periods per continuation",
+                     title="Periods against KL, one line per layer (coefficient rising along each line)", log_x=True)
+    report.figure("sweep", fig, chart=chart, caption=(
+        "Left: KL per sequence against the coefficient (symlog axis: linear below 0.1 nats, so coefficient 0 at "
+        "exactly 0 is drawn; no negative half). Middle: periods per continuation against the coefficient. Right: "
+        "periods against KL, one line per layer, coefficient rising along each line (symlog KL axis). Error bars: "
+        f"one standard error over the {args.n_prompts} sequences. The interactive chart shows the right panel "
+        "(hover for coefficient and standard errors; it starts on a log KL axis, which leaves out coefficient 0)."))
     fig = plot_sweep_curves(table[table.coef > 0], "kl_exact_mean", x="push_over_resid", err="kl_exact_stderr",
-                            title="KL per sequence vs size of the push relative to the residual stream")
-    fig.axes[0].set_xlabel("coef x |vector_L| / mean |resid_post_L|")
+                            title="KL per sequence vs size of the push relative to the residual stream",
+                            ylabel="KL(steered ‖ unsteered) per sequence (nats)")
     fig.axes[0].set_xscale("log")
     fig.axes[0].set_yscale("log")
     fig.axes[0].xaxis.set_minor_formatter(NullFormatter())
-    report.figure("kl_vs_relative_push", fig, title="The same KL against the relative size of the push")
-    fig = plot_sweep_curves(table, "kl_prompt_mean", err=None, title="mean per-token KL on the prompts (teacher-forced)")
-    report.figure("kl_prompt", fig, title="Per-token KL on the prompts")
-    cols = ["layer", "coef", "n_sequences", "reward_mean", "reward_stderr", "kl_exact_mean", "kl_exact_stderr", "kl_k1_mean",
-            "kl_k1_stderr", "kl_k3_mean", "kl_k3_stderr", "kl_per_token", "kl_prompt_mean", "entropy_mean",
-            "distinct_1", "distinct_2", "new_tokens_mean", "push_over_resid", "seconds"]
-    report.table("sweep", table[cols], title="All settings (one row per layer x coefficient)", max_rows=60)
+    report.figure("kl_vs_relative_push", fig, title="The same KL against the relative size of the push",
+                  caption="Non-zero coefficients only (log-log axes): KL per sequence against coef × ‖vector_L‖ / "
+                          "mean ‖resid_post_L‖ at each layer; error bars: one standard error.")
+    fig = plot_sweep_curves(table, "kl_prompt_mean", err=None, title="mean per-token KL on the prompts "
+                            "(teacher-forced)")
+    report.figure("kl_prompt", fig, title="Per-token KL on the prompts",
+                  caption="Mean per-token KL(steered ‖ unsteered) over the prompt tokens alone, teacher-forced, "
+                          "against the coefficient, one line per layer.")
+    report.section("Tables")
+    report.table("sweep", table, title="All settings (one row per layer x coefficient)", show=60,
+                 caption="Coefficient 0 is sampled once and shared by every layer.")
     report.table("vector_norms", norms, title="Steering vector norms vs residual-stream norms")
-    report.table("kl_scaling", kl_scaling(table), title="Power-law fit per layer: KL = a * coef^kl_slope")
-    examples = seqs.copy()
-    examples["layer"] = examples["layer"].astype(int)
+    report.table("kl_scaling", kl_scaling(table), title="Power-law fit per layer: KL = a * coef^kl_slope",
+                 caption="Fitted on the non-zero coefficients; `kl_at_push`: the fitted KL when the push is `push` "
+                         "times the residual norm.")
     strongest = table[table.coef > 0].sort_values("reward_mean", ascending=False).head(2)
     picks = [(-1, 0.0)] + [(int(r.layer), float(r.coef)) for r in strongest.itertuples()]
-    shown = pd.concat([examples[(examples.layer == layer) & (examples.coef == coef)].head(3) for layer, coef in picks])
+    shown = pd.concat([seqs[(seqs.layer == layer) & (seqs.coef == coef)].head(3) for layer, coef in picks])
     shown = shown.assign(continuation=shown.continuation.astype(str).str.replace("\n", " ⏎ ", regex=False))
     report.table("examples", shown[["layer", "coef", "prompt", "continuation", "reward", "kl_exact"]],
-                 title="Sample continuations (layer -1 = unsteered)")
-    report.table("sequences", examples[["layer", "coef", "prompt_idx", "continuation", "n_new_tokens", "reward",
-                                        "kl_k1", "kl_k3", "kl_exact", "entropy_mean"]],
-                 title="Every sampled sequence", max_rows=0)
+                 title="Sample continuations (layer -1 = unsteered)",
+                 caption="Three continuations unsteered and at the two settings with the most periods (⏎ = newline).")
+    report.table("sequences", seqs.drop(columns=["prompt"]), title="Every sampled sequence", show=0,
+                 caption="One row per setting and prompt (`prompt_idx` indexes the shipped prompts with this seed).")
     return report
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,103 @@
+"""Interactive charts (Plotly) for the places a reader explores: sweeps, frontiers, trajectories.
+
+They sit on the HTML page next to the static PNG of the same data (``Report.figure(..., chart=...)``):
+hover shows every column that matters for a point, clicking a legend entry hides a series, and buttons
+switch an axis between linear and log. Plotly's JS is not embedded here: the page loads the one shared
+``reports/assets/plotly.min.js``, so every chart works offline.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf"]
+_SYMBOLS = ["circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star", "pentagon",
+            "hexagon"]
+
+
+def _hover(df: pd.DataFrame, columns: Sequence[str]) -> tuple[list[list], str]:
+    """customdata rows and a hovertemplate showing ``columns`` by name."""
+    data = df[list(columns)].astype(object).where(df[list(columns)].notna(), "").values.tolist()
+    lines = []
+    for i, col in enumerate(columns):
+        fmt = ":.4g" if pd.api.types.is_float_dtype(df[col]) else ""
+        lines.append(f"{col}: %{{customdata[{i}]{fmt}}}")
+    return data, "<br>".join(lines) + "<extra></extra>"
+
+
+def _axis_buttons(axis: str, start_log: bool) -> dict:
+    """An updatemenu that switches ``axis`` ("x"/"y") between linear and log."""
+    key = f"{axis}axis.type"
+    order = [("log", "log"), ("linear", "linear")] if start_log else [("linear", "linear"), ("log", "log")]
+    return {"type": "buttons", "direction": "right", "x": 0.0 if axis == "y" else 0.5, "xanchor": "left",
+            "y": 1.13, "yanchor": "bottom", "showactive": True, "pad": {"r": 4, "t": 0},
+            "buttons": [{"label": f"{axis}: {name}", "method": "relayout", "args": [{key: value}]}
+                        for name, value in order]}
+
+
+def xy_chart(df: pd.DataFrame, x: str, y: str, *, series: str | None = None, error: str | None = None,
+             hover: Sequence[str] = (), xlabel: str = "", ylabel: str = "", title: str = "",
+             mode: str = "lines+markers", log_x: bool | None = None, log_y: bool | None = None,
+             sort_x: bool = True, series_label: str = ""):
+    """One trace per ``series`` value of ``y`` against ``x`` (error bars from ``error``), hover showing
+    ``hover`` columns. ``log_x``/``log_y``: None = no switch, False/True = a linear/log switch starting linear/log
+    (log axes hide exact zeros: use them for exploration, the static PNG shows zeros)."""
+    import plotly.graph_objects as go
+
+    needed = [x, y] + ([series] if series else []) + ([error] if error else []) + list(hover)
+    missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
+    if missing:
+        raise ValueError(f"chart needs column(s) {missing}; the table has {list(df.columns)}")
+    fig = go.Figure()
+    groups = df.groupby(series, sort=True) if series else [("", df)]
+    hover_cols = list(dict.fromkeys([*( [series] if series else []), x, y, *([error] if error else []), *hover]))
+    for i, (value, group) in enumerate(groups):
+        group = group.sort_values(x) if sort_x else group
+        custom, template = _hover(group, hover_cols)
+        fig.add_trace(go.Scatter(
+            x=group[x].tolist(), y=group[y].tolist(), mode=mode,
+            name=f"{series_label}{value}" if series else y,
+            marker={"color": _PALETTE[i % 10], "symbol": _SYMBOLS[i % 10], "size": 8},
+            line={"color": _PALETTE[i % 10], "width": 1.5},
+            error_y={"type": "data", "array": group[error].fillna(0).tolist(), "visible": True} if error else None,
+            customdata=custom, hovertemplate=template))
+    menus = []
+    if log_y is not None:
+        menus.append(_axis_buttons("y", log_y))
+    if log_x is not None:
+        menus.append(_axis_buttons("x", log_x))
+    fig.update_layout(
+        title={"text": title, "y": 0.98, "yanchor": "top"}, template="simple_white",
+        margin={"l": 70, "r": 20, "t": 90, "b": 60}, legend={"title": {"text": series or ""}},
+        xaxis={"title": {"text": xlabel or x}, "type": "log" if log_x else "linear", "showgrid": True},
+        yaxis={"title": {"text": ylabel or y}, "type": "log" if log_y else "linear", "showgrid": True},
+        updatemenus=menus)
+    return fig
+
+
+def facet_lines(df: pd.DataFrame, x: str, panels: Sequence[tuple[str, str]], *, series: str,
+                hover: Sequence[str] = (), title: str = "", xlabel: str = ""):
+    """Small multiples sharing ``x``: one panel per ``(column, axis label)`` in ``panels``, one line per
+    ``series`` value (same colour in every panel; the legend toggles a series everywhere)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.07)
+    for i, (value, group) in enumerate(df.groupby(series, sort=False)):
+        group = group.sort_values(x)
+        for j, (column, _) in enumerate(panels):
+            cols = list(dict.fromkeys([series, x, column, *hover]))
+            custom, template = _hover(group, cols)
+            fig.add_trace(go.Scatter(x=group[x].tolist(), y=group[column].tolist(), mode="lines+markers",
+                                     name=str(value), legendgroup=str(value), showlegend=j == 0,
+                                     marker={"color": _PALETTE[i % 10], "symbol": _SYMBOLS[i % 10], "size": 5},
+                                     line={"color": _PALETTE[i % 10], "width": 1.5},
+                                     customdata=custom, hovertemplate=template), row=1, col=j + 1)
+            fig.update_xaxes(title_text=xlabel or x, row=1, col=j + 1, showgrid=True)
+            fig.update_yaxes(title_text=panels[j][1], showgrid=True, row=1, col=j + 1)
+    fig.update_layout(title={"text": title}, template="simple_white", margin={"l": 50, "r": 20, "t": 80, "b": 50},
+                      legend={"orientation": "h", "y": -0.18})
+    return fig

@@ -1,0 +1,107 @@
+"""The HTML side of a report: page template, markdown, offline assets, circuitsvis and Plotly snippets.
+
+Why one module: every page must open offline from ``file://`` with no request to the network, and
+every container must be closed (a self-closing ``<div/>`` is not closed in HTML: what follows it ends
+up inside the widget and disappears when the widget renders). Keeping the markup in one place keeps
+those two rules in one place.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+from pathlib import Path
+
+ASSETS_DIR = "assets"  # under the reports root: JS libraries shared by every page (one copy each)
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
+nav{font-size:14px;margin-bottom:1em}p.headline{font-size:1.1em;background:#f4f7fb;border-left:4px solid #4c72b0;padding:.6em .9em}
+table.tbl{border-collapse:collapse;font-size:13px;margin:.4em 0}table.tbl td,table.tbl th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
+table.tbl td:first-child,table.tbl th:first-child{text-align:left}figure{margin:1em 0}figcaption,p.caption{font-size:14px;color:#444}
+img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}pre{background:#f6f6f6;padding:8px;overflow:auto}
+div.chart{margin:.5em 0;border:1px solid #eee}details{margin:.4em 0}footer{margin-top:3em;font-size:13px;color:#666}
+div.table-wrap{overflow-x:auto}"""
+
+
+def markdown_to_html(text: str) -> str:
+    import markdown
+
+    return markdown.markdown(text, extensions=["fenced_code", "tables"])
+
+
+def slug(text: str) -> str:
+    """An id for a heading: lower case, words joined by '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+
+
+def page(title: str, body: str, *, scripts: list[str] = (), nav: str = "") -> str:
+    """A complete HTML5 document. ``scripts`` are relative URLs of local JS files loaded in <head>."""
+    tags = "".join(f'<script src="{html.escape(src)}"></script>' for src in scripts)
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style>{tags}</head><body>\n"
+            f"{nav}{body}\n</body></html>\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Offline JS libraries, one shared copy under <reports root>/assets/
+
+
+def plotly_js_source() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def circuitsvis_js_path() -> Path:
+    import circuitsvis
+
+    return Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+
+
+def ensure_asset(root: Path, name: str) -> str:
+    """Copy a JS library into ``root/assets/`` unless an identical copy is there; return its file name."""
+    from rlhf_interp.core.io import atomic_write_text
+
+    target = Path(root) / ASSETS_DIR / name
+    if name == "plotly.min.js":
+        source = plotly_js_source()
+        if not target.exists() or target.stat().st_size != len(source.encode()):
+            atomic_write_text(target, source)
+    elif name == "circuitsvis.js":
+        source_path = circuitsvis_js_path()
+        if not target.exists() or target.read_bytes() != source_path.read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source_path, target)
+    else:
+        raise ValueError(f"unknown asset {name!r}: expected plotly.min.js or circuitsvis.js")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Widgets
+
+
+def circuitsvis_snippet(rendered, element_id: str) -> str:
+    """circuitsvis' local HTML for one view, with its 1.3 MB inline bundle removed (the page loads the shared
+    ``circuitsvis.js``), a fixed element id (stable diffs) and the container closed properly."""
+    src = rendered.local_src if hasattr(rendered, "local_src") else str(rendered)
+    bundle = circuitsvis_js_path().read_text(encoding="utf-8").replace("</script>", "")
+    src = src.replace(bundle, "")
+    match = re.search(r'<div id="(circuits-vis-[^"]+)"([^>]*?)\s*/?>(</div>)?', src)
+    if match is None:
+        raise ValueError("circuitsvis output has no container <div id=\"circuits-vis-...\">: unsupported version?")
+    src = src.replace(match.group(0), f'<div id="{element_id}" class="circuitsvis"{match.group(2)}></div>', 1)
+    src = src.replace(match.group(1), element_id)
+    return src.replace("<script crossorigin type=\"module\">", "<script type=\"module\">")
+
+
+def plotly_snippet(fig, element_id: str, *, height: int = 460) -> str:
+    """A Plotly figure as a closed ``<div>`` + script; the page loads the shared ``plotly.min.js``."""
+    if fig.layout.height is None:
+        fig.update_layout(height=height)
+    snippet = fig.to_html(full_html=False, include_plotlyjs=False, div_id=element_id,
+                          default_height=f"{fig.layout.height}px",
+                          config={"displaylogo": False, "responsive": True})
+    return f'<div class="chart">{snippet}</div>'

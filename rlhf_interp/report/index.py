@@ -1,0 +1,81 @@
+"""``reports/index.html`` and ``reports/README.md``: every report with its headline, linked.
+
+Built from each report's ``report.json`` (written by `Report.save`), so the index says exactly what the
+pages say: the headline sentence and its numbers come from the report, not from a second copy here.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from rlhf_interp.report import html as H
+from rlhf_interp.report.page import MANIFEST, _inline_md, read_manifest
+
+INTRO = ("Each report is one analysis of this project: a page (`index.html`, offline, interactive charts beside "
+         "the static figures), the same as markdown (`README.md`), and every number as CSV beside it. "
+         "`rlhf-interp report --rebuild` re-renders every page from those CSVs without a model; each analysis "
+         "script in `analyses/` re-measures its own.")
+
+HOW_TO_ADD = """## Adding a report
+
+An analysis script `analyses/<x>.py` measures, saves its tidy tables into `reports/<x>/` and renders the page
+from them, so the page can always be rebuilt from the committed CSVs:
+
+```python
+from rlhf_interp.report import Report, read_table, write_tables
+
+def render(report_dir: Path) -> Report:                      # CSVs in, page out; no model, no run directory
+    points = read_table(report_dir, "points")
+    report = Report.at(report_dir, "Title", source=__file__,
+                       headline=f"One sentence with the main numbers, e.g. {points.reward_mean.max():.2f} ...")
+    report.section("Reward against KL", "What was measured and how to read the figure.")
+    report.figure("reward_vs_kl", matplotlib_fig, caption="what is drawn", chart=plotly_fig)   # chart optional
+    report.table("points", points, caption="one row per ...", show=20)   # saved whole as points.csv
+    return report
+
+def main():                                                  # the full recompute
+    tables = measure(...)                                    # model runs, returns tidy DataFrames
+    write_tables("reports/x", tables, config=vars(args))     # config.json: how it was measured
+    render(Path("reports/x")).save()
+```
+
+`rlhf-interp report --rebuild` finds `render` through `report.json` (written by `save()`), re-renders every
+page and rewrites this index. Figures: label both axes with units, keep every point inside the axes, and make
+the caption say what is drawn (`rlhf_interp.report.plots.label`, `series_style`, `nonneg_symlog` help).
+Interactive charts: `rlhf_interp.report.charts` (Plotly; the JS is one shared file, `assets/plotly.min.js`)."""
+
+
+def report_dirs(root: str | Path) -> list[Path]:
+    """Report directories under ``root``: those with a ``report.json``, by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory: pass the reports root (e.g. --root reports).")
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+def write_index(root: str | Path) -> Path:
+    """Write ``root/index.html`` and ``root/README.md`` from every report's manifest; return the HTML path."""
+    from rlhf_interp.core.io import atomic_write_text
+
+    root = Path(root)
+    manifests = [read_manifest(d) for d in report_dirs(root)]
+    if not manifests:
+        raise FileNotFoundError(f"no report under {root}: no */{MANIFEST} (run an analysis or `rlhf-interp report "
+                                f"--rebuild` first).")
+    md = ["# Reports", "", INTRO, "", "| report | headline |", "| --- | --- |"]
+    body = ["<h1>Reports</h1>", H.markdown_to_html(INTRO)]
+    for m in manifests:
+        name = m["name"]
+        md.append(f"| [{m['title']}]({name}/README.md) (`{name}`) | {m['headline'].replace('|', '/')} |")
+        source = (f" · made by <code>{html.escape(m['source'])}</code>" if m.get("source") else "")
+        csvs = sum(1 for f in (root / name).glob("*.csv"))
+        body.append(f"<section><h2 id=\"{H.slug(name)}\"><a href=\"{name}/index.html\">{html.escape(m['title'])}</a>"
+                    f"</h2><p class=\"headline\">{_inline_md(m['headline'])}</p>"
+                    f"<p class=\"caption\"><a href=\"{name}/index.html\">page</a> · "
+                    f"<a href=\"{name}/README.md\">markdown</a> · {csvs} CSV tables in <code>{name}/</code>"
+                    f"{source}</p></section>")
+    md += ["", HOW_TO_ADD, ""]
+    body.append(H.markdown_to_html(HOW_TO_ADD))
+    atomic_write_text(root / "README.md", "\n".join(md))
+    return atomic_write_text(root / "index.html", H.page("Reports", "\n".join(body)))
