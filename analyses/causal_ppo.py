@@ -1,0 +1,405 @@
+"""Where does PPO fine-tuning live, causally? Patch tuned into base (and back) per layer and component, along
+the run's checkpoints, swap weights layer by layer, and try to undo RLHF with one direction.
+
+    python analyses/causal_ppo.py --base smollm2-135m --tuned runs/periods     # compute + write reports/causal_ppo/
+    python analyses/causal_ppo.py --rebuild                                    # redraw the page from its CSVs alone
+
+Texts: the tuned policy's own samples (prompt + ``--samples`` sampled tokens), where its behaviour differs
+from the base. Every statistic counts the real, non-pad, non-BOS positions of these texts
+(`rlhf_interp.patching.scores` states the conventions). The compute path (`compute`) returns tidy tables;
+the page is drawn from those tables only (`build_report`), so `render(csv_dir)` redraws it from the CSVs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+import pandas as pd
+import torch
+
+from rlhf_interp import load_model, load_prompts
+from rlhf_interp.checkpoints import list_checkpoints
+from rlhf_interp.diff import check_compatible, checkpoint_step, policy_samples
+from rlhf_interp.patching import (
+    activation_patching,
+    attribution_layers,
+    patching_trajectory,
+    residual_attribution,
+    rewarded_token_ids,
+    undo_rlhf,
+    weight_patching,
+)
+from rlhf_interp.report import Report
+
+NAME = "causal_ppo"
+TABLES = ("activation_patching", "residual_attribution", "weight_patching", "trajectory", "trajectory_attribution",
+          "undo", "texts")
+SUBLAYERS = ("hook_attn_out", "hook_mlp_out")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", default="smollm2-135m")
+    p.add_argument("--tuned", help="a PPO run dir (its latest checkpoint; all of them for the trajectory) or one "
+                                   "checkpoint / HF dir")
+    p.add_argument("--rebuild", action="store_true", help="redraw reports/<name>/ from its CSVs (no model)")
+    p.add_argument("--n-prompts", type=int, default=16)
+    p.add_argument("--samples", type=int, default=24, help="sampled tokens per prompt (0: patch on prompts only)")
+    p.add_argument("--reward-substring", default=".", help="reward proxy: next token contains this (periods task)")
+    p.add_argument("--reward", default="char_count", help="sampled reward for the undo table (rlhf_interp reward)")
+    p.add_argument("--trajectory-texts", type=int, default=8, help="texts per checkpoint in the trajectory")
+    p.add_argument("--max-checkpoints", type=int, default=6, help="evenly spaced checkpoints (always the last)")
+    p.add_argument("--no-weights", action="store_true", help="skip the weight-swap table")
+    p.add_argument("--undo-layers", default="auto", help="comma-separated layers for the fine-tuning direction, or "
+                                                         "'auto': the 2 layers with the largest attribution")
+    p.add_argument("--undo-prompts", type=int, default=16, help="prompts sampled for the undo table's reward")
+    p.add_argument("--undo-tokens", type=int, default=24, help="sampled tokens per prompt in the undo table")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=NAME, help="report name: <root>/<name>/")
+    p.add_argument("--root", type=Path, default=Path("reports"))
+    args = p.parse_args(argv)
+    if not args.rebuild and not args.tuned:
+        p.error("pass --tuned RUN_OR_CKPT_DIR (or --rebuild to redraw an existing report)")
+    return args
+
+
+def evenly_spaced(items: list, k: int) -> list:
+    if len(items) <= k:
+        return items
+    return [items[i] for i in sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})]
+
+
+# ----------------------------------------------------------------------------------------------
+# Compute: models -> tables
+
+
+def compute(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], dict]:
+    started = time.time()
+    torch.manual_seed(args.seed)
+    checkpoints = list_checkpoints(args.tuned)
+    final = checkpoints[-1] if checkpoints else Path(args.tuned)
+    base = load_model(args.base, device="cpu")
+    tuned = load_model(str(final), device="cpu")
+    check_compatible(base, tuned)
+    ids = rewarded_token_ids(base.tokenizer, args.reward_substring)
+    prompts = load_prompts(limit=args.n_prompts, seed=args.seed)
+    texts = (policy_samples(tuned, prompts, max_new_tokens=args.samples, seed=args.seed, batch_size=args.batch_size)
+             if args.samples > 0 else prompts)
+    common = dict(reward_token_ids=ids, batch_size=args.batch_size)
+    tables: dict[str, pd.DataFrame] = {"texts": pd.DataFrame({"text": texts})}
+    timings: dict[str, float] = {}
+
+    def timed(name, fn):
+        t0 = time.time()
+        out = fn()
+        timings[name] = round(time.time() - t0, 1)
+        print(f"[causal_ppo] {name}: {timings[name]} s", file=sys.stderr)
+        return out
+
+    act = timed("activation_patching", lambda: activation_patching(base, tuned, texts, **common))
+    tables["activation_patching"] = act
+    if not (act["kl_clean"] > 0).all():
+        raise SystemExit(f"{final} gives the same next-token distributions as {args.base} on these texts (KL 0): "
+                         f"nothing to attribute. Is it really a tuned checkpoint of this base model?")
+    tables["residual_attribution"] = residual_attribution(act)
+    if not args.no_weights:
+        tables["weight_patching"] = timed("weight_patching", lambda: weight_patching(base, tuned, texts, **common))
+    layers = (attribution_layers(act, k=2) if args.undo_layers == "auto"
+              else [int(x) for x in args.undo_layers.split(",") if x.strip()])
+    undo_prompts = load_prompts(limit=args.undo_prompts, seed=args.seed + 1)
+    tables["undo"] = timed("undo", lambda: undo_rlhf(base, tuned, texts, layers, prompts=undo_prompts,
+                                                     reward=args.reward, max_new_tokens=args.undo_tokens,
+                                                     seed=args.seed, **common))
+    del tuned
+    chosen = []
+    if len(checkpoints) > 1:
+        chosen = evenly_spaced([(checkpoint_step(c), c) for c in checkpoints], args.max_checkpoints)
+        traj = timed("trajectory", lambda: patching_trajectory(
+            base, args.tuned, texts[: args.trajectory_texts], checkpoints=chosen, components=["hook_resid_post"],
+            directions=["into_base"], **common))
+        tables["trajectory"] = traj
+        tables["trajectory_attribution"] = residual_attribution(traj)
+    config = {**{k: str(v) for k, v in vars(args).items()}, "tuned_checkpoint": str(final),
+              "n_checkpoints": len(checkpoints), "trajectory_steps": [s for s, _ in chosen],
+              "undo_layers_used": layers, "n_rewarded_tokens": len(ids), "n_texts": len(texts),
+              "seconds": round(time.time() - started, 1), "seconds_by_part": timings}
+    return tables, config
+
+
+# ----------------------------------------------------------------------------------------------
+# Render: tables -> page (no model needed)
+
+
+def render(csv_dir: str | Path, *, name: str | None = None, root: Path | None = None) -> Path:
+    """Redraw the report from the CSVs and config.json in ``csv_dir`` (a previous report directory)."""
+    csv_dir = Path(csv_dir)
+    if not (csv_dir / "activation_patching.csv").exists():
+        raise FileNotFoundError(f"{csv_dir} has no activation_patching.csv: run the analysis first "
+                                f"(python analyses/causal_ppo.py --base smollm2-135m --tuned RUN_DIR).")
+    tables = {t: pd.read_csv(csv_dir / f"{t}.csv") for t in TABLES if (csv_dir / f"{t}.csv").exists()}
+    config = json.loads((csv_dir / "config.json").read_text()) if (csv_dir / "config.json").exists() else {}
+    tables["undo"]["layer"] = tables["undo"]["layer"].astype("Int64")  # NaN for the unedited rows
+    report = build_report(tables, config, name=name or csv_dir.name, root=root or csv_dir.parent)
+    return report.save()
+
+
+def _fmt_parts(df: pd.DataFrame, value: str) -> str:
+    label = {"hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out"}
+    return ", ".join(f"L{int(r.layer)} {label.get(r.component, r.component)} ({getattr(r, value):.3f})"
+                     for r in df.itertuples())
+
+
+def findings(tables: dict[str, pd.DataFrame], config: dict) -> list[str]:
+    """The headline in numbers; each is read from a table of the report."""
+    act = tables["activation_patching"]
+    into = act[act["direction"] == "into_base"]
+    back = act[act["direction"] == "into_tuned"]
+    kl_bt, kl_tb = into["kl_clean"].iloc[0], back["kl_clean"].iloc[0] if len(back) else float("nan")
+    top = into[into["component"].isin(SUBLAYERS)].nlargest(3, "fraction_recovered")
+    lines = [f"Without a patch, KL(base||tuned) = {kl_bt:.4g} and KL(tuned||base) = {kl_tb:.4g} nats per token "
+             f"(mean over {int(into['n_tokens'].iloc[0])} positions of {config.get('n_texts', '?')} texts).",
+             "Top 3 single patches (tuned's sublayer output into base; fraction of KL(base||tuned) recovered): "
+             + _fmt_parts(top, "fraction_recovered") + "; they recover "
+             + ", ".join(f"{r:.3f}" for r in top["reward_proxy_recovered"]) + " of the reward proxy's gap."]
+    if len(back):
+        top_back = back[back["component"].isin(SUBLAYERS)].nlargest(3, "fraction_recovered")
+        lines.append("Reverse (base's sublayer output into tuned; fraction of KL(tuned||base) removed): "
+                     + _fmt_parts(top_back, "fraction_recovered") + ".")
+    resid = into[into["component"] == "hook_resid_post"].sort_values("layer")
+    for level in (0.5, 0.9):
+        hit = resid[resid["fraction_recovered"] >= level]
+        if len(hit):
+            lines.append(f"Patching tuned's hook_resid_post into base first recovers >= {level:.0%} of the KL at layer "
+                         f"{int(hit['layer'].iloc[0])} ({hit['fraction_recovered'].iloc[0]:.3f}).")
+    parts = tables["residual_attribution"]
+    pb = parts[(parts["direction"] == "into_base")]
+    lines.append("Additive attribution along the residual stream (increments sum to 1): largest "
+                 + ", ".join(f"L{int(r.layer)} {r.component} ({r.increment:.3f})"
+                             for r in pb.nlargest(3, "increment").itertuples())
+                 + f"; embedding {pb.loc[pb['component'] == 'embed', 'increment'].sum():.3f}, "
+                 f"ln_final + unembed {pb.loc[pb['component'] == 'unembed', 'increment'].sum():.3f}.")
+    if "weight_patching" in tables:
+        w = tables["weight_patching"]
+        wtop = w[(w["direction"] == "into_base") & (w["component"] != "block")].nlargest(3, "fraction_recovered")
+        lines.append("Weight swaps (one layer's tuned attn / mlp weights in base): "
+                     + ", ".join(f"L{int(r.layer)} {r.component} ({r.fraction_recovered:.3f})" for r in wtop.itertuples())
+                     + ".")
+    if "trajectory_attribution" in tables:
+        ta = tables["trajectory_attribution"]
+        blocks = ta[ta["component"] == "block"]
+        peaks = blocks.loc[blocks.groupby("step")["increment"].idxmax()]
+        kl = tables["trajectory"].groupby("step")["kl_clean"].first()
+        lines.append("Along the run (per checkpoint: KL(base||tuned), layer with the largest increment): "
+                     + "; ".join(f"step {int(r.step)}: {kl[r.step]:.3g}, L{int(r.layer)} ({r.increment:.2f})"
+                                 for r in peaks.itertuples()) + ".")
+    lines += undo_findings(tables["undo"])
+    return lines
+
+
+def undo_findings(undo: pd.DataFrame) -> list[str]:
+    lines = []
+    tuned = undo[(undo["model"] == "tuned") & (undo["method"] == "none")].iloc[0]
+    sampled = "reward_mean" in undo
+    base = undo[(undo["model"] == "base") & (undo["method"] == "none")].iloc[0]
+    if sampled:
+        lines.append(f"Sampled reward: base {base.reward_mean:.2f}, tuned {tuned.reward_mean:.2f} "
+                     f"(KL(tuned||base) on its samples {tuned.kl_sample_per_token:.4g} nats per token).")
+    for method, label in (("ablate_mean", "ablating the mean-difference direction (every layer)"),
+                          ("ablate_pcs1", "ablating the top principal direction"),
+                          ("subtract_mean", "subtracting the mean difference")):
+        for r in undo[undo["method"] == method].itertuples():
+            text = (f"{label[0].upper() + label[1:]} of layer {int(r.layer)} from tuned: teacher-forced KL to base "
+                    f"{r.kl_tf_base:.4g} ({r.kl_removed:+.2f} of KL(tuned||base) removed), reward proxy gain kept "
+                    f"{r.proxy_gain_kept:.2f}")
+            if sampled:
+                text += (f"; sampled reward {r.reward_mean:.2f} ± {r.reward_stderr:.2f} (gain removed "
+                         f"{r.reward_gain_removed:.2f}), KL to base on its samples {r.kl_sample_per_token:.4g}/token")
+            lines.append(text + ".")
+    for r in undo[undo["method"] == "add_mean"].itertuples():
+        text = (f"Reverse, adding layer {int(r.layer)}'s mean difference to base: teacher-forced KL to tuned "
+                f"{r.kl_tf_tuned:.4g} (base: {base.kl_tf_tuned:.4g}), reward proxy gain reproduced {r.proxy_gain_kept:.2f}")
+        if sampled:
+            text += (f"; sampled reward {r.reward_mean:.2f} ± {r.reward_stderr:.2f} (gain reproduced "
+                     f"{r.reward_gain_kept:.2f}), KL to base on its samples {r.kl_sample_per_token:.4g}/token")
+        lines.append(text + ".")
+    return lines
+
+
+def figure_patching(act: pd.DataFrame):
+    directions = list(act["direction"].unique())
+    components = [c for c in ("hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
+                  if c in set(act["component"])]
+    fig, axes = plt.subplots(len(directions), 1, figsize=(11, 1.2 + 0.55 * len(components) * len(directions) + 0.8),
+                             squeeze=False)
+    for ax, direction in zip(axes[:, 0], directions):
+        sub = act[(act["direction"] == direction) & act["component"].isin(components)]
+        grid = sub.pivot_table(index="component", columns="layer", values="fraction_recovered").reindex(components)
+        im = ax.imshow(grid.values, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_yticks(range(len(components)), components)
+        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=7)
+        ax.set_title(f"{direction}: fraction of the KL recovered by one patch", fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.025)
+    axes[-1, 0].set_xlabel("layer")
+    fig.tight_layout()
+    return fig
+
+
+def figure_attribution(parts: pd.DataFrame):
+    directions = list(parts["direction"].unique())
+    fig, axes = plt.subplots(1, len(directions), figsize=(6 * len(directions), 3.6), squeeze=False, sharey=True)
+    for ax, direction in zip(axes[0], directions):
+        sub = parts[parts["direction"] == direction]
+        for offset, (component, color) in enumerate((("embed", "grey"), ("attn", "tab:blue"), ("mlp", "tab:orange"),
+                                                     ("block", "tab:green"), ("unembed", "black"))):
+            rows = sub[sub["component"] == component]
+            if len(rows):
+                ax.bar(rows["layer"] + (0.2 if component == "mlp" else -0.2 if component == "attn" else 0),
+                       rows["increment"], width=0.4, color=color, label=component)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{direction}: additive attribution (sums to 1)", fontsize=10)
+        ax.set_xlabel("layer (-1 = embedding, n = ln_final + unembed)")
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("share of the KL recovered")
+    fig.tight_layout()
+    return fig
+
+
+def figure_weights(weights: pd.DataFrame, act: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    w = weights[weights["direction"] == "into_base"]
+    for component, style in (("attn", "tab:blue"), ("mlp", "tab:orange"), ("block", "tab:green")):
+        rows = w[w["component"] == component]
+        ax.plot(rows["layer"], rows["fraction_recovered"], marker="o", ms=3, color=style, label=f"weights: {component}")
+    a = act[act["direction"] == "into_base"]
+    for component, style in (("hook_attn_out", "tab:blue"), ("hook_mlp_out", "tab:orange")):
+        rows = a[a["component"] == component]
+        ax.plot(rows["layer"], rows["fraction_recovered"], ls=":", color=style, label=f"activation: {component}")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("fraction of KL(base||tuned) recovered")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def figure_trajectory(parts: pd.DataFrame, traj: pd.DataFrame):
+    blocks = parts[parts["component"] == "block"]
+    inc = blocks.pivot_table(index="step", columns="layer", values="increment")
+    resid = traj[traj["component"] == "hook_resid_post"].pivot_table(index="step", columns="layer",
+                                                                      values="fraction_recovered")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.9 + 0.45 * len(inc)), squeeze=False)
+    for ax, grid, title, cmap, lim in ((axes[0, 0], inc, "increment per layer (block)", "RdBu_r", None),
+                                       (axes[0, 1], resid, "fraction recovered by tuned's hook_resid_post", "viridis",
+                                        (0, 1))):
+        vmax = lim[1] if lim else max(float(np.nanmax(np.abs(grid.values))), 1e-9)
+        im = ax.imshow(grid.values, aspect="auto", cmap=cmap, vmin=lim[0] if lim else -vmax, vmax=vmax)
+        ax.set_yticks(range(len(grid)), [str(s) for s in grid.index])
+        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=7)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("checkpoint step")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig
+
+
+def build_report(tables: dict[str, pd.DataFrame], config: dict, *, name: str = NAME, root: Path = Path("reports")
+                 ) -> Report:
+    lines = findings(tables, config)
+    print("\n".join(f"- {line}" for line in lines))
+    report = Report(name, "Where PPO fine-tuning lives, causally: patching, weight swaps, undoing RLHF",
+                    root=Path(root), config=config)
+    report.text(
+        f"Base `{config.get('base', '?')}` vs tuned `{config.get('tuned_checkpoint', '?')}`, on "
+        f"{config.get('n_texts', '?')} texts: the tuned policy's own samples ({config.get('samples', '?')} sampled "
+        "tokens after each prompt). Every statistic counts each real, non-pad, non-BOS position's next-token "
+        "distribution once. **Directions:** `into_base` runs the base model with one activation (or one layer's "
+        "weights) of the tuned model on the same tokens; `into_tuned` the reverse. **Fraction recovered** = "
+        "1 - KL(patched || donor) / KL(receiver || donor), a ratio of means over positions: into base, "
+        "1 - KL(patched||tuned) / KL(base||tuned). **Reward proxy** = mean log P(next token contains "
+        f"{config.get('reward_substring', '.')!r}); `reward_proxy_recovered` is the patch's share of the gap "
+        "between receiver and donor. KL in nats (`rlhf_interp.kl.kl_divergence`, exact over the vocabulary).")
+    report.text("## Findings\n\n" + "\n".join(f"- {line}" for line in lines))
+
+    act = tables["activation_patching"]
+    report.text("## Activation patching\n\nOne patch at a time, at every position. A sublayer-output patch "
+                "(`hook_attn_out`, `hook_mlp_out`) imports that component's output as the donor computed it, so "
+                "it also carries the effect of earlier changes on it (its *total* effect; these overlap). "
+                "`hook_resid_mid` is the residual after attention, patched as `hook_resid_pre` + `hook_attn_out` "
+                "(in TransformerLens 4's bridge `hook_resid_mid` is the MLP input only, and replacing it would "
+                "leave the skip connection unpatched). The layer-0 `hook_resid_pre` row is the embedding.")
+    report.figure("patching_heatmap", figure_patching(act), title="Fraction of the KL recovered, per layer and component")
+    report.table("top_patches", act[act["component"].isin(SUBLAYERS)].sort_values("fraction_recovered", ascending=False)
+                 .groupby("direction").head(8), title="Strongest sublayer patches per direction")
+    report.table("activation_patching", act, title="Every patch", max_rows=10)
+
+    parts = tables["residual_attribution"]
+    report.text("## Additive attribution along the residual stream\n\nPatching the residual stream just after a "
+                "component carries every change up to it; the *increment* of the fraction recovered from just "
+                "before the component to just after it is what that component adds given everything earlier. "
+                "With the embedding (layer -1) and the final `ln_final` + unembedding step (layer n), the "
+                "increments of one direction sum to exactly 1. Negative increments: the component moves the "
+                "output away from the donor given the earlier changes.")
+    report.figure("residual_attribution", figure_attribution(parts))
+    report.table("residual_attribution", parts, title="Increments (share of the KL)", max_rows=12)
+
+    if "weight_patching" in tables:
+        report.text("## Weight swaps\n\nOne layer's tuned weights (`attn`: attention + its input norm; `mlp`: MLP + "
+                    "its input norm; `block`: both) copied into the base model, restored exactly afterwards. Unlike "
+                    "an activation patch, the swapped component runs on the base model's own inputs: where the two "
+                    "agree, the change is local to that component's function.")
+        report.figure("weight_swaps", figure_weights(tables["weight_patching"], act),
+                      title="Weight swap vs activation patch (into base)")
+        report.table("weight_patching", tables["weight_patching"], title="Every swap", max_rows=10)
+
+    if "trajectory" in tables:
+        report.text("## Along the run\n\nThe same attribution (tuned's `hook_resid_post` into base, layer by layer) "
+                    f"for checkpoints {config.get('trajectory_steps', '')}, on the first "
+                    f"{config.get('trajectory_texts', '?')} texts. Left: each layer's increment (where the change "
+                    "forms); right: the cumulative fraction recovered.")
+        report.figure("trajectory_heatmap", figure_trajectory(tables["trajectory_attribution"], tables["trajectory"]),
+                      title="Checkpoint x layer")
+        report.table("trajectory_attribution", tables["trajectory_attribution"], max_rows=10)
+        report.table("trajectory", tables["trajectory"], max_rows=5)
+
+    undo = tables["undo"]
+    report.text("## Undo RLHF with one direction\n\nFrom the tuned model, at the layers the attribution points to "
+                f"({config.get('undo_layers_used', '')}): `ablate_mean` projects the unit mean-difference direction "
+                "(tuned - base, `hook_resid_post`) out of every layer's input and outputs (`DirectionAblation`); "
+                "`ablate_pcs<k>` does the same for the top k principal directions of the difference; "
+                "`subtract_mean` adds minus the mean difference at that layer (`Steering`, non-BOS positions); "
+                "`add_mean` adds it to the *base* model (the reverse; see the steering / frontier reports). "
+                "`kl_tf_base`: teacher-forced KL(edited || base) per token on the texts; `kl_removed` = 1 - "
+                "kl_tf_base / KL(tuned||base); `proxy_gain_kept` and `reward_gain_kept` = (value - base) / "
+                "(tuned - base); the sampled columns come from the edited model's own continuations "
+                f"({config.get('undo_tokens', '?')} tokens, {config.get('undo_prompts', '?')} prompts, same seed).")
+    report.table("undo", undo, title="Undo-RLHF table", max_rows=40)
+    report.table("texts", tables["texts"], title="Texts patched on", max_rows=3)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.rebuild:
+        out = render(args.root / args.name)
+    else:
+        tables, config = compute(args)
+        out = build_report(tables, config, name=args.name, root=args.root).save()
+    print(f"report: {out}/README.md and index.html")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
