@@ -125,8 +125,8 @@ def findings(t: dict[str, pd.DataFrame], watch: list[str]) -> list[str]:
     up = shifts.query("direction == 'up'").nsmallest(5, "rank")
     down = shifts.query("direction == 'down'").nsmallest(5, "rank")
     lines = [
-        (f"Layers {int(unchanged.min())}-{int(unchanged.max())} are unchanged (rel_diff_norm exactly 0: frozen in "
-         f"training). " if len(unchanged) else "")
+        (f"Layers {int(unchanged.min())}-{int(unchanged.max())} are unchanged (rel_diff_norm exactly 0, as for "
+         f"blocks frozen during training). " if len(unchanged) else "")
         + f"Largest {HOOK} change (rel_diff_norm = token mean of ||tuned-base||/||base||): layers "
         + ", ".join(f"{layer} ({value:.3g})" for layer, value in top.items())
         + (f"; the change first reaches 10% of its maximum at layer {first}." if first is not None else "."),
@@ -213,7 +213,15 @@ def attention_views(patterns: pd.DataFrame, heads: list[tuple[int, int]]):
     difference = circuitsvis.attention.attention_heads(
         attention=diff, tokens=tokens, attention_head_names=[f"L{layer}H{head} tuned − base" for layer, head in heads],
         min_value=-bound, max_value=bound, negative_color="red", positive_color="blue")
-    return tokens, side_by_side, difference, bound
+    # per head: the key token whose attention changed most, averaged over the query rows that can see it
+    visible = np.tril(np.ones((n, n)))
+    column_change = diff.sum(axis=1) / visible.sum(axis=0)
+    moves = []
+    for i, (layer, head) in enumerate(heads):
+        up, down = int(column_change[i].argmax()), int(column_change[i].argmin())
+        moves.append(f"L{layer}H{head}: {tokens[up]!r} (position {up}) {column_change[i, up]:+.3f}, "
+                     f"{tokens[down]!r} (position {down}) {column_change[i, down]:+.3f}")
+    return tokens, side_by_side, difference, bound, moves
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,15 +413,17 @@ def render(report_dir: Path) -> Report:
         js = attention.set_index(["layer", "head"])["js_divergence"]
         heads = sorted({(int(r.layer), int(r.head)) for r in patterns[["layer", "head"]].drop_duplicates().itertuples()},
                        key=lambda lh: -js.get(lh, 0.0))
-        tokens, side_by_side, difference, bound = attention_views(patterns, heads)
+        tokens, side_by_side, difference, bound, moves = attention_views(patterns, heads)
         head_list = ", ".join(f"L{layer}H{head} (JS {js.get((layer, head), float('nan')):.2g})" for layer, head in heads)
         intro = (f"The {len(heads)} heads whose attention pattern changed most (largest mean Jensen-Shannon divergence "
                  f"between tuned and base over the {n_texts} texts): {head_list}. Shown on one text, the tuned "
                  f"policy's sample {''.join(tokens[1:])!r} ({len(tokens)} tokens with BOS).\n\n"
-                 "How to read: each small heatmap is one head; rows are query (destination) tokens, columns key "
-                 "(source) tokens, darker = more attention. Hover a heatmap to enlarge it, hover a cell for the "
-                 "tokens and the value. First every head as base then tuned; then the difference tuned − base "
-                 f"(blue: the tuned head attends more, red: less; colour scale ±{bound:.2g}).")
+                 "How to read: each small heatmap in the selector is one head; hover one to show it enlarged below "
+                 "(click to keep it), hover a cell for its tokens and value. Rows are query (destination) tokens, "
+                 "columns key (source) tokens, darker = more attention. First every head as base then tuned; then "
+                 f"the difference tuned − base (blue: the tuned head attends more, red: less; colour scale "
+                 f"±{bound:.2g}).\n\nOn this text, the key token whose attention changed most per head (mean change "
+                 "over the query rows that can see it; most gained, most lost): " + "; ".join(moves) + ".")
         report.circuitsvis("attention_most_changed", side_by_side,
                            title="Most-changed heads on one text: base, then tuned",
                            caption=f"{head_list}; each head as base then tuned.", page_intro=intro,

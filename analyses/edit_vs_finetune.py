@@ -112,12 +112,17 @@ def figure(points: pd.DataFrame, baseline_reward: float, zoom: tuple[float, floa
     return fig
 
 
-def chart(points: pd.DataFrame):
-    """The same points, interactive; rows stay in table order (PPO by step, steering by coefficient)."""
-    return xy_chart(_series(points), "kl_exact_mean", "reward_mean", series="series", error="reward_stderr",
+def chart(points: pd.DataFrame, baseline_reward: float):
+    """The same points, interactive; rows stay in table order (PPO by step, steering by coefficient). The base
+    model (0 nats: off a log axis) is the dotted line."""
+    shown = _series(points[points["method"] != "base model"])
+    shown = pd.concat([shown[shown["method"] != "PPO checkpoint"], shown[shown["method"] == "PPO checkpoint"]])
+    return xy_chart(shown, "kl_exact_mean", "reward_mean", series="series", error="reward_stderr",
                     sort_x=False, hover=["setting", "kl_exact_stderr", "kl_per_token", "entropy_mean", "distinct_2"],
-                    xlabel="KL(model ‖ base) per sequence (nats)", ylabel=REWARD_LABEL, log_x=True,
-                    title="Reward against KL: PPO checkpoints and steering edits (hover a point; click a legend entry)")
+                    xlabel="KL(model ‖ base) per sequence (nats)", ylabel=REWARD_LABEL, log_x=True, log_y=False,
+                    hline=(baseline_reward, f"base model: {baseline_reward:.2f} periods at 0 nats"),
+                    styles={"PPO checkpoint": {"color": "black", "symbol": "star"}},
+                    title="Reward against KL: PPO checkpoints and steering edits")
 
 
 def main() -> None:
@@ -206,8 +211,8 @@ def render(report_dir: Path) -> Report:
     lines.append("Steering the base model to that reward: " + "; ".join(by_method.values()) + ".")
     if len(reaching):
         cheapest = reaching.loc[reaching["kl_exact_mean"].idxmin()]
-        headline = (f"Steering the base model with the PPO run's own fine-tuning direction "
-                    f"({cheapest['setting']}) reaches the best PPO checkpoint's reward ({cheapest['reward_mean']:.2f} "
+        headline = (f"Steering the base model with the PPO run's own fine-tuning direction (layer "
+                    f"{int(cheapest['layer'])}, coefficient {cheapest['coef']:g}) reaches the best PPO checkpoint's reward ({cheapest['reward_mean']:.2f} "
                     f"vs {best_ppo['reward_mean']:.2f} periods) for "
                     f"{cheapest['kl_exact_mean'] / max(best_ppo['kl_exact_mean'], 1e-9):.1f}x its KL "
                     f"({cheapest['kl_exact_mean']:.2f} vs {best_ppo['kl_exact_mean']:.2f} nats per sequence)"
@@ -231,13 +236,14 @@ def render(report_dir: Path) -> Report:
                 f"{config.get('layers')} x coefficients {config.get('coefs')}; {config.get('n_prompts')} prompts.")
     report.section("Findings", "\n\n".join(lines))
     report.section("Reward against KL from the base model")
-    report.figure("reward_vs_kl", figure(points, base_reward, zoom), chart=chart(points), chart_height=560, caption=(
+    report.figure("reward_vs_kl", figure(points, base_reward, zoom), chart=chart(points, base_reward), chart_height=560, caption=(
         "Reward (periods per continuation) against KL(model ‖ base) per 24-token sequence. Stars: PPO checkpoints, "
         "darker = later step, joined in step order; lines: steering the base model at one layer, coefficient "
         f"rising along the line ({', '.join(f'{c:g}' for c in sorted(steer['coef'].unique()))}); dotted: the base "
         "model's reward. Left: every point (symlog axes: linear below 0.1 nats and below 4 periods). Right: the "
         f"window KL 0-{zoom[0]} nats, reward 0-{zoom[1]} on linear axes; the {len(outside)} points outside it "
-        "are on the left panel."))
+        "are on the left panel. Interactive chart: hover a point for its setting, click a legend entry to hide a "
+        "series, drag to zoom (double-click resets); the base model is the dotted line."))
     shown = points.assign(layer=points["layer"].map(lambda v: "" if pd.isna(v) else str(int(v))),
                           coef=points["coef"].map(lambda v: "" if pd.isna(v) else f"{v:g}"))
     report.table("points", points, title="Every point (one row per model or edit setting)", preview=shown,

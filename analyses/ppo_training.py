@@ -208,6 +208,11 @@ def render(report_dir: Path) -> Report:
                    "bigrams of a phase's logged completions (pooled; token ids from the shipped SmolLM2 tokenizer, "
                    "so a run of `...` counts as the repeated token it is).")
     sizes = sorted(set(diversity["n_samples"]))
+    logged = diversity.groupby("run")["phase"].nunique()
+    if logged.max() <= 2:
+        report.text(f"`samples.csv` holds {'/'.join(map(str, sizes))} completions per run at its first and last logged "
+                    "phase only (the runs' full `samples.jsonl` logs were not kept), so this is a before/after "
+                    "comparison; re-running `--runs` on the run directories gives every logged phase.")
     report.figure("diversity", diversity_figure(diversity),
                   caption=(f"distinct-2 over token ids of the logged completions per run and phase "
                            f"({'/'.join(map(str, sizes))} samples per point; `diversity.csv` has distinct-1 and the "

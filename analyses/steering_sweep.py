@@ -244,16 +244,18 @@ shared 2-core CPU; whole run {seconds / 60:.1f} min.
     report.section("Would a later layer make a smaller change?", answer(table, layers, baseline))
     report.section("KL and reward by layer and coefficient")
     fig = plot_steering_sweep(table, reward_label="periods")
-    chart = xy_chart(table, "kl_exact_mean", "reward_mean", series="layer", error="reward_stderr",
+    chart = xy_chart(table[table.coef > 0], "kl_exact_mean", "reward_mean", series="layer", error="reward_stderr",
                      hover=["coef", "kl_exact_stderr", "push_over_resid", "distinct_2"], series_label="layer ",
                      xlabel="KL(steered ‖ unsteered) per sequence (nats)", ylabel="periods per continuation",
-                     title="Periods against KL, one line per layer (coefficient rising along each line)", log_x=True)
+                     title="Periods against KL, one line per layer (coefficient rising along each line)", log_x=True,
+                     hline=(float(baseline.reward_mean), f"unsteered: {baseline.reward_mean:.2f} periods at 0 nats"))
     report.figure("sweep", fig, chart=chart, caption=(
         "Left: KL per sequence against the coefficient (symlog axis: linear below 0.1 nats, so coefficient 0 at "
         "exactly 0 is drawn; no negative half). Middle: periods per continuation against the coefficient. Right: "
         "periods against KL, one line per layer, coefficient rising along each line (symlog KL axis). Error bars: "
         f"one standard error over the {args.n_prompts} sequences. The interactive chart shows the right panel "
-        "(hover for coefficient and standard errors; it starts on a log KL axis, which leaves out coefficient 0)."))
+        "(hover for coefficient and standard errors; log KL axis, so the unsteered setting at 0 nats is the dotted "
+        "line)."))
     fig = plot_sweep_curves(table[table.coef > 0], "kl_exact_mean", x="push_over_resid", err="kl_exact_stderr",
                             title="KL per sequence vs size of the push relative to the residual stream",
                             ylabel="KL(steered ‖ unsteered) per sequence (nats)")

@@ -28,12 +28,12 @@ def _hover(df: pd.DataFrame, columns: Sequence[str]) -> tuple[list[list], str]:
     return data, "<br>".join(lines) + "<extra></extra>"
 
 
-def _axis_buttons(axis: str, start_log: bool) -> dict:
-    """An updatemenu that switches ``axis`` ("x"/"y") between linear and log."""
+def _axis_buttons(axis: str, start_log: bool, slot: int) -> dict:
+    """An updatemenu that switches ``axis`` ("x"/"y") between linear and log (top right, one slot per axis)."""
     key = f"{axis}axis.type"
     order = [("log", "log"), ("linear", "linear")] if start_log else [("linear", "linear"), ("log", "log")]
-    return {"type": "buttons", "direction": "right", "x": 0.0 if axis == "y" else 0.5, "xanchor": "left",
-            "y": 1.13, "yanchor": "bottom", "showactive": True, "pad": {"r": 4, "t": 0},
+    return {"type": "buttons", "direction": "right", "x": 1.0 - 0.22 * slot, "xanchor": "right",
+            "y": 1.02, "yanchor": "bottom", "showactive": True, "pad": {"r": 4, "t": 0}, "font": {"size": 11},
             "buttons": [{"label": f"{axis}: {name}", "method": "relayout", "args": [{key: value}]}
                         for name, value in order]}
 
@@ -41,10 +41,13 @@ def _axis_buttons(axis: str, start_log: bool) -> dict:
 def xy_chart(df: pd.DataFrame, x: str, y: str, *, series: str | None = None, error: str | None = None,
              hover: Sequence[str] = (), xlabel: str = "", ylabel: str = "", title: str = "",
              mode: str = "lines+markers", log_x: bool | None = None, log_y: bool | None = None,
-             sort_x: bool = True, series_label: str = ""):
-    """One trace per ``series`` value of ``y`` against ``x`` (error bars from ``error``), hover showing
-    ``hover`` columns. ``log_x``/``log_y``: None = no switch, False/True = a linear/log switch starting linear/log
-    (log axes hide exact zeros: use them for exploration, the static PNG shows zeros)."""
+             sort_x: bool = True, series_label: str = "", hline: tuple[float, str] | None = None,
+             styles: dict | None = None):
+    """One trace per ``series`` value (in order of appearance) of ``y`` against ``x`` (error bars from ``error``),
+    hover showing ``hover`` columns. ``log_x``/``log_y``: None = no switch, False/True = a linear/log switch
+    starting linear/log (a log axis cannot show 0: leave such rows out and draw them as ``hline`` = (y, text), a
+    dashed reference line). ``styles``: {series value: {"color": ..., "symbol": ...}} for series that should
+    look as in the static figure (the others take the palette in order)."""
     import plotly.graph_objects as go
 
     needed = [x, y] + ([series] if series else []) + ([error] if error else []) + list(hover)
@@ -52,26 +55,36 @@ def xy_chart(df: pd.DataFrame, x: str, y: str, *, series: str | None = None, err
     if missing:
         raise ValueError(f"chart needs column(s) {missing}; the table has {list(df.columns)}")
     fig = go.Figure()
-    groups = df.groupby(series, sort=True) if series else [("", df)]
+    groups = df.groupby(series, sort=False) if series else [("", df)]
     hover_cols = list(dict.fromkeys([*( [series] if series else []), x, y, *([error] if error else []), *hover]))
-    for i, (value, group) in enumerate(groups):
+    styles = styles or {}
+    i = 0
+    for value, group in groups:
         group = group.sort_values(x) if sort_x else group
         custom, template = _hover(group, hover_cols)
+        style = styles.get(value)
+        if style is None:
+            style = {"color": _PALETTE[i % 10], "symbol": _SYMBOLS[i % 10]}
+            i += 1
         fig.add_trace(go.Scatter(
             x=group[x].tolist(), y=group[y].tolist(), mode=mode,
             name=f"{series_label}{value}" if series else y,
-            marker={"color": _PALETTE[i % 10], "symbol": _SYMBOLS[i % 10], "size": 8},
-            line={"color": _PALETTE[i % 10], "width": 1.5},
+            marker={"color": style["color"], "symbol": style["symbol"], "size": 8 if style["symbol"] != "star" else 13},
+            line={"color": style["color"], "width": 1.5},
             error_y={"type": "data", "array": group[error].fillna(0).tolist(), "visible": True} if error else None,
             customdata=custom, hovertemplate=template))
+    if hline is not None:
+        fig.add_hline(y=hline[0], line_dash="dot", line_color="grey", annotation_text=hline[1],
+                      annotation_position="bottom right")
     menus = []
-    if log_y is not None:
-        menus.append(_axis_buttons("y", log_y))
     if log_x is not None:
-        menus.append(_axis_buttons("x", log_x))
+        menus.append(_axis_buttons("x", log_x, len(menus)))
+    if log_y is not None:
+        menus.append(_axis_buttons("y", log_y, len(menus)))
     fig.update_layout(
-        title={"text": title, "y": 0.98, "yanchor": "top"}, template="simple_white",
-        margin={"l": 70, "r": 20, "t": 90, "b": 60}, legend={"title": {"text": series or ""}},
+        title={"text": title, "x": 0.01, "xanchor": "left", "y": 0.97, "yanchor": "top", "font": {"size": 15}},
+        template="simple_white", margin={"l": 70, "r": 20, "t": 95, "b": 60},
+        legend={"title": {"text": series_label.strip() or (series if series != "series" else "")}},
         xaxis={"title": {"text": xlabel or x}, "type": "log" if log_x else "linear", "showgrid": True},
         yaxis={"title": {"text": ylabel or y}, "type": "log" if log_y else "linear", "showgrid": True},
         updatemenus=menus)

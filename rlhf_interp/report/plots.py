@@ -342,6 +342,7 @@ def plot_reward_hacking(phases: pd.DataFrame, *, true: str = "true_reward_z", le
     ax.plot(phases.phase, phases[true], "o-", label=f"true period count ({true})", color="#55a868")
     ax.plot(phases.phase, phases[learned], "s-", label=f"reward model ({learned})", color="#c44e52")
     ax.set_xlabel("PPO phase")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean reward (held-out base-text std units)")
     ax.set_title("true vs learned reward of the policy's samples")
     ax.grid(alpha=0.3)
@@ -350,6 +351,7 @@ def plot_reward_hacking(phases: pd.DataFrame, *, true: str = "true_reward_z", le
         ax = axes[0, 1]
         ax.plot(phases.phase, phases[corr], "o-", color="#8172b3")
         ax.set_xlabel("PPO phase")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{corr} rank correlation, RM vs true (within phase)")
         ax.set_ylim(min(0.0, float(phases[corr].min()) - 0.05), 1.0)
         ax.set_title("does the RM still rank the policy's samples right?")
