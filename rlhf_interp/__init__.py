@@ -10,8 +10,7 @@ defines a name is imported the first time the name is used.
 """
 
 from rlhf_interp.core.lazy import lazy_exports, names_from
-
-__version__ = "0.1.0"
+from rlhf_interp.core.version import __version__  # noqa: F401
 
 _WHERE = {
     **names_from("rlhf_interp.checkpoints", "latest_checkpoint", "list_checkpoints", "read_meta", "save_hf_model"),

@@ -26,12 +26,15 @@ import torch
 from rlhf_interp.bridge.hf import hf_state_dict, plain_param_name, save_pretrained_clean
 from rlhf_interp.bridge.run_dirs import CHECKPOINT_PATTERN, checkpoint_dir, latest_checkpoint, list_checkpoints, read_meta
 from rlhf_interp.core.io import atomic_dir
+from rlhf_interp.core.version import __version__
 
 
 def save_hf_model(hf_model, tokenizer, out_dir: str | Path, *, meta: dict[str, Any] | None = None,
                   extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
                   extra_files: dict[str, Any] | None = None) -> Path:
     """Write a loadable HF directory atomically (a crash leaves the previous ``out_dir`` intact).
+
+    ``hf_model``: a bridge or its HF model (``bridge.original_model``).
 
     ``extra_tensors``: ``{"value_head.safetensors": state_dict}``; ``extra_files``: ``{"trainer_state.pt": obj}``
     (saved with torch.save) or ``{"x.json": dict}``.
@@ -49,8 +52,6 @@ def save_hf_model(hf_model, tokenizer, out_dir: str | Path, *, meta: dict[str, A
             else:
                 torch.save(obj, tmp / name)
         if meta is not None:
-            from rlhf_interp import __version__
-
             full_meta = {"rlhf_interp_version": __version__, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
             (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str))
     return Path(out_dir)

@@ -27,7 +27,7 @@ from rlhf_interp.diff import (
 )
 from rlhf_interp.diff.lens import token_id
 from rlhf_interp.diff.stream import paired_batches
-from rlhf_interp.models import bridge_from_hf, build_tiny_model, load_tokenizer
+from rlhf_interp.bridge import bridge_from_hf, build_tiny_model, load_tokenizer
 
 PROMPTS = load_prompts(limit=6, seed=0)
 

@@ -19,7 +19,7 @@ from rlhf_interp.edits import (
     parse_targets,
     prompt_length,
 )
-from rlhf_interp.generation import generate
+from rlhf_interp.bridge import generate
 
 PROMPTS = ["The old lighthouse keeper", "Hi", "Once upon a time in a quiet village,"]
 
@@ -223,3 +223,21 @@ def test_orthogonalization_on_embedded_model(smol):
     torch.testing.assert_close(_logits(edited), hooked, atol=2e-4, rtol=1e-4)
     with pytest.raises(EditError, match=r"9 attention \(query\) heads.*3 key/value heads"):
         Ablation("3.9").on(smol)
+
+
+def test_reference_activation_stores_are_bounded_and_keyed_on_content(tiny):
+    """Regression (issue 12): the store of mean/resample reference activations never evicted."""
+    import gc
+    import weakref
+
+    from rlhf_interp.edits import reference_activations
+    from rlhf_interp.edits.ablation import REFERENCE_CACHE_SIZE
+
+    first = reference_activations(tiny, ["one two", "three"])
+    assert reference_activations(tiny, list(["one two", "three"])) is first  # same texts, same store
+    alive = [weakref.ref(first)]
+    del first
+    for i in range(3 * REFERENCE_CACHE_SIZE):
+        alive.append(weakref.ref(reference_activations(tiny, [f"prompt number {i}", "x"])))
+    gc.collect()
+    assert sum(r() is not None for r in alive) <= REFERENCE_CACHE_SIZE

@@ -12,7 +12,7 @@ import torch
 from rlhf_interp import tokenize
 from rlhf_interp.cli import main as cli_main
 from rlhf_interp.edits import Ablation, Steering
-from rlhf_interp.generation import generate
+from rlhf_interp.bridge import generate
 from rlhf_interp.measure import (
     LogitsCache,
     distinct_n,
@@ -46,10 +46,10 @@ def test_generate_left_padded_batch_matches_single_prompts(tiny):
 
 
 def test_generation_masks_stop_after_eos(tiny):
-    from rlhf_interp.generation import continuation_masks
+    from rlhf_interp.core.masks import continuation_mask
 
     new = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 2, 2, 2]])
-    assert continuation_masks(new, [2]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert continuation_mask(new, [2]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
 
 
 def test_kl_shift_matches_float64_reference(tiny, vector):
@@ -165,9 +165,75 @@ def test_cli_steer_ablate_measure(tiny, tmp_path, capsys):
 @pytest.mark.integration
 def test_steering_sweep_on_embedded_model(smol):
     """One steering setting on SmolLM2: coefficient 0 costs nothing, a real vector costs KL."""
-    from rlhf_interp.steering import contrastive
+    from rlhf_interp.edits import contrastive
 
     sv = contrastive(smol, [("I came. I saw. I left.", "I came, I saw, I left")], layers=[10])
     df = steering_sweep(smol, sv, [10], [0.0, 4.0], PROMPTS[:2], "char_count", max_new_tokens=6)
     assert df.loc[df.coef == 0, "kl_exact_mean"].item() == 0
     assert df.loc[df.coef == 4, "kl_prompt_mean"].item() > 0
+
+
+# --- regressions (issue 12): caches key on content; sweep rows name the hook actually steered ---------------
+
+
+def _same_repr_steerings(model):
+    g = torch.Generator().manual_seed(1)
+    a = Steering(torch.randn(model.cfg.d_model, generator=g) * 3, [0], 1.0)
+    b = Steering(torch.randn(model.cfg.d_model, generator=g) * 3, [0], 1.0)
+    assert repr(a) == repr(b)  # the old cache key could not tell them apart
+    return a, b
+
+
+def test_logits_cache_keys_on_the_steering_vector_not_its_repr(tiny):
+    from rlhf_interp.measure import forward_logits
+
+    a, b = _same_repr_steerings(tiny)
+    tokens, mask = tokenize(tiny, PROMPTS)
+    cache = LogitsCache(max_entries=2)
+    with a.on(tiny):
+        under_a = cache.logits(tiny, tokens, mask)
+    with b.on(tiny):
+        under_b = cache.logits(tiny, tokens, mask)
+        direct = forward_logits(tiny, tokens, mask)
+    assert cache.misses == 2 and cache.hits == 0
+    assert torch.equal(under_b, direct)
+    assert not torch.allclose(under_a, under_b)
+    with b.on(tiny):
+        assert cache.logits(tiny, tokens, mask) is under_b and cache.hits == 1
+    cache.logits(tiny, tokens, mask)  # a third content (no edit on): the least recently used entry (a) goes
+    assert len(cache) == 2 and cache.misses == 3
+    with a.on(tiny):
+        cache.logits(tiny, tokens, mask)
+    assert cache.misses == 4
+
+
+def test_kl_shift_reference_follows_the_active_vector(tiny):
+    from rlhf_interp.edits import NoEdit
+
+    a, b = _same_repr_steerings(tiny)
+    cache = LogitsCache()
+    with a.on(tiny):
+        kl_shift(tiny, NoEdit(), PROMPTS, cache=cache)
+    with b.on(tiny):  # reference = the model with b on, edited = the same: KL exactly 0, not a's stale logits
+        df = kl_shift(tiny, NoEdit(), PROMPTS, cache=cache)
+    assert (df["kl_forward"] == 0).all()
+
+
+def test_sweep_hook_column_names_the_hook_that_was_steered(tiny):
+    from rlhf_interp.edits import SteeringVector
+    from rlhf_interp.measure import steering_settings
+
+    v = torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(2)) * 3
+    vector = SteeringVector({0: v, 1: v}, hook="mlp_out")  # read at mlp_out, so steered there by default
+    (columns, edit), = steering_settings(vector, [1], [2.0])
+    tokens, mask = tokenize(tiny, PROMPTS)
+    with torch.no_grad():
+        with edit.on(tiny):
+            steered = tiny(tokens, attention_mask=mask)
+        with tiny.hooks(fwd_hooks=[(f"blocks.1.hook_{columns['hook']}", lambda act, hook: act + 2.0 * v)]):
+            labelled = tiny(tokens, attention_mask=mask)
+    assert columns["hook"] == "mlp_out"
+    real = mask.bool()
+    assert torch.allclose(steered[real], labelled[real], atol=1e-5)
+    (columns, edit), = steering_settings(vector, [1], [2.0], hook="resid_pre")  # an explicit hook wins
+    assert columns["hook"] == edit.hook == "resid_pre"

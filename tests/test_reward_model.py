@@ -9,24 +9,22 @@ import random
 import pytest
 import torch
 
-from rlhf_interp.preference_data import (
+from rlhf_interp.core.masks import gather_last, last_token_index
+from rlhf_interp.reward import (
     PreferenceDataError,
     PreferencePair,
-    read_preferences,
-    split_pairs,
-    synthesize_pairs,
-    write_preferences,
-)
-from rlhf_interp.reward_model import (
     RewardTrainingConfig,
     bradley_terry_loss,
-    gather_last,
-    last_token_index,
+    get_reward,
     load_reward_model,
     preference_accuracy,
+    read_preferences,
+    score,
+    split_pairs,
+    synthesize_pairs,
     train_reward_model,
+    write_preferences,
 )
-from rlhf_interp.rewards import get_reward, score
 
 WORDS = "the a dog cat ran sat on mat big small red blue house tree sky".split()
 
@@ -265,3 +263,29 @@ def test_cli_train_reports_a_malformed_line(tmp_path, capsys):
     assert "bad.jsonl:2:" in capsys.readouterr().err
     assert not (tmp_path / "rm").exists()
 
+
+
+def test_get_reward_accepts_a_bound_method():
+    """Regression (issue 12): naming a bound method raised AttributeError."""
+
+    class Counter:
+        def __init__(self, char):
+            self.char = char
+
+        def count(self, texts):
+            return [float(t.count(self.char)) for t in texts]
+
+    reward = get_reward(Counter("!").count)
+    assert reward.reward_name == "count"
+    assert score(reward, ["a!!", "b"]).tolist() == [2.0, 0.0]
+
+
+def test_get_reward_leaves_the_shared_builtin_unnamed():
+    """Regression (issue 12): get_reward renamed the module-level char_count, so 'periods' became 'char_count'."""
+    from rlhf_interp.reward import char_count
+
+    periods = get_reward("periods")
+    counts = get_reward("char_count", char="!")
+    assert periods.reward_name == "periods" and counts.reward_name == "char_count"
+    assert not hasattr(char_count, "reward_name")
+    assert score(counts, ["a!.!"]).tolist() == [2.0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf_interp import tokenize
-from rlhf_interp.steering import (
+from rlhf_interp.edits import (
     SteeringVector,
     contrastive,
     finetuning_direction,

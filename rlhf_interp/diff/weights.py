@@ -59,8 +59,7 @@ def weight_diff(base, tuned) -> pd.DataFrame:
     ``diff_norm`` (Frobenius), ``rel_diff_norm`` = ||tuned - base||_F / ||base||_F."""
     if hasattr(base, "cfg") and hasattr(tuned, "cfg"):
         check_compatible(base, tuned)
-    a = hf_state_dict(getattr(base, "original_model", base))
-    b = hf_state_dict(getattr(tuned, "original_model", tuned))
+    a, b = hf_state_dict(base), hf_state_dict(tuned)  # a bridge or its HF model
     if set(a) != set(b):
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         raise ModelMismatchError(f"The models hold different parameter tensors: only in base {only_a[:5]}, "

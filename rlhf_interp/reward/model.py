@@ -116,7 +116,7 @@ class RewardModel:
                 "reward_head": {"kind": self.head.kind, "hook": self.hook_name, "file": HEAD_FILE},
                 "normalization": {"mean": self.mean, "std": self.std},
                 "input": "the text alone (a completion); the prompt is not scored"}
-        path = save_hf_model(self.bridge.original_model, self.bridge.tokenizer, out_dir, meta=meta,
+        path = save_hf_model(self.bridge, self.bridge.tokenizer, out_dir, meta=meta,
                              extra_tensors={HEAD_FILE: self.head.state_dict()})
         self.meta, self.path = meta, path
         return path

@@ -22,6 +22,7 @@ from rlhf_interp.bridge.freezing import freeze_layers
 from rlhf_interp.bridge.heads import HEAD_KINDS, ValueHead
 from rlhf_interp.bridge.loading import load_model
 from rlhf_interp.core.io import append_jsonl, atomic_write_text
+from rlhf_interp.core.seeding import seed_everything
 from rlhf_interp.reward.model import (DEFAULT_HOOK, METRICS_FILE, MODEL_SUBDIR, RewardModel, bradley_terry_loss,
                                       preference_accuracy)
 from rlhf_interp.reward.prefix import Scorer
@@ -117,7 +118,7 @@ def train_reward_model(data: list[PreferencePair] | str | Path, base: str, out_d
                          f"or pass overwrite=True (--overwrite).")
     train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
 
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     bridge = load_model(base, device=device)
     head = ValueHead(bridge.cfg.d_model, config.head).to(next(bridge.parameters()).device)
     rm = RewardModel(bridge, head, hook_name=config.hook, base_model=str(base), batch_size=config.score_batch_size)
