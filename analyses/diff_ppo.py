@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="diff_ppo", help="report name: reports/<name>/")
+    p.add_argument("--root", default="reports", help="reports root: the report goes to ROOT/<name>/")
     p.add_argument("--from-csv", action="store_true", help="re-render reports/<name>/ from its CSVs (no model)")
     args = p.parse_args(argv)
     if not args.from_csv and bool(args.tuned) == args.demo_tuned:
@@ -230,7 +231,7 @@ def attention_views(patterns: pd.DataFrame, heads: list[tuple[int, int]]):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = Path("reports") / args.name
+    out = Path(args.root) / args.name
     if args.from_csv:
         render(out).save()
         print(f"report: {out}/index.html (rebuilt from its CSVs)")
@@ -411,10 +412,12 @@ def render(report_dir: Path) -> Report:
     if "attention_patterns" in t:
         patterns = t["attention_patterns"]
         js = attention.set_index(["layer", "head"])["js_divergence"]
-        heads = sorted({(int(r.layer), int(r.head)) for r in patterns[["layer", "head"]].drop_duplicates().itertuples()},
+        shown = patterns[["layer", "head"]].drop_duplicates()
+        heads = sorted({(int(r.layer), int(r.head)) for r in shown.itertuples()},
                        key=lambda lh: -js.get(lh, 0.0))
         tokens, side_by_side, difference, bound, moves = attention_views(patterns, heads)
-        head_list = ", ".join(f"L{layer}H{head} (JS {js.get((layer, head), float('nan')):.2g})" for layer, head in heads)
+        head_list = ", ".join(f"L{layer}H{head} (JS {js.get((layer, head), float('nan')):.2g})"
+                              for layer, head in heads)
         intro = (f"The {len(heads)} heads whose attention pattern changed most (largest mean Jensen-Shannon divergence "
                  f"between tuned and base over the {n_texts} texts): {head_list}. Shown on one text, the tuned "
                  f"policy's sample {''.join(tokens[1:])!r} ({len(tokens)} tokens with BOS).\n\n"

@@ -212,7 +212,8 @@ def render(report_dir: Path) -> Report:
     if len(reaching):
         cheapest = reaching.loc[reaching["kl_exact_mean"].idxmin()]
         headline = (f"Steering the base model with the PPO run's own fine-tuning direction (layer "
-                    f"{int(cheapest['layer'])}, coefficient {cheapest['coef']:g}) reaches the best PPO checkpoint's reward ({cheapest['reward_mean']:.2f} "
+                    f"{int(cheapest['layer'])}, coefficient {cheapest['coef']:g}) reaches the best PPO checkpoint's "
+                    f"reward ({cheapest['reward_mean']:.2f} "
                     f"vs {best_ppo['reward_mean']:.2f} periods) for "
                     f"{cheapest['kl_exact_mean'] / max(best_ppo['kl_exact_mean'], 1e-9):.1f}x its KL "
                     f"({cheapest['kl_exact_mean']:.2f} vs {best_ppo['kl_exact_mean']:.2f} nats per sequence)"
@@ -228,7 +229,8 @@ def render(report_dir: Path) -> Report:
         headline += (f"; the contrastive period vector never gets there (at most {top['reward_mean']:.2f} periods, "
                      f"{top['kl_exact_mean']:.1f} nats)")
     headline += "."
-    zoom = (round(float(ppo["kl_exact_mean"].max()) * 2 + 0.5), round(float(ppo["reward_mean"].max()) * 2 + 0.5))
+    zoom = (max(1, round(float(ppo["kl_exact_mean"].max()) * 2 + 0.5)),
+            max(1, round(float(ppo["reward_mean"].max()) * 2 + 0.5)))
     outside = points[(points["kl_exact_mean"] > zoom[0]) | (points["reward_mean"] > zoom[1])]
     report = Report.at(report_dir, "Editing vs fine-tuning: reward reached against KL paid", headline=headline,
                        source=__file__)
@@ -236,7 +238,8 @@ def render(report_dir: Path) -> Report:
                 f"{config.get('layers')} x coefficients {config.get('coefs')}; {config.get('n_prompts')} prompts.")
     report.section("Findings", "\n\n".join(lines))
     report.section("Reward against KL from the base model")
-    report.figure("reward_vs_kl", figure(points, base_reward, zoom), chart=chart(points, base_reward), chart_height=560, caption=(
+    report.figure("reward_vs_kl", figure(points, base_reward, zoom), chart=chart(points, base_reward),
+                  chart_height=560, caption=(
         "Reward (periods per continuation) against KL(model ‖ base) per 24-token sequence. Stars: PPO checkpoints, "
         "darker = later step, joined in step order; lines: steering the base model at one layer, coefficient "
         f"rising along the line ({', '.join(f'{c:g}' for c in sorted(steer['coef'].unique()))}); dotted: the base "

@@ -45,6 +45,9 @@ def read_jsonl(path: Path) -> pd.DataFrame:
 
 
 def run_label(run_dir: Path) -> str:
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir / 'config.yaml'} is missing: is {run_dir} a run directory written by "
+                                f"`rlhf-interp train`?")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     coef = "adaptive " if config.get("adaptive_kl") else ""
     return (f"{run_dir.name} (KL {coef}coef {config['kl_coef']:g}, {config['kl_estimator']} in "
@@ -112,7 +115,7 @@ def curves_figure(metrics: pd.DataFrame):
         ax.plot(g["phase"], g["reward_mean"], lw=1.0, markersize=2.5, alpha=0.6, **style[run], label="per phase")
         ax.plot(g["phase"], g["reward_mean"].rolling(5, min_periods=1).mean(), color="k", lw=1.6,
                 label="mean of last 5 phases")
-        ax.set_ylim(0, float(g["reward_mean"].max()) * 1.12)
+        ax.set_ylim(0, max(float(g["reward_mean"].max()) * 1.12, 1.0))
         ax.set_title(f"reward: {run.split(' (')[0]}", fontsize=10)
         ax.set_ylabel("mean reward (periods per 24-token sample)")
         ax.legend(fontsize=7, loc="upper left")
@@ -123,7 +126,7 @@ def curves_figure(metrics: pd.DataFrame):
             g = metrics[metrics["run"] == run].sort_values("phase")
             ax.plot(g["phase"], g[column], lw=1.3, markersize=2.5, label=run.split(" (")[0], **style[run])
         ax.set_ylabel(ylabel)
-        ax.set_ylim(bottom=0, top=float(metrics[column].max()) * 1.12 or 1)
+        ax.set_ylim(bottom=0, top=max(float(metrics[column].max()) * 1.12, 1e-3))
         ax.legend(fontsize=7)
     kl_ax = axes[len(runs)]
     nonneg_symlog(kl_ax, "y", linthresh=0.01, top=float(metrics["kl_forward_per_token"].max()) * 1.6)
@@ -170,14 +173,18 @@ def render(report_dir: Path) -> Report:
     diversity = diversity_table(samples)
     main, others = summary.iloc[0], summary.iloc[1:]
 
-    headline = f"`{main.run.split(' (')[0]}`: {_run_sentence(main)}; median {main.seconds_per_phase_median:.0f} s per phase."
+    headline = (f"`{main.run.split(' (')[0]}`: {_run_sentence(main)}; median {main.seconds_per_phase_median:.0f} s "
+                f"per phase.")
     for row in others.itertuples():
         headline += (f" `{row.run.split(' (')[0]}` (KL coefficient {row.run.split('coef ')[1].split(',')[0]}): "
                      f"{row.reward_end:.1f} periods per sample (phases {row.end_phases}), KL "
                      f"{row.kl_per_token_end:.2f} nats/token, entropy {row.entropy_end:.2f}")
-        collapsed = diversity[diversity["run"] == row.run].sort_values("phase").iloc[-1]
-        headline += (f"; its last logged samples have distinct-2 {collapsed.distinct_2:.2f} over token ids "
-                     f"(collapse).")
+        div = diversity[diversity["run"] == row.run].sort_values("phase")
+        first_d2, last_d2 = div["distinct_2"].iloc[0], div["distinct_2"].iloc[-1]
+        verdict = "collapse" if last_d2 < 0.5 * first_d2 else "no collapse"
+        headline += (f"; distinct-2 over token ids of its logged samples {first_d2:.2f} at phase "
+                     f"{int(div['phase'].iloc[0])} → {last_d2:.2f} at phase {int(div['phase'].iloc[-1])} "
+                     f"({verdict}).")
     report = Report.at(report_dir, "PPO on the period task: reward, KL and collapse", headline=headline,
                        source=__file__)
     report.text(
@@ -240,7 +247,10 @@ def main() -> None:
     args = parser.parse_args()
     out = args.root / args.name
     if not args.from_csv:
-        metrics, samples = load_runs(args.runs)
+        try:
+            metrics, samples = load_runs(args.runs)
+        except FileNotFoundError as err:
+            parser.error(str(err))
         write_tables(out, {"metrics": metrics, "samples": samples}, config={"runs": [str(r) for r in args.runs]})
     report = render(out)
     report.save()

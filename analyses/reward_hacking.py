@@ -132,7 +132,8 @@ def heldout_texts(args, rm, reward, max_new_tokens: int) -> pd.DataFrame:
                           seed=10_000 + args.seed * 1000 + call).texts
         call += 1
     texts = texts[:args.heldout]
-    return pd.DataFrame({"text": texts, "true_reward": score(reward, texts).tolist(), "rm_reward": rm.score(texts).tolist()})
+    return pd.DataFrame({"text": texts, "true_reward": score(reward, texts).tolist(),
+                         "rm_reward": rm.score(texts).tolist()})
 
 
 def run_ppo(args, rm_dir: Path, run_dir: Path, reward) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         ("ties dropped", synth.get("ties")), ("label noise", args.label_noise),
         ("completion tokens", max_new_tokens), ("synthesis seconds", synth.get("seconds")),
         ("RM training seconds (incl. prefix cache)", rm_seconds),
-        ("RM frozen layers", json.loads((rm_dir / MODEL_SUBDIR / "meta.json").read_text())["training"]["frozen_layers"]),
+        ("RM frozen layers",
+         json.loads((rm_dir / MODEL_SUBDIR / "meta.json").read_text())["training"]["frozen_layers"]),
         ("RM best epoch", int(best.epoch)), ("RM validation accuracy", float(best.accuracy)),
         ("RM validation loss", float(best.loss)), ("held-out texts", len(heldout)),
         ("Spearman(RM, true) on held-out base texts", rho),
@@ -317,7 +319,8 @@ def render(report_dir: Path) -> Report:
     verdict = ("**The page's test for hacking is met**" if hacking else "**The page's test for hacking is not met**")
 
     headline = (f"A Bradley-Terry RM on {int(quantity['synthetic pairs'])} synthetic pairs (validation accuracy "
-                f"{best.accuracy:.3f}, Spearman {rho:.2f} with the true period count) steered PPO to more true periods: "
+                f"{best.accuracy:.3f}, Spearman {rho:.2f} with the true period count) steered PPO to more true "
+                f"periods: "
                 f"{first.true_reward:.2f} → {tail.true_reward.mean():.2f} per sample (mean of phases {late_from}-"
                 f"{n_phases}; {last.true_reward:.2f} in the last phase alone). "
                 + ("The RM's score rose faster than the truth (held-out std units): the policy is exploiting it."

@@ -134,7 +134,14 @@ def kl_scaling(table: pd.DataFrame, push: float = 0.1) -> pd.DataFrame:
         slope_p, icpt_p = np.polyfit(np.log(g.push_over_resid.to_numpy()), y, 1)
         rows.append({"layer": int(layer), "kl_slope": slope, "kl_at_coef_1": float(np.exp(icpt)),
                      "kl_at_push": float(np.exp(icpt_p + slope_p * np.log(push))), "push": push})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["layer", "kl_slope", "kl_at_coef_1", "kl_at_push", "push"])
+
+
+def scaling_phrase(scaling: pd.DataFrame) -> str:
+    """'coef^a-b', or why there is no fit (a power law needs two non-zero coefficients with KL > 0)."""
+    if scaling.empty:
+        return "an unknown power of the coefficient (a fit needs two non-zero coefficients with KL > 0 per layer)"
+    return f"coef^{scaling.kl_slope.min():.2f}-{scaling.kl_slope.max():.2f}"
 
 
 def answer(table: pd.DataFrame, layers: list[int], baseline: pd.Series) -> str:
@@ -142,7 +149,8 @@ def answer(table: pd.DataFrame, layers: list[int], baseline: pd.Series) -> str:
     early, late = min(layers), max(layers)
     pivot_kl = table.pivot_table(index="coef", columns="layer", values="kl_exact_mean")
     pivot_r = table.pivot_table(index="coef", columns="layer", values="reward_mean")
-    lines = [f"| coef | KL at layer {early} | KL at layer {late} | periods at layer {early} | periods at layer {late} |",
+    lines = [f"| coef | KL at layer {early} | KL at layer {late} | periods at layer {early} | "
+             f"periods at layer {late} |",
              "| --- | --- | --- | --- | --- |"]
     smaller = 0
     nonzero = [c for c in pivot_kl.index if c != 0]
@@ -158,10 +166,11 @@ def answer(table: pd.DataFrame, layers: list[int], baseline: pd.Series) -> str:
     text.append(f"**In coefficient units: {verdict}.** At the same coefficient (a multiple of the period-vs-comma "
                 f"difference observed at that layer) layer {late} cost less KL than layer {early} at {smaller} of "
                 f"{len(nonzero)} non-zero coefficients, and across all {len(layers)} layers the KL at one coefficient "
-                f"varies by {min(spread):.0%}-{max(spread):.0%} of its mean, while one doubling of the coefficient "
-                f"multiplies it by {2 ** scaling.kl_slope.min():.1f}-{2 ** scaling.kl_slope.max():.1f}: KL grows like "
-                f"coef^{scaling.kl_slope.min():.2f}-{scaling.kl_slope.max():.2f} (fitted per layer; a small "
-                f"perturbation's KL grows like coef^2).")
+                f"varies by {min(spread):.0%}-{max(spread):.0%} of its mean"
+                + ("" if scaling.empty else f", while one doubling of the coefficient multiplies it by "
+                   f"{2 ** scaling.kl_slope.min():.1f}-{2 ** scaling.kl_slope.max():.1f}")
+                + f": KL grows like {scaling_phrase(scaling)} (fitted per layer; a small perturbation's KL grows like "
+                f"coef^2).")
     if not scaling.empty:
         by_push = scaling.sort_values("layer")
         first, last = by_push.iloc[0], by_push.iloc[-1]
@@ -201,8 +210,8 @@ def headline(table: pd.DataFrame, baseline: pd.Series) -> str:
     nonzero = [c for c in pivot.index if c != 0]
     cheaper = sum(pivot.loc[c, late] < pivot.loc[c, early] for c in nonzero)
     best = table[table.coef > 0].sort_values("reward_mean", ascending=False).iloc[0]
-    return (f"A contrastive period vector's KL per sequence grows like coef^{scaling.kl_slope.min():.2f}-"
-            f"{scaling.kl_slope.max():.2f} at every layer; at equal coefficient layer {late} cost less than layer "
+    return (f"A contrastive period vector's KL per sequence grows like {scaling_phrase(scaling)} at every layer; "
+            f"at equal coefficient layer {late} cost less than layer "
             f"{early} at {cheaper} of {len(nonzero)} coefficients. Most periods: {best.reward_mean:.2f} ± "
             f"{best.reward_stderr:.2f} per continuation (layer {int(best.layer)}, coefficient {best.coef:g}) for "
             f"{best.kl_exact_mean:.1f} nats, vs {baseline.reward_mean:.2f} ± {baseline.reward_stderr:.2f} unsteered.")

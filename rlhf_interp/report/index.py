@@ -73,7 +73,8 @@ def write_index(root: str | Path) -> Path:
         body.append(f"<section><h2 id=\"{H.slug(name)}\"><a href=\"{name}/index.html\">{html.escape(m['title'])}</a>"
                     f"</h2><p class=\"headline\">{_inline_md(m['headline'])}</p>"
                     f"<p class=\"caption\"><a href=\"{name}/index.html\">page</a> · "
-                    f"<a href=\"{name}/README.md\">markdown</a> · {csvs} CSV table{'s' if csvs != 1 else ''} in <code>{name}/</code>"
+                    f"<a href=\"{name}/README.md\">markdown</a> · {csvs} CSV table{'s' if csvs != 1 else ''} in "
+                    f"<code>{name}/</code>"
                     f"{source}</p></section>")
     md += ["", HOW_TO_ADD, ""]
     body.append(H.markdown_to_html(HOW_TO_ADD))

@@ -184,7 +184,8 @@ def diff_figures(tables: dict[str, pd.DataFrame], *, hook: str = "hook_resid_pos
             title=f"{hook}: relative change by layer and token position")
     directions = tables.get("directions")
     if directions is not None:
-        last = directions[directions["step"] == directions["step"].max()] if "step" in directions.columns else directions
+        last = (directions[directions["step"] == directions["step"].max()] if "step" in directions.columns
+                else directions)
         long = last.melt(id_vars=["layer", "hook"], value_vars=["mean_share", "top_pc_variance_ratio"],
                          var_name="share", value_name="value")
         figs["direction_shares"] = plot_diff_by_layer(long, "value", hue="share", ylabel="share of E‖Δ‖² (0-1)",
