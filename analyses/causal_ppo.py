@@ -2,12 +2,12 @@
 the run's checkpoints, swap weights layer by layer, and try to undo RLHF with one direction.
 
     python analyses/causal_ppo.py --base smollm2-135m --tuned runs/periods     # compute + write reports/causal_ppo/
-    python analyses/causal_ppo.py --rebuild                                    # redraw the page from its CSVs alone
+    python analyses/causal_ppo.py --from-csv                                   # redraw the page from its CSVs alone
 
 Texts: the tuned policy's own samples (prompt + ``--samples`` sampled tokens), where its behaviour differs
 from the base. Every statistic counts the real, non-pad, non-BOS positions of these texts
 (`rlhf_interp.patching.scores` states the conventions). The compute path (`compute`) returns tidy tables;
-the page is drawn from those tables only (`build_report`), so `render(csv_dir)` redraws it from the CSVs.
+they are saved as CSVs and the page is drawn from the CSVs alone (`render(report_dir)`, no model).
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ from rlhf_interp.patching import (
     undo_rlhf,
     weight_patching,
 )
-from rlhf_interp.report import Report
+from rlhf_interp.report import Report, read_config, read_table, write_tables
 
 NAME = "causal_ppo"
 TABLES = ("activation_patching", "residual_attribution", "weight_patching", "trajectory", "trajectory_attribution",
           "undo", "texts")
+REQUIRED = ("activation_patching", "residual_attribution", "undo", "texts")
 SUBLAYERS = ("hook_attn_out", "hook_mlp_out")
 
 
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base", default="smollm2-135m")
     p.add_argument("--tuned", help="a PPO run dir (its latest checkpoint; all of them for the trajectory) or one "
                                    "checkpoint / HF dir")
-    p.add_argument("--rebuild", action="store_true", help="redraw reports/<name>/ from its CSVs (no model)")
+    p.add_argument("--from-csv", action="store_true", help="re-render <root>/<name>/ from its CSVs (no model)")
     p.add_argument("--n-prompts", type=int, default=16)
     p.add_argument("--samples", type=int, default=24, help="sampled tokens per prompt (0: patch on prompts only)")
     p.add_argument("--reward-substring", default=".", help="reward proxy: next token contains this (periods task)")
@@ -67,10 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=NAME, help="report name: <root>/<name>/")
-    p.add_argument("--root", type=Path, default=Path("reports"))
+    p.add_argument("--root", default="reports", help="reports root: the report goes to ROOT/<name>/")
     args = p.parse_args(argv)
-    if not args.rebuild and not args.tuned:
-        p.error("pass --tuned RUN_OR_CKPT_DIR (or --rebuild to redraw an existing report)")
+    if not args.from_csv and not args.tuned:
+        p.error("pass --tuned RUN_OR_CKPT_DIR (or --from-csv to redraw an existing report)")
     return args
 
 
@@ -130,7 +131,7 @@ def compute(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], dict]:
             directions=["into_base"], **common))
         tables["trajectory"] = traj
         tables["trajectory_attribution"] = residual_attribution(traj)
-    config = {**{k: str(v) for k, v in vars(args).items()}, "tuned_checkpoint": str(final),
+    config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "tuned_checkpoint": str(final),
               "n_checkpoints": len(checkpoints), "trajectory_steps": [s for s, _ in chosen],
               "undo_layers_used": layers, "n_rewarded_tokens": len(ids), "n_texts": len(texts),
               "seconds": round(time.time() - started, 1), "seconds_by_part": timings}
@@ -138,20 +139,15 @@ def compute(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Render: tables -> page (no model needed)
+# The page: CSVs in (no model)
 
 
-def render(csv_dir: str | Path, *, name: str | None = None, root: Path | None = None) -> Path:
-    """Redraw the report from the CSVs and config.json in ``csv_dir`` (a previous report directory)."""
-    csv_dir = Path(csv_dir)
-    if not (csv_dir / "activation_patching.csv").exists():
-        raise FileNotFoundError(f"{csv_dir} has no activation_patching.csv: run the analysis first "
-                                f"(python analyses/causal_ppo.py --base smollm2-135m --tuned RUN_DIR).")
-    tables = {t: pd.read_csv(csv_dir / f"{t}.csv") for t in TABLES if (csv_dir / f"{t}.csv").exists()}
-    config = json.loads((csv_dir / "config.json").read_text()) if (csv_dir / "config.json").exists() else {}
-    tables["undo"]["layer"] = tables["undo"]["layer"].astype("Int64")  # NaN for the unedited rows
-    report = build_report(tables, config, name=name or csv_dir.name, root=root or csv_dir.parent)
-    return report.save()
+def read_tables(report_dir: Path) -> dict[str, pd.DataFrame]:
+    """The measured tables of a report directory (those the run produced)."""
+    tables = {name: read_table(report_dir, name, keep_default_na=False, na_values=[""])
+              for name in TABLES if (report_dir / f"{name}.csv").exists() or name in REQUIRED}
+    tables["undo"]["layer"] = tables["undo"]["layer"].astype("Int64")  # empty for the unedited rows
+    return tables
 
 
 def _fmt_parts(df: pd.DataFrame, value: str) -> str:
@@ -197,12 +193,13 @@ def findings(tables: dict[str, pd.DataFrame], config: dict) -> list[str]:
                      + ".")
     if "trajectory_attribution" in tables:
         ta = tables["trajectory_attribution"]
-        blocks = ta[ta["component"] == "block"]
-        peaks = blocks.loc[blocks.groupby("step")["increment"].idxmax()]
+        blocks = ta[ta["component"] == "block"].dropna(subset=["increment"])  # NaN: a checkpoint equal to base
+        peaks = blocks.loc[blocks.groupby("step")["increment"].idxmax()].set_index("step")
         kl = tables["trajectory"].groupby("step")["kl_clean"].first()
         lines.append("Along the run (per checkpoint: KL(base||tuned), layer with the largest increment): "
-                     + "; ".join(f"step {int(r.step)}: {kl[r.step]:.3g}, L{int(r.layer)} ({r.increment:.2f})"
-                                 for r in peaks.itertuples()) + ".")
+                     + "; ".join(f"step {int(step)}: {value:.3g}" + (f", L{int(peaks.loc[step, 'layer'])} "
+                                 f"({peaks.loc[step, 'increment']:.2f})" if step in peaks.index else ", no change")
+                                 for step, value in kl.items()) + ".")
     lines += undo_findings(tables["undo"])
     return lines
 
@@ -315,12 +312,36 @@ def figure_trajectory(parts: pd.DataFrame, traj: pd.DataFrame):
     return fig
 
 
-def build_report(tables: dict[str, pd.DataFrame], config: dict, *, name: str = NAME, root: Path = Path("reports")
-                 ) -> Report:
+def headline(tables: dict[str, pd.DataFrame]) -> str:
+    """One or two sentences with the main numbers (also on reports/index.html)."""
+    act = tables["activation_patching"]
+    into = act[(act["direction"] == "into_base") & act["component"].isin(SUBLAYERS)]
+    best = into.loc[into["fraction_recovered"].idxmax()]
+    undo = tables["undo"]
+    ablate = undo[undo["method"] == "ablate_mean"]
+    text = (f"Patching one sublayer output of the tuned model into the base recovers at most "
+            f"{best.fraction_recovered:.0%} of KL(base‖tuned) ({best.kl_clean:.3g} nats/token), at layer "
+            f"{int(best.layer)}'s {best.component}")
+    if len(ablate):
+        r = ablate.loc[ablate["kl_tf_base"].idxmin()]
+        text += (f"; ablating the fine-tuning direction of layer {int(r.layer)} from the tuned model leaves "
+                 f"KL {r.kl_tf_base:.3g} nats/token to base ({r.kl_removed:.0%} of KL(tuned‖base) removed)")
+        if "reward_gain_removed" in undo and pd.notna(r.reward_gain_removed):
+            text += f" and removes {r.reward_gain_removed:.0%} of the reward gain"
+    return text + "."
+
+
+def render(report_dir: str | Path) -> Report:
+    """The page from the CSV tables and ``config.json`` in ``report_dir`` (no model)."""
+    report_dir = Path(report_dir)
+    if not (report_dir / "activation_patching.csv").exists():
+        raise FileNotFoundError(f"{report_dir} has no activation_patching.csv: run the analysis first "
+                                f"(python analyses/causal_ppo.py --base smollm2-135m --tuned RUN_DIR).")
+    config = read_config(report_dir)
+    tables = read_tables(report_dir)
     lines = findings(tables, config)
-    print("\n".join(f"- {line}" for line in lines))
-    report = Report(name, "Where PPO fine-tuning lives, causally: patching, weight swaps, undoing RLHF",
-                    root=Path(root), config=config)
+    report = Report.at(report_dir, "Where PPO fine-tuning lives, causally: patching, weight swaps, undoing RLHF",
+                       headline=headline(tables), source=__file__)
     report.text(
         f"Base `{config.get('base', '?')}` vs tuned `{config.get('tuned_checkpoint', '?')}`, on "
         f"{config.get('n_texts', '?')} texts: the tuned policy's own samples ({config.get('samples', '?')} sampled "
@@ -331,51 +352,61 @@ def build_report(tables: dict[str, pd.DataFrame], config: dict, *, name: str = N
         "1 - KL(patched||tuned) / KL(base||tuned). **Reward proxy** = mean log P(next token contains "
         f"{config.get('reward_substring', '.')!r}); `reward_proxy_recovered` is the patch's share of the gap "
         "between receiver and donor. KL in nats (`rlhf_interp.kl.kl_divergence`, exact over the vocabulary).")
-    report.text("## Findings\n\n" + "\n".join(f"- {line}" for line in lines))
+    report.section("Findings", "\n".join(f"- {line}" for line in lines))
 
     act = tables["activation_patching"]
-    report.text("## Activation patching\n\nOne patch at a time, at every position. A sublayer-output patch "
+    report.section("Activation patching", "One patch at a time, at every position. A sublayer-output patch "
                 "(`hook_attn_out`, `hook_mlp_out`) imports that component's output as the donor computed it, so "
                 "it also carries the effect of earlier changes on it (its *total* effect; these overlap). "
                 "`hook_resid_mid` is the residual after attention, patched as `hook_resid_pre` + `hook_attn_out` "
                 "(in TransformerLens 4's bridge `hook_resid_mid` is the MLP input only, and replacing it would "
                 "leave the skip connection unpatched). The layer-0 `hook_resid_pre` row is the embedding.")
-    report.figure("patching_heatmap", figure_patching(act), title="Fraction of the KL recovered, per layer and component")
+    report.figure("patching_heatmap", figure_patching(act), title="Fraction of the KL recovered, per layer and component",
+                  caption="Each cell: one patch, `fraction_recovered` of `activation_patching.csv` (red: towards the "
+                          "donor; blue: away from it).")
     report.table("top_patches", act[act["component"].isin(SUBLAYERS)].sort_values("fraction_recovered", ascending=False)
-                 .groupby("direction").head(8), title="Strongest sublayer patches per direction")
-    report.table("activation_patching", act, title="Every patch", max_rows=10)
+                 .groupby("direction").head(8), title="Strongest sublayer patches per direction",
+                 caption="The 8 sublayer-output patches with the largest fraction recovered, per direction.")
+    report.table("activation_patching", act, title="Every patch", show=0)
 
     parts = tables["residual_attribution"]
-    report.text("## Additive attribution along the residual stream\n\nPatching the residual stream just after a "
+    report.section("Additive attribution along the residual stream", "Patching the residual stream just after a "
                 "component carries every change up to it; the *increment* of the fraction recovered from just "
                 "before the component to just after it is what that component adds given everything earlier. "
                 "With the embedding (layer -1) and the final `ln_final` + unembedding step (layer n), the "
                 "increments of one direction sum to exactly 1. Negative increments: the component moves the "
                 "output away from the donor given the earlier changes.")
-    report.figure("residual_attribution", figure_attribution(parts))
-    report.table("residual_attribution", parts, title="Increments (share of the KL)", max_rows=12)
+    report.figure("residual_attribution", figure_attribution(parts),
+                  caption="`increment` of `residual_attribution.csv` per layer (attention left, MLP right).")
+    report.table("residual_attribution", parts, title="Increments (share of the KL)",
+                 preview=parts.sort_values("increment", ascending=False).groupby("direction").head(6),
+                 caption="The 6 largest increments per direction.")
 
     if "weight_patching" in tables:
-        report.text("## Weight swaps\n\nOne layer's tuned weights (`attn`: attention + its input norm; `mlp`: MLP + "
+        report.section("Weight swaps", "One layer's tuned weights (`attn`: attention + its input norm; `mlp`: MLP + "
                     "its input norm; `block`: both) copied into the base model, restored exactly afterwards. Unlike "
                     "an activation patch, the swapped component runs on the base model's own inputs: where the two "
                     "agree, the change is local to that component's function.")
         report.figure("weight_swaps", figure_weights(tables["weight_patching"], act),
-                      title="Weight swap vs activation patch (into base)")
-        report.table("weight_patching", tables["weight_patching"], title="Every swap", max_rows=10)
+                      title="Weight swap vs activation patch (into base)",
+                      caption="Solid: `fraction_recovered` of `weight_patching.csv`; dotted: the sublayer-output "
+                              "activation patches of `activation_patching.csv`.")
+        report.table("weight_patching", tables["weight_patching"], title="Every swap", show=0)
 
     if "trajectory" in tables:
-        report.text("## Along the run\n\nThe same attribution (tuned's `hook_resid_post` into base, layer by layer) "
+        report.section("Along the run", "The same attribution (tuned's `hook_resid_post` into base, layer by layer) "
                     f"for checkpoints {config.get('trajectory_steps', '')}, on the first "
                     f"{config.get('trajectory_texts', '?')} texts. Left: each layer's increment (where the change "
                     "forms); right: the cumulative fraction recovered.")
         report.figure("trajectory_heatmap", figure_trajectory(tables["trajectory_attribution"], tables["trajectory"]),
-                      title="Checkpoint x layer")
-        report.table("trajectory_attribution", tables["trajectory_attribution"], max_rows=10)
-        report.table("trajectory", tables["trajectory"], max_rows=5)
+                      title="Checkpoint x layer",
+                      caption="Left: `increment` of `trajectory_attribution.csv` (component `block`); right: "
+                              "`fraction_recovered` of `trajectory.csv`.")
+        report.table("trajectory_attribution", tables["trajectory_attribution"], show=0)
+        report.table("trajectory", tables["trajectory"], show=0)
 
     undo = tables["undo"]
-    report.text("## Undo RLHF with one direction\n\nFrom the tuned model, at the layers the attribution points to "
+    report.section("Undo RLHF with one direction", "From the tuned model, at the layers the attribution points to "
                 f"({config.get('undo_layers_used', '')}): `ablate_mean` projects the unit mean-difference direction "
                 "(tuned - base, `hook_resid_post`) out of every layer's input and outputs (`DirectionAblation`); "
                 "`ablate_pcs<k>` does the same for the top k principal directions of the difference; "
@@ -385,18 +416,19 @@ def build_report(tables: dict[str, pd.DataFrame], config: dict, *, name: str = N
                 "kl_tf_base / KL(tuned||base); `proxy_gain_kept` and `reward_gain_kept` = (value - base) / "
                 "(tuned - base); the sampled columns come from the edited model's own continuations "
                 f"({config.get('undo_tokens', '?')} tokens, {config.get('undo_prompts', '?')} prompts, same seed).")
-    report.table("undo", undo, title="Undo-RLHF table", max_rows=40)
-    report.table("texts", tables["texts"], title="Texts patched on", max_rows=3)
+    report.table("undo", undo, title="Undo-RLHF table", show=40)
+    report.table("texts", tables["texts"], title="Texts patched on", show=3)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.rebuild:
-        out = render(args.root / args.name)
-    else:
+    out = Path(args.root) / args.name
+    if not args.from_csv:
         tables, config = compute(args)
-        out = build_report(tables, config, name=args.name, root=args.root).save()
+        write_tables(out, tables, config=config)
+    render(out).save()
+    print("\n".join(f"- {line}" for line in findings(read_tables(out), read_config(out))))
     print(f"report: {out}/README.md and index.html")
     return 0
 

@@ -198,10 +198,10 @@ def test_undo_subtracting_a_planted_shift_restores_base(tiny):
     assert none["kl_tf_base"] > 0 and none["kl_removed"] == 0.0 and none["proxy_gain_kept"] == 1.0
     assert row(table, model="base", method="none")["kl_tf_base"] == 0.0
     undone = row(table, method="subtract_mean")
-    assert undone["kl_tf_base"] < 1e-6 * none["kl_tf_base"] and undone["kl_removed"] > 0.999
+    assert undone["kl_tf_base"] < 1e-4 * none["kl_tf_base"] and undone["kl_removed"] > 0.999
     assert abs(undone["proxy_gain_kept"]) < 1e-3
     added = row(table, method="add_mean")
-    assert added["kl_tf_tuned"] < 1e-6 * none["kl_tf_base"]
+    assert added["kl_tf_tuned"] < 1e-4 * none["kl_tf_base"]
     for column in ("reward_mean", "kl_sample_per_token", "reward_gain_kept", "reward_gain_removed"):
         assert column in sampled
     assert row(sampled, model="tuned", method="none")["reward_mean"] == pytest.approx(direct["reward_mean"].item())
@@ -219,3 +219,29 @@ def test_cli_patch_writes_tables(tiny_run, tmp_path, capsys):
     assert (out / "residual_attribution.csv").exists() and (out / "weight_patching.csv").exists()
     bad = cli_main(["patch", "--base", "tiny-test", "--tuned", str(tmp_path / "missing"), "--out", str(out)])
     assert bad == 2 and "missing" in capsys.readouterr().err
+
+
+def test_causal_report_is_written_and_rebuilds_from_its_csvs(tiny_run, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "analyses" / "causal_ppo.py"
+    spec = importlib.util.spec_from_file_location("causal_ppo", path)
+    analysis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analysis)
+    args = ["--base", "tiny-test", "--tuned", str(tiny_run), "--n-prompts", "3", "--samples", "3", "--batch-size", "4",
+            "--undo-prompts", "2", "--undo-tokens", "2", "--undo-layers", "1", "--root", str(tmp_path), "--name", "c"]
+    assert analysis.main(args) == 0
+    out = tmp_path / "c"
+    page, readme = (out / "index.html").read_text(), (out / "README.md").read_text()
+    act = pd.read_csv(out / "activation_patching.csv")
+    top = act[(act["direction"] == "into_base") & act["component"].isin(["hook_attn_out", "hook_mlp_out"])]
+    best = top.loc[top["fraction_recovered"].idxmax()]
+    headline = f"L{int(best['layer'])} mlp_out ({best['fraction_recovered']:.3f})"
+    assert headline == "L1 mlp_out (1.000)" and headline in readme and headline in page
+    assert "<img" in page and (out / "trajectory_heatmap.png").stat().st_size > 0
+    undo = pd.read_csv(out / "undo.csv")
+    assert set(undo["method"]) >= {"none", "ablate_mean", "ablate_pcs1", "ablate_pcs3", "subtract_mean", "add_mean"}
+    (out / "README.md").unlink()
+    assert analysis.main(["--from-csv", "--root", str(tmp_path), "--name", "c"]) == 0  # no model: CSVs in, page out
+    assert (out / "README.md").read_text() == readme
