@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_demo_run(base_name: str, run_dir: Path, *, steps: int, lr: float, seed: int) -> Path:
     """Adam on -mean log p('.') over every real position of 8 prompts; checkpoints at steps/4, steps/2, steps."""
-    from rlhf_interp.models import load_hf_model
+    from rlhf_interp.bridge import load_hf_model
 
     model, tokenizer, _ = load_hf_model(base_name, device="cpu")
     bridge_for_tokens = load_model(base_name, device="cpu")

@@ -32,7 +32,7 @@ from rlhf_interp.measure import evaluate_edit, steering_sweep
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.charts import xy_chart
 from rlhf_interp.report.plots import nonneg_symlog, series_style
-from rlhf_interp.steering import SteeringVector, finetuning_direction
+from rlhf_interp.edits import SteeringVector, finetuning_direction
 
 NAME = "edit_vs_finetune"
 

@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from rlhf_interp.measure import distinct_n
+from rlhf_interp.probes.behaviour import collapse_onset
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.charts import facet_lines
 from rlhf_interp.report.plots import nonneg_symlog, series_style
@@ -73,7 +74,7 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 def diversity_table(samples: pd.DataFrame) -> pd.DataFrame:
     """Per run and logged phase: distinct-1/2 over the completions' token ids (pooled over the phase's samples),
     the share of distinct completions, and the mean reward of those samples."""
-    from rlhf_interp.models import load_tokenizer
+    from rlhf_interp.bridge import load_tokenizer
 
     tokenizer = load_tokenizer()
     rows = []
@@ -181,7 +182,8 @@ def render(report_dir: Path) -> Report:
                      f"{row.kl_per_token_end:.2f} nats/token, entropy {row.entropy_end:.2f}")
         div = diversity[diversity["run"] == row.run].sort_values("phase")
         first_d2, last_d2 = div["distinct_2"].iloc[0], div["distinct_2"].iloc[-1]
-        verdict = "collapse" if last_d2 < 0.5 * first_d2 else "no collapse"
+        onset = collapse_onset(div["phase"], div["distinct_2"], base=first_d2)
+        verdict = f"collapse: below half its phase-1 value from phase {onset}" if onset else "no collapse"
         headline += (f"; distinct-2 over token ids of its logged samples {first_d2:.2f} at phase "
                      f"{int(div['phase'].iloc[0])} → {last_d2:.2f} at phase {int(div['phase'].iloc[-1])} "
                      f"({verdict}).")

@@ -34,22 +34,25 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rlhf_interp.generation import generate
-from rlhf_interp.models import load_model
-from rlhf_interp.plots import plot_learned_vs_true, plot_reward_hacking, plot_reward_model_training
+from rlhf_interp.bridge import load_model
+from rlhf_interp.bridge.generation import generate
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
-from rlhf_interp.preference_data import read_preferences, synthesize_pairs, write_preferences
 from rlhf_interp.prompts import load_prompts
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.charts import xy_chart
-from rlhf_interp.reward_model import (
+from rlhf_interp.report.plots import plot_learned_vs_true, plot_reward_hacking, plot_reward_model_training
+from rlhf_interp.reward import (
     METRICS_FILE,
     MODEL_SUBDIR,
     RewardTrainingConfig,
+    get_reward,
     load_reward_model,
+    read_preferences,
+    score,
+    synthesize_pairs,
     train_reward_model,
+    write_preferences,
 )
-from rlhf_interp.rewards import get_reward, score
 
 # A weaker, slower-adapting KL penalty and a higher lr than periods.yaml: the settings that moved the period
 # count fastest in the lead's CPU-sized runs, so 20 phases show where the policy goes.

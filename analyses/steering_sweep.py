@@ -31,12 +31,11 @@ import torch
 from matplotlib.ticker import NullFormatter
 
 from rlhf_interp import load_model, load_prompts
-from rlhf_interp.edits import NoEdit, Steering
+from rlhf_interp.edits import NoEdit, Steering, mean_difference, residual_norms
 from rlhf_interp.measure import LogitsCache, sweep
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.charts import xy_chart
 from rlhf_interp.report.plots import plot_steering_sweep, plot_sweep_curves
-from rlhf_interp.steering import mean_difference, residual_norms
 
 NAME = "steering_sweep"
 SWEEP_COLUMNS = ["layer", "coef", "n_sequences", "reward_mean", "reward_stderr", "kl_exact_mean", "kl_exact_stderr",
