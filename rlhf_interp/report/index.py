@@ -41,7 +41,9 @@ def main():                                                  # the full recomput
 ```
 
 `rlhf-interp report --rebuild` finds `render` through `report.json` (written by `save()`), re-renders every
-page and rewrites this index. Figures: label both axes with units, keep every point inside the axes, and make
+page and rewrites this index. Commit the CSVs, `config.json`, `report.json` and the rendered files; then add a
+row for the report to the findings table of the top-level README (its numbers as the page states them:
+`tests/test_reports.py` checks that every report has a row and that every number in it is on the page). Figures: label both axes with units, keep every point inside the axes, and make
 the caption say what is drawn (`rlhf_interp.report.plots.label`, `series_style`, `nonneg_symlog` help).
 Interactive charts: `rlhf_interp.report.charts` (Plotly; the JS is one shared file, `assets/plotly.min.js`)."""
 
