@@ -1,9 +1,21 @@
-"""PPO with a KL penalty on a TransformerBridge policy."""
+"""PPO with a KL penalty on a TransformerBridge policy.
 
-from rlhf_interp.ppo.config import PPOConfig
-from rlhf_interp.ppo.rollout import Rollout, collect
-from rlhf_interp.ppo.trainer import PPOTrainer, TrainingDivergedError
-from rlhf_interp.ppo.value_head import ValueHead, forward_with_values, values_from_hook
+- `config`: ``PPOConfig``, one validated flat config per run (which KL options exist: `rlhf_interp.kl`);
+- `rollout`: sample, then one forward pass per model -> ``Rollout``;
+- `losses`: GAE, the clipped policy and value losses, the KL in the advantages;
+- `trainer`: ``PPOTrainer``, the loop, logging, checkpoints and resume;
+- `kl_audit`: checks every KL option's gradient on an enumerable policy (docs/kl.md's table).
 
-__all__ = ["PPOConfig", "PPOTrainer", "Rollout", "TrainingDivergedError", "ValueHead", "collect",
-           "forward_with_values", "values_from_hook"]
+Names are imported on first use (PEP 562), so ``import rlhf_interp.ppo`` stays light.
+"""
+
+from rlhf_interp.core.lazy import lazy_exports, names_from
+
+_WHERE = {
+    **names_from(".config", "PPOConfig"),
+    **names_from(".rollout", "PolicyPass", "Rollout", "collect"),
+    **names_from(".trainer", "PPOTrainer", "TrainingDivergedError"),
+    **names_from("rlhf_interp.bridge.heads", "ValueHead", "forward_with_values", "values_from_hook"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
+__all__ = sorted(_WHERE)

@@ -10,11 +10,14 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from rlhf_interp.kl import check_kl_option
+
 
 @dataclass
 class PPOConfig:
     # --- model and data
     model: str = "smollm2-135m"  # anything load_model accepts
+    ref_model: str | None = None  # the KL's anchor (same tokenizer); None: the policy's starting weights (`model`)
     prompts: str = "default"  # "default" (shipped openings), a .txt or .jsonl file
     device: str | None = None  # None: CUDA when present, else CPU
     seed: int = 0
@@ -31,15 +34,18 @@ class PPOConfig:
     batch_size: int = 16  # prompts per phase
     max_new_tokens: int = 24
     temperature: float = 1.0
-    top_k: int | None = None
+    top_k: int | None = None  # refused in PPO (validate says why); fields kept so old configs get a clear error
     top_p: float | None = None
     stop_at_eos: bool = False
 
     # --- KL penalty
     kl_coef: float = 0.1
-    kl_direction: Literal["forward", "reverse"] = "forward"  # forward: KL(pi||ref); reverse: KL(ref||pi)
+    # forward: KL(pi||ref) (Ziegler et al.); reverse: KL(ref||pi). Some RL libraries use the opposite words.
+    kl_direction: Literal["forward", "reverse"] = "forward"
     kl_estimator: Literal["exact", "k1", "k2", "k3"] = "k1"
-    kl_placement: Literal["reward", "loss"] = "reward"  # per-token reward penalty, or a loss term
+    # reward: per-token penalty in the reward (the KL over the policy's own states, which move with it);
+    # loss: a loss term (the per-token KL at the rollout's states). Table and derivations: docs/kl.md.
+    kl_placement: Literal["reward", "loss"] = "reward"
     adaptive_kl: bool = False  # Ziegler et al. controller
     kl_target: float = 0.08  # per-token target for the adaptive controller (nats)
     kl_horizon: int = 10000  # in samples
@@ -95,10 +101,13 @@ class PPOConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low <= value <= high):
                 raise ValueError(f"Config field {name!r} = {value!r} is out of range: allowed {low:g} to {high:g}.")
-        if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise ValueError(f"Config field 'top_p' = {self.top_p!r} is out of range: allowed (0, 1] or null.")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"Config field 'top_k' = {self.top_k!r} is out of range: allowed >= 1 or null.")
+        for name in ("top_k", "top_p"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"Config field {name!r} = {getattr(self, name)!r} is not supported in PPO; set it to null and use "
+                    f"'temperature' to shape sampling. Why: truncation gives every token outside the kept set "
+                    f"probability 0, so KL(ref||pi) is infinite, and the truncated policy gets no gradient on the "
+                    f"tokens it cut, while the KL to the untruncated reference penalises the cut itself.")
         if self.minibatch_size > self.batch_size or self.batch_size % self.minibatch_size:
             raise ValueError(f"Config field 'minibatch_size' = {self.minibatch_size} must divide batch_size "
                              f"= {self.batch_size}.")
@@ -106,9 +115,9 @@ class PPOConfig:
             allowed = _literal_values(get_type_hints(type(self))[f.name])
             if allowed and getattr(self, f.name) not in allowed:
                 raise ValueError(f"Config field {f.name!r} = {getattr(self, f.name)!r} is not allowed: use one of {allowed}.")
-        if self.kl_direction == "reverse" and self.kl_estimator == "k2":
-            raise ValueError("kl_estimator 'k2' has no importance-weighted form for kl_direction 'reverse'; "
-                             "use 'k1', 'k3' or 'exact'.")
+        check_kl_option(self.kl_direction, self.kl_estimator, self.kl_placement)
+        if self.ref_model is not None and not str(self.ref_model).strip():
+            raise ValueError("Config field 'ref_model' is empty: give a model name or directory, or null for `model`.")
         return self
 
     def to_dict(self) -> dict[str, Any]:

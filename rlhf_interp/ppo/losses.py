@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from rlhf_interp.kl import masked_mean
+from rlhf_interp.kl import bounded_ratio, masked_mean
 
 BatchGen = "batch gen"
 
@@ -21,6 +21,24 @@ def per_token_rewards(scores: Float[Tensor, "batch"], kl: Float[Tensor, BatchGen
     rewards = -kl_coef * kl * mask
     last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask.bool()  # one-hot at the last real token
     return rewards + last.to(rewards.dtype) * scores[:, None]
+
+
+def penalised_advantages(scores: Float[Tensor, "batch"], kl_value: Float[Tensor, BatchGen], kl_score: Float[Tensor, BatchGen],
+                         values: Float[Tensor, BatchGen], mask: Float[Tensor, BatchGen], kl_coef: float, gamma: float,
+                         lam: float) -> tuple[Float[Tensor, BatchGen], Float[Tensor, BatchGen]]:
+    """Advantages and returns with the KL in the reward (``kl_coef = 0``: the score alone).
+
+    ``r_t = -beta * kl_value_t`` (+ score at the end) goes through GAE, so earlier tokens are credited with
+    the KL of the states they lead to; then each token's own advantage gets ``-beta * (kl_score_t -
+    kl_value_t)``, so the coefficient on its own log-prob gradient is ``-beta * kl_score_t`` -- what the KL's
+    gradient needs (`kl.kl_reward_terms`, docs/kl.md). For forward k1, score == value and nothing is added.
+    The returns (the value head's targets) stay those of the reward stream.
+    """
+    rewards = per_token_rewards(scores, kl_value, mask, kl_coef)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    if kl_coef:
+        advantages = advantages - kl_coef * (kl_score - kl_value) * mask
+    return advantages, returns
 
 
 def gae(rewards: Float[Tensor, BatchGen], values: Float[Tensor, BatchGen], mask: Float[Tensor, BatchGen],
@@ -59,15 +77,16 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """Clipped surrogate: L = -E[min(rho A, clip(rho, 1-eps, 1+eps) A)], rho = pi/pi_old.
 
-    Returns (loss, clip fraction, approx KL(pi_old || pi) by k3)."""
+    Returns (loss, clip fraction, approx KL(pi_old || pi) by k3). The log-ratio is clamped before exp
+    (`kl.LOG_RATIO_BOUND`), so one far-off token cannot overflow the loss to inf."""
     log_ratio = logprobs - old_logprobs
-    ratio = log_ratio.exp()
+    ratio = bounded_ratio(log_ratio)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages
     loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
     with torch.no_grad():
         clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_range).float(), mask)
-        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+        approx_kl = masked_mean((ratio - 1.0) - ratio.log(), mask)
     return loss, clip_fraction, approx_kl
 
 

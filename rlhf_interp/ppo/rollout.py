@@ -1,8 +1,13 @@
-"""Rollouts: sample continuations with the KV cache, then score them token by token.
+"""Rollouts: sample continuations with the KV cache, then one forward pass per model over the samples.
 
-One rollout holds everything the PPO update needs, for ``batch`` prompts and ``gen`` new tokens:
-the sampled tokens, which of them are real (after the first EOS nothing is), the policy's and the
-reference's log-probs of each sampled token, the values, the per-token KL, and the reward scores.
+One rollout holds everything the PPO update needs, for ``batch`` prompts and ``gen`` new tokens: the
+sampled tokens, which of them are real (after the first EOS nothing is), the log-probs of each sampled
+token under the policy and the reference, the values, the KL terms, and the reward scores.
+
+Every log-prob is of the distribution that was sampled (`kl.sampling_logprobs`: logits / temperature),
+for the policy and the reference alike, so the importance ratio, the KL and the entropy are about the
+text that was generated. The policy pass keeps its autograd graph for the rows of the update's first
+minibatch (``grad_rows``): the update starts from that pass instead of running it again.
 """
 
 from __future__ import annotations
@@ -14,12 +19,22 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rlhf_interp.kl import entropy, kl_divergence, penalty_kl
-from rlhf_interp.generation import generate
-from rlhf_interp.ppo.value_head import ValueHead, forward_with_values
-from rlhf_interp.rewards import RewardFn, score
+from rlhf_interp.bridge.generation import generate
+from rlhf_interp.bridge.heads import ValueHead, forward_with_values
+from rlhf_interp.kl import (entropy_from_logprobs, kl_from_logprobs, kl_reward_terms, penalty_kl,
+                            sampling_logprobs)
+from rlhf_interp.reward.functions import RewardFn, score
 
 RefForward = Callable[[Tensor, Tensor], Tensor]  # (tokens, attention_mask) -> logits
+
+
+@dataclass
+class PolicyPass:
+    """Raw logits and values at the generated positions, with their autograd graph, for ``rows``."""
+
+    rows: Int[Tensor, "rows"]
+    logits: Float[Tensor, "rows gen vocab"]
+    values: Float[Tensor, "rows gen"]
 
 
 @dataclass
@@ -30,57 +45,116 @@ class Rollout:
     attention_mask: Int[Tensor, "batch seq"]
     prompt_len: int  # generated tokens start at this column
     gen_mask: Float[Tensor, "batch gen"]
-    logprobs: Float[Tensor, "batch gen"]  # policy at sampling time (pi_old)
+    logprobs: Float[Tensor, "batch gen"]  # policy at sampling time (pi_old), sampled distribution
     ref_logprobs: Float[Tensor, "batch gen"]
     values: Float[Tensor, "batch gen"]
-    kl_penalty: Float[Tensor, "batch gen"]  # the configured direction + estimator
-    kl_forward: Float[Tensor, "batch gen"]  # exact KL(pi || ref), for logging
+    kl_value: Float[Tensor, "batch gen"]  # configured direction + estimator: the penalty's value (logged)
+    kl_score: Float[Tensor, "batch gen"]  # a token's own coefficient in the reward placement (kl_reward_terms)
+    kl_forward: Float[Tensor, "batch gen"]  # exact KL(pi || ref) of the sampled distributions, for logging
     kl_reverse: Float[Tensor, "batch gen"]  # exact KL(ref || pi), for logging
     entropy: Float[Tensor, "batch gen"]
     scores: Float[Tensor, "batch"]  # raw reward of each completion
-    ref_logits: Tensor | None = None  # [batch gen vocab], kept only when the KL is a loss term with the exact estimator
+    ref_logp_all: Tensor | None = None  # [batch gen vocab], kept only for the exact KL as a loss term
+    live: PolicyPass | None = None  # the update's first minibatch, graph attached
 
     @property
     def gen_tokens(self) -> Tensor:
         return self.tokens[:, self.prompt_len:]
 
+    def take_live(self) -> PolicyPass | None:
+        """Hand over the graph-carrying pass once (so its memory is freed after the first step)."""
+        live, self.live = self.live, None
+        return live
 
-def gather_logprobs(logits: Float[Tensor, "batch gen vocab"], tokens: Int[Tensor, "batch gen"]
-                    ) -> tuple[Float[Tensor, "batch gen"], Float[Tensor, "batch gen vocab"]]:
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, tokens[..., None]).squeeze(-1), logp
+
+def policy_forward(policy, head: ValueHead, tokens: Tensor, attention_mask: Tensor, prompt_len: int,
+                   value_hook: str = "ln_final.hook_normalized") -> tuple[Tensor, Tensor]:
+    """Raw logits [b, gen, vocab] and values [b, gen] (fp32) at the positions that predict generated tokens.
+
+    Logits at column c predict the token at c + 1: generated tokens are predicted from prompt_len - 1 on.
+    """
+    predicting = slice(prompt_len - 1, tokens.shape[1] - 1)
+    logits, values = forward_with_values(policy, head, tokens, attention_mask, value_hook)
+    return logits[:, predicting].float(), values[:, predicting].float()
 
 
-@torch.no_grad()
+def gather_logprobs(logp_all: Float[Tensor, "batch gen vocab"], tokens: Int[Tensor, "batch gen"]
+                    ) -> Float[Tensor, "batch gen"]:
+    return logp_all.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def _policy_pass(policy, head: ValueHead, tokens: Tensor, attention_mask: Tensor, prompt_len: int, value_hook: str,
+                 grad_rows: Tensor | None) -> tuple[Tensor, Tensor, PolicyPass | None]:
+    """One pass over every row: ``grad_rows`` with autograd, the rest without. Returns detached full-batch
+    logits and values, and the graph-carrying part."""
+    batch = tokens.shape[0]
+    live = None
+    rest = torch.ones(batch, dtype=torch.bool, device=tokens.device)
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    if grad_rows is not None and len(grad_rows):
+        grad_rows = grad_rows.to(tokens.device)
+        with torch.enable_grad():
+            logits, values = policy_forward(policy, head, tokens[grad_rows], attention_mask[grad_rows], prompt_len,
+                                            value_hook)
+        live = PolicyPass(grad_rows, logits, values)
+        rest[grad_rows] = False
+        parts.append((grad_rows, logits.detach(), values.detach()))
+    if rest.any():
+        rows = rest.nonzero().squeeze(-1)
+        with torch.no_grad():
+            logits, values = policy_forward(policy, head, tokens[rows], attention_mask[rows], prompt_len, value_hook)
+        parts.append((rows, logits, values))
+    if len(parts) == 1 and torch.equal(parts[0][0], torch.arange(batch, device=tokens.device)):
+        return parts[0][1], parts[0][2], live
+    logits = torch.empty((batch, *parts[0][1].shape[1:]), dtype=parts[0][1].dtype, device=tokens.device)
+    values = torch.empty((batch, parts[0][2].shape[1]), dtype=parts[0][2].dtype, device=tokens.device)
+    for rows, part_logits, part_values in parts:
+        logits[rows], values[rows] = part_logits, part_values
+    return logits, values, live
+
+
 def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, prompts: list[str], *,
-            max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-            stop_at_eos: bool = False, kl_direction: str = "forward", kl_estimator: str = "k1",
-            keep_ref_logits: bool = False, value_hook: str = "ln_final.hook_normalized") -> Rollout:
-    """Sample, then one policy pass (log-probs, values) and one reference pass (log-probs) over the samples."""
-    sampled = generate(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, stop_at_eos=stop_at_eos)
+            max_new_tokens: int, temperature: float = 1.0, stop_at_eos: bool = False,
+            kl_direction: str = "forward", kl_estimator: str = "k1", kl_placement: str = "reward",
+            value_hook: str = "ln_final.hook_normalized", grad_rows: Tensor | None = None) -> Rollout:
+    """Sample, then one policy pass (log-probs, values) and one reference pass (log-probs) over the samples.
+
+    Top-k / top-p are not offered here: PPO refuses them (`PPOConfig.validate` says why).
+    """
+    sampled = generate(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                       stop_at_eos=stop_at_eos)
     tokens, attention_mask, prompt_len = sampled.tokens, sampled.attention_mask, sampled.prompt_len
     gen_tokens = tokens[:, prompt_len:]
     gen_mask = sampled.generated_mask[:, prompt_len:].float()
 
-    # Logits at column c predict the token at c + 1: generated tokens are predicted from prompt_len - 1 on.
-    predicting = slice(prompt_len - 1, tokens.shape[1] - 1)
-    logits, values = forward_with_values(policy, head, tokens, attention_mask, value_hook)
-    logits, values = logits[:, predicting].float(), values[:, predicting].float()
-    ref_logits = reference(tokens, attention_mask)[:, predicting].float()
-    if not (torch.isfinite(logits).all() and torch.isfinite(ref_logits).all()):
-        raise FloatingPointError("Non-finite logits in the rollout (policy or reference): training has diverged.")
-
-    logprobs, _ = gather_logprobs(logits, gen_tokens)
-    ref_logprobs, _ = gather_logprobs(ref_logits, gen_tokens)
-    return Rollout(
-        prompts=list(prompts), completions=sampled.texts, tokens=tokens, attention_mask=attention_mask,
-        prompt_len=prompt_len, gen_mask=gen_mask, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
-        kl_penalty=penalty_kl(logprobs, ref_logprobs, direction=kl_direction, estimator=kl_estimator,
-                              logits_policy=logits, logits_ref=ref_logits) * gen_mask,
-        kl_forward=kl_divergence(logits, ref_logits) * gen_mask,
-        kl_reverse=kl_divergence(ref_logits, logits) * gen_mask,
-        entropy=entropy(logits) * gen_mask,
-        scores=score(reward, sampled.texts).to(tokens.device),
-        ref_logits=ref_logits if keep_ref_logits else None,
-    )
+    logits, values, live = _policy_pass(policy, head, tokens, attention_mask, prompt_len, value_hook, grad_rows)
+    with torch.no_grad():
+        ref_logits = reference(tokens, attention_mask)[:, prompt_len - 1:tokens.shape[1] - 1].float()
+        if not (torch.isfinite(logits).all() and torch.isfinite(ref_logits).all()):
+            raise FloatingPointError("Non-finite logits in the rollout (policy or reference): training has diverged.")
+        logp_all = sampling_logprobs(logits, temperature)
+        ref_logp_all = sampling_logprobs(ref_logits, temperature)
+        del logits, ref_logits
+        logprobs, ref_logprobs = gather_logprobs(logp_all, gen_tokens), gather_logprobs(ref_logp_all, gen_tokens)
+        if kl_placement == "reward":
+            kl_value, kl_score = kl_reward_terms(logprobs, ref_logprobs, direction=kl_direction,
+                                                 estimator=kl_estimator, logp_all=logp_all, ref_logp_all=ref_logp_all)
+        else:
+            kl_value = penalty_kl(logprobs, ref_logprobs, direction=kl_direction, estimator=kl_estimator,
+                                  logits_policy=logp_all, logits_ref=ref_logp_all)
+            kl_score = kl_value
+        rollout = Rollout(
+            prompts=list(prompts), completions=sampled.texts, tokens=tokens, attention_mask=attention_mask,
+            prompt_len=prompt_len, gen_mask=gen_mask, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
+            kl_value=kl_value * gen_mask, kl_score=kl_score * gen_mask,
+            kl_forward=kl_from_logprobs(logp_all, ref_logp_all) * gen_mask,
+            kl_reverse=kl_from_logprobs(ref_logp_all, logp_all) * gen_mask,
+            entropy=entropy_from_logprobs(logp_all) * gen_mask,
+            scores=score(reward, sampled.texts).to(tokens.device),
+            ref_logp_all=ref_logp_all if (kl_placement == "loss" and kl_estimator == "exact") else None,
+            live=live,
+        )
+    for name in ("values", "kl_value", "kl_score"):
+        if not torch.isfinite(getattr(rollout, name)).all():
+            raise FloatingPointError(f"Non-finite {name} in the rollout: training has diverged.")
+    return rollout

@@ -2,7 +2,8 @@
 
 A thin stateful shell over the pure pieces in ``rollout.py``, ``losses.py`` and ``kl.py``.
 Determinism: every phase seeds its own RNG from ``(seed, phase)``, so a run that is killed and
-resumed from a checkpoint reproduces the uninterrupted run's metrics.
+resumed from a checkpoint reproduces the uninterrupted run's metrics. Policy and reference stay in eval
+mode for the whole run (no dropout): the update's log-probs are those of the distribution that sampled.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -20,16 +20,21 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_interp.checkpoints import (checkpoint_dir, hf_state_dict, latest_checkpoint, list_checkpoints, plain_param_name,
-                                     read_meta, save_hf_model)
-from rlhf_interp.kl import AdaptiveKLController, FixedKLController, entropy_from_logprobs, masked_mean, penalty_kl
-from rlhf_interp.models import bridge_from_hf, load_hf_model, model_source
+from rlhf_interp.bridge.freezing import freeze_layers
+from rlhf_interp.bridge.heads import ValueHead
+from rlhf_interp.bridge.hf import hf_state_dict, plain_param_name
+from rlhf_interp.bridge.loading import bridge_from_hf, load_hf_model, model_source
+from rlhf_interp.bridge.run_dirs import checkpoint_dir, latest_checkpoint, list_checkpoints, read_meta
+from rlhf_interp.checkpoints import save_hf_model
+from rlhf_interp.core.io import append_jsonl, write_jsonl
+from rlhf_interp.core.seeding import mix_seed
+from rlhf_interp.kl import (AdaptiveKLController, FixedKLController, entropy_from_logprobs, kl_loss_terms, masked_mean,
+                            sampling_logprobs)
 from rlhf_interp.ppo import losses
 from rlhf_interp.ppo.config import PPOConfig
-from rlhf_interp.ppo.rollout import Rollout, collect, gather_logprobs
-from rlhf_interp.ppo.value_head import ValueHead, forward_with_values
+from rlhf_interp.ppo.rollout import Rollout, collect, gather_logprobs, policy_forward
 from rlhf_interp.prompts import load_prompts
-from rlhf_interp.rewards import RewardFn, get_reward
+from rlhf_interp.reward.functions import RewardFn, get_reward
 
 PhaseCallback = Callable[["PPOTrainer", dict[str, Any], Rollout], None]
 
@@ -53,7 +58,9 @@ class RunningStd:
 
     @property
     def std(self) -> float:
-        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+        """Running std, or 1 while it is undefined or ~0 (a constant reward must not be divided by 0)."""
+        std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+        return std if std > 1e-8 else 1.0
 
     def state_dict(self) -> dict[str, float]:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
@@ -62,7 +69,7 @@ class RunningStd:
         self.count, self.mean, self.m2 = int(s["count"]), s["mean"], s["m2"]
 
 
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+APPEND_ONLY_LOGS = ("metrics.jsonl", "samples.jsonl")  # one record per line, each with a "phase"
 
 
 class PPOTrainer:
@@ -111,26 +118,25 @@ class PPOTrainer:
             self.reference = None
         else:
             self.policy = bridge_from_hf(hf, tokenizer, name=cfg.model)
-            ref_hf, ref_tok, _ = load_hf_model(cfg.model, device=self.device)
-            self.reference = bridge_from_hf(ref_hf, ref_tok, name=cfg.model)
-            for p in self.reference.parameters():
-                p.requires_grad_(False)
-            self._freeze()
+            freeze_layers(self.hf_policy, cfg.freeze_layers, train_embeddings=cfg.train_embeddings)
+        # The reference: the adapter-off policy under LoRA when it is the starting model, else its own model.
+        separate_ref = self.peft_model is None or (cfg.ref_model or cfg.model) != cfg.model
+        self.reference = self._load_reference(cfg.ref_model or cfg.model) if separate_ref else None
         self.policy.rlhf_interp_source = cfg.model
+        self.policy.eval()  # no dropout anywhere in the run: log-probs are of the sampling distribution
         torch.manual_seed(cfg.seed)  # the value head's initial weights are part of the run's seed
         self.head = ValueHead(self.policy.cfg.d_model, cfg.value_head).to(self.device)
 
-    def _freeze(self) -> None:
-        """Freeze the first ``freeze_layers`` blocks and (unless asked) the tied embedding/unembedding."""
-        cfg = self.config
-        if cfg.freeze_layers > self.policy.cfg.n_layers:
-            raise ValueError(f"freeze_layers = {cfg.freeze_layers} but the model has {self.policy.cfg.n_layers} layers.")
-        for name, param in self.hf_policy.named_parameters():
-            plain = plain_param_name(name)
-            layer = _LAYER.search(plain)
-            frozen = (layer is not None and int(layer.group(1)) < cfg.freeze_layers) or (
-                not cfg.train_embeddings and ("embed_tokens" in plain or "lm_head" in plain))
-            param.requires_grad_(not frozen)
+    def _load_reference(self, source: str):
+        ref_hf, ref_tok, _ = load_hf_model(source, device=self.device)
+        reference = bridge_from_hf(ref_hf, ref_tok, name=source)
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        if reference.cfg.d_vocab != self.policy.cfg.d_vocab:
+            raise ValueError(f"ref_model {source!r} has a vocabulary of {reference.cfg.d_vocab} tokens, the policy "
+                             f"{self.config.model!r} {self.policy.cfg.d_vocab}: the KL compares next-token "
+                             f"distributions, so both need the same tokenizer.")
+        return reference.eval()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.hf_policy.parameters() if p.requires_grad]
@@ -155,27 +161,34 @@ class PPOTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
 
     def reference_logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.peft_model is not None:
+        if self.reference is None:
             with self.peft_model.disable_adapter():
                 return self.policy(tokens, attention_mask=attention_mask)
         return self.reference(tokens, attention_mask=attention_mask)
 
     # ------------------------------------------------------------------ one phase
     def _phase_prompts(self) -> list[str]:
-        rng = random.Random(self.config.seed * 1_000_003 + self.phase)
+        rng = random.Random(mix_seed(self.config.seed, self.phase))
         return rng.sample(self.prompts, min(self.config.batch_size, len(self.prompts))) if len(self.prompts) >= self.config.batch_size \
             else [rng.choice(self.prompts) for _ in range(self.config.batch_size)]
 
+    def _minibatch_orders(self) -> list[torch.Tensor]:
+        """One shuffled order of the batch per PPO epoch, seeded by (seed, phase)."""
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.phase)
+        return [torch.randperm(cfg.batch_size, generator=generator) for _ in range(cfg.ppo_epochs)]
+
     def run_phase(self) -> tuple[dict[str, Any], Rollout]:
         cfg = self.config
-        torch.manual_seed(cfg.seed * 1_000_003 + self.phase)
+        torch.manual_seed(mix_seed(cfg.seed, self.phase))
         start = time.perf_counter()
         self.policy.eval()
+        orders = self._minibatch_orders()
         rollout = collect(
             self.policy, self.head, self.reference_logits, self.reward, self._phase_prompts(),
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-            stop_at_eos=cfg.stop_at_eos, kl_direction=cfg.kl_direction, kl_estimator=cfg.kl_estimator,
-            keep_ref_logits=cfg.kl_placement == "loss" and cfg.kl_estimator == "exact", value_hook=cfg.value_head_hook,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
+            kl_direction=cfg.kl_direction, kl_estimator=cfg.kl_estimator, kl_placement=cfg.kl_placement,
+            value_hook=cfg.value_head_hook, grad_rows=orders[0][:cfg.minibatch_size],
         )
         rollout_seconds = time.perf_counter() - start
         mask = rollout.gen_mask
@@ -189,25 +202,26 @@ class PPOTrainer:
             self.reward_std.update(scores)
             scores = scores / self.reward_std.std
 
-        # Per-token rewards and advantages (GAE), then whitening.
+        # Per-token rewards (the KL too, when placed there) and advantages (GAE), then whitening.
         kl_coef = self.kl_ctl.coef
         in_reward = cfg.kl_placement == "reward"
-        rewards = losses.per_token_rewards(scores, rollout.kl_penalty, mask, kl_coef if in_reward else 0.0)
-        advantages, returns = losses.gae(rewards, rollout.values, mask, cfg.gamma, cfg.gae_lambda)
+        advantages, returns = losses.penalised_advantages(scores, rollout.kl_value, rollout.kl_score, rollout.values,
+                                                          mask, kl_coef if in_reward else 0.0, cfg.gamma,
+                                                          cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = losses.whiten(advantages, mask)
 
-        stats = self._update(rollout, advantages, returns, kl_coef)
+        stats = self._update(rollout, advantages, returns, kl_coef, orders)
         seconds = time.perf_counter() - start
         n_tokens = int(mask.sum().item())
-        kl_seq = (rollout.kl_penalty * mask).sum(-1)
+        kl_seq = (rollout.kl_value * mask).sum(-1)
         metrics: dict[str, Any] = {
             "phase": self.phase + 1,
             "reward_mean": rollout.scores.mean().item(),
             "reward_std": rollout.scores.std().item() if len(rollout.scores) > 1 else 0.0,
             "kl_forward_per_token": masked_mean(rollout.kl_forward, mask).item(),
             "kl_reverse_per_token": masked_mean(rollout.kl_reverse, mask).item(),
-            f"kl_{cfg.kl_direction}_{cfg.kl_estimator}_per_token": masked_mean(rollout.kl_penalty, mask).item(),
+            f"kl_{cfg.kl_direction}_{cfg.kl_estimator}_per_token": masked_mean(rollout.kl_value, mask).item(),
             "kl_penalty_per_sequence": kl_seq.mean().item(),
             "non_score_reward": (-kl_coef * kl_seq).mean().item() if in_reward else 0.0,
             "entropy": masked_mean(rollout.entropy, mask).item(),
@@ -224,55 +238,68 @@ class PPOTrainer:
         self.phase += 1
         return metrics, rollout
 
-    def _update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, kl_coef: float
-                ) -> dict[str, float]:
+    def _update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, kl_coef: float,
+                orders: list[torch.Tensor]) -> dict[str, float]:
         """ppo_epochs passes over shuffled minibatches: clipped policy loss + clipped value loss - entropy bonus
-        (+ the KL term when it is placed in the loss)."""
+        (+ the KL term when it is placed in the loss). The first minibatch reuses the rollout's policy pass."""
         cfg = self.config
-        self.policy.train()
-        generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.phase)
         totals: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy_bonus", "clip_fraction",
                                                           "approx_kl", "kl_loss", "grad_norm")}
-        predicting = slice(rollout.prompt_len - 1, rollout.tokens.shape[1] - 1)
+        max_log_ratio = 0.0
         gen = rollout.gen_tokens
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(cfg.batch_size, generator=generator)
+        for order in orders:
             for idx in order.split(cfg.minibatch_size):
                 idx = idx.to(rollout.tokens.device)
+                live = rollout.take_live()
+                if live is not None and torch.equal(live.rows, idx):
+                    logits, values = live.logits, live.values
+                else:
+                    logits, values = policy_forward(self.policy, self.head, rollout.tokens[idx],
+                                                    rollout.attention_mask[idx], rollout.prompt_len,
+                                                    cfg.value_head_hook)
+                del live
                 mask = rollout.gen_mask[idx]
-                logits, values = forward_with_values(self.policy, self.head, rollout.tokens[idx],
-                                                     rollout.attention_mask[idx], cfg.value_head_hook)
-                logits, values = logits[:, predicting].float(), values[:, predicting].float()
-                logprobs, logp_all = gather_logprobs(logits, gen[idx])
+                logp_all = sampling_logprobs(logits, cfg.temperature)
+                logprobs = gather_logprobs(logp_all, gen[idx])
+                old_logprobs = rollout.logprobs[idx]
                 pg_loss, clip_fraction, approx_kl = losses.policy_loss(
-                    logprobs, rollout.logprobs[idx], advantages[idx], mask, cfg.clip_range)
+                    logprobs, old_logprobs, advantages[idx], mask, cfg.clip_range)
                 v_loss = losses.value_loss(values, rollout.values[idx], returns[idx], mask, cfg.clip_range_value)
                 ent = masked_mean(entropy_from_logprobs(logp_all), mask)
-                loss = pg_loss + cfg.value_loss_coef * v_loss - cfg.entropy_coef * ent
-                kl_loss = torch.zeros(())
+                kl_loss = torch.zeros((), device=logits.device)
                 if cfg.kl_placement == "loss":
-                    kl_tokens = penalty_kl(logprobs, rollout.ref_logprobs[idx], direction=cfg.kl_direction,
-                                           estimator=cfg.kl_estimator, logits_policy=logits,
-                                           logits_ref=None if rollout.ref_logits is None else rollout.ref_logits[idx])
+                    kl_tokens = kl_loss_terms(
+                        logprobs, old_logprobs, rollout.ref_logprobs[idx], direction=cfg.kl_direction,
+                        estimator=cfg.kl_estimator, logp_all=logp_all,
+                        ref_logp_all=None if rollout.ref_logp_all is None else rollout.ref_logp_all[idx])
                     kl_loss = masked_mean(kl_tokens, mask)
-                    loss = loss + kl_coef * kl_loss
-                if not torch.isfinite(loss):
+                terms = {"policy": pg_loss, "value": v_loss, "entropy": ent, "KL": kl_loss}
+                bad = [name for name, term in terms.items() if not torch.isfinite(term)]
+                if bad:
                     raise TrainingDivergedError(
-                        f"Loss became {loss.item()} at phase {self.phase + 1} (policy {pg_loss.item():.4g}, value "
-                        f"{v_loss.item():.4g}). Lower lr / head_lr or raise max_grad_norm clipping; the last "
-                        f"checkpoint in {self.run_dir} is intact.")
+                        f"Loss term(s) {bad} became non-finite at phase {self.phase + 1} (policy {pg_loss.item():.4g}, "
+                        f"value {v_loss.item():.4g}, entropy {ent.item():.4g}, KL {kl_loss.item():.4g}). Lower lr / "
+                        f"head_lr or kl_coef, or lower max_grad_norm; the last checkpoint in {self.run_dir} is intact.")
+                loss = pg_loss + cfg.value_loss_coef * v_loss - cfg.entropy_coef * ent + kl_coef * kl_loss
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters() + list(self.head.parameters()),
                                                            cfg.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    raise TrainingDivergedError(
+                        f"Gradient norm became {grad_norm.item()} at phase {self.phase + 1}. Lower lr / head_lr or "
+                        f"kl_coef; the last checkpoint in {self.run_dir} is intact.")
                 self.optimizer.step()
                 self.scheduler.step()
+                with torch.no_grad():
+                    log_ratio = (logprobs - old_logprobs).abs() * mask
+                    max_log_ratio = max(max_log_ratio, float(log_ratio.max()))
                 for key, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy_bonus", ent),
                                    ("clip_fraction", clip_fraction), ("approx_kl", approx_kl), ("kl_loss", kl_loss),
                                    ("grad_norm", grad_norm)):
                     totals[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
-        self.policy.eval()
         stats = {k: sum(v) / len(v) for k, v in totals.items()}
+        stats["max_abs_log_ratio"] = max_log_ratio  # how far pi moved from pi_old within the phase (0 before any step)
         stats["explained_variance"] = losses.explained_variance(rollout.values, returns, rollout.gen_mask)
         return stats
 
@@ -341,18 +368,16 @@ class PPOTrainer:
     def _log(self, metrics: dict[str, Any], rollout: Rollout) -> None:
         cfg = self.config
         if self.phase % cfg.log_every == 0 or self.phase == cfg.phases:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            append_jsonl(self.run_dir / "metrics.jsonl", metrics)
         if self._tb is not None:
             for key, value in metrics.items():
                 self._tb.add_scalar(key, value, self.phase)
         if self._wandb is not None:
             self._wandb.log(metrics, step=self.phase)
         if cfg.sample_every and (self.phase % cfg.sample_every == 0 or self.phase == 1):
-            with open(self.run_dir / "samples.jsonl", "a") as f:
-                for prompt, completion, value in zip(rollout.prompts, rollout.completions, rollout.scores.tolist()):
-                    f.write(json.dumps({"phase": self.phase, "prompt": prompt, "completion": completion,
-                                        "reward": value}) + "\n")
+            for prompt, completion, value in zip(rollout.prompts, rollout.completions, rollout.scores.tolist()):
+                append_jsonl(self.run_dir / "samples.jsonl", {"phase": self.phase, "prompt": prompt,
+                                                              "completion": completion, "reward": value})
 
     @contextmanager
     def _merged_hf_model(self) -> Iterator[Any]:
@@ -430,16 +455,29 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.reward_std.load_state_dict(state["reward_std"])
         self.phase = int(state["phase"])
-        metrics_file = self.run_dir / "metrics.jsonl"
-        if metrics_file.exists():
-            # Keep only the lines up to the checkpoint: phases after it are run again.
-            lines = [ln for ln in metrics_file.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln)["phase"] <= self.phase]
-            metrics_file.write_text("".join(ln + "\n" for ln in kept))
-            self.history = [json.loads(ln) for ln in kept]
+        # Phases after the checkpoint are run again: their log lines go, so none is written twice.
+        for name in APPEND_ONLY_LOGS:
+            kept = trim_log(self.run_dir / name, self.phase)
+            if name == "metrics.jsonl":
+                self.history = kept
         meta = read_meta(ckpt)
         if meta.get("base_model") not in (None, self.config.model):
             raise ValueError(f"Checkpoint {ckpt} was trained from {meta['base_model']!r}, config says {self.config.model!r}.")
+
+
+def trim_log(path: Path, phase: int) -> list[dict[str, Any]]:
+    """Rewrite an append-only JSONL log atomically with only its records up to ``phase``; return them.
+
+    A last line without its newline was torn by a kill mid-write (its phase came after the checkpoint, which
+    is written after the logs): it is dropped, as is every complete line of a later phase.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    complete = lines[:-1]  # the text after the last newline is "" or a torn record
+    kept = [record for record in (json.loads(line) for line in complete if line.strip()) if record["phase"] <= phase]
+    write_jsonl(path, kept)
+    return kept
 
 
 def model_summary(trainer: PPOTrainer) -> str:

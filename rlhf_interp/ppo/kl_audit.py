@@ -1,0 +1,217 @@
+"""Audit the KL options on a policy small enough to enumerate: is each surrogate's gradient the
+gradient of the KL it names?
+
+A tabular policy over sequences (``vocab ** horizon`` of them, one logit row per prefix) in float64.
+The *true* gradient comes from autograd through the enumerated objective; the *surrogate* gradient comes
+from the very functions the trainer calls (`kl.kl_loss_terms`, `kl.kl_reward_terms`,
+`losses.penalised_advantages`, `losses.policy_loss`) on sampled or enumerated sequences:
+
+- its expectation (every sequence weighted by its probability under pi_old) shows the bias;
+- a Monte-Carlo mean over ``n_samples`` sequences shows that the variance is workable.
+
+Targets, both scaled by ``1 / horizon`` because PPO averages over tokens:
+
+- ``placement='loss'``: ``sum_x pi_old(x) sum_t D(s_t)``, the per-token KL at the rollout's states, the
+  states held fixed; checked on-policy and off-policy (theta != theta_old, as in later PPO epochs);
+- ``placement='reward'``: ``sum_x pi(x) sum_t D(s_t)``, the states moving with the policy (forward: the
+  sequence-level KL(pi||ref)); checked on-policy, where PPO computes its advantages.
+
+Run ``python -m rlhf_interp.ppo.kl_audit --csv docs/kl_gradients.csv`` to rebuild docs/kl.md's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from rlhf_interp.kl import kl_from_logprobs, kl_loss_terms, kl_options, kl_reward_terms, masked_mean, penalty_kl
+from rlhf_interp.ppo import losses
+
+
+@dataclass
+class TabularProblem:
+    """Policy (old and current), reference and a state-value baseline, one row per prefix."""
+
+    vocab: int
+    horizon: int
+    theta_old: Tensor  # [n_states, vocab] logits of the rollout's policy
+    theta: Tensor  # [n_states, vocab] logits where the gradient is taken
+    ref: Tensor  # [n_states, vocab]
+    baseline: Tensor  # [n_states] any function of the state: must not bias anything
+
+    @property
+    def on_policy(self) -> bool:
+        return bool(torch.equal(self.theta, self.theta_old))
+
+
+def make_problem(vocab: int, horizon: int, *, seed: int = 0, distance: float = 1.0, off_policy: float = 0.0
+                 ) -> TabularProblem:
+    """Random reference logits; the policy ``distance`` away; theta a further ``off_policy`` away."""
+    g = torch.Generator().manual_seed(seed)
+    n_states = sum(vocab ** t for t in range(horizon))
+    ref = torch.randn(n_states, vocab, generator=g, dtype=torch.float64)
+    theta_old = ref + distance * torch.randn(n_states, vocab, generator=g, dtype=torch.float64)
+    theta = theta_old + off_policy * torch.randn(n_states, vocab, generator=g, dtype=torch.float64)
+    baseline = torch.randn(n_states, generator=g, dtype=torch.float64)
+    return TabularProblem(vocab, horizon, theta_old, theta, ref, baseline)
+
+
+def all_sequences(vocab: int, horizon: int) -> Tensor:
+    """Every sequence, ``[vocab ** horizon, horizon]``."""
+    return torch.cartesian_prod(*[torch.arange(vocab)] * horizon).reshape(-1, horizon)
+
+
+def state_index(tokens: Tensor, vocab: int) -> Tensor:
+    """Row of the logit table for the prefix before each token: prefixes of length t start at sum_{j<t} V^j."""
+    n, horizon = tokens.shape
+    index = torch.zeros(n, horizon, dtype=torch.long)
+    offset, code = 0, torch.zeros(n, dtype=torch.long)
+    for t in range(horizon):
+        index[:, t] = offset + code
+        offset += vocab ** t
+        code = code * vocab + tokens[:, t]
+    return index
+
+
+def sequence_logprob(theta: Tensor, tokens: Tensor, states: Tensor) -> Tensor:
+    return torch.log_softmax(theta, -1)[states].gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
+
+
+def _per_state_kl(problem: TabularProblem, theta: Tensor, direction: str) -> Tensor:
+    logp, logq = torch.log_softmax(theta, -1), torch.log_softmax(problem.ref, -1)
+    return kl_from_logprobs(logp, logq) if direction == "forward" else kl_from_logprobs(logq, logp)
+
+
+def true_gradient(problem: TabularProblem, direction: str, placement: str) -> Tensor:
+    """Gradient at ``problem.theta`` of the target named by (direction, placement), over the token mean."""
+    seqs = all_sequences(problem.vocab, problem.horizon)
+    states = state_index(seqs, problem.vocab)
+    theta = problem.theta.clone().requires_grad_(True)
+    states_from = problem.theta_old if placement == "loss" else theta  # loss: the rollout's states, fixed
+    weight = sequence_logprob(states_from, seqs, states).exp()
+    per_token = _per_state_kl(problem, theta, direction)[states]  # [n_seq, horizon]
+    target = (weight * per_token.sum(-1)).sum() / problem.horizon
+    return torch.autograd.grad(target, theta)[0]
+
+
+def surrogate_gradient(problem: TabularProblem, direction: str, estimator: str, placement: str, tokens: Tensor,
+                       weights: Tensor | None = None, *, naive: bool = False) -> Tensor:
+    """Gradient of the trainer's KL objective on ``tokens`` (sampled from pi_old), at ``problem.theta``.
+
+    ``weights`` (one per sequence, summing to 1) turns the sample mean into an exact expectation when
+    ``tokens`` are all sequences. ``naive=True`` gives what the trainer did before these surrogates (the
+    per-token value estimate differentiated as a loss, or put in the reward alone), for the audit table.
+    """
+    n, horizon = tokens.shape
+    states = state_index(tokens, problem.vocab)
+    theta = problem.theta.clone().requires_grad_(True)
+    logp_all = torch.log_softmax(theta, -1)[states]
+    ref_all = torch.log_softmax(problem.ref, -1)[states]
+    old_all = torch.log_softmax(problem.theta_old, -1)[states]
+    pick = tokens[..., None]
+    logp, logref, logp_old = (x.gather(-1, pick).squeeze(-1) for x in (logp_all, ref_all, old_all))
+    mask = torch.ones(n, horizon, dtype=torch.float64)
+    weighted = mask if weights is None else weights[:, None].expand(n, horizon)
+    if placement == "loss":
+        if naive:
+            terms = penalty_kl(logp, logref, direction=direction, estimator=estimator, logits_policy=logp_all,
+                               logits_ref=ref_all)
+        else:
+            terms = kl_loss_terms(logp, logp_old, logref, direction=direction, estimator=estimator,
+                                  logp_all=logp_all, ref_logp_all=ref_all)
+        objective = masked_mean(terms, weighted)
+    else:
+        if not problem.on_policy:
+            raise ValueError("The reward placement is checked on-policy: PPO computes advantages at theta_old.")
+        with torch.no_grad():
+            if naive:
+                value = penalty_kl(logp, logref, direction=direction, estimator=estimator, logits_policy=logp_all,
+                                   logits_ref=ref_all)
+                score = value
+            else:
+                value, score = kl_reward_terms(logp, logref, direction=direction, estimator=estimator,
+                                               logp_all=logp_all, ref_logp_all=ref_all)
+            advantages, _ = losses.penalised_advantages(torch.zeros(n, dtype=torch.float64), value, score,
+                                                        problem.baseline[states], mask, kl_coef=1.0, gamma=1.0,
+                                                        lam=1.0)
+        # PPO minimises -A * ratio: with the KL as a cost, -A has the KL's gradient.
+        objective, _, _ = losses.policy_loss(logp, logp_old.detach(), advantages, weighted, clip_range=0.2)
+    return torch.autograd.grad(objective, theta)[0]
+
+
+def compare(estimate: Tensor, truth: Tensor) -> dict[str, float]:
+    """Cosine and relative norm error ``|estimate - truth| / |truth|``."""
+    cosine = torch.nn.functional.cosine_similarity(estimate.flatten(), truth.flatten(), dim=0).item()
+    return {"cosine": cosine, "rel_error": ((estimate - truth).norm() / truth.norm()).item()}
+
+
+def check(problem: TabularProblem, direction: str, estimator: str, placement: str, *, n_samples: int,
+          seed: int = 0, naive: bool = False) -> dict[str, float]:
+    """Bias (exact expectation) and Monte-Carlo agreement of one option with the true gradient."""
+    truth = true_gradient(problem, direction, placement)
+    seqs = all_sequences(problem.vocab, problem.horizon)
+    probs = sequence_logprob(problem.theta_old, seqs, state_index(seqs, problem.vocab)).exp()
+    expected = surrogate_gradient(problem, direction, estimator, placement, seqs, probs, naive=naive)
+    g = torch.Generator().manual_seed(seed)
+    sample = seqs[torch.multinomial(probs, n_samples, replacement=True, generator=g)]
+    mc = surrogate_gradient(problem, direction, estimator, placement, sample, naive=naive)
+    exp_cmp, mc_cmp = compare(expected, truth), compare(mc, truth)
+    return {"expected_cosine": exp_cmp["cosine"], "expected_rel_error": exp_cmp["rel_error"],
+            "mc_cosine": mc_cmp["cosine"], "mc_rel_error": mc_cmp["rel_error"], "n_samples": n_samples}
+
+
+# The problems the tests and docs/kl.md use: one step, and three steps of a 3-token vocabulary.
+PROBLEMS = {"one_step": dict(vocab=6, horizon=1), "multi_step": dict(vocab=3, horizon=3)}
+N_SAMPLES = 100_000
+OFF_POLICY = 0.3
+
+
+def _check_or_nan(problem: TabularProblem, direction: str, estimator: str, placement: str, n_samples: int,
+                  seed: int, *, naive: bool) -> dict[str, float]:
+    """`check`, or NaNs where the naive form does not exist (reverse k2 never had one)."""
+    try:
+        return check(problem, direction, estimator, placement, n_samples=n_samples, seed=seed, naive=naive)
+    except ValueError:
+        nan = float("nan")
+        return {"expected_cosine": nan, "expected_rel_error": nan, "mc_cosine": nan, "mc_rel_error": nan,
+                "n_samples": n_samples}
+
+
+def audit_table(n_samples: int = N_SAMPLES, seed: int = 0) -> pd.DataFrame:
+    """One row per (problem, theta, direction, estimator, placement): accepted options with the trainer's
+    surrogate, refused ones with the naive form they would have had (why they are refused)."""
+    rows = []
+    for name, shape in PROBLEMS.items():
+        for at, off in (("on_policy", 0.0), ("off_policy", OFF_POLICY)):
+            problem = make_problem(**shape, seed=seed, off_policy=off)
+            for direction, estimator, placement, accepted in kl_options():
+                if placement == "reward" and off:
+                    continue
+                result = _check_or_nan(problem, direction, estimator, placement, n_samples, seed, naive=not accepted)
+                naive = _check_or_nan(problem, direction, estimator, placement, n_samples, seed, naive=True) \
+                    if accepted else result
+                rows.append({"problem": name, "theta": at, "direction": direction, "estimator": estimator,
+                             "placement": placement, "accepted": accepted, **result,
+                             "naive_expected_cosine": naive["expected_cosine"],
+                             "naive_expected_rel_error": naive["expected_rel_error"]})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", help="write the table here")
+    parser.add_argument("--n-samples", type=int, default=N_SAMPLES)
+    args = parser.parse_args(argv)
+    table = audit_table(args.n_samples)
+    if args.csv:
+        table.to_csv(args.csv, index=False, float_format="%.4f")
+    with pd.option_context("display.width", 200, "display.max_rows", 200):
+        print(table.round(4).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
