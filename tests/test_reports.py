@@ -126,6 +126,15 @@ def test_save_is_deterministic_and_keeps_other_files(tmp_path):
     assert first == second
 
 
+def test_dropped_figure_is_removed_but_data_is_kept(tmp_path):
+    out = small_report(tmp_path).save()
+    later = Report("demo", "A demo report", root=tmp_path)
+    later.table("points", pd.DataFrame({"layer": [0]}))
+    later.save()
+    assert not (out / "kl.png").exists() and not (out / "heads.html").exists()
+    assert (out / "everything.csv").exists() and (out / "points.csv").exists()
+
+
 def test_bad_block_name_is_refused(tmp_path):
     with pytest.raises(ValueError, match="becomes a file name"):
         Report("x", "t", root=tmp_path).table("../escape", pd.DataFrame({"a": [1]}))

@@ -222,10 +222,22 @@ class Report:
         atomic_write_text(out / "index.html", H.page(self.title, "\n".join(body) + footer, scripts=scripts, nav=nav))
         if self.config is not None:
             atomic_write_json(out / "config.json", self.config)
+        self._prune(out, ["README.md", "index.html", *written])
         atomic_write_json(out / MANIFEST, {"name": self.name, "title": self.title, "headline": self.headline,
                                            "source": self._source(), "sections": sections,
                                            "files": ["README.md", "index.html", *written]})
         return out
+
+    @staticmethod
+    def _prune(out: Path, files: list[str]) -> None:
+        """Delete figures and view pages the previous save wrote and this one did not (a renamed or dropped
+        figure must not linger beside the page). CSVs are data and are never deleted."""
+        manifest = out / MANIFEST
+        if not manifest.exists():
+            return
+        for name in json.loads(manifest.read_text()).get("files", []):
+            if name not in files and name.endswith((".png", ".html")) and "/" not in name:
+                (out / name).unlink(missing_ok=True)
 
     def _source(self) -> str:
         """The analysis script, relative to the directory holding the reports root when possible."""
