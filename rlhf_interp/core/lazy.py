@@ -18,20 +18,20 @@ def lazy_exports(package: str, where: dict[str, str], *, deprecated: str | None 
     """``(__getattr__, __dir__)`` for module ``package`` whose names live in ``where`` (name -> module).
 
     Module paths starting with ``.`` are relative to ``package``. With ``deprecated`` (the new home, e.g.
-    ``"rlhf_interp.bridge"``) every access warns once per name with a DeprecationWarning pointing at the
-    caller's line.
+    ``"rlhf_interp.bridge"``) every access warns with a DeprecationWarning pointing at the caller's line
+    (Python's warning filters show it once per line).
     """
-    warned: set[str] = set()
 
     def __getattr__(name: str) -> Any:
         module = where.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module, package if module.startswith(".") else None), name)
-        if deprecated is not None and name not in warned:
-            warned.add(name)
+        if deprecated is not None:
             warnings.warn(f"{package}.{name} moved to {deprecated}; the old path works for one more release.",
                           DeprecationWarning, stacklevel=2)
+        else:
+            setattr(sys.modules[package], name, value)  # later lookups skip __getattr__
         return value
 
     def __dir__() -> list[str]:
