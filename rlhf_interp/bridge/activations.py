@@ -85,9 +85,12 @@ def recording(model, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
     into the yielded dict — for passes that another function runs (e.g. a partial decoder pass)."""
     got: dict[str, Tensor] = {}
 
-    def keep(act: Tensor, hook) -> Tensor:
-        got[hook.name] = act.detach()
-        return act
+    def keeper(name: str):
+        def keep(act: Tensor, hook) -> Tensor:
+            got[name] = act.detach()  # by the name asked for (a hook's own name may be an alias of it)
+            return act
 
-    with model.hooks(fwd_hooks=[(name, keep) for name in dict.fromkeys(names)]):
+        return keep
+
+    with model.hooks(fwd_hooks=[(name, keeper(name)) for name in dict.fromkeys(names)]):
         yield got
