@@ -4,6 +4,7 @@ coverage of the reference, and the k1/k2/k3 estimator audit against exact KLs on
 from __future__ import annotations
 
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -193,3 +194,95 @@ def test_binned_audit_separates_states_and_sequence_spread_grows_with_length():
     assert 1.6 < k1_8["sum_error_std"] / k1_2["sum_error_std"] < 2.5
     assert k1_8["exact_sum_mean"] == pytest.approx(4 * k1_2["exact_sum_mean"])
     assert sums.loc[("forward|policy", "k3", 8), "share_negative_sum"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# matching runs at equal KL / reward
+
+
+def test_runs_are_read_at_the_first_crossing_of_a_common_level():
+    from rlhf_interp.probes.matching import at_level, common_level, matched, seed_spread
+
+    a = pd.DataFrame({"run": "a", "phase": [1, 2, 3, 4], "kl": [0.0, 0.1, 0.3, 0.2], "reward": [1.0, 2.0, 4.0, 9.0]})
+    b = pd.DataFrame({"run": "b", "phase": [1, 2, 3], "kl": [0.0, 0.05, 0.25], "reward": [1.0, 1.0, 3.0]})
+    point = at_level(a, "kl", 0.2, ["reward", "phase"])
+    assert point["reward"] == pytest.approx(3.0) and point["phase"] == pytest.approx(2.5) and point["reached"] == 1
+    assert at_level(a, "kl", 0.0, ["reward"])["reward"] == 1.0
+    assert math.isnan(at_level(b, "kl", 0.3, ["reward"])["reward"])
+    both = pd.concat([a, b])
+    level = common_level(both, ["run"], "kl", fraction=0.8)
+    assert level == pytest.approx(0.2)  # 0.8 x the smaller peak, 0.25
+    table = matched(both, ["run"], "kl", level, ["reward"], order="phase").set_index("run")
+    assert table.loc["b", "reward"] == pytest.approx(1.0 + (0.2 - 0.05) / 0.2 * 2.0)
+    spread = seed_spread(table.reset_index().assign(task="t"), ["task"], ["reward"]).iloc[0]
+    assert spread["n"] == 2 and spread["min"] == pytest.approx(2.5) and spread["max"] == pytest.approx(3.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the study that uses them (analyses/kl_direction.py, analyses/kl_estimators.py) on the tiny model
+
+
+def _analysis(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "analyses" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_analysis", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kl_direction_study_resumes_in_parts_and_renders_from_csvs(tmp_path):
+    import json
+    import shutil
+    from dataclasses import replace
+
+    kd, ke = _analysis("kl_direction"), _analysis("kl_estimators")
+    study = replace(kd.Study.tiny(), tasks=("suppress",), seeds=(0,), phases=4, eval_every=2, behaviour="newline")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    kd.run_base(study, whole)
+    base = kd.read_base(whole)
+    rates = pd.read_csv(whole / "base" / "base_rates.csv").set_index("behaviour")
+    assert base["behaviour"] == "newline" and base["base_rate"] == pytest.approx(rates.loc["newline", "rate"])
+    for name in study.run_names():
+        kd.train_run(study, whole, name, progress=False)
+    # The same run in two parts (2 phases, then extended to 4) reproduces the uninterrupted one.
+    shutil.copytree(whole / "base", parts / "base")
+    kd.train_run(replace(study, phases=2), parts, "suppress-forward-s0", progress=False)
+    kd.train_run(study, parts, "suppress-forward-s0", progress=False)
+    for log in ("metrics.jsonl", "probes.jsonl"):
+        a = pd.read_json(whole / "runs" / "suppress-forward-s0" / log, lines=True)
+        b = pd.read_json(parts / "runs" / "suppress-forward-s0" / log, lines=True)
+        assert list(b["phase"]) == [1, 2, 3, 4]
+        for col in ("reward_mean", "kl_forward_per_token") if log == "metrics.jsonl" else ("x_rate", "distinct_2"):
+            assert b[col].tolist() == pytest.approx(a[col].tolist(), abs=1e-5), (log, col)
+    final = [json.loads((d / "runs" / "suppress-forward-s0" / "evals" / "0004" / "summary.json").read_text())
+             for d in (whole, parts)]
+    assert final[1]["kl_forward_per_token"] == pytest.approx(final[0]["kl_forward_per_token"], rel=1e-3, abs=1e-7)
+
+    report_dir = tmp_path / "reports" / "kl_direction"
+    kd.compute(study, whole, report_dir)
+    evals = pd.read_csv(report_dir / "evals.csv")
+    assert sorted(evals["updates"].unique()) == [0, 2, 4] and len(evals) == 9
+    at_base = evals[evals["updates"] == 0]
+    assert (at_base["lost_100x"] == 0).all() and at_base["kl_forward_per_token"].abs().max() < 1e-6
+    moved = evals[(evals["updates"] == 4) & (evals["penalty"] == "forward")]
+    assert float(moved["kl_forward_per_token"].iloc[0]) > 0
+    # Rendered from the CSVs alone (run directories gone): the headline's numbers are end.csv's.
+    shutil.rmtree(whole / "runs")
+    out = kd.render(report_dir).save()
+    page = (out / "README.md").read_text()
+    end = pd.read_csv(report_dir / "end.csv").set_index(["task", "penalty", "metric"])
+    assert f"reverse {100 * end.loc[('suppress', 'reverse', 'x_rate'), 'mean']:.0f}%" in page
+    assert "newline" in pd.read_csv(report_dir / "base_rates.csv")["behaviour"].tolist()
+    for png in ("trajectories", "x_rate", "coverage_hist", "diversity"):
+        assert (out / f"{png}.png").stat().st_size > 1000
+
+    est_dir = tmp_path / "reports" / "kl_estimators"
+    ke.compute(parts, est_dir)
+    binned = pd.read_csv(est_dir / "binned.csv")
+    assert set(binned["setting"]) == {"forward|policy", "reverse|reference", "reverse|policy-iw"}
+    assert (binned.loc[binned["estimator"] != "k1", "share_negative"] == 0).all()
+    assert (ke.render(est_dir).save() / "index.html").exists()

@@ -1,0 +1,736 @@
+"""The wrong-way-around KL, measured: PPO with a forward, a reverse or no KL penalty on the embedded model.
+
+    python analyses/kl_direction.py base   --study runs/kl_direction    # reference samples, base rates, behaviour X
+    python analyses/kl_direction.py train  --study runs/kl_direction    # 2 tasks x 3 penalties x 2 seeds, resumable
+    python analyses/kl_direction.py train  --study runs/kl_direction --only periods-forward-s0 periods-none-s0
+    python analyses/kl_direction.py report --study runs/kl_direction    # tables -> reports/kl_direction/ + the page
+    python analyses/kl_direction.py render                              # the page again, from its CSVs alone
+    python analyses/kl_direction.py all    --study runs/kl_direction    # base, train, report
+    (add --tiny to any of them for a seconds-long run on the tiny random model: a smoke test of the pipeline)
+
+Here forward = KL(pi || ref) (Ziegler et al.) and reverse = KL(ref || pi); some RL libraries use the opposite
+words. Both penalties use the same estimator and placement (the exact per-token KL over the vocabulary as a
+loss term, accepted in both directions, docs/kl.md) and the same fixed coefficient, so only the direction
+differs; "none" has coefficient 0.
+
+Two tasks: **periods** (reward = number of '.' in the continuation: RL pushes a behaviour up) and
+**suppress** (reward = -(number of occurrences of a behaviour X): RL pushes a behaviour of the reference
+down). X is chosen in the ``base`` step from `probes.behaviour.CANDIDATES` as the one whose rate in the base
+model's continuations of the shipped prompts is closest to 20% within 10-30% (or given with --behaviour).
+
+Measured per phase (from the rollout, free): reward, exact KL both directions per token and per sequence,
+entropy, token-id distinct-1/2/3, the rate of X. Every ``eval_every`` phases (and at the end) on fixed
+prompts with a fixed seed (the same random numbers for every run): the same on more samples, plus coverage
+of the reference (`probes.coverage`: N pre-drawn reference samples per prompt scored under the policy), plus
+the per-token scores that `analyses/kl_estimators.py` audits. Runs are PPOTrainer run directories and resume
+from their last checkpoint; evaluations are written per phase and redone if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from rlhf_interp.core.io import append_jsonl, atomic_path, atomic_write_json, read_jsonl, trim_jsonl, write_jsonl
+from rlhf_interp.probes.behaviour import CANDIDATES, Behaviour, behaviour_rates, chunked_distinct, collapse_onset, \
+    token_distinct
+from rlhf_interp.probes.matching import common_level, matched, seed_spread
+from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.plots import series_style
+
+NAME = "kl_direction"
+PENALTIES = ("forward", "reverse", "none")
+TASKS = ("periods", "suppress")
+PENALTY_LABEL = {"forward": "forward KL(π‖ref)", "reverse": "reverse KL(ref‖π)", "none": "no KL penalty"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The study's settings
+
+
+@dataclass
+class Study:
+    """Everything that defines the study; saved as ``<study>/study.json`` and in the report's config."""
+
+    model: str = "smollm2-135m"
+    seeds: tuple[int, ...] = (0, 1)
+    tasks: tuple[str, ...] = TASKS
+    penalties: tuple[str, ...] = PENALTIES
+    kl_coef: float = 0.3  # the same fixed coefficient for forward and reverse
+    phases: int = 25
+    batch_size: int = 8
+    minibatch_size: int = 4
+    ppo_epochs: int = 4
+    max_new_tokens: int = 24
+    lr: float = 5e-5
+    head_lr: float = 5e-4
+    freeze_layers: int = 15
+    eval_every: int = 5
+    eval_prompts: int = 16  # fixed prompts for evaluations and coverage
+    eval_samples: int = 2  # policy samples per eval prompt
+    ref_samples: int = 4  # reference samples per eval prompt (coverage)
+    base_prompts: int = 320  # base continuations measured for the behaviour rates (one per prompt)
+    eval_seed: int = 1234
+    behaviour: str | None = None  # a CANDIDATES name; None: chosen in the base step
+    extra: dict[str, Any] = field(default_factory=dict)  # further PPOConfig fields
+
+    @classmethod
+    def tiny(cls) -> "Study":
+        """Seconds per run on the tiny random model: checks the pipeline, not the science."""
+        return cls(model="tiny-test", phases=4, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=8,
+                   lr=1e-3, head_lr=1e-3, freeze_layers=0, eval_every=2, eval_prompts=3, eval_samples=2,
+                   ref_samples=3, base_prompts=24, kl_coef=0.3)
+
+    def run_names(self) -> list[str]:
+        return [run_name(t, p, s) for t in self.tasks for p in self.penalties for s in self.seeds]
+
+
+def run_name(task: str, penalty: str, seed: int) -> str:
+    return f"{task}-{penalty}-s{seed}"
+
+
+def parse_run_name(name: str) -> tuple[str, str, int]:
+    task, penalty, seed = name.rsplit("-", 2)
+    return task, penalty, int(seed.lstrip("s"))
+
+
+def load_study(study_dir: Path) -> Study:
+    path = study_dir / "study.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python analyses/kl_direction.py base --study {study_dir}` "
+                                f"first.")
+    data = json.loads(path.read_text())
+    for key in ("seeds", "tasks", "penalties"):
+        data[key] = tuple(data[key])
+    return Study(**data)
+
+
+def ppo_config(study: Study, task: str, penalty: str, seed: int, behaviour: Behaviour):
+    """The PPOConfig of one run."""
+    from rlhf_interp.ppo import PPOConfig
+
+    if task == "periods":
+        reward = {"reward": "char_count", "reward_kwargs": {"char": "."}, "reward_scale": 1.0}
+    elif task == "suppress":
+        reward = behaviour.reward_config()
+    else:
+        raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
+    if penalty == "none":
+        kl = {"kl_coef": 0.0, "kl_direction": "forward", "kl_estimator": "k1", "kl_placement": "reward"}
+    elif penalty in ("forward", "reverse"):
+        kl = {"kl_coef": study.kl_coef, "kl_direction": penalty, "kl_estimator": "exact", "kl_placement": "loss"}
+    else:
+        raise ValueError(f"Unknown penalty {penalty!r}; use one of {PENALTIES}.")
+    fields = {"model": study.model, "seed": seed, **reward, **kl, "adaptive_kl": False, "normalize_reward": True,
+              "phases": study.phases, "batch_size": study.batch_size, "minibatch_size": study.minibatch_size,
+              "ppo_epochs": study.ppo_epochs, "max_new_tokens": study.max_new_tokens, "temperature": 1.0,
+              "lr": study.lr, "head_lr": study.head_lr, "lr_decay": False, "freeze_layers": study.freeze_layers,
+              "gamma": 1.0, "gae_lambda": 0.95, "whiten_advantages": True, "checkpoint_every": study.eval_every,
+              "keep_checkpoints": 1, "sample_every": study.eval_every, **study.extra}
+    return PPOConfig.from_dict(fields)
+
+
+# ----------------------------------------------------------------------------------------------
+# Base step: reference samples, base rates of the candidate behaviours, X
+
+
+def eval_prompt_list(study: Study) -> list[str]:
+    from rlhf_interp.prompts import load_prompts
+
+    return load_prompts(seed=study.eval_seed, limit=study.eval_prompts)
+
+
+def choose_behaviour(rates: pd.DataFrame, target: float = 0.2, low: float = 0.1, high: float = 0.3) -> str:
+    """The candidate whose base rate is closest to ``target`` within [low, high]."""
+    inside = rates[(rates["rate"] >= low) & (rates["rate"] <= high)]
+    if inside.empty:
+        raise ValueError(f"No candidate behaviour has a base rate in [{low}, {high}]: rates are "
+                         f"{dict(zip(rates.behaviour, rates.rate.round(3)))}. Pass --behaviour NAME to pick one.")
+    return str(inside.iloc[(inside["rate"] - target).abs().argsort()].iloc[0]["behaviour"])
+
+
+def run_base(study: Study, study_dir: Path) -> None:
+    """Reference samples for coverage, base rates of every candidate X, X, and the base model's evaluation."""
+    import torch
+
+    from rlhf_interp.bridge import generate, load_model
+    from rlhf_interp.probes.coverage import draw_reference_samples
+    from rlhf_interp.prompts import load_prompts
+
+    base_dir = study_dir / "base"
+    if (base_dir / "base.json").exists():
+        print(f"base: {base_dir} already measured")
+        return
+    base_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model = load_model(study.model, device="cpu")
+    prompts = load_prompts(limit=study.base_prompts)
+    texts, tokens, masks = [], [], []
+    for i in range(0, len(prompts), 32):
+        gen = generate(model, prompts[i:i + 32], max_new_tokens=study.max_new_tokens, seed=study.eval_seed + i,
+                       stop_at_eos=False)
+        texts += gen.texts
+        tokens.append(gen.tokens[:, gen.prompt_len:])
+        masks.append(gen.generated_mask[:, gen.prompt_len:])
+    rates = behaviour_rates(texts)
+    write_tables(base_dir, {"base_rates": rates})
+    write_jsonl(base_dir / "base_samples.jsonl", [{"prompt": p, "completion": t} for p, t in zip(prompts, texts)])
+    name = study.behaviour or choose_behaviour(rates)
+    if name not in CANDIDATES:
+        raise ValueError(f"Unknown behaviour {name!r}; use one of {sorted(CANDIDATES)}.")
+    eos = model.tokenizer.eos_token_id
+    diversity = chunked_distinct(torch.cat(tokens), torch.cat(masks), chunk=study.batch_size, exclude=[eos])
+    refs = draw_reference_samples(model, eval_prompt_list(study), n_per_prompt=study.ref_samples,
+                                  max_new_tokens=study.max_new_tokens, seed=study.eval_seed)
+    refs.save(base_dir / "reference_samples.pt")
+    atomic_write_json(base_dir / "base.json", {
+        "behaviour": name, "pattern": CANDIDATES[name].pattern, "description": CANDIDATES[name].description,
+        "base_rate": float(rates.set_index("behaviour").loc[name, "rate"]), "n_base_texts": len(texts),
+        "diversity_at_batch_size": diversity, "seconds": time.perf_counter() - start})
+    evaluate(model, lambda t, m: model(t, attention_mask=m), refs, study, CANDIDATES[name], base_dir / "evals", 0,
+             rewards=_task_rewards(CANDIDATES[name]))
+    print(f"base: behaviour X = {name!r} ({CANDIDATES[name].description}), base rate "
+          f"{rates.set_index('behaviour').loc[name, 'rate']:.3f} over {len(texts)} continuations; "
+          f"{time.perf_counter() - start:.0f} s")
+
+
+def read_base(study_dir: Path) -> dict:
+    path = study_dir / "base" / "base.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python analyses/kl_direction.py base --study {study_dir}`.")
+    return json.loads(path.read_text())
+
+
+def _task_rewards(behaviour: Behaviour) -> dict:
+    """Each task's reward (as optimised: higher is better) as a function of texts."""
+    from rlhf_interp.rewards import char_count
+
+    return {"periods": lambda texts: char_count(texts, "."), "suppress": lambda texts: -behaviour.counts(texts)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluations (base and every eval_every phases of a run)
+
+
+def evaluate(policy, reference_forward, refs, study: Study, behaviour: Behaviour, out_dir: Path, updates: int,
+             rewards: dict) -> dict:
+    """Sample the policy on the eval prompts (fixed seed), score against the reference, measure coverage.
+
+    Writes ``out_dir/<updates>/``: ``samples.jsonl``, ``coverage.csv``, ``tokens.csv.gz`` (per-token scores
+    of policy and reference samples, for the estimator audit) and, last, ``summary.json`` (its presence
+    marks the evaluation complete).
+    """
+    from rlhf_interp.bridge import generate
+    from rlhf_interp.probes.coverage import coverage_summary, measure_coverage
+    from rlhf_interp.probes.scoring import forward_of, score_tokens
+
+    target = out_dir / f"{updates:04d}"
+    target.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    prompts = [p for p in refs.prompts for _ in range(study.eval_samples)]
+    gen = generate(policy, prompts, max_new_tokens=study.max_new_tokens, seed=study.eval_seed, stop_at_eos=False)
+    policy_forward = forward_of(policy)
+    scores = score_tokens(policy_forward, gen.tokens, gen.attention_mask, gen.generated_mask, gen.prompt_len,
+                          reference=reference_forward)
+    coverage, ref_scores = measure_coverage(policy_forward, refs, reference=reference_forward)
+    eos = policy.tokenizer.eos_token_id
+    summary = {
+        "updates": updates, "n_samples": len(gen.texts), "x_rate": behaviour.rate(gen.texts),
+        **{f"reward_{task}": float(fn(gen.texts).float().mean()) for task, fn in rewards.items()},
+        "kl_forward_per_token": scores.per_token("kl_forward"), "kl_reverse_per_token": scores.per_token("kl_reverse"),
+        "kl_forward_seq": float(scores.sums("kl_forward").mean()),
+        "kl_reverse_seq_policy_states": float(scores.sums("kl_reverse").mean()),
+        "entropy": scores.per_token("entropy"),
+        **token_distinct(gen.tokens[:, gen.prompt_len:], gen.generated_mask[:, gen.prompt_len:], exclude=[eos]),
+        **coverage_summary(coverage),
+    }
+    counts = behaviour.counts(gen.texts).tolist()
+    write_jsonl(target / "samples.jsonl", [{"updates": updates, "prompt": p, "completion": t, "x_count": c}
+                                          for p, t, c in zip(gen.prompts, gen.texts, counts)])
+    with atomic_path(target / "coverage.csv") as tmp:
+        coverage.assign(updates=updates).to_csv(tmp, index=False)
+    tokens = pd.concat([scores.to_frame(sampling="policy"), ref_scores.to_frame(sampling="reference")],
+                       ignore_index=True).assign(updates=updates)
+    with atomic_path(target / "tokens.csv.gz") as tmp:
+        tokens.to_csv(tmp, index=False, compression="gzip", float_format="%.6g")
+    summary["seconds"] = time.perf_counter() - start
+    atomic_write_json(target / "summary.json", summary)
+    return summary
+
+
+class StudyProbe:
+    """PPOTrainer callback: cheap measurements of every rollout, and an evaluation every ``eval_every`` phases."""
+
+    def __init__(self, study: Study, run_dir: Path, behaviour: Behaviour, refs):
+        self.study, self.run_dir, self.behaviour, self.refs = study, run_dir, behaviour, refs
+        self.rewards = _task_rewards(behaviour)
+
+    def __call__(self, trainer, metrics: dict, rollout) -> None:
+        mask = rollout.gen_mask
+        eos = trainer.policy.tokenizer.eos_token_id
+        append_jsonl(self.run_dir / "probes.jsonl", {
+            "phase": metrics["phase"], "updates": metrics["phase"] - 1, "x_rate": self.behaviour.rate(rollout.completions),
+            "kl_forward_seq": float((rollout.kl_forward * mask).sum(-1).mean()),
+            "kl_reverse_seq_policy_states": float((rollout.kl_reverse * mask).sum(-1).mean()),
+            **token_distinct(rollout.gen_tokens, mask, exclude=[eos])})
+        if trainer.phase % self.study.eval_every == 0 or trainer.phase == trainer.config.phases:
+            self.evaluate(trainer)
+
+    def evaluate(self, trainer) -> dict:
+        return evaluate(trainer.policy, trainer.reference_logits, self.refs, self.study, self.behaviour,
+                        self.run_dir / "evals", trainer.phase, self.rewards)
+
+    def has_eval(self, updates: int) -> bool:
+        return (self.run_dir / "evals" / f"{updates:04d}" / "summary.json").exists()
+
+
+def run_done(study: Study, run_dir: Path) -> bool:
+    return (run_dir / "evals" / f"{study.phases:04d}" / "summary.json").exists()
+
+
+def train_run(study: Study, study_dir: Path, name: str, progress: bool = True) -> None:
+    """Train one run to ``study.phases`` (resuming from its latest checkpoint), with the probe attached."""
+    from rlhf_interp.checkpoints import latest_checkpoint
+    from rlhf_interp.ppo import PPOTrainer
+    from rlhf_interp.probes.coverage import ReferenceSamples
+
+    task, penalty, seed = parse_run_name(name)
+    base = read_base(study_dir)
+    behaviour = CANDIDATES[base["behaviour"]]
+    run_dir = study_dir / "runs" / name
+    if run_done(study, run_dir):
+        print(f"{name}: done")
+        return
+    refs = ReferenceSamples.load(study_dir / "base" / "reference_samples.pt")
+    probe = StudyProbe(study, run_dir, behaviour, refs)
+    start = time.perf_counter()
+    if latest_checkpoint(run_dir) is not None:
+        # phases from the study: a finished study can be extended (lr_decay is off, so nothing else changes)
+        trainer = PPOTrainer.resume(run_dir, overrides=[f"phases={study.phases}"], callbacks=[probe],
+                                    progress=progress)
+        trim_jsonl(run_dir / "probes.jsonl", lambda r: r["phase"] <= trainer.phase)
+        if trainer.phase % study.eval_every == 0 and not probe.has_eval(trainer.phase):
+            probe.evaluate(trainer)  # killed between the checkpoint and its evaluation
+        print(f"{name}: resumed at phase {trainer.phase}")
+    else:
+        if run_dir.exists():  # a start that never reached its first checkpoint: begin again
+            shutil.rmtree(run_dir)
+        trainer = PPOTrainer(ppo_config(study, task, penalty, seed, behaviour), run_dir, callbacks=[probe],
+                             progress=progress)
+    trainer.train()
+    if not run_done(study, run_dir):
+        probe.evaluate(trainer)
+    print(f"{name}: {trainer.phase} phases, {time.perf_counter() - start:.0f} s in this call")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables from the study directory (compute) -> reports/kl_direction/*.csv
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.DataFrame([r for _, r in read_jsonl(path)]) if path.exists() else pd.DataFrame()
+
+
+def collect_tables(study: Study, study_dir: Path) -> dict[str, pd.DataFrame]:
+    """Tidy tables of every finished run (unfinished runs are skipped with a note)."""
+    base = read_base(study_dir)
+    trajectories, evals, coverage, samples = [], [], [], []
+    base_eval = json.loads((study_dir / "base" / "evals" / "0000" / "summary.json").read_text())
+    base_samples = _read_jsonl(study_dir / "base" / "evals" / "0000" / "samples.jsonl")
+    for name in study.run_names():
+        run_dir = study_dir / "runs" / name
+        if not run_done(study, run_dir):
+            print(f"note: {name} is not finished; left out of the tables", file=sys.stderr)
+            continue
+        task, penalty, seed = parse_run_name(name)
+        keys = {"task": task, "penalty": penalty, "seed": seed}
+        scale = -1.0 if task == "suppress" else 1.0
+        metrics = _read_jsonl(run_dir / "metrics.jsonl")
+        probes = _read_jsonl(run_dir / "probes.jsonl")
+        traj = metrics[["phase", "reward_mean", "kl_forward_per_token", "kl_reverse_per_token", "entropy",
+                        "kl_coef", "seconds"]].merge(probes, on="phase", how="inner")
+        traj["reward"] = traj.pop("reward_mean") * scale
+        trajectories.append(traj.assign(**keys))
+        rows = [{**base_eval, "updates": 0}]
+        for path in sorted((run_dir / "evals").glob("*/summary.json")):
+            rows.append(json.loads(path.read_text()))
+        ev = pd.DataFrame(rows)
+        ev["reward"] = ev[f"reward_{task}"]
+        evals.append(ev.assign(**keys))
+        final = run_dir / "evals" / f"{study.phases:04d}"
+        coverage.append(pd.read_csv(final / "coverage.csv").assign(**keys))
+        samples.append(_read_jsonl(final / "samples.jsonl").assign(**keys))
+    if not evals:
+        raise FileNotFoundError(f"No finished run in {study_dir / 'runs'}: run the train step first.")
+    trajectory = pd.concat(trajectories, ignore_index=True)
+    evals_df = pd.concat(evals, ignore_index=True)
+    tables = {"trajectory": trajectory, "evals": evals_df,
+              "coverage_final": pd.concat(coverage, ignore_index=True),
+              "base_rates": read_table(study_dir / "base", "base_rates")}
+    tables.update(matched_tables(evals_df))
+    tables["end"] = end_table(evals_df, study.phases)
+    tables["collapse"] = collapse_table(trajectory, base["diversity_at_batch_size"]["distinct_2"])
+    tables["samples"] = side_by_side(pd.concat(samples, ignore_index=True), base_samples)
+    return tables
+
+
+EVAL_METRICS = ["reward", "x_rate", "kl_forward_per_token", "kl_reverse_per_token", "kl_forward_seq",
+                "kl_reverse_seq_policy_states", "kl_reverse_seq_k1", "kl_reverse_seq_exact", "entropy", "distinct_1",
+                "distinct_2", "distinct_3", "lost_10x", "lost_100x", "lost_1000x", "delta_median", "greedy_delta",
+                "greedy_logprob_policy"]
+RUN_KEYS = ["task", "penalty", "seed"]
+
+
+def matched_tables(evals: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every run read at a common exact KL(pi||ref) per token, and at a common reward (per task), from its
+    evaluations (first crossing, linear interpolation). Levels: 0.8 x the smallest peak over the task's runs."""
+    per_run, summary = [], []
+    for task, g in evals.groupby("task", sort=False):
+        base_reward = float(g.loc[g["updates"] == 0, "reward"].mean())
+        for match_on, start in (("kl_forward_per_token", 0.0), ("reward", base_reward)):
+            level = common_level(g, RUN_KEYS, match_on, start=start)
+            if math.isnan(level):
+                continue
+            table = matched(g, RUN_KEYS, match_on, level, EVAL_METRICS + ["updates"], order="updates")
+            per_run.append(table)
+            summary.append(seed_spread(table, ["task", "penalty", "match_on", "level"], EVAL_METRICS + ["updates"]))
+    return {"matched": pd.concat(per_run, ignore_index=True) if per_run else pd.DataFrame(),
+            "matched_summary": pd.concat(summary, ignore_index=True) if summary else pd.DataFrame()}
+
+
+def end_table(evals: pd.DataFrame, phases: int) -> pd.DataFrame:
+    """Mean / min / max over seeds of the final evaluation of each task x penalty (matched by coefficient)."""
+    final = evals[evals["updates"] == phases]
+    return seed_spread(final, ["task", "penalty"], EVAL_METRICS)
+
+
+def collapse_table(trajectory: pd.DataFrame, base_distinct_2: float) -> pd.DataFrame:
+    """Mode-collapse onset per run: the first phase whose rollout distinct-2 (token ids, one batch) is below half
+    the base model's (measured on base continuations pooled in batch-sized chunks); smoothed over 3 phases."""
+    rows = []
+    for key, g in trajectory.groupby(RUN_KEYS, sort=True):
+        g = g.sort_values("phase")
+        smooth = g["distinct_2"].rolling(3, min_periods=1).mean()
+        onset = collapse_onset(g["phase"].tolist(), smooth.tolist(), base_distinct_2)
+        rows.append({**dict(zip(RUN_KEYS, key)), "base_distinct_2": base_distinct_2,
+                     "final_distinct_2": float(smooth.iloc[-1]), "collapse_phase": onset if onset is not None else np.nan})
+    return pd.DataFrame(rows)
+
+
+def side_by_side(final_samples: pd.DataFrame, base_samples: pd.DataFrame, n_prompts: int = 4) -> pd.DataFrame:
+    """For the first ``n_prompts`` eval prompts: the base model's and each penalty's first sample (seed 0)."""
+    prompts = list(dict.fromkeys(base_samples["prompt"]))[:n_prompts]
+    rows = []
+    for prompt in prompts:
+        b = base_samples[base_samples["prompt"] == prompt].iloc[0]
+        rows.append({"task": "(base)", "penalty": "(base model)", "prompt": prompt, "completion": b["completion"]})
+        for (task, penalty), g in final_samples[(final_samples["prompt"] == prompt) & (final_samples["seed"] ==
+                                                                                          final_samples["seed"].min())
+                                                ].groupby(["task", "penalty"], sort=False):
+            rows.append({"task": task, "penalty": penalty, "prompt": prompt, "completion": g.iloc[0]["completion"]})
+    out = pd.DataFrame(rows)
+    out["completion"] = out["completion"].str.replace("\n", " ⏎ ", regex=False)
+    return out
+
+
+def compute(study: Study, study_dir: Path, report_dir: Path) -> None:
+    """Measured tables -> ``report_dir``; an empty table (e.g. no common matching level) is not written."""
+    tables = collect_tables(study, study_dir)
+    base = read_base(study_dir)
+    for name, table in tables.items():
+        if table.empty:
+            (report_dir / f"{name}.csv").unlink(missing_ok=True)
+    write_tables(report_dir, {k: v for k, v in tables.items() if not v.empty},
+                 config={"study": asdict(study), "study_dir": str(study_dir), "base": base})
+
+
+def _optional_table(report_dir: Path, name: str) -> pd.DataFrame:
+    """A table that may be absent (not every study reaches a common level to match at)."""
+    return read_table(report_dir, name) if (report_dir / f"{name}.csv").exists() else pd.DataFrame()
+
+
+# ----------------------------------------------------------------------------------------------
+# The page, from the CSVs alone
+
+
+COLORS = {p: series_style(i) for i, p in enumerate(PENALTIES)}
+
+
+def _fmt_spread(row: pd.Series, pct: bool = False, digits: int = 3) -> str:
+    f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.{digits}g}")
+    if row["n"] <= 1 or row["min"] == row["max"]:
+        return f(row["mean"])
+    return f"{f(row['mean'])} [{f(row['min'])}–{f(row['max'])}]"
+
+
+def _pick(summary: pd.DataFrame, **where) -> pd.Series | None:
+    g = summary
+    for k, v in where.items():
+        g = g[g[k] == v]
+    return g.iloc[0] if len(g) else None
+
+
+def headline(config: dict, end: pd.DataFrame, matched_summary: pd.DataFrame) -> str:
+    base = config["base"]
+    x = f"{base['description']} (X, base rate {100 * base['base_rate']:.0f}%)"
+    parts = []
+    for penalty in PENALTIES:
+        row = _pick(end, task="suppress", penalty=penalty, metric="x_rate")
+        if row is not None:
+            parts.append(f"{penalty} {_fmt_spread(row, pct=True)}")
+    lost = []
+    for penalty in ("forward", "reverse"):
+        row = _pick(end, task="suppress", penalty=penalty, metric="lost_100x")
+        kl = _pick(end, task="suppress", penalty=penalty, metric="kl_forward_per_token")
+        if row is not None and kl is not None:
+            lost.append(f"{penalty} {_fmt_spread(row, pct=True)} at KL(π‖ref) {kl['mean']:.3f}/token")
+    text = (f"Rewarding the absence of {x}: after {config['study']['phases']} phases its rate is "
+            + ", ".join(parts) + " (mean [min–max] over seeds, same coefficient for both directions)")
+    if lost:
+        text += "; reference samples made 100× less likely: " + ", ".join(lost)
+    m = matched_summary
+    if not m.empty:
+        m = m[(m["task"] == "suppress") & (m["match_on"] == "kl_forward_per_token")]
+    if not m.empty:
+        level = float(m["level"].iloc[0])
+        rates = [f"{p} {_fmt_spread(r, pct=True)}" for p in PENALTIES
+                 if (r := _pick(m, penalty=p, metric="x_rate")) is not None]
+        text += f". At equal KL(π‖ref) = {level:.3f} nats/token X's rate is " + ", ".join(rates)
+    return text + "."
+
+
+def figure_trajectories(trajectory: pd.DataFrame, evals: pd.DataFrame):
+    """Reward against exact KL(pi||ref) per token, one panel per task: thin lines per run from the rollouts
+    (3-phase rolling means), thick lines the evaluations' mean over seeds (whiskers: min-max over seeds)."""
+    tasks = list(dict.fromkeys(trajectory["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for penalty in PENALTIES:
+            style = COLORS[penalty]
+            runs = trajectory[(trajectory["task"] == task) & (trajectory["penalty"] == penalty)]
+            for seed, g in runs.groupby("seed"):
+                g = g.sort_values("phase")
+                ax.plot(g["kl_forward_per_token"].rolling(3, min_periods=1).mean(),
+                        g["reward"].rolling(3, min_periods=1).mean(), color=style["color"], lw=0.8, alpha=0.35)
+            ev = evals[(evals["task"] == task) & (evals["penalty"] == penalty)]
+            if ev.empty:
+                continue
+            stats = ev.groupby("updates")[["kl_forward_per_token", "reward"]].agg(["mean", "min", "max"])
+            x, y = stats["kl_forward_per_token"], stats["reward"]
+            ax.errorbar(x["mean"], y["mean"], xerr=[x["mean"] - x["min"], x["max"] - x["mean"]],
+                        yerr=[y["mean"] - y["min"], y["max"] - y["mean"]], color=style["color"],
+                        marker=style["marker"], lw=2, capsize=2, label=PENALTY_LABEL[penalty])
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("exact KL(π‖ref) per token (nats)")
+        ax.set_ylabel("reward per continuation" + (" (−count of X)" if task == "suppress" else " (count of '.')"))
+        ax.set_title(f"task: {task}", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figure_over_training(evals: pd.DataFrame, metric: str, ylabel: str, pct: bool = False):
+    """A metric from the evaluations against PPO updates: mean over seeds, min-max band, per task."""
+    tasks = list(dict.fromkeys(evals["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.6), squeeze=False)
+    scale = 100.0 if pct else 1.0
+    for ax, task in zip(axes[0], tasks):
+        for penalty in PENALTIES:
+            g = evals[(evals["task"] == task) & (evals["penalty"] == penalty)]
+            if g.empty:
+                continue
+            stats = g.groupby("updates")[metric].agg(["mean", "min", "max"]) * scale
+            style = COLORS[penalty]
+            ax.plot(stats.index, stats["mean"], color=style["color"], marker=style["marker"], label=PENALTY_LABEL[penalty])
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=style["color"], alpha=0.15)
+        ax.set_xlabel("PPO updates (phases)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"task: {task}", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figure_coverage(coverage: pd.DataFrame):
+    """Histogram of delta = log pi(y) - log ref(y) over the reference's samples y, final checkpoint, per task."""
+    samples = coverage[coverage["kind"] == "sample"]
+    tasks = list(dict.fromkeys(samples["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        g = samples[samples["task"] == task]
+        bins = np.linspace(min(g["delta"].min(), -1.0), max(g["delta"].max(), 1.0), 40)
+        for penalty in PENALTIES:
+            d = g.loc[g["penalty"] == penalty, "delta"]
+            if len(d):
+                ax.hist(d, bins=bins, histtype="step", lw=1.6, color=COLORS[penalty]["color"],
+                        label=f"{PENALTY_LABEL[penalty]} (median {d.median():.2f})")
+        ax.axvline(-math.log(100), color="grey", ls=":", lw=1)
+        ax.set_xlabel("log π(y) − log ref(y) of reference samples y (nats per sequence)")
+        ax.set_ylabel("reference samples (all seeds)")
+        ax.set_title(f"task: {task} (dotted: 100× less likely)", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figure_matched(matched_summary: pd.DataFrame, match_on: str):
+    metrics = [("reward", "reward"), ("x_rate", "rate of X"), ("lost_100x", "share of ref. samples 100× less likely"),
+               ("kl_reverse_seq_k1", "sequence KL(ref‖π) (nats)"), ("distinct_2", "distinct-2 (token ids)")]
+    m = matched_summary[matched_summary["match_on"] == match_on]
+    tasks = list(dict.fromkeys(m["task"]))
+    fig, axes = plt.subplots(len(tasks), len(metrics), figsize=(3.0 * len(metrics), 2.8 * len(tasks)), squeeze=False)
+    for r, task in enumerate(tasks):
+        for c, (metric, title) in enumerate(metrics):
+            ax = axes[r][c]
+            g = m[(m["task"] == task) & (m["metric"] == metric)].set_index("penalty").reindex(PENALTIES).dropna(
+                subset=["mean"])
+            xs = np.arange(len(g))
+            ax.bar(xs, g["mean"], color=[COLORS[p]["color"] for p in g.index], alpha=0.8)
+            ax.errorbar(xs, g["mean"], yerr=[g["mean"] - g["min"], g["max"] - g["mean"]], fmt="none", color="black",
+                        capsize=3)
+            ax.set_xticks(xs, g.index, fontsize=8)
+            ax.set_title(f"{task}: {title}", fontsize=8)
+        level = m.loc[m["task"] == task, "level"]
+        if len(level):
+            axes[r][0].set_ylabel(f"at {match_on} = {float(level.iloc[0]):.3g}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def render(report_dir: Path) -> Report:
+    """The page from the CSVs in ``report_dir`` (no model, no run directory)."""
+    config = read_config(report_dir)
+    trajectory, evals = read_table(report_dir, "trajectory"), read_table(report_dir, "evals")
+    end, matched_summary = read_table(report_dir, "end"), _optional_table(report_dir, "matched_summary")
+    coverage, rates = read_table(report_dir, "coverage_final"), read_table(report_dir, "base_rates")
+    collapse, samples = read_table(report_dir, "collapse"), read_table(report_dir, "samples")
+    study, base = config["study"], config["base"]
+    report = Report.at(report_dir, "The wrong-way-around KL: forward vs reverse vs no penalty",
+                       headline=headline(config, end, matched_summary), source=__file__, config=config)
+    report.text(f"""
+        PPO on `{study['model']}` with three penalties: **forward** KL(π‖ref) (the usual one, Ziegler et al.),
+        **reverse** KL(ref‖π) (some RL libraries call these the other way round), and **none**. Both penalties are
+        the exact per-token KL summed over the vocabulary, as a loss term, coefficient {study['kl_coef']} (fixed):
+        only the direction differs. {len(study['seeds'])} seeds per setting; {study['phases']} phases of
+        {study['batch_size']} prompts × {study['max_new_tokens']} new tokens; layers below {study['freeze_layers']}
+        frozen. Forward and reverse KL agree to second order near the reference, so the same coefficient is close
+        to the same strength at small KL; the matched comparisons below read every run where it first reaches a
+        common KL(π‖ref) (or reward), interpolating between evaluations.
+
+        Tasks: **periods** (reward = number of '.') and **suppress** (reward = −number of matches of X =
+        {base['description']}, regex `{base['pattern']}`). X was chosen as the candidate whose rate in
+        {base['n_base_texts']} base continuations of the shipped prompts is closest to 20% within 10-30%:
+        **{100 * base['base_rate']:.1f}%** (all candidates in `base_rates.csv`).
+
+        Evaluations (every {study['eval_every']} phases): {study['eval_prompts']} fixed prompts × {study['eval_samples']}
+        samples with one seed for all runs; coverage on {study['ref_samples']} reference samples per prompt drawn once
+        (`probes.coverage`): Δ = log π(y) − log ref(y) per sequence; a sample is *lost* when Δ < −log 100.
+        −mean Δ is the sequence-level KL(ref‖π), the quantity a mass-covering penalty controls.""")
+    report.section("Reward against KL")
+    report.figure("trajectories", figure_trajectories(trajectory, evals),
+                  caption="Not matched: each run's own path. Thick: evaluations every "
+                          f"{study['eval_every']} phases, mean over seeds, whiskers min-max; thin: every phase's rollout "
+                          "per run (3-phase rolling means).")
+    report.section("Matched comparisons")
+    for match_on, what in (("kl_forward_per_token", "equal exact KL(π‖ref) per token"), ("reward", "equal reward")):
+        if not matched_summary.empty and (matched_summary["match_on"] == match_on).any():
+            report.figure(f"matched_{match_on}", figure_matched(matched_summary, match_on),
+                          caption=f"Matched at {what}: each run read where it first reaches the level (0.8 × the "
+                                  f"smallest peak over the task's runs), from its evaluations by linear interpolation. "
+                                  f"Bars: mean over seeds; whiskers: min-max.")
+    if matched_summary.empty:
+        report.text("No common level: some run never moved away from the base model's KL or reward.")
+    else:
+        report.table("matched_summary", matched_summary, title="Matched values (mean, min, max over seeds)", show=0)
+        report.table("matched", read_table(report_dir, "matched"), title="Matched values per run", show=0)
+    report.section("The behaviour X over training")
+    report.figure("x_rate", figure_over_training(evals, "x_rate", "rate of X in eval samples (%)", pct=True),
+                  caption="Evaluations (fixed prompts and seed); mean over seeds, band min-max. Not matched: same "
+                          "coefficient.")
+    report.figure("lost_modes", figure_over_training(evals, "lost_100x", "reference samples 100× less likely (%)",
+                                                     pct=True),
+                  caption="Share of the reference's samples whose log-prob under the policy fell by more than log 100.")
+    report.section("Coverage of the reference")
+    report.figure("coverage_hist", figure_coverage(coverage),
+                  caption="Final checkpoint, all seeds pooled; matched by coefficient, not by KL (the end KLs are "
+                          "in the table below).")
+    end_view = end.pivot_table(index=["task", "penalty"], columns="metric", values="mean").reset_index()
+    report.table("end", end, title="End of training (mean, min, max over seeds)",
+                 preview=end_view[["task", "penalty", "reward", "x_rate", "kl_forward_per_token", "kl_reverse_per_token",
+                                   "kl_forward_seq", "kl_reverse_seq_k1", "lost_100x", "greedy_delta", "entropy",
+                                   "distinct_2"]])
+    report.section("Mode collapse")
+    report.figure("diversity", figure_over_training(evals, "distinct_2", "distinct-2 of eval samples (token ids)"),
+                  caption="Token-id distinct-2 of the evaluation samples.")
+    report.table("collapse", collapse, title="Collapse onset (rollout distinct-2 below half the base's)")
+    report.section("Samples")
+    report.table("samples", samples, title="Side by side: base model and each penalty at the end (seed 0)", show=40)
+    report.section("Data")
+    report.table("base_rates", rates, title="Base rates of the candidate behaviours", show=20)
+    report.table("evals", evals, title="Every evaluation", show=0)
+    report.table("trajectory", trajectory, title="Every phase", show=0)
+    report.table("coverage_final", coverage, title="Coverage at the end, per reference continuation", show=0)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["base", "train", "report", "render", "all"])
+    parser.add_argument("--study", type=Path, default=Path("runs/kl_direction"), help="study directory (runs, samples)")
+    parser.add_argument("--report-dir", type=Path, default=Path("reports") / NAME)
+    parser.add_argument("--only", nargs="+", default=None, help="train only these runs (e.g. periods-forward-s0)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny random model, a few phases: a smoke test")
+    parser.add_argument("--behaviour", default=None, help=f"force X (one of {sorted(CANDIDATES)})")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.step == "render":
+            out = render(args.report_dir).save()
+            print(f"report: {out}/index.html")
+            return 0
+        if args.step in ("base", "all") and not (args.study / "study.json").exists():
+            study = Study.tiny() if args.tiny else Study()
+            study = replace(study, behaviour=args.behaviour)
+            args.study.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(args.study / "study.json", asdict(study))
+        study = load_study(args.study)
+        if args.step in ("base", "all"):
+            run_base(study, args.study)
+        if args.step in ("train", "all"):
+            names = args.only or study.run_names()
+            unknown = sorted(set(names) - set(study.run_names()))
+            if unknown:
+                raise ValueError(f"Unknown run(s) {unknown}; the study's runs are {study.run_names()}.")
+            for name in names:
+                train_run(study, args.study, name, progress=not args.no_progress)
+        if args.step in ("report", "all"):
+            compute(study, args.study, args.report_dir)
+            out = render(args.report_dir).save()
+            print(f"report: {out}/index.html")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
