@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Module names under rlhf_interp.cli, in the order they appear in --help.
-SUBCOMMAND_MODULES = ["models_cmd", "diff_cmd", "patch_cmd", "train_cmd", "steer_cmd", "ablate_cmd", "measure_cmd", "reward_model_cmd", "report_cmd"]
+SUBCOMMAND_MODULES = ["models_cmd", "diff_cmd", "patch_cmd", "train_cmd", "steer_cmd", "ablate_cmd", "measure_cmd", "frontier_cmd", "edit_search_cmd", "reward_model_cmd", "report_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
