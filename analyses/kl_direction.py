@@ -15,8 +15,9 @@ differs; "none" has coefficient 0.
 
 Two tasks: **periods** (reward = number of '.' in the continuation: RL pushes a behaviour up) and
 **suppress** (reward = -(number of occurrences of a behaviour X): RL pushes a behaviour of the reference
-down). X is chosen in the ``base`` step from `probes.behaviour.CANDIDATES` as the one whose rate in the base
-model's continuations of the shipped prompts is closest to 20% within 10-30% (or given with --behaviour).
+down). X is the word "I" (first-person narration, ~18% of base continuations; `Study.behaviour`), or given
+with --behaviour, or with ``--behaviour auto`` chosen in the ``base`` step from `probes.behaviour.CANDIDATES` as
+the one whose rate in the base model's continuations of the shipped prompts is closest to 20% within 10-30%.
 
 Measured per phase (from the rollout, free): reward, exact KL both directions per token and per sequence,
 entropy, token-id distinct-1/2/3, the rate of X. Every ``eval_every`` phases (and at the end) on fixed
@@ -45,9 +46,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from rlhf_interp.core.io import append_jsonl, atomic_path, atomic_write_json, read_jsonl, trim_jsonl, write_jsonl
-from rlhf_interp.probes.behaviour import CANDIDATES, Behaviour, behaviour_rates, chunked_distinct, collapse_onset, \
-    token_distinct
+from rlhf_interp.core.io import (
+    append_jsonl,
+    atomic_path,
+    atomic_write_json,
+    read_jsonl,
+    trim_jsonl,
+    write_jsonl,
+)
+from rlhf_interp.probes.behaviour import (
+    CANDIDATES,
+    Behaviour,
+    behaviour_rates,
+    chunked_distinct,
+    collapse_onset,
+    token_distinct,
+)
 from rlhf_interp.probes.matching import common_level, matched, seed_spread
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.plots import series_style
@@ -82,14 +96,17 @@ class Study:
     eval_every: int = 5
     eval_prompts: int = 16  # fixed prompts for evaluations and coverage
     eval_samples: int = 2  # policy samples per eval prompt
-    ref_samples: int = 4  # reference samples per eval prompt (coverage)
+    ref_samples: int = 3  # reference samples per eval prompt (coverage)
     base_prompts: int = 320  # base continuations measured for the behaviour rates (one per prompt)
     eval_seed: int = 1234
-    behaviour: str | None = None  # a CANDIDATES name; None: chosen in the base step
+    # X, a CANDIDATES name (None: chosen in the base step). "word_I" from 300 base continuations already in
+    # reports/ (reward_hacking/heldout.csv and the base samples of ppo_periods, steering_sweep, reward_hacking):
+    # rate 17.7% (dash 17.0%, digit 12.3%, newline 28.0%); the base step measures it again on base_prompts.
+    behaviour: str | None = "word_I"
     extra: dict[str, Any] = field(default_factory=dict)  # further PPOConfig fields
 
     @classmethod
-    def tiny(cls) -> "Study":
+    def tiny(cls) -> Study:
         """Seconds per run on the tiny random model: checks the pipeline, not the science."""
         return cls(model="tiny-test", phases=4, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=8,
                    lr=1e-3, head_lr=1e-3, freeze_layers=0, eval_every=2, eval_prompts=3, eval_samples=2,
@@ -192,6 +209,10 @@ def run_base(study: Study, study_dir: Path) -> None:
     name = study.behaviour or choose_behaviour(rates)
     if name not in CANDIDATES:
         raise ValueError(f"Unknown behaviour {name!r}; use one of {sorted(CANDIDATES)}.")
+    rate = float(rates.set_index("behaviour").loc[name, "rate"])
+    if not 0.1 <= rate <= 0.3:
+        print(f"note: X = {name!r} has a base rate of {rate:.3f}, outside 10-30%; `--behaviour auto` picks one inside.",
+              file=sys.stderr)
     eos = model.tokenizer.eos_token_id
     diversity = chunked_distinct(torch.cat(tokens), torch.cat(masks), chunk=study.batch_size, exclude=[eos])
     refs = draw_reference_samples(model, eval_prompt_list(study), n_per_prompt=study.ref_samples,
@@ -200,6 +221,7 @@ def run_base(study: Study, study_dir: Path) -> None:
     atomic_write_json(base_dir / "base.json", {
         "behaviour": name, "pattern": CANDIDATES[name].pattern, "description": CANDIDATES[name].description,
         "base_rate": float(rates.set_index("behaviour").loc[name, "rate"]), "n_base_texts": len(texts),
+        "chosen": "given" if study.behaviour else "auto",
         "diversity_at_batch_size": diversity, "seconds": time.perf_counter() - start})
     evaluate(model, lambda t, m: model(t, attention_mask=m), refs, study, CANDIDATES[name], base_dir / "evals", 0,
              rewards=_task_rewards(CANDIDATES[name]))
@@ -484,33 +506,39 @@ def _pick(summary: pd.DataFrame, **where) -> pd.Series | None:
     return g.iloc[0] if len(g) else None
 
 
+def _rates(table: pd.DataFrame, task: str, metric: str, pct: bool, penalties=PENALTIES, **where) -> str:
+    out = []
+    for penalty in penalties:
+        row = _pick(table, task=task, penalty=penalty, metric=metric, **where)
+        if row is not None and not pd.isna(row["mean"]):
+            out.append(f"{penalty} {_fmt_spread(row, pct=pct)}")
+    return ", ".join(out)
+
+
 def headline(config: dict, end: pd.DataFrame, matched_summary: pd.DataFrame) -> str:
+    """Two sentences: each task at equal KL(pi||ref) when a common level exists, else at the end of training."""
     base = config["base"]
     x = f"{base['description']} (X, base rate {100 * base['base_rate']:.0f}%)"
-    parts = []
-    for penalty in PENALTIES:
-        row = _pick(end, task="suppress", penalty=penalty, metric="x_rate")
-        if row is not None:
-            parts.append(f"{penalty} {_fmt_spread(row, pct=True)}")
-    lost = []
-    for penalty in ("forward", "reverse"):
-        row = _pick(end, task="suppress", penalty=penalty, metric="lost_100x")
-        kl = _pick(end, task="suppress", penalty=penalty, metric="kl_forward_per_token")
-        if row is not None and kl is not None:
-            lost.append(f"{penalty} {_fmt_spread(row, pct=True)} at KL(π‖ref) {kl['mean']:.3f}/token")
-    text = (f"Rewarding the absence of {x}: after {config['study']['phases']} phases its rate is "
-            + ", ".join(parts) + " (mean [min–max] over seeds, same coefficient for both directions)")
-    if lost:
-        text += "; reference samples made 100× less likely: " + ", ".join(lost)
-    m = matched_summary
-    if not m.empty:
-        m = m[(m["task"] == "suppress") & (m["match_on"] == "kl_forward_per_token")]
-    if not m.empty:
-        level = float(m["level"].iloc[0])
-        rates = [f"{p} {_fmt_spread(r, pct=True)}" for p in PENALTIES
-                 if (r := _pick(m, penalty=p, metric="x_rate")) is not None]
-        text += f". At equal KL(π‖ref) = {level:.3f} nats/token X's rate is " + ", ".join(rates)
-    return text + "."
+    sentences = []
+    for task in ("suppress", "periods"):
+        m = matched_summary
+        if not m.empty:
+            m = m[(m["task"] == task) & (m["match_on"] == "kl_forward_per_token")]
+        if not m.empty:
+            table, where = m, f"at equal KL(π‖ref) = {float(m['level'].iloc[0]):.3g} nats/token"
+        else:
+            table, where = end[end["task"] == task], f"after {config['study']['phases']} phases (same coefficient)"
+        if table.empty:
+            continue
+        lost = _rates(table, task, "lost_100x", True)
+        if task == "suppress":
+            sentences.append(f"Rewarding the absence of {x}, {where} X's rate is {_rates(table, task, 'x_rate', True)} "
+                             f"and the share of reference samples made 100× less likely is {lost}")
+        else:
+            sentences.append(f"On the period task {where} the reward ('.' per continuation) is "
+                             f"{_rates(table, task, 'reward', False)} and reference samples made 100× less likely "
+                             f"{lost}")
+    return ". ".join(sentences) + " (penalty: mean [min–max] over seeds)."
 
 
 def figure_trajectories(trajectory: pd.DataFrame, evals: pd.DataFrame):
@@ -607,7 +635,8 @@ def figure_matched(matched_summary: pd.DataFrame, match_on: str):
             ax.set_title(f"{task}: {title}", fontsize=8)
         level = m.loc[m["task"] == task, "level"]
         if len(level):
-            axes[r][0].set_ylabel(f"at {match_on} = {float(level.iloc[0]):.3g}", fontsize=8)
+            what = "KL(π‖ref)/token" if match_on == "kl_forward_per_token" else match_on
+            axes[r][0].set_ylabel(f"at {what} = {float(level.iloc[0]):.3g}", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -633,14 +662,19 @@ def render(report_dir: Path) -> Report:
         common KL(π‖ref) (or reward), interpolating between evaluations.
 
         Tasks: **periods** (reward = number of '.') and **suppress** (reward = −number of matches of X =
-        {base['description']}, regex `{base['pattern']}`). X was chosen as the candidate whose rate in
-        {base['n_base_texts']} base continuations of the shipped prompts is closest to 20% within 10-30%:
-        **{100 * base['base_rate']:.1f}%** (all candidates in `base_rates.csv`).
+        {base['description']}, regex `{base['pattern']}`). X's rate in {base['n_base_texts']} base continuations of the
+        shipped prompts (one each, {study['max_new_tokens']} tokens): **{100 * base['base_rate']:.1f}%** (X
+        {'chosen as the candidate closest to 20% within 10-30%' if base.get('chosen') == 'auto' else 'given'};
+        every candidate's rate in `base_rates.csv`).
 
         Evaluations (every {study['eval_every']} phases): {study['eval_prompts']} fixed prompts × {study['eval_samples']}
         samples with one seed for all runs; coverage on {study['ref_samples']} reference samples per prompt drawn once
         (`probes.coverage`): Δ = log π(y) − log ref(y) per sequence; a sample is *lost* when Δ < −log 100.
         −mean Δ is the sequence-level KL(ref‖π), the quantity a mass-covering penalty controls.""")
+    train_s, eval_s = float(trajectory["seconds"].sum()), float(evals["seconds"].sum())
+    report.text(f"Cost: {train_s / 60:.0f} min of PPO phases over {trajectory.groupby(RUN_KEYS).ngroups} runs "
+                f"(median {trajectory['seconds'].median():.1f} s per phase) and {eval_s / 60:.0f} min of evaluations, "
+                f"wall time on a 2-core CPU (`seconds` in `trajectory.csv` and `evals.csv`).")
     report.section("Reward against KL")
     report.figure("trajectories", figure_trajectories(trajectory, evals),
                   caption="Not matched: each run's own path. Thick: evaluations every "
@@ -699,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-dir", type=Path, default=Path("reports") / NAME)
     parser.add_argument("--only", nargs="+", default=None, help="train only these runs (e.g. periods-forward-s0)")
     parser.add_argument("--tiny", action="store_true", help="the tiny random model, a few phases: a smoke test")
-    parser.add_argument("--behaviour", default=None, help=f"force X (one of {sorted(CANDIDATES)})")
+    parser.add_argument("--behaviour", default=None,
+                        help=f"X: 'auto' (closest to 20%% base rate) or one of {sorted(CANDIDATES)}; default word_I")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -709,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.step in ("base", "all") and not (args.study / "study.json").exists():
             study = Study.tiny() if args.tiny else Study()
-            study = replace(study, behaviour=args.behaviour)
+            if args.behaviour:
+                study = replace(study, behaviour=None if args.behaviour == "auto" else args.behaviour)
             args.study.mkdir(parents=True, exist_ok=True)
             atomic_write_json(args.study / "study.json", asdict(study))
         study = load_study(args.study)

@@ -31,7 +31,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from rlhf_interp.probes.estimators import SETTINGS, binned_audit, estimates, overall_audit, sequence_sums
+from rlhf_interp.probes.estimators import (
+    SETTINGS,
+    binned_audit,
+    estimates,
+    overall_audit,
+    sequence_sums,
+)
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.plots import series_style
 

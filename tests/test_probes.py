@@ -10,13 +10,28 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhf_interp import tokenize
 from rlhf_interp.bridge import bridge_from_hf, build_tiny_model, load_tokenizer
 from rlhf_interp.kl import entropy, kl_divergence
-from rlhf_interp.probes.behaviour import (Behaviour, behaviour_rates, chunked_distinct, collapse_onset, pattern_count,
-                                          token_distinct)
-from rlhf_interp.probes.coverage import ReferenceSamples, coverage_summary, draw_reference_samples, measure_coverage
-from rlhf_interp.probes.estimators import binned_audit, estimates, overall_audit, sequence_sums
+from rlhf_interp.probes.behaviour import (
+    Behaviour,
+    behaviour_rates,
+    chunked_distinct,
+    collapse_onset,
+    pattern_count,
+    token_distinct,
+)
+from rlhf_interp.probes.coverage import (
+    ReferenceSamples,
+    coverage_summary,
+    draw_reference_samples,
+    measure_coverage,
+)
+from rlhf_interp.probes.estimators import (
+    binned_audit,
+    estimates,
+    overall_audit,
+    sequence_sums,
+)
 from rlhf_interp.probes.scoring import forward_of, score_tokens
 from rlhf_interp.rewards import get_reward, score
 
@@ -185,7 +200,7 @@ def test_binned_audit_separates_states_and_sequence_spread_grows_with_length():
     binned = binned_audit(long).query("setting == 'forward|policy' and estimator == 'k1'")
     assert len(binned) == 2 and binned["n"].tolist() == [4000, 4000]
     low, high = binned.sort_values("bin_lo")["exact_mean"].tolist()
-    assert low < 0.01 < 0.1 < high
+    assert low < 0.01 and high > 0.1
     # Relative noise of k1 is largest where the true KL is smallest.
     assert binned.sort_values("bin_lo")["rel_std"].iloc[0] > binned.sort_values("bin_lo")["rel_std"].iloc[1]
     sums = sequence_sums(long[long["row"] < 500], lengths=[2, 8]).set_index(["setting", "estimator", "length"])
@@ -274,8 +289,11 @@ def test_kl_direction_study_resumes_in_parts_and_renders_from_csvs(tmp_path):
     shutil.rmtree(whole / "runs")
     out = kd.render(report_dir).save()
     page = (out / "README.md").read_text()
-    end = pd.read_csv(report_dir / "end.csv").set_index(["task", "penalty", "metric"])
-    assert f"reverse {100 * end.loc[('suppress', 'reverse', 'x_rate'), 'mean']:.0f}%" in page
+    matched = report_dir / "matched_summary.csv"
+    source = pd.read_csv(matched).query("match_on == 'kl_forward_per_token'") if matched.exists() \
+        else pd.read_csv(report_dir / "end.csv")
+    x_rate = source.set_index(["task", "penalty", "metric"]).loc[("suppress", "reverse", "x_rate"), "mean"]
+    assert "X's rate is forward" in page and f"reverse {100 * x_rate:.0f}%" in page
     assert "newline" in pd.read_csv(report_dir / "base_rates.csv")["behaviour"].tolist()
     for png in ("trajectories", "x_rate", "coverage_hist", "diversity"):
         assert (out / f"{png}.png").stat().st_size > 1000

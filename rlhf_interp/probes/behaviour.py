@@ -13,9 +13,9 @@ repeated sub-words, which is how a collapsed policy on a 24-token budget usually
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -98,7 +98,7 @@ def behaviour_rates(texts: Sequence[str], behaviours: Iterable[Behaviour] = CAND
 
 def generated_token_lists(tokens: Tensor, mask: Tensor, exclude: Sequence[int] = ()) -> list[list[int]]:
     """The real generated ids of each row (``mask`` 1), minus the ids in ``exclude`` (e.g. EOS)."""
-    skip = set(int(i) for i in exclude)
+    skip = {int(i) for i in exclude}
     return [[t for t, m in zip(row.tolist(), mrow.tolist()) if m and t not in skip]
             for row, mrow in zip(tokens.cpu(), mask.cpu())]
 
@@ -109,7 +109,8 @@ def token_distinct(tokens: Tensor, mask: Tensor, ns: Sequence[int] = (1, 2, 3), 
 
     Distinct-n depends on how many tokens are pooled: compare only batches of the same size and length.
     """
-    from rlhf_interp.measure import distinct_n  # the one home of distinct-n (lazy: measure imports models)
+    # distinct-n's one home; imported here because measure imports the bridge (heavy) at import time
+    from rlhf_interp.measure import distinct_n
 
     lists = generated_token_lists(tokens, mask, exclude)
     return {f"distinct_{n}": distinct_n(lists, n) for n in ns}

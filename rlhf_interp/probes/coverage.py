@@ -18,9 +18,9 @@ A sample whose ``delta`` is below ``-threshold`` is a lost mode. Two by-products
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import torch
@@ -61,7 +61,7 @@ class ReferenceSamples:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReferenceSamples":
+    def load(cls, path: str | Path) -> ReferenceSamples:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: draw the reference samples first "
@@ -71,7 +71,7 @@ class ReferenceSamples:
                    samples=Generation(**data["samples"]), greedy=Generation(**data["greedy"]),
                    sample_logp_ref=data["sample_logp_ref"], greedy_logp_ref=data["greedy_logp_ref"])
 
-    def to(self, device) -> "ReferenceSamples":
+    def to(self, device) -> ReferenceSamples:
         def move(g: Generation) -> Generation:
             return Generation(g.prompts, g.tokens.to(device), g.attention_mask.to(device), g.generated_mask.to(device),
                               g.prompt_len, g.texts)

@@ -18,8 +18,9 @@ Forward here is KL(pi || ref), reverse KL(ref || pi); some RL libraries use the 
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,7 @@ def estimates(tokens: pd.DataFrame, sampling: str) -> pd.DataFrame:
 
 
 def _bin_labels(edges: Sequence[float]) -> list[str]:
-    return [f"[{lo:g}, {hi:g})" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [f"[{lo:g}, {hi:g})" for lo, hi in itertools.pairwise(edges)]
 
 
 def binned_audit(long: pd.DataFrame, by: Sequence[str] = (), edges: Sequence[float] = KL_BINS) -> pd.DataFrame:

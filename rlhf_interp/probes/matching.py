@@ -10,7 +10,7 @@ trajectory later wanders back below it.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,5 +72,5 @@ def seed_spread(table: pd.DataFrame, group_keys: Sequence[str], columns: Sequenc
             v = g[c].astype(float).dropna()
             rows.append({**dict(zip(group_keys, key)), "metric": c, "mean": float(v.mean()) if len(v) else math.nan,
                          "min": float(v.min()) if len(v) else math.nan, "max": float(v.max()) if len(v) else math.nan,
-                         "n": int(len(v))})
+                         "n": len(v)})
     return pd.DataFrame(rows)

@@ -9,8 +9,8 @@ on the distribution that was sampled (`kl.sampling_logprobs`: temperature, top-k
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -43,7 +43,7 @@ class TokenScores:
     kl_forward: Float[Tensor, "rows T"] | None = None
     kl_reverse: Float[Tensor, "rows T"] | None = None
 
-    def sums(self, name: str) -> Float[Tensor, "rows"]:
+    def sums(self, name: str) -> Float[Tensor, " rows"]:
         """Per-sequence sum of a field over the real tokens (e.g. the sequence log-prob)."""
         value = getattr(self, name)
         if value is None:
@@ -70,7 +70,7 @@ class TokenScores:
         return frame
 
     @classmethod
-    def cat(cls, parts: list["TokenScores"]) -> "TokenScores":
+    def cat(cls, parts: list[TokenScores]) -> TokenScores:
         """Stack parts with the same number of generated columns."""
         out = {}
         for f in fields(cls):
