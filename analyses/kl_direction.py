@@ -572,8 +572,10 @@ def figure_trajectories(trajectory: pd.DataFrame, evals: pd.DataFrame):
     return fig
 
 
-def figure_over_training(evals: pd.DataFrame, metric: str, ylabel: str, pct: bool = False):
-    """A metric from the evaluations against PPO updates: mean over seeds, min-max band, per task."""
+def figure_over_training(evals: pd.DataFrame, metric: str, ylabel: str, pct: bool = False,
+                         trajectory: pd.DataFrame | None = None):
+    """A metric from the evaluations against PPO updates: mean over seeds, min-max band, per task; with
+    ``trajectory``, also the same metric of every phase's rollout (mean over seeds, 3-phase rolling mean, thin)."""
     tasks = list(dict.fromkeys(evals["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.6), squeeze=False)
     scale = 100.0 if pct else 1.0
@@ -586,6 +588,10 @@ def figure_over_training(evals: pd.DataFrame, metric: str, ylabel: str, pct: boo
             style = COLORS[penalty]
             ax.plot(stats.index, stats["mean"], color=style["color"], marker=style["marker"], label=PENALTY_LABEL[penalty])
             ax.fill_between(stats.index, stats["min"], stats["max"], color=style["color"], alpha=0.15)
+            if trajectory is not None:
+                t = trajectory[(trajectory["task"] == task) & (trajectory["penalty"] == penalty)]
+                per_phase = t.groupby("updates")[metric].mean().rolling(3, min_periods=1).mean() * scale
+                ax.plot(per_phase.index, per_phase, color=style["color"], lw=0.8, alpha=0.5)
         ax.set_xlabel("PPO updates (phases)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"task: {task}", fontsize=10)
@@ -693,9 +699,10 @@ def render(report_dir: Path) -> Report:
         report.table("matched_summary", matched_summary, title="Matched values (mean, min, max over seeds)", show=0)
         report.table("matched", read_table(report_dir, "matched"), title="Matched values per run", show=0)
     report.section("The behaviour X over training")
-    report.figure("x_rate", figure_over_training(evals, "x_rate", "rate of X in eval samples (%)", pct=True),
-                  caption="Evaluations (fixed prompts and seed); mean over seeds, band min-max. Not matched: same "
-                          "coefficient.")
+    report.figure("x_rate", figure_over_training(evals, "x_rate", "rate of X in samples (%)", pct=True,
+                                                 trajectory=trajectory),
+                  caption="Markers: evaluations (fixed prompts and seed), mean over seeds, band min-max; thin lines: "
+                          "each phase's rollout (mean over seeds, 3-phase rolling mean). Not matched: same coefficient.")
     report.figure("lost_modes", figure_over_training(evals, "lost_100x", "reference samples 100× less likely (%)",
                                                      pct=True),
                   caption="Share of the reference's samples whose log-prob under the policy fell by more than log 100.")

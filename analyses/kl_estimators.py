@@ -125,6 +125,28 @@ def figure_schulman(binned: pd.DataFrame, min_n: int = 20):
     return fig
 
 
+def figure_along_runs(along: pd.DataFrame, penalty: str = "none"):
+    """Along the runs with ``penalty`` (where the KL grows most): the true KL per token and each estimator's noise
+    (std of estimate - exact) at every checkpoint, tokens sampled from the policy, per task."""
+    g = along[(along["penalty"] == penalty) & (along["setting"] == "forward|policy")]
+    tasks = list(dict.fromkeys(g["task"]))
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.0 * max(len(tasks), 1), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        t = g[g["task"] == task]
+        for name, e in t.groupby("estimator"):
+            style = ESTIMATOR_STYLE[name]
+            ax.plot(e["updates"], e["std"], label=f"{name}: std of error", color=style["color"], marker=style["marker"])
+        exact = t.groupby("updates")["exact_mean"].first()
+        ax.plot(exact.index, exact, color="black", lw=2, label="true KL(π‖ref) per token (mean)")
+        ax.set_yscale("log")
+        ax.set_xlabel("PPO updates (checkpoint)")
+        ax.set_ylabel("nats per token")
+        ax.set_title(f"{task}, penalty: {penalty}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def figure_negative(along: pd.DataFrame, seq: pd.DataFrame):
     """Share of negative k1 (forward, tokens from the policy) per token and per sequence, along each run."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -224,6 +246,11 @@ def render(report_dir: Path) -> Report:
                      ["estimator", "kl_bin", "n", "exact_mean", "bias", "bias_stderr", "std", "rel_std", "corr",
                       "share_negative"]])
     report.table("binned_by_checkpoint", by_ckpt, title="The same, per checkpoint", show=0)
+    report.section("Along a run")
+    report.figure("along_runs", figure_along_runs(along),
+                  caption="Runs without a KL penalty (they move furthest); every token of each checkpoint's evaluation "
+                          "samples, both seeds pooled. The estimators' per-token noise next to the true KL it "
+                          "estimates.")
     report.section("Negative k1: the 'negative KL' users see")
     report.figure("negative_k1", figure_negative(along, by_run),
                   caption=f"forward k1 on the policy's own tokens; per sequence: sum over "
