@@ -45,6 +45,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import yaml
 
 from rlhf_interp.core.io import (
     append_jsonl,
@@ -380,7 +381,7 @@ def collect_tables(study: Study, study_dir: Path) -> dict[str, pd.DataFrame]:
             continue
         task, penalty, seed = parse_run_name(name)
         keys = {"task": task, "penalty": penalty, "seed": seed}
-        scale = -1.0 if task == "suppress" else 1.0
+        scale = float(yaml.safe_load((run_dir / "config.yaml").read_text())["reward_scale"])  # as optimised
         metrics = _read_jsonl(run_dir / "metrics.jsonl")
         probes = _read_jsonl(run_dir / "probes.jsonl")
         traj = metrics[["phase", "reward_mean", "kl_forward_per_token", "kl_reverse_per_token", "entropy",
