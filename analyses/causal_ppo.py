@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tuned", help="a PPO run dir (its latest checkpoint; all of them for the trajectory) or one "
                                    "checkpoint / HF dir")
     p.add_argument("--from-csv", action="store_true", help="re-render <root>/<name>/ from its CSVs (no model)")
-    p.add_argument("--n-prompts", type=int, default=16)
-    p.add_argument("--samples", type=int, default=24, help="sampled tokens per prompt (0: patch on prompts only)")
+    p.add_argument("--n-prompts", type=int, default=8, help="prompts (one batch of 8 by default)")
+    p.add_argument("--samples", type=int, default=32, help="sampled tokens per prompt (0: patch on prompts only)")
     p.add_argument("--reward-substring", default=".", help="reward proxy: next token contains this (periods task)")
     p.add_argument("--reward", default="char_count", help="sampled reward for the undo table (rlhf_interp reward)")
     p.add_argument("--trajectory-texts", type=int, default=8, help="texts per checkpoint in the trajectory")
@@ -213,6 +213,7 @@ def undo_findings(undo: pd.DataFrame) -> list[str]:
         lines.append(f"Sampled reward: base {base.reward_mean:.2f}, tuned {tuned.reward_mean:.2f} "
                      f"(KL(tuned||base) on its samples {tuned.kl_sample_per_token:.4g} nats per token).")
     for method, label in (("ablate_mean", "ablating the mean-difference direction (every layer)"),
+                          ("ablate_mean_local", "ablating the mean-difference direction (that layer only)"),
                           ("ablate_pcs1", "ablating the top principal direction"),
                           ("subtract_mean", "subtracting the mean difference")):
         for r in undo[undo["method"] == method].itertuples():
@@ -318,16 +319,17 @@ def headline(tables: dict[str, pd.DataFrame]) -> str:
     into = act[(act["direction"] == "into_base") & act["component"].isin(SUBLAYERS)]
     best = into.loc[into["fraction_recovered"].idxmax()]
     undo = tables["undo"]
-    ablate = undo[undo["method"] == "ablate_mean"]
+    edits = undo[(undo["model"] == "tuned") & (undo["method"] != "none")]
     text = (f"Patching one sublayer output of the tuned model into the base recovers at most "
             f"{best.fraction_recovered:.0%} of KL(base‖tuned) ({best.kl_clean:.3g} nats/token), at layer "
             f"{int(best.layer)}'s {best.component}")
-    if len(ablate):
-        r = ablate.loc[ablate["kl_tf_base"].idxmin()]
-        text += (f"; ablating the fine-tuning direction of layer {int(r.layer)} from the tuned model leaves "
-                 f"KL {r.kl_tf_base:.3g} nats/token to base ({r.kl_removed:.0%} of KL(tuned‖base) removed)")
+    if len(edits):
+        r = edits.loc[edits["kl_removed"].idxmax()]
+        text += (f"; the best one-direction undo ({r.method}, layer {int(r.layer)}) leaves KL {r.kl_tf_base:.3g} "
+                 f"nats/token to base ({r.kl_removed:.0%} of KL(tuned‖base) removed")
         if "reward_gain_removed" in undo and pd.notna(r.reward_gain_removed):
-            text += f" and removes {r.reward_gain_removed:.0%} of the reward gain"
+            text += f", {r.reward_gain_removed:.0%} of the sampled reward gain"
+        text += ")"
     return text + "."
 
 
@@ -408,7 +410,8 @@ def render(report_dir: str | Path) -> Report:
     undo = tables["undo"]
     report.section("Undo RLHF with one direction", "From the tuned model, at the layers the attribution points to "
                 f"({config.get('undo_layers_used', '')}): `ablate_mean` projects the unit mean-difference direction "
-                "(tuned - base, `hook_resid_post`) out of every layer's input and outputs (`DirectionAblation`); "
+                "(tuned - base, `hook_resid_post`) out of every layer's input and outputs (`DirectionAblation`), "
+                "`ablate_mean_local` out of that layer's only; "
                 "`ablate_pcs<k>` does the same for the top k principal directions of the difference; "
                 "`subtract_mean` adds minus the mean difference at that layer (`Steering`, non-BOS positions); "
                 "`add_mean` adds it to the *base* model (the reverse; see the steering / frontier reports). "

@@ -193,7 +193,8 @@ def test_undo_subtracting_a_planted_shift_restores_base(tiny):
         table = undo_rlhf(tiny, tuned, TEXTS, [0], pcs=(1,), reward_token_ids=ids, max_new_tokens=0)
         sampled = undo_rlhf(tiny, tuned, TEXTS[:2], [0], pcs=(1,), max_new_tokens=3, prompts=TEXTS[:2], reward="length")
         direct = evaluate_edit(tuned, None, TEXTS[:2], "length", reference=tiny, max_new_tokens=3, seed=0)
-    assert list(table["method"]) == ["none", "none", "ablate_mean", "ablate_pcs1", "subtract_mean", "add_mean"]
+    assert list(table["method"]) == ["none", "none", "ablate_mean", "ablate_mean_local", "ablate_pcs1",
+                                     "subtract_mean", "add_mean"]
     none = row(table, model="tuned", method="none")
     assert none["kl_tf_base"] > 0 and none["kl_removed"] == 0.0 and none["proxy_gain_kept"] == 1.0
     assert row(table, model="base", method="none")["kl_tf_base"] == 0.0
@@ -210,7 +211,7 @@ def test_undo_subtracting_a_planted_shift_restores_base(tiny):
 def test_cli_patch_writes_tables(tiny_run, tmp_path, capsys):
     out = tmp_path / "out"
     code = cli_main(["patch", "--base", "tiny-test", "--tuned", str(tiny_run), "--out", str(out), "--n-prompts", "3",
-                     "--weights", "--device", "cpu"])
+                     "--components", "hook_mlp_out", "hook_resid_post", "--weights", "--device", "cpu"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "L1 hook_mlp_out" in printed and "recovered" in printed
@@ -241,7 +242,26 @@ def test_causal_report_is_written_and_rebuilds_from_its_csvs(tiny_run, tmp_path)
     assert headline == "L1 mlp_out (1.000)" and headline in readme and headline in page
     assert "<img" in page and (out / "trajectory_heatmap.png").stat().st_size > 0
     undo = pd.read_csv(out / "undo.csv")
-    assert set(undo["method"]) >= {"none", "ablate_mean", "ablate_pcs1", "ablate_pcs3", "subtract_mean", "add_mean"}
+    assert set(undo["method"]) >= {"none", "ablate_mean", "ablate_mean_local", "ablate_pcs1", "ablate_pcs3",
+                                  "subtract_mean", "add_mean"}
     (out / "README.md").unlink()
     assert analysis.main(["--from-csv", "--root", str(tmp_path), "--name", "c"]) == 0  # no model: CSVs in, page out
     assert (out / "README.md").read_text() == readme
+
+
+@pytest.mark.integration
+def test_embedded_planted_mlp_change_found_at_its_layer(smol):
+    """SmolLM2 with layer 20's MLP perturbed in a copy: only that layer's MLP output (and weights) carry it."""
+    tuned = load_model("smollm2-135m", device="cpu")
+    w = tuned.original_model.model.layers[20].mlp.down_proj.weight
+    with torch.no_grad():
+        w.add_(0.2 * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
+    texts = TEXTS[:2]
+    table = activation_patching(smol, tuned, texts, components=["hook_attn_out", "hook_mlp_out"], layers=[19, 20, 21],
+                                directions=["into_base"], embedding=False)
+    assert row(table, layer=20, component="hook_mlp_out")["fraction_recovered"] == 1.0
+    assert (table[table["layer"] < 20]["fraction_recovered"] == 0.0).all() and table["kl_clean"].iloc[0] > 1e-4
+    later = table[table["layer"] > 20]["fraction_recovered"]
+    assert (later < 0.9).all()
+    swaps = weight_patching(smol, tuned, texts, components=["mlp"], layers=[20], directions=["into_base"])
+    assert swaps["fraction_recovered"].item() == 1.0

@@ -5,7 +5,8 @@ non-BOS tokens of some texts; its principal components come from the same stream
 (`rlhf_interp.diff.difference_directions`). The edits are the toolkit's own (`rlhf_interp.edits`):
 
 - ``ablate_mean``: `DirectionAblation` of the unit mean direction at every layer (no component reads or
-  writes it; Arditi et al. 2024 style, the "un-alignment" of Lee et al. 2024);
+  writes it; Arditi et al. 2024 style, the "un-alignment" of Lee et al. 2024); ``ablate_mean_local``: the
+  same at that one layer only (its input and what it writes), later layers may write the direction again;
 - ``ablate_pcs<k>``: the same for the top ``k`` principal directions of the difference (orthonormal, so
   projecting them out one after another removes their span);
 - ``subtract_mean``: `Steering` by minus the mean difference at that layer's ``hook_resid_post`` (real
@@ -45,6 +46,7 @@ def undo_settings(directions: DifferenceDirections, layers: Iterable[int], pcs: 
                              f"is no fine-tuning direction there to ablate or subtract. Pick a layer where they differ "
                              f"(see the residual attribution).")
         out.append(("tuned", "ablate_mean", layer, DirectionAblation(mean[layer], "all")))
+        out.append(("tuned", "ablate_mean_local", layer, DirectionAblation(mean[layer], [layer])))
         for k in pcs:
             if k > directions.components.shape[2]:
                 raise ValueError(f"Asked to ablate the top {k} principal directions, but only "
