@@ -13,7 +13,6 @@ they are saved as CSVs and the page is drawn from the CSVs alone (`render(report
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from rlhf_interp import load_model, load_prompts
 from rlhf_interp.checkpoints import list_checkpoints
@@ -97,38 +96,36 @@ def compute(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], dict]:
     prompts = load_prompts(limit=args.n_prompts, seed=args.seed)
     texts = (policy_samples(tuned, prompts, max_new_tokens=args.samples, seed=args.seed, batch_size=args.batch_size)
              if args.samples > 0 else prompts)
-    common = dict(reward_token_ids=ids, batch_size=args.batch_size)
+    common = {"reward_token_ids": ids, "batch_size": args.batch_size}
     tables: dict[str, pd.DataFrame] = {"texts": pd.DataFrame({"text": texts})}
     timings: dict[str, float] = {}
 
-    def timed(name, fn):
+    def timed(name, fn, *fn_args, **fn_kwargs):
         t0 = time.time()
-        out = fn()
+        out = fn(*fn_args, **fn_kwargs)
         timings[name] = round(time.time() - t0, 1)
         print(f"[causal_ppo] {name}: {timings[name]} s", file=sys.stderr)
         return out
 
-    act = timed("activation_patching", lambda: activation_patching(base, tuned, texts, **common))
+    act = timed("activation_patching", activation_patching, base, tuned, texts, **common)
     tables["activation_patching"] = act
     if not (act["kl_clean"] > 0).all():
         raise SystemExit(f"{final} gives the same next-token distributions as {args.base} on these texts (KL 0): "
                          f"nothing to attribute. Is it really a tuned checkpoint of this base model?")
     tables["residual_attribution"] = residual_attribution(act)
     if not args.no_weights:
-        tables["weight_patching"] = timed("weight_patching", lambda: weight_patching(base, tuned, texts, **common))
+        tables["weight_patching"] = timed("weight_patching", weight_patching, base, tuned, texts, **common)
     layers = (attribution_layers(act, k=2) if args.undo_layers == "auto"
               else [int(x) for x in args.undo_layers.split(",") if x.strip()])
     undo_prompts = load_prompts(limit=args.undo_prompts, seed=args.seed + 1)
-    tables["undo"] = timed("undo", lambda: undo_rlhf(base, tuned, texts, layers, prompts=undo_prompts,
-                                                     reward=args.reward, max_new_tokens=args.undo_tokens,
-                                                     seed=args.seed, **common))
+    tables["undo"] = timed("undo", undo_rlhf, base, tuned, texts, layers, prompts=undo_prompts, reward=args.reward,
+                           max_new_tokens=args.undo_tokens, seed=args.seed, **common)
     del tuned
     chosen = []
     if len(checkpoints) > 1:
         chosen = evenly_spaced([(checkpoint_step(c), c) for c in checkpoints], args.max_checkpoints)
-        traj = timed("trajectory", lambda: patching_trajectory(
-            base, args.tuned, texts[: args.trajectory_texts], checkpoints=chosen, components=["hook_resid_post"],
-            directions=["into_base"], **common))
+        traj = timed("trajectory", patching_trajectory, base, args.tuned, texts[: args.trajectory_texts],
+                     checkpoints=chosen, components=["hook_resid_post"], directions=["into_base"], **common)
         tables["trajectory"] = traj
         tables["trajectory_attribution"] = residual_attribution(traj)
     config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "tuned_checkpoint": str(final),
@@ -163,11 +160,11 @@ def findings(tables: dict[str, pd.DataFrame], config: dict) -> list[str]:
     back = act[act["direction"] == "into_tuned"]
     kl_bt, kl_tb = into["kl_clean"].iloc[0], back["kl_clean"].iloc[0] if len(back) else float("nan")
     top = into[into["component"].isin(SUBLAYERS)].nlargest(3, "fraction_recovered")
-    lines = [f"Without a patch, KL(base||tuned) = {kl_bt:.4g} and KL(tuned||base) = {kl_tb:.4g} nats per token "
-             f"(mean over {int(into['n_tokens'].iloc[0])} positions of {config.get('n_texts', '?')} texts).",
-             "Top 3 single patches (tuned's sublayer output into base; fraction of KL(base||tuned) recovered): "
-             + _fmt_parts(top, "fraction_recovered") + "; they recover "
-             + ", ".join(f"{r:.3f}" for r in top["reward_proxy_recovered"]) + " of the reward proxy's gap."]
+    lines = [(f"Without a patch, KL(base||tuned) = {kl_bt:.4g} and KL(tuned||base) = {kl_tb:.4g} nats per token "
+              f"(mean over {int(into['n_tokens'].iloc[0])} positions of {config.get('n_texts', '?')} texts)."),
+             ("Top 3 single patches (tuned's sublayer output into base; fraction of KL(base||tuned) recovered): "
+              + _fmt_parts(top, "fraction_recovered") + "; they recover "
+              + ", ".join(f"{r:.3f}" for r in top["reward_proxy_recovered"]) + " of the reward proxy's gap.")]
     if len(back):
         top_back = back[back["component"].isin(SUBLAYERS)].nlargest(3, "fraction_recovered")
         lines.append("Reverse (base's sublayer output into tuned; fraction of KL(tuned||base) removed): "

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from rlhf_interp import Steering, load_model, load_prompts, save_hf_model, tokenize
+from rlhf_interp.bridge import bridge_from_hf, build_tiny_model, load_tokenizer
 from rlhf_interp.cli import main as cli_main
 from rlhf_interp.diff import ModelMismatchError
 from rlhf_interp.measure import evaluate_edit
-from rlhf_interp.models import bridge_from_hf, build_tiny_model, load_tokenizer
 from rlhf_interp.patching import (
     activation_patching,
     attribution_layers,
@@ -119,9 +119,8 @@ def test_mismatched_architectures_are_refused_before_any_forward(tiny):
         for call in (lambda: activation_patching(tiny, three, TEXTS), lambda: weight_patching(tiny, three, TEXTS)):
             with pytest.raises(ModelMismatchError, match="n_layers: base 2 vs tuned 3"):
                 call()
-        with pytest.raises(ModelMismatchError, match="n_layers"):
-            with swapped_weights(tiny, three, 0, "mlp"):
-                pass
+        with pytest.raises(ModelMismatchError, match="n_layers"), swapped_weights(tiny, three, 0, "mlp"):
+            pass
     assert not forwards
     with pytest.raises(ValueError, match="into_base"):
         activation_patching(tiny, tiny, TEXTS, directions=["base_to_tuned"])
@@ -144,9 +143,8 @@ def test_weight_swap_restores_exactly_also_on_error(tiny):
             assert torch.equal(receiver.original_model.model.layers[1].mlp.down_proj.weight,
                                donor.original_model.model.layers[1].mlp.down_proj.weight)
             assert torch.equal(receiver(tokens, attention_mask=mask), donor_logits)
-        with pytest.raises(RuntimeError, match="boom"):
-            with swapped_weights(receiver, donor, 1, "block"):
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"), swapped_weights(receiver, donor, 1, "block"):
+            raise RuntimeError("boom")
         after = receiver(tokens, attention_mask=mask)
     assert all(torch.equal(before[k], v) for k, v in receiver.original_model.state_dict().items())
     assert torch.equal(after, clean)
@@ -154,9 +152,9 @@ def test_weight_swap_restores_exactly_also_on_error(tiny):
 
 def test_patch_hooks_are_removed_on_error(tiny):
     tokens, mask, logits, cache = clean_run(tiny, TEXTS, ["blocks.0.hook_mlp_out"])
-    with pytest.raises(ValueError, match="shape"):
-        with torch.no_grad(), patched(tiny, {"blocks.0.hook_mlp_out": cache["blocks.0.hook_mlp_out"][:1]}):
-            tiny(tokens, attention_mask=mask)  # wrong batch: a clear error, and the hook must still go
+    wrong_batch = {"blocks.0.hook_mlp_out": cache["blocks.0.hook_mlp_out"][:1]}
+    with pytest.raises(ValueError, match="shape"), torch.no_grad(), patched(tiny, wrong_batch):
+        tiny(tokens, attention_mask=mask)  # a clear error, and the hook must still be removed
     with torch.no_grad():
         assert torch.equal(tiny(tokens, attention_mask=mask), logits)
 

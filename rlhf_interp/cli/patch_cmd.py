@@ -36,11 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rlhf_interp.bridge import load_model
     from rlhf_interp.checkpoints import list_checkpoints
     from rlhf_interp.diff import check_compatible, policy_samples
-    from rlhf_interp.models import load_model
-    from rlhf_interp.patching import (COMPONENTS, activation_patching, patching_trajectory, residual_attribution,
-                                      rewarded_token_ids, weight_patching)
+    from rlhf_interp.patching import (
+        COMPONENTS,
+        activation_patching,
+        patching_trajectory,
+        residual_attribution,
+        rewarded_token_ids,
+        weight_patching,
+    )
     from rlhf_interp.prompts import load_prompts
 
     checkpoints = list_checkpoints(args.tuned)
@@ -52,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     texts = load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
     if args.samples > 0:
         texts = policy_samples(tuned, texts, max_new_tokens=args.samples, seed=args.seed)
-    kwargs = dict(reward_token_ids=rewarded_token_ids(base.tokenizer, args.reward_substring),
-                  batch_size=args.batch_size, directions=args.directions)
+    kwargs = {"reward_token_ids": rewarded_token_ids(base.tokenizer, args.reward_substring),
+              "batch_size": args.batch_size, "directions": args.directions}
     args.out.mkdir(parents=True, exist_ok=True)
     table = activation_patching(base, tuned, texts, components=args.components or COMPONENTS, **kwargs)
     tables = {"activation_patching": table}

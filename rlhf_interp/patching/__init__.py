@@ -6,7 +6,12 @@ other), `weights` (swap one layer's weights in, restored exactly on exit), `traj
 every checkpoint of a run), `undo` (ablate or subtract the fine-tuning direction from the tuned model).
 """
 
-from rlhf_interp.patching.activation import COMPONENTS, activation_patching, patched, residual_attribution
+from rlhf_interp.patching.activation import (
+    COMPONENTS,
+    activation_patching,
+    patched,
+    residual_attribution,
+)
 from rlhf_interp.patching.scores import (
     COLUMNS,
     DIRECTIONS,
@@ -16,7 +21,12 @@ from rlhf_interp.patching.scores import (
 )
 from rlhf_interp.patching.trajectory import patching_trajectory, run_checkpoints
 from rlhf_interp.patching.undo import attribution_layers, undo_rlhf, undo_settings
-from rlhf_interp.patching.weights import SWAP_COMPONENTS, layer_parameters, swapped_weights, weight_patching
+from rlhf_interp.patching.weights import (
+    SWAP_COMPONENTS,
+    layer_parameters,
+    swapped_weights,
+    weight_patching,
+)
 
 __all__ = [
     "COLUMNS", "COMPONENTS", "DIRECTIONS", "SWAP_COMPONENTS", "Patch", "activation_patching", "attribution_layers",

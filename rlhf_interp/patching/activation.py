@@ -17,8 +17,8 @@ See `rlhf_interp.patching.scores` for the directions, the positions counted and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 from torch import Tensor

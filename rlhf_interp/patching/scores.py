@@ -24,9 +24,9 @@ Conventions (stated once, used by every table of this package):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -64,7 +64,7 @@ def rewarded_token_ids(tokenizer, substring: str = ".") -> list[int]:
     return ids
 
 
-def class_logprob(logits: Float[Tensor, "n vocab"], token_ids: Tensor | None) -> Float[Tensor, "n"]:
+def class_logprob(logits: Float[Tensor, "n vocab"], token_ids: Tensor | None) -> Tensor:
     """log P(next token in ``token_ids``) per position (zeros when no class is given)."""
     if token_ids is None:
         return torch.zeros(logits.shape[0], dtype=logits.dtype)

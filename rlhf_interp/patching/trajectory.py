@@ -7,15 +7,15 @@ the tables stack with a leading ``step`` column (ready for a checkpoint x layer 
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from rlhf_interp.bridge import load_model, model_device
 from rlhf_interp.checkpoints import list_checkpoints
 from rlhf_interp.diff import checkpoint_step
-from rlhf_interp.models import load_model, model_device
 from rlhf_interp.patching.activation import activation_patching
 
 

@@ -20,16 +20,22 @@ reward and KL(edited || base) of the edited model's own continuations (`rlhf_int
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 
 from rlhf_interp.diff import DifferenceDirections, difference_directions
-from rlhf_interp.edits import Combined, DirectionAblation, Edit, NoEdit, Steering
+from rlhf_interp.edits import (
+    Combined,
+    DirectionAblation,
+    Edit,
+    NoEdit,
+    Steering,
+    SteeringVector,
+)
 from rlhf_interp.measure import evaluate_edit
 from rlhf_interp.patching.activation import residual_attribution
 from rlhf_interp.patching.scores import Patch, run_patches
-from rlhf_interp.steering import SteeringVector
 
 HOOK = "hook_resid_post"
 NOT_BOS = slice(1, None)  # real positions >= 1: where the mean difference was measured

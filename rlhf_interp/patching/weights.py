@@ -12,8 +12,8 @@ and grouped with `rlhf_interp.diff.classify_param`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
 import torch
