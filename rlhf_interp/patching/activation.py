@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import pandas as pd
 from torch import Tensor
 
-from rlhf_interp.diff.stream import block_hook, validate_hooks
+from rlhf_interp.diff.stream import RESID_HOOKS, block_hook
 from rlhf_interp.edits import resolve_layers
 from rlhf_interp.patching.scores import DIRECTIONS, Patch, check_directions, run_patches
 
@@ -74,7 +74,11 @@ def activation_patching(base, tuned, texts: Sequence[str], *, components: Sequen
     `residual_attribution` needs when the embeddings were trained. Columns: see
     `rlhf_interp.patching.scores.COLUMNS`. Cost: one forward of the receiver per row and batch.
     """
-    components = validate_hooks(components)
+    bad = [c for c in components if c not in RESID_HOOKS]
+    if bad or not components:
+        raise ValueError(f"Unknown or empty hook point(s) {bad or list(components)}; patching replaces these per-block "
+                         f"hook points (TransformerLens names): {', '.join(RESID_HOOKS)}.")
+    components = tuple(dict.fromkeys(components))
     directions = check_directions(directions)
     layer_list = resolve_layers(base, layers)
     targets = [(0, EMBED)] if embedding else []
