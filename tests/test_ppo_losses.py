@@ -54,3 +54,47 @@ def test_whiten_and_explained_variance():
     returns = torch.tensor([[1.0, 2.0, 3.0]])
     assert losses.explained_variance(returns, returns, torch.ones(1, 3)) == pytest.approx(1.0)
     assert losses.explained_variance(torch.full((1, 3), 2.0), returns, torch.ones(1, 3)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_value_loss_and_its_clipping_hand_computed():
+    values = torch.tensor([[1.0, 0.0, 0.5, 9.0]])
+    old = torch.tensor([[0.5, 0.5, 0.5, 0.0]])
+    returns = torch.tensor([[0.0, 1.0, 0.6, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last entry is padding: ignored
+    # token 0: V moved +0.5 > eps 0.2 -> clipped V = 0.7; max((1-0)^2, (0.7-0)^2) = 1.0
+    # token 1: V moved -0.5 -> clipped V = 0.3; max((0-1)^2, (0.3-1)^2) = 1.0
+    # token 2: inside the range -> (0.5-0.6)^2 = 0.01 both ways
+    clipped = losses.value_loss(values, old, returns, mask, clip_range=0.2)
+    assert clipped.item() == pytest.approx(0.5 * (1.0 + 1.0 + 0.01) / 3)
+    # Where clipping binds: V moved toward the return and past the range -> the clipped error counts.
+    toward = losses.value_loss(torch.tensor([[0.9]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.ones(1, 1), 0.2)
+    assert toward.item() == pytest.approx(0.5 * max((0.9 - 1) ** 2, (0.2 - 1) ** 2))
+    unclipped = losses.value_loss(values, old, returns, mask, clip_range=0.0)
+    assert unclipped.item() == pytest.approx(0.5 * (1.0 + 1.0 + 0.01) / 3)
+    assert losses.value_loss(torch.tensor([[0.9]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.ones(1, 1),
+                             0.0).item() == pytest.approx(0.5 * 0.01)
+
+
+def test_penalised_advantages_credit_value_to_earlier_tokens_and_score_to_the_token_itself():
+    value = torch.tensor([[0.1, 0.2, 0.4]])
+    score = torch.tensor([[1.0, -1.0, 0.5]])
+    mask = torch.ones(1, 3)
+    baseline = torch.zeros(1, 3)
+    adv, ret = losses.penalised_advantages(torch.tensor([2.0]), value, score, baseline, mask, kl_coef=0.5, gamma=1.0,
+                                           lam=1.0)
+    # returns: the reward stream only (score 2 at the end, -0.5 * value per token)
+    torch.testing.assert_close(ret, torch.tensor([[2.0 - 0.5 * 0.7, 2.0 - 0.5 * 0.6, 2.0 - 0.5 * 0.4]]))
+    # each token's own KL coefficient is the score, later tokens' values are credited to it
+    torch.testing.assert_close(adv, torch.tensor([[2.0 - 0.5 * (1.0 + 0.6), 2.0 - 0.5 * (-1.0 + 0.4), 2.0 - 0.5 * 0.5]]))
+    # score == value (forward k1): the textbook per_token_rewards + GAE, unchanged
+    same, _ = losses.penalised_advantages(torch.tensor([2.0]), value, value, baseline, mask, 0.5, 1.0, 0.9)
+    textbook, _ = losses.gae(losses.per_token_rewards(torch.tensor([2.0]), value, mask, 0.5), baseline, mask, 1.0, 0.9)
+    assert torch.equal(same, textbook)
+
+
+def test_running_std_of_a_constant_reward_is_one_not_zero():
+    stats = losses.RunningStd()
+    stats.update(torch.zeros(8))
+    assert stats.std == 1.0  # dividing the scores by it must not give NaN
+    stats.update(torch.tensor([1.0, 3.0]))
+    assert stats.std == pytest.approx(torch.tensor([0.0] * 8 + [1.0, 3.0]).std().item())

@@ -1,4 +1,5 @@
-"""The PPO trainer end to end on tiny-test: metrics, checkpoints other tools load, resume, clear errors."""
+"""The PPO trainer end to end on tiny-test: metrics, checkpoints other tools load, resume, clear errors,
+and the KL it logs and optimises being the KL of the distribution it samples."""
 
 from __future__ import annotations
 
@@ -8,10 +9,45 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_interp.bridge import build_tiny_model, load_tokenizer
+from rlhf_interp.bridge.generation import generate
 from rlhf_interp.cli import main as cli_main
+from rlhf_interp.kl import kl_from_logprobs, kl_options, masked_mean, sampling_logprobs
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
 
 CONFIGS = Path(__file__).parent.parent / "configs"
+ACCEPTED = [(d, e, p) for d, e, p, ok in kl_options() if ok]
+
+
+def _save_tiny(directory: Path, *, logit_scale: float = 1.0, noise: float = 0.0, attention_dropout: float = 0.0) -> Path:
+    """tiny-test as a HF directory: logits sharpened by scaling the final norm (tiny-test alone is nearly
+    uniform), block weights perturbed by ``noise`` x their std, optional dropout in the config."""
+    hf = build_tiny_model()
+    generator = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        hf.model.norm.weight.mul_(logit_scale)
+        for name, param in hf.named_parameters():
+            if noise and "layers." in name and "norm" not in name:
+                param.add_(noise * param.std() * torch.randn(param.shape, generator=generator))
+    hf.config.attention_dropout = attention_dropout
+    hf.save_pretrained(directory)
+    load_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ref_and_policy(tmp_path_factory) -> tuple[Path, Path]:
+    """A reference with some structure (exact KL ~0.4/token to the policy) and a perturbed copy as policy."""
+    root = tmp_path_factory.mktemp("models")
+    return (_save_tiny(root / "ref", logit_scale=10.0), _save_tiny(root / "policy", logit_scale=10.0, noise=0.5))
+
+
+SHORT_PROMPTS = ["Hello", "The cat", "I think", "Today we", "In the", "My name is", "Once", "The best", "Why do",
+                 "She said", "Here is", "We went", "It was", "After the", "They are", "You can"]  # cheap passes
+
+
+def _zero_reward(texts: list[str]) -> list[float]:
+    return [0.0] * len(texts)
 
 
 def tiny_config(**overrides) -> PPOConfig:
@@ -125,3 +161,131 @@ def test_lora_resume_restores_the_trained_adapter(tmp_path):
     assert restored.keys() == trained.keys()
     for name, value in trained.items():
         assert torch.equal(restored[name], value), name
+
+
+# --- the KL that is logged and optimised is that of the distribution that is sampled
+
+
+def _exact_kl_on_own_samples(trainer: PPOTrainer, prompts: list[str], direction: str, max_new_tokens: int) -> float:
+    """Exact per-token KL over the vocabulary in ``direction``, on the policy's own continuations (fixed seed)."""
+    sampled = generate(trainer.policy, prompts, max_new_tokens=max_new_tokens, seed=7, stop_at_eos=False)
+    cols = slice(sampled.prompt_len - 1, sampled.tokens.shape[1] - 1)
+    with torch.no_grad():
+        logp = sampling_logprobs(trainer.policy(sampled.tokens, attention_mask=sampled.attention_mask)[:, cols])
+        logq = sampling_logprobs(trainer.reference(sampled.tokens, attention_mask=sampled.attention_mask)[:, cols])
+    kl = kl_from_logprobs(logp, logq) if direction == "forward" else kl_from_logprobs(logq, logp)
+    return masked_mean(kl, sampled.generated_mask[:, sampled.prompt_len:].float()).item()
+
+
+@pytest.mark.parametrize("option", ACCEPTED, ids=["-".join(o) for o in ACCEPTED])
+def test_kl_falls_under_zero_reward_for_every_accepted_option(tmp_path, ref_and_policy, option):
+    """Policy = perturbed copy of the reference, reward 0: only the KL acts, so the exact KL must fall.
+
+    value_loss_coef 0 keeps the critic's gradient out of the shared trunk (it would move the policy in a
+    direction unrelated to the KL), and gae_lambda 1 makes the untrained critic's advantages plain returns.
+    """
+    direction, estimator, placement = option
+    ref_dir, policy_dir = ref_and_policy
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("\n".join(SHORT_PROMPTS) + "\n")
+    config = tiny_config(model=str(policy_dir), ref_model=str(ref_dir), prompts=str(prompts_file),
+                         kl_direction=direction, kl_estimator=estimator, kl_placement=placement, kl_coef=5.0, phases=4,
+                         batch_size=32, minibatch_size=16, max_new_tokens=4, ppo_epochs=2, lr=3e-4, lr_decay=False,
+                         value_loss_coef=0.0, gae_lambda=1.0, checkpoint_every=0, sample_every=0)
+    trainer = PPOTrainer(config, tmp_path / "run", reward=_zero_reward, progress=False)
+    before = _exact_kl_on_own_samples(trainer, SHORT_PROMPTS, direction, config.max_new_tokens)
+    trainer.train()
+    after = _exact_kl_on_own_samples(trainer, SHORT_PROMPTS, direction, config.max_new_tokens)
+    assert before > 0.2 and after < 0.9 * before, (before, after)
+
+
+def test_tempered_rollout_logs_the_exact_tempered_kl(tmp_path, ref_and_policy):
+    ref_dir, policy_dir = ref_and_policy
+    config = tiny_config(model=str(policy_dir), ref_model=str(ref_dir), temperature=0.7, phases=1, lr=0.0,
+                         head_lr=0.0, checkpoint_every=0, sample_every=0)
+    trainer = PPOTrainer(config, tmp_path / "run", progress=False)
+    metrics, rollout = trainer.run_phase()
+    cols = slice(rollout.prompt_len - 1, rollout.tokens.shape[1] - 1)
+    with torch.no_grad():  # lr 0: the policy is still the one that sampled
+        pi = trainer.policy(rollout.tokens, attention_mask=rollout.attention_mask)[:, cols].double()
+        ref = trainer.reference(rollout.tokens, attention_mask=rollout.attention_mask)[:, cols].double()
+    mask = rollout.gen_mask.double()
+
+    def logged_kind(temperature: float) -> tuple[float, float, float]:
+        p, q = torch.softmax(pi / temperature, -1), torch.softmax(ref / temperature, -1)
+        per_token = [(p * (p.log() - q.log())).sum(-1), (q * (q.log() - p.log())).sum(-1), -(p * p.log()).sum(-1)]
+        return tuple(((x * mask).sum() / mask.sum()).item() for x in per_token)
+
+    forward, reverse, entropy = logged_kind(0.7)
+    assert metrics["kl_forward_per_token"] == pytest.approx(forward, rel=1e-4)
+    assert metrics["kl_reverse_per_token"] == pytest.approx(reverse, rel=1e-4)
+    assert metrics["entropy"] == pytest.approx(entropy, rel=1e-4)
+    assert abs(logged_kind(1.0)[0] - forward) > 0.05 * forward  # the temperature matters here: the test can fail
+
+
+def test_ratio_is_one_before_any_step_with_dropout_in_the_model_config(tmp_path):
+    """lr 0: every minibatch of every epoch sees the policy that sampled, so every ratio must be 1."""
+    model_dir = _save_tiny(tmp_path / "dropout", attention_dropout=0.5)
+    config = tiny_config(model=str(model_dir), ref_model="tiny-test", phases=1, ppo_epochs=2, batch_size=4,
+                         minibatch_size=2, lr=0.0, head_lr=0.0, checkpoint_every=0, sample_every=0)
+    trainer = PPOTrainer(config, tmp_path / "run", progress=False)
+    tokens = torch.tensor([[1, 504, 3117, 314, 1123, 7]])
+    trainer.policy.train()  # the dropout in this model is real: in train mode two passes differ
+    assert not torch.equal(trainer.policy(tokens), trainer.policy(tokens))
+    trainer.policy.eval()
+    metrics, rollout = trainer.run_phase()
+    assert metrics["max_abs_log_ratio"] < 1e-5
+    assert not trainer.policy.training and not trainer.reference.training
+    # The rollout's log-probs are the eval-mode model's.
+    cols = slice(rollout.prompt_len - 1, rollout.tokens.shape[1] - 1)
+    with torch.no_grad():
+        logp = sampling_logprobs(trainer.policy(rollout.tokens, attention_mask=rollout.attention_mask)[:, cols])
+    again = logp.gather(-1, rollout.gen_tokens[..., None]).squeeze(-1)
+    torch.testing.assert_close(again * rollout.gen_mask, rollout.logprobs * rollout.gen_mask, atol=1e-5, rtol=0)
+
+
+def test_update_reuses_the_rollout_pass_for_its_first_minibatch(tmp_path, monkeypatch):
+    import rlhf_interp.ppo.update as update_module
+
+    calls = []
+    real = update_module.policy_forward
+    monkeypatch.setattr(update_module, "policy_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    trainer = PPOTrainer(tiny_config(phases=1, batch_size=4, minibatch_size=2, ppo_epochs=2, checkpoint_every=0),
+                         tmp_path / "run", progress=False)
+    trainer.run_phase()
+    assert len(calls) == 2 * 2 - 1  # 4 minibatches, the first one's forward pass came from the rollout
+
+
+def test_resume_after_an_unsaved_phase_and_a_torn_line_does_not_duplicate_logs(tmp_path):
+    full = PPOTrainer(tiny_config(phases=4, checkpoint_every=2), tmp_path / "full", progress=False)
+    full.train()
+
+    def kill_after_phase_3(trainer, metrics, rollout):
+        if trainer.phase == 3:
+            raise KeyboardInterrupt  # phase 3 is logged, its checkpoint never written
+
+    run = tmp_path / "resumed"
+    killed = PPOTrainer(tiny_config(phases=4, checkpoint_every=2), run, callbacks=[kill_after_phase_3], progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    for name in ("metrics.jsonl", "samples.jsonl"):  # a write cut short by the kill
+        with open(run / name, "a") as f:
+            f.write('{"phase": 4, "prompt": "cut sho')
+    resumed = PPOTrainer.resume(run, progress=False)
+    assert resumed.phase == 2 and [m["phase"] for m in resumed.history] == [1, 2]
+    resumed.train()
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        expected = [json.loads(line) for line in (tmp_path / "full" / name).read_text().splitlines()]
+        got = [json.loads(line) for line in (run / name).read_text().splitlines()]
+        assert [r["phase"] for r in got] == [r["phase"] for r in expected], name
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (tmp_path / "full" / "samples.jsonl").read_text().splitlines()]
+    assert [(s["prompt"], s["completion"]) for s in samples] == [(s["prompt"], s["completion"]) for s in expected]
+
+
+def test_config_refuses_top_k_top_p_and_empty_ref_model():
+    for field, value in (("top_k", 40), ("top_p", 0.9)):
+        with pytest.raises(ValueError, match=rf"'{field}' .* not supported in PPO.*temperature"):
+            tiny_config(**{field: value})
+    with pytest.raises(ValueError, match="ref_model"):
+        tiny_config(ref_model="''")

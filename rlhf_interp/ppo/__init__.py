@@ -3,6 +3,7 @@
 - `config`: ``PPOConfig``, one validated flat config per run (which KL options exist: `rlhf_interp.kl`);
 - `rollout`: sample, then one forward pass per model -> ``Rollout``;
 - `losses`: GAE, the clipped policy and value losses, the KL in the advantages;
+- `update`: one PPO update (epochs of clipped minibatch steps) over a rollout;
 - `trainer`: ``PPOTrainer``, the loop, logging, checkpoints and resume;
 - `kl_audit`: checks every KL option's gradient on an enumerable policy (docs/kl.md's table).
 
@@ -14,7 +15,8 @@ from rlhf_interp.core.lazy import lazy_exports, names_from
 _WHERE = {
     **names_from(".config", "PPOConfig"),
     **names_from(".rollout", "PolicyPass", "Rollout", "collect"),
-    **names_from(".trainer", "PPOTrainer", "TrainingDivergedError"),
+    **names_from(".trainer", "PPOTrainer"),
+    **names_from(".update", "TrainingDivergedError", "ppo_update"),
     **names_from("rlhf_interp.bridge.heads", "ValueHead", "forward_with_values", "values_from_hook"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

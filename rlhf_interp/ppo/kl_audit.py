@@ -16,7 +16,8 @@ Targets, both scaled by ``1 / horizon`` because PPO averages over tokens:
 - ``placement='reward'``: ``sum_x pi(x) sum_t D(s_t)``, the states moving with the policy (forward: the
   sequence-level KL(pi||ref)); checked on-policy, where PPO computes its advantages.
 
-Run ``python -m rlhf_interp.ppo.kl_audit --csv docs/kl_gradients.csv`` to rebuild docs/kl.md's table.
+Rebuild docs/kl.md's tables: ``python -m rlhf_interp.ppo.kl_audit --csv docs/kl_gradients.csv
+--summary-csv docs/kl_summary.csv`` (about a minute).
 """
 
 from __future__ import annotations
@@ -201,16 +202,33 @@ def audit_table(n_samples: int = N_SAMPLES, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per option (docs/kl.md): worst bias and Monte-Carlo agreement over the problems and thetas
+    it was checked on, and what the naive form's expected gradient did on the multi-step problem."""
+    rows = []
+    for (direction, estimator, placement), df in table.groupby(["direction", "estimator", "placement"], sort=False):
+        naive = df[(df.problem == "multi_step") & (df.theta == "on_policy")].iloc[0]
+        rows.append({"direction": direction, "estimator": estimator, "placement": placement,
+                     "accepted": bool(df.accepted.iloc[0]), "checks": len(df),
+                     "max_bias_rel_error": df.expected_rel_error.max(), "min_mc_cosine": df.mc_cosine.min(),
+                     "max_mc_rel_error": df.mc_rel_error.max(),
+                     "naive_cosine": naive.naive_expected_cosine, "naive_rel_error": naive.naive_expected_rel_error})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", help="write the table here")
+    parser.add_argument("--csv", help="write the full table here")
+    parser.add_argument("--summary-csv", help="write the one-row-per-option summary here")
     parser.add_argument("--n-samples", type=int, default=N_SAMPLES)
     args = parser.parse_args(argv)
     table = audit_table(args.n_samples)
     if args.csv:
         table.to_csv(args.csv, index=False, float_format="%.4f")
-    with pd.option_context("display.width", 200, "display.max_rows", 200):
-        print(table.round(4).to_string(index=False))
+    short = summary(table)
+    if args.summary_csv:
+        short.to_csv(args.summary_csv, index=False, float_format="%.4f")
+    print(short.to_markdown(index=False, floatfmt=".4f"))
 
 
 if __name__ == "__main__":

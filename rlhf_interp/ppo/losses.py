@@ -6,6 +6,8 @@ Shapes: ``[batch, gen]`` — one entry per generated token; ``mask`` is 1 on rea
 
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -105,3 +107,29 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     residual = returns - values
     var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
     return float(1.0 - var_residual / var_returns.clamp_min(1e-8))
+
+
+class RunningStd:
+    """Welford running variance of reward scores, for reward normalisation."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, values: torch.Tensor) -> None:
+        for v in values.double().tolist():
+            self.count += 1
+            delta = v - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (v - self.mean)
+
+    @property
+    def std(self) -> float:
+        """Running std, or 1 while it is undefined or ~0 (a constant reward must not be divided by 0)."""
+        std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+        return std if std > 1e-8 else 1.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, s: dict[str, float]) -> None:
+        self.count, self.mean, self.m2 = int(s["count"]), s["mean"], s["m2"]

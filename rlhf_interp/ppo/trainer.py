@@ -9,7 +9,6 @@ mode for the whole run (no dropout): the update's log-probs are those of the dis
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -28,45 +27,16 @@ from rlhf_interp.bridge.run_dirs import checkpoint_dir, latest_checkpoint, list_
 from rlhf_interp.checkpoints import save_hf_model
 from rlhf_interp.core.io import append_jsonl, write_jsonl
 from rlhf_interp.core.seeding import mix_seed
-from rlhf_interp.kl import (AdaptiveKLController, FixedKLController, entropy_from_logprobs, kl_loss_terms, masked_mean,
-                            sampling_logprobs)
+from rlhf_interp.kl import AdaptiveKLController, FixedKLController, masked_mean
 from rlhf_interp.ppo import losses
 from rlhf_interp.ppo.config import PPOConfig
-from rlhf_interp.ppo.rollout import Rollout, collect, gather_logprobs, policy_forward
+from rlhf_interp.ppo.losses import RunningStd
+from rlhf_interp.ppo.rollout import Rollout, collect
+from rlhf_interp.ppo.update import TrainingDivergedError, ppo_update
 from rlhf_interp.prompts import load_prompts
 from rlhf_interp.reward.functions import RewardFn, get_reward
 
 PhaseCallback = Callable[["PPOTrainer", dict[str, Any], Rollout], None]
-
-
-class TrainingDivergedError(FloatingPointError):
-    """A NaN or inf appeared; the last checkpoint on disk is the last good state."""
-
-
-class RunningStd:
-    """Welford running variance of reward scores, for reward normalisation."""
-
-    def __init__(self) -> None:
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def update(self, values: torch.Tensor) -> None:
-        for v in values.double().tolist():
-            self.count += 1
-            delta = v - self.mean
-            self.mean += delta / self.count
-            self.m2 += delta * (v - self.mean)
-
-    @property
-    def std(self) -> float:
-        """Running std, or 1 while it is undefined or ~0 (a constant reward must not be divided by 0)."""
-        std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
-        return std if std > 1e-8 else 1.0
-
-    def state_dict(self) -> dict[str, float]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-    def load_state_dict(self, s: dict[str, float]) -> None:
-        self.count, self.mean, self.m2 = int(s["count"]), s["mean"], s["m2"]
 
 
 APPEND_ONLY_LOGS = ("metrics.jsonl", "samples.jsonl")  # one record per line, each with a "phase"
@@ -115,7 +85,6 @@ class PPOTrainer:
                 set_peft_model_state_dict(self.peft_model, load_file(str(adapter_dir / "adapter_model.safetensors")))
             # Boot on the inner model: hooks fire, and disable_adapter() turns it into the reference.
             self.policy = bridge_from_hf(self.peft_model.base_model.model, tokenizer, name=cfg.model)
-            self.reference = None
         else:
             self.policy = bridge_from_hf(hf, tokenizer, name=cfg.model)
             freeze_layers(self.hf_policy, cfg.freeze_layers, train_embeddings=cfg.train_embeddings)
@@ -211,7 +180,9 @@ class PPOTrainer:
         if cfg.whiten_advantages:
             advantages = losses.whiten(advantages, mask)
 
-        stats = self._update(rollout, advantages, returns, kl_coef, orders)
+        stats = ppo_update(self.policy, self.head, self.optimizer, self.scheduler,
+                           self.trainable_parameters() + list(self.head.parameters()), rollout, advantages, returns,
+                           orders, cfg, kl_coef)
         seconds = time.perf_counter() - start
         n_tokens = int(mask.sum().item())
         kl_seq = (rollout.kl_value * mask).sum(-1)
@@ -237,71 +208,6 @@ class PPOTrainer:
                            else metrics["kl_reverse_per_token"], cfg.batch_size)
         self.phase += 1
         return metrics, rollout
-
-    def _update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, kl_coef: float,
-                orders: list[torch.Tensor]) -> dict[str, float]:
-        """ppo_epochs passes over shuffled minibatches: clipped policy loss + clipped value loss - entropy bonus
-        (+ the KL term when it is placed in the loss). The first minibatch reuses the rollout's policy pass."""
-        cfg = self.config
-        totals: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy_bonus", "clip_fraction",
-                                                          "approx_kl", "kl_loss", "grad_norm")}
-        max_log_ratio = 0.0
-        gen = rollout.gen_tokens
-        for order in orders:
-            for idx in order.split(cfg.minibatch_size):
-                idx = idx.to(rollout.tokens.device)
-                live = rollout.take_live()
-                if live is not None and torch.equal(live.rows, idx):
-                    logits, values = live.logits, live.values
-                else:
-                    logits, values = policy_forward(self.policy, self.head, rollout.tokens[idx],
-                                                    rollout.attention_mask[idx], rollout.prompt_len,
-                                                    cfg.value_head_hook)
-                del live
-                mask = rollout.gen_mask[idx]
-                logp_all = sampling_logprobs(logits, cfg.temperature)
-                logprobs = gather_logprobs(logp_all, gen[idx])
-                old_logprobs = rollout.logprobs[idx]
-                pg_loss, clip_fraction, approx_kl = losses.policy_loss(
-                    logprobs, old_logprobs, advantages[idx], mask, cfg.clip_range)
-                v_loss = losses.value_loss(values, rollout.values[idx], returns[idx], mask, cfg.clip_range_value)
-                ent = masked_mean(entropy_from_logprobs(logp_all), mask)
-                kl_loss = torch.zeros((), device=logits.device)
-                if cfg.kl_placement == "loss":
-                    kl_tokens = kl_loss_terms(
-                        logprobs, old_logprobs, rollout.ref_logprobs[idx], direction=cfg.kl_direction,
-                        estimator=cfg.kl_estimator, logp_all=logp_all,
-                        ref_logp_all=None if rollout.ref_logp_all is None else rollout.ref_logp_all[idx])
-                    kl_loss = masked_mean(kl_tokens, mask)
-                terms = {"policy": pg_loss, "value": v_loss, "entropy": ent, "KL": kl_loss}
-                bad = [name for name, term in terms.items() if not torch.isfinite(term)]
-                if bad:
-                    raise TrainingDivergedError(
-                        f"Loss term(s) {bad} became non-finite at phase {self.phase + 1} (policy {pg_loss.item():.4g}, "
-                        f"value {v_loss.item():.4g}, entropy {ent.item():.4g}, KL {kl_loss.item():.4g}). Lower lr / "
-                        f"head_lr or kl_coef, or lower max_grad_norm; the last checkpoint in {self.run_dir} is intact.")
-                loss = pg_loss + cfg.value_loss_coef * v_loss - cfg.entropy_coef * ent + kl_coef * kl_loss
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters() + list(self.head.parameters()),
-                                                           cfg.max_grad_norm)
-                if not torch.isfinite(grad_norm):
-                    raise TrainingDivergedError(
-                        f"Gradient norm became {grad_norm.item()} at phase {self.phase + 1}. Lower lr / head_lr or "
-                        f"kl_coef; the last checkpoint in {self.run_dir} is intact.")
-                self.optimizer.step()
-                self.scheduler.step()
-                with torch.no_grad():
-                    log_ratio = (logprobs - old_logprobs).abs() * mask
-                    max_log_ratio = max(max_log_ratio, float(log_ratio.max()))
-                for key, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy_bonus", ent),
-                                   ("clip_fraction", clip_fraction), ("approx_kl", approx_kl), ("kl_loss", kl_loss),
-                                   ("grad_norm", grad_norm)):
-                    totals[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
-        stats = {k: sum(v) / len(v) for k, v in totals.items()}
-        stats["max_abs_log_ratio"] = max_log_ratio  # how far pi moved from pi_old within the phase (0 before any step)
-        stats["explained_variance"] = losses.explained_variance(rollout.values, returns, rollout.gen_mask)
-        return stats
 
     # ------------------------------------------------------------------ loop, logging, checkpoints
     def train(self) -> list[dict[str, Any]]:
@@ -332,7 +238,8 @@ class PPOTrainer:
                 if stop:
                     break
         except FloatingPointError as err:
-            raise TrainingDivergedError(f"{err} The last good checkpoint: {latest_checkpoint(self.run_dir)}.") from err
+            raise TrainingDivergedError(f"Phase {self.phase + 1}: {err} The last good checkpoint (intact): "
+                                        f"{latest_checkpoint(self.run_dir)}.") from err
         finally:
             bar.close()
             self._close_loggers()
