@@ -94,7 +94,7 @@ class Context:
 
     @property
     def collateral_cache(self):
-        from rlhf_interp import LogitsCache
+        from rlhf_interp.measure import LogitsCache
 
         if self._cache is None:
             self._cache = LogitsCache(max_entries=2)
@@ -111,7 +111,7 @@ class Context:
 
     def tuned(self):
         """The last checkpoint of the trajectory run (None without one)."""
-        from rlhf_interp import load_model
+        from rlhf_interp.bridge import load_model
         from rlhf_interp.frontier import read_run
 
         if self._tuned is None and self.args.trajectory is not None and self.args.trajectory.exists():
@@ -122,7 +122,7 @@ class Context:
     def vectors(self) -> dict[str, Any]:
         """Steering vectors by name, scaled per layer to the residual norm (coefficient 1 = a push as large
         as the residual stream). Built once and saved in the work dir."""
-        from rlhf_interp import SteeringVector, contrastive, finetuning_direction, pca_direction
+        from rlhf_interp.edits import SteeringVector, contrastive, finetuning_direction, pca_direction
         from rlhf_interp.frontier import reward_pairs, scale_to_residual
 
         if self._vectors is not None:
@@ -154,14 +154,12 @@ class Context:
         return self._vectors
 
 
-def with_collateral(ctx: Context, points: pd.DataFrame, make: Callable[[pd.Series], Any], model=None,
-                    reference=None) -> pd.DataFrame:
-    """Add collateral KL columns to each point (``make(row)`` rebuilds its edit)."""
+def with_collateral(ctx: Context, points: pd.DataFrame, make: Callable[[pd.Series], Any]) -> pd.DataFrame:
+    """Add collateral KL columns to each point of an edit family on the base model (``make(row)`` rebuilds
+    the point's edit)."""
     from rlhf_interp.frontier import collateral_kl
 
-    model = model if model is not None else ctx.base
-    extra = [collateral_kl(model, make(row), reference=reference, cache=ctx.collateral_cache)
-             for _, row in points.iterrows()]
+    extra = [collateral_kl(ctx.base, make(row), cache=ctx.collateral_cache) for _, row in points.iterrows()]
     return pd.concat([points.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
 
 
@@ -178,7 +176,7 @@ def nearest_budget(points: pd.DataFrame, budget: float) -> pd.Series:
 
 
 def part_base(ctx: Context) -> dict[str, pd.DataFrame]:
-    from rlhf_interp import evaluate_edit
+    from rlhf_interp.measure import evaluate_edit
 
     row = evaluate_edit(ctx.base, None, ctx.prompts, ctx.args.reward, **ctx.measure_kwargs)
     return {"points": row.assign(method="base model", kind="base", setting="no change")}
@@ -196,7 +194,7 @@ def part_best_of_n(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def steering_families(ctx: Context, names: list[str], layers: list[int]):
-    from rlhf_interp import Steering
+    from rlhf_interp.edits import Steering
     from rlhf_interp.frontier import EditFamily
 
     for name in names:
@@ -235,7 +233,11 @@ def run_families(ctx: Context, families, budgets: list[float], part: str, *, col
         reached = ", ".join(f"{b:g}:{'ok' if h else 'miss'}" for b, h in zip(pts["budget"], pts["hit"]))
         print(f"[{part}] {family.method} {family.columns.get('setting', '')}: {len(ev)} evaluations, "
               f"{time.perf_counter() - start:.0f} s; budgets {reached}")
-    out = {"points": pd.concat(points, ignore_index=True), "evaluations": pd.concat(evals, ignore_index=True)}
+    if not points:
+        ctx.note(part, "no usable edit family (every vector is zero at the requested layers)")
+        return {}
+    out = {"points": pd.concat(points, ignore_index=True),
+           "evaluations": pd.concat(evals, ignore_index=True).assign(part=part)}
     if moved:
         out["moved_tokens"] = pd.concat(moved, ignore_index=True)
     return out
@@ -252,7 +254,7 @@ def part_layer_scan(ctx: Context) -> dict[str, pd.DataFrame]:
     layers = resolve_layers(ctx.base, ctx.args.scan_layers if ctx.args.scan_layers != ["all"] else "all")
     out = run_families(ctx, list(steering_families(ctx, [ctx.args.scan_vector], layers)), [ctx.args.scan_budget],
                        "layer_scan", collateral=False, warm_start=True)
-    return {"layer_scan": out["points"], "evaluations": out["evaluations"]}
+    return {"layer_scan": out["points"], "evaluations": out["evaluations"]} if out else {}
 
 
 def part_rank_one(ctx: Context) -> dict[str, pd.DataFrame]:
@@ -276,8 +278,9 @@ def part_rank_one(ctx: Context) -> dict[str, pd.DataFrame]:
 def part_ablation(ctx: Context) -> dict[str, pd.DataFrame]:
     """Direction ablation (hooks) and weight orthogonalisation (a new model) of one layer's direction, removed
     everywhere; KL always against the base model."""
-    from rlhf_interp import DirectionAblation, evaluate_edit, orthogonalize_weights
+    from rlhf_interp.edits import DirectionAblation, orthogonalize_weights
     from rlhf_interp.frontier import collateral_kl
+    from rlhf_interp.measure import evaluate_edit
 
     layer = ctx.args.ablation_layer if ctx.args.ablation_layer >= 0 else int(ctx.base.cfg.n_layers) * 2 // 3
     cases = [("contrastive", ctx.base, "base model")]
@@ -323,7 +326,7 @@ def part_finetune(ctx: Context) -> dict[str, pd.DataFrame]:
         try:
             run = read_run(path)
         except FileNotFoundError as err:
-            ctx.note("finetune", f"run {path} is absent or has no checkpoint ({err}); skipped")
+            ctx.note("finetune", f"{err} Skipped." if path.exists() else f"run directory {path} is absent: skipped")
             continue
         last_step = max(run.checkpoints)
 
@@ -367,8 +370,9 @@ PART_FUNCTIONS: dict[str, Callable[[Context], dict[str, pd.DataFrame]]] = {
 
 def compute(args: argparse.Namespace) -> None:
     """Run the requested parts (skipping finished ones with --resume), then assemble the report's CSVs."""
-    from rlhf_interp import load_model, load_prompts
+    from rlhf_interp.bridge import load_model
     from rlhf_interp.core.io import atomic_write_json
+    from rlhf_interp.prompts import load_prompts
 
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -383,14 +387,15 @@ def compute(args: argparse.Namespace) -> None:
         others = [p for p in load_prompts(args.prompts, seed=args.seed + 1) if p not in set(prompts)]
         ctx = Context(args, base, prompts, others[:args.direction_prompts], work)
         for part in todo:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             tables = PART_FUNCTIONS[part](ctx)
             for name, df in tables.items():
                 df.to_csv(work / f"{part}__{name}.csv", index=False)
-            seconds = time.perf_counter() - start
-            atomic_write_json(work / f"{part}.done.json", {"part": part, "seconds": seconds, "tables": list(tables),
-                                                           "notes": [n for n in ctx.notes if n["part"] in (part, "vectors")]})
-            print(f"[{part}] done in {seconds:.0f} s")
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            atomic_write_json(work / f"{part}.done.json", {
+                "part": part, "seconds": seconds, "cpu_seconds": cpu, "tables": list(tables),
+                "notes": [n for n in ctx.notes if n["part"] in (part, "vectors")]})
+            print(f"[{part}] done in {seconds:.0f} s ({cpu:.0f} s CPU)")
     assemble(args, parts)
 
 
@@ -408,7 +413,7 @@ def assemble(args: argparse.Namespace, parts) -> None:
                 notes.append({"part": part, "note": "not computed"})
             continue
         info = json.loads(done.read_text())
-        timings.append({"part": part, "seconds": info["seconds"]})
+        timings.append({"part": part, "seconds": info["seconds"], "cpu_seconds": info.get("cpu_seconds", np.nan)})
         notes.extend(info.get("notes", []))
         for name in info["tables"]:
             tables.setdefault(name, []).append(pd.read_csv(work / f"{part}__{name}.csv"))
@@ -419,7 +424,8 @@ def assemble(args: argparse.Namespace, parts) -> None:
     merged["timings"] = pd.DataFrame(timings)
     merged["notes"] = pd.DataFrame(notes, columns=["part", "note"]).drop_duplicates()
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["cpu_seconds_total"] = float(sum(t["seconds"] for t in timings))
+    config["wall_seconds_total"] = float(sum(t["seconds"] for t in timings))
+    config["cpu_seconds_total"] = float(np.nansum([t["cpu_seconds"] for t in timings]))
     write_tables(args.out, merged, config=config)
 
 
@@ -667,8 +673,9 @@ def render(report_dir: Path):
     fits = fits_table(points)
     table = budget_table(points, budgets)
     lines = headline(points, table, scan, [b for b in (1.0, 2.0, 4.0) if b in budgets] or budgets[:3])
-    minutes = config.get("cpu_seconds_total", float("nan")) / 60
-    report = Report.at(report_dir, TITLE, headline=" ".join(lines[:1]) or "No points measured yet.",
+    wall_min = config.get("wall_seconds_total", float("nan")) / 60
+    cpu_min = config.get("cpu_seconds_total", float("nan")) / 60
+    report = Report.at(report_dir, TITLE, headline=" ".join(lines) or "No points measured yet.",
                        source=Path(__file__))
     report.text(__doc__.split("\n\n", 2)[2].split("Compute is split")[0])
     report.section("Answer", "\n\n".join(lines))
@@ -686,9 +693,10 @@ def render(report_dir: Path):
                   caption="Reward against KL(changed || base) per sequence, log KL axis; bars are standard errors over "
                           "prompts (both axes). Lines join one edit family's points at the KL budgets "
                           f"{', '.join(f'{b:g}' for b in budgets)} nats (red rings: the search ended outside 5% of the "
-                          "budget); stars: PPO checkpoints; diamonds: best-of-n at its measured KL; X: ablations; "
-                          "dashed: Gao et al. fits (grey best-of-n, black PPO). The base model sits at the left edge "
-                          "(KL 0 cannot be drawn on a log axis).")
+                          "budget; dashed: rank-one edits); stars: PPO checkpoints; diamonds: best-of-n at its measured KL; "
+                          "X: ablations; dotted: Gao et al. fits over the KL range they were fitted on (grey best-of-n, "
+                          "black PPO). Points at KL 0 (the base model, best-of-1, an unchanged model) sit on the left "
+                          "edge: KL 0 cannot be drawn on a log axis.")
     report.table("reward_at_budget", table, caption="Reward at each KL budget per method (edit families: the best "
                  "layer whose strength was bisected to within 5% of the budget; best-of-n and the PPO trajectory: "
                  "linear interpolation in sqrt(KL) between measured points, never extrapolated). reward_gain is over "
@@ -734,7 +742,8 @@ def render(report_dir: Path):
                      f"(mean over positions), per method near {config.get('collateral_budget')} nats (PPO: last "
                      "checkpoint; ablations: their only point). Preview: top 5 each way.", preview=top, show=len(top))
     if timings is not None and len(timings):
-        report.table("timings", timings, caption=f"Compute per part: {minutes:.1f} min in total on this machine.")
+        report.table("timings", timings, caption=f"Compute per part (seconds): {wall_min:.1f} min wall, {cpu_min:.1f} "
+                     "min CPU (all threads of the process) in total.")
     if notes is not None and len(notes):
         report.table("notes", notes, caption="What each part recorded (and what was skipped).")
     return report
@@ -760,7 +769,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rel-tol", type=float, default=0.05, help="budget tolerance (relative)")
     p.add_argument("--layers", type=ints, default=ints("4,12,20,28"), help="steering layers bisected at every budget")
     p.add_argument("--rank-one-layers", type=ints, default=ints("4,12,20,28"))
-    p.add_argument("--steer-start", type=float, default=0.25,
+    p.add_argument("--steer-start", type=float, default=0.1,
                    help="first strength tried (push / residual norm); rank-one: times the residual norm")
     p.add_argument("--scan-layers", type=lambda t: ["all"] if t == "all" else ints(t), default=["all"])
     p.add_argument("--scan-budget", type=float, default=2.0)
@@ -771,7 +780,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-batch", type=int, default=128, help="sequences per generate call for best-of-n")
     p.add_argument("--search-trials", type=int, default=40)
     p.add_argument("--search-layers", type=lambda t: ["all"] if t == "all" else ints(t), default=["all"])
-    p.add_argument("--search-coefs", type=floats, default=floats("0.02,2"), help="strength range (push / resid norm)")
+    p.add_argument("--search-coefs", type=floats, default=floats("0.01,1"), help="strength range (push / resid norm)")
     p.add_argument("--collateral-budget", type=float, default=2.0)
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--parts", type=lambda t: t.split(","), default=["all"], help=f"comma list of {', '.join(PARTS)}")

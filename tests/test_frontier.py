@@ -3,7 +3,6 @@ collateral KL, the frontier figure, the CLI and the report page."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import zlib
 from pathlib import Path
@@ -293,13 +292,13 @@ def test_frontier_figure_keeps_every_point_inside_the_axes():
 # CLI and report
 
 
-def test_cli_errors_are_clear(capsys):
+def test_cli_errors_are_clear(capsys, tmp_path):
     from rlhf_interp.cli import main
 
     assert main(["edit-search", "--model", "tiny-test", "--coefs", "1"]) == 2
     assert "--coefs takes LOW,HIGH" in capsys.readouterr().err
     assert main(["frontier", "checkpoints", "--model", "tiny-test", "--n-prompts", "2", "--max-new-tokens", "2",
-                 "--out", "/tmp/rlhf_interp_test_frontier_cli"]) == 2
+                 "--out", str(tmp_path)]) == 2
     assert "needs at least one --run" in capsys.readouterr().err
 
 
@@ -316,11 +315,9 @@ def test_cli_frontier_best_of_n_writes_points(tmp_path):
 
 
 def _analysis():
-    script = Path(__file__).resolve().parent.parent / "analyses" / "frontier.py"
-    spec = importlib.util.spec_from_file_location("frontier_analysis", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from rlhf_interp.report.rebuild import load_analysis
+
+    return load_analysis(Path(__file__).resolve().parent.parent / "analyses" / "frontier.py")
 
 
 def test_report_renders_from_csvs_and_states_its_numbers(tmp_path):
@@ -359,7 +356,7 @@ def test_report_renders_from_csvs_and_states_its_numbers(tmp_path):
     at2 = table[(table["budget"] == 2.0) & (table["method"] != "base model")].dropna(subset=["reward_mean"])
     best = at2.loc[at2["reward_mean"].idxmax()]
     assert best["method"] == "PPO (all layers) (trajectory)"  # 1.5 + (2.4-1.5) * interpolation > 2.0 of steering
-    assert f"at 2 nats {best['method']} ({best['reward_mean']:.2f}" in page
+    assert f"at 2 nats {best['method']} (reward {best['reward_mean']:.2f}" in page
     assert "run runs/x is absent" in page  # missing runs are said on the page
     fits = pd.read_csv(out / "fits.csv")
     assert set(fits["form"]) == {"bon", "rl"} and fits["alpha"].notna().all()

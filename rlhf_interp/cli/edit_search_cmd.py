@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common_args(parser, default_out="runs/edit_search")
     add_vector_source_args(parser)
     parser.add_argument("--layers", default="all", help="layers to search (comma-separated or 'all')")
-    parser.add_argument("--coefs", default="0.02,2", help="LOW,HIGH strength (push / residual norm), log-uniform")
+    parser.add_argument("--coefs", default="0.01,1", help="LOW,HIGH strength (push / residual norm), log-uniform")
     parser.add_argument("--positions", default="all,prompt,generated", help="positions to search (comma-separated)")
     parser.add_argument("--trials", type=int, default=30, help="Optuna trials (each one sampling pass)")
     parser.add_argument("--kl-budget", type=float, default=None, help="trials above this KL (nats/sequence) are infeasible")

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--budgets", default="0.5,1,2,4,8", help="KL budgets, nats per sequence (steering, rank-one)")
     parser.add_argument("--rel-tol", type=float, default=0.05, help="relative tolerance on each budget")
     parser.add_argument("--layers", default="12,20", help="layers (steering, rank-one)")
-    parser.add_argument("--start", type=float, default=0.25,
+    parser.add_argument("--start", type=float, default=0.1,
                         help="first strength tried: push / residual norm (rank-one: times the residual norm)")
     parser.add_argument("--n", default="1,2,4,8,16", help="best-of-n sizes")
     parser.add_argument("--pool-size", type=int, default=None, help="best-of-n samples per prompt (default 2 max n)")

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rlhf_interp import generate
+from rlhf_interp.bridge import generate
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.reward import get_reward, score
 

@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from rlhf_interp import evaluate_edit
 from rlhf_interp.edits import Edit
+from rlhf_interp.measure import evaluate_edit
 
 KL_COLUMN = "kl_exact_mean"
 

@@ -14,10 +14,10 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from rlhf_interp import kl_shift
+from rlhf_interp.bridge import tokenize
 from rlhf_interp.edits import Edit, NoEdit
 from rlhf_interp.kl import mean_and_stderr
-from rlhf_interp.measure import LogitsCache, forward_logits
+from rlhf_interp.measure import LogitsCache, forward_logits, kl_shift
 
 # Deliberately far from the shipped story openings: code, maths, facts, instructions, lists, dialogue, French.
 UNRELATED_PROMPTS: list[str] = [
@@ -63,8 +63,6 @@ def top_moved_tokens(model, edit: Edit | None, prompts: Sequence[str] = UNRELATE
 
     Columns: direction ("up"/"down"), rank (1 = most moved), token_id, token, delta_prob,
     prob_reference, prob_changed (position means)."""
-    from rlhf_interp.bridge import tokenize
-
     edit = edit if edit is not None else NoEdit()
     edit.on(model)
     tokens, mask = tokenize(model, list(prompts))

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from rlhf_interp import evaluate_edit, list_checkpoints, load_model, read_meta
+from rlhf_interp.bridge import list_checkpoints, load_model, read_meta
+from rlhf_interp.measure import evaluate_edit
 
 
 @dataclass

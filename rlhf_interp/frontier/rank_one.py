@@ -106,7 +106,8 @@ def target_tokens_for_reward(tokenizer, reward: Callable[[list[str]], Any], *, m
     ``max_tokens``, highest first."""
     from rlhf_interp.reward import score
 
-    special = set(tokenizer.all_special_ids)
+    special = set(tokenizer.all_special_ids) | {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items()
+                                                if getattr(tok, "special", False)}
     vocab = [i for i in range(len(tokenizer)) if i not in special]
     texts = [tokenizer.decode([i]) for i in vocab]
     scores = score(reward, texts)

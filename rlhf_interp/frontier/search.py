@@ -23,9 +23,10 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from rlhf_interp import Steering, evaluate_edit, generate
+from rlhf_interp.bridge import generate
 from rlhf_interp.core.seeding import mix_seed
-from rlhf_interp.edits import SteeringVector, resolve_layers
+from rlhf_interp.edits import Steering, SteeringVector, resolve_layers
+from rlhf_interp.measure import evaluate_edit
 from rlhf_interp.reward import get_reward, score
 
 POSITIONS = ("all", "prompt", "generated")
