@@ -113,14 +113,30 @@ def trim_jsonl(path: str | Path, keep: Callable[[Any], bool]) -> int:
     """Rewrite ``path`` atomically with only the records for which ``keep(record)`` is true.
 
     Used on resume: records logged after the checkpoint being resumed from are dropped, so they are
-    not duplicated when the run logs them again. Returns how many records were dropped (0 when the
-    file does not exist).
+    not duplicated when the run logs them again. A last line that has no newline and is not valid JSON
+    was torn by a kill mid-append: it is dropped too (a bad line anywhere else is an error naming the
+    line). Returns how many records (torn one included) were dropped (0 when the file does not exist).
     """
     path = Path(path).expanduser()
     if not path.exists():
         return 0
-    records = [record for _, record in read_jsonl(path)]
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    torn = 0
+    if lines and lines[-1].strip():  # text after the last newline: complete or cut short
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines, torn = lines[:-1], 1
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); only a "
+                                 f"torn last line is dropped on its own. Fix or delete that line.") from err
     kept = [r for r in records if keep(r)]
-    if len(kept) != len(records):
+    if torn or len(kept) != len(records) or not text.endswith("\n") and text:
         write_jsonl(path, kept)
-    return len(records) - len(kept)
+    return len(records) - len(kept) + torn

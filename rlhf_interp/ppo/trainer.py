@@ -8,27 +8,22 @@ mode for the whole run (no dropout): the update's log-probs are those of the dis
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from rlhf_interp.bridge.freezing import freeze_layers
 from rlhf_interp.bridge.heads import ValueHead
-from rlhf_interp.bridge.hf import hf_state_dict, plain_param_name
 from rlhf_interp.bridge.loading import bridge_from_hf, load_hf_model, model_source
-from rlhf_interp.bridge.run_dirs import checkpoint_dir, latest_checkpoint, list_checkpoints, read_meta
-from rlhf_interp.checkpoints import save_hf_model
-from rlhf_interp.core.io import append_jsonl, write_jsonl
+from rlhf_interp.bridge.run_dirs import latest_checkpoint, read_meta
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.kl import AdaptiveKLController, FixedKLController, masked_mean
 from rlhf_interp.ppo import losses
+from rlhf_interp.ppo import run_dir as run_dir_lib
 from rlhf_interp.ppo.config import PPOConfig
 from rlhf_interp.ppo.losses import RunningStd
 from rlhf_interp.ppo.rollout import Rollout, collect
@@ -37,9 +32,6 @@ from rlhf_interp.prompts import load_prompts
 from rlhf_interp.reward.functions import RewardFn, get_reward
 
 PhaseCallback = Callable[["PPOTrainer", dict[str, Any], Rollout], None]
-
-
-APPEND_ONLY_LOGS = ("metrics.jsonl", "samples.jsonl")  # one record per line, each with a "phase"
 
 
 class PPOTrainer:
@@ -65,7 +57,6 @@ class PPOTrainer:
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.reward_std = RunningStd()
         self.history: list[dict[str, Any]] = []
-        self._tb = self._wandb = None
 
     # ------------------------------------------------------------------ set-up
     def _build_models(self, policy_source: str, adapter_dir: Path | None = None) -> None:
@@ -215,7 +206,8 @@ class PPOTrainer:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(self.run_dir / "config.yaml")
-        self._open_loggers()
+        self._loggers = run_dir_lib.RunLoggers(self.run_dir, cfg)
+        self._loggers.open()
         ran: list[dict[str, Any]] = []
         bar = tqdm(total=cfg.phases, initial=self.phase, desc="PPO", disable=not self.progress, unit="phase")
         try:
@@ -223,7 +215,7 @@ class PPOTrainer:
                 metrics, rollout = self.run_phase()
                 ran.append(metrics)
                 self.history.append(metrics)
-                self._log(metrics, rollout)
+                self._loggers.log(self.phase, metrics, rollout)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", kl=f"{metrics['kl_forward_per_token']:.3f}",
                                 ent=f"{metrics['entropy']:.2f}", s=f"{metrics['seconds']:.1f}")
@@ -242,92 +234,15 @@ class PPOTrainer:
                                         f"{latest_checkpoint(self.run_dir)}.") from err
         finally:
             bar.close()
-            self._close_loggers()
+            self._loggers.close()
         latest = latest_checkpoint(self.run_dir)
         if latest is None or read_meta(latest).get("step") != self.phase:
             self.save_checkpoint()
         return ran
 
-    def _open_loggers(self) -> None:
-        cfg = self.config
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-            except ImportError:
-                print("tensorboard is not installed (pip install tensorboard); logging to metrics.jsonl only.")
-        if cfg.wandb_project:
-            try:
-                import wandb
-
-                self._wandb = wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), dir=str(self.run_dir))
-            except ImportError:
-                print("wandb is not installed (pip install wandb); logging to metrics.jsonl only.")
-
-    def _close_loggers(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
-        self._tb = self._wandb = None
-
-    def _log(self, metrics: dict[str, Any], rollout: Rollout) -> None:
-        cfg = self.config
-        if self.phase % cfg.log_every == 0 or self.phase == cfg.phases:
-            append_jsonl(self.run_dir / "metrics.jsonl", metrics)
-        if self._tb is not None:
-            for key, value in metrics.items():
-                self._tb.add_scalar(key, value, self.phase)
-        if self._wandb is not None:
-            self._wandb.log(metrics, step=self.phase)
-        if cfg.sample_every and (self.phase % cfg.sample_every == 0 or self.phase == 1):
-            for prompt, completion, value in zip(rollout.prompts, rollout.completions, rollout.scores.tolist()):
-                append_jsonl(self.run_dir / "samples.jsonl", {"phase": self.phase, "prompt": prompt,
-                                                              "completion": completion, "reward": value})
-
-    @contextmanager
-    def _merged_hf_model(self) -> Iterator[Any]:
-        """The HF model to export: LoRA merged into the weights (so any tool loads it) or the policy itself."""
-        if self.peft_model is None:
-            yield self.hf_policy
-            return
-        self.peft_model.merge_adapter()
-        try:
-            yield self.peft_model.base_model.model
-        finally:
-            self.peft_model.unmerge_adapter()
-
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<phase>`` atomically: HF weights + tokenizer, value head, meta.json, trainer state."""
-        target = checkpoint_dir(self.run_dir, self.phase)
-        state = {
-            "phase": self.phase,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "kl_controller": self.kl_ctl.state_dict(),
-            "reward_std": self.reward_std.state_dict(),
-        }
-        extra_tensors = {"value_head.safetensors": self.head.state_dict()}
-        if self.peft_model is not None:
-            from peft import get_peft_model_state_dict
-
-            adapter = {plain_param_name(k): v for k, v in get_peft_model_state_dict(self.peft_model).items()}
-            extra_tensors["adapter/adapter_model.safetensors"] = adapter
-        meta = {"step": self.phase, "base_model": self.config.model, "config": self.config.to_dict(),
-                "metrics": self.history[-1] if self.history else {}, "value_head": {"kind": self.config.value_head,
-                                                                                    "hook": self.config.value_head_hook}}
-        with self._merged_hf_model() as hf:
-            path = save_hf_model(hf, self.policy.tokenizer, target, meta=meta, extra_tensors=extra_tensors,
-                                 extra_files={"trainer_state.pt": state})
-        self._prune_checkpoints()
-        return path
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.config.keep_checkpoints
-        if keep:
-            for old in list_checkpoints(self.run_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        """Write ``checkpoint-<phase>`` atomically (see `rlhf_interp.ppo.run_dir.save_checkpoint`)."""
+        return run_dir_lib.save_checkpoint(self)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, overrides: list[str] | None = None, **kwargs) -> "PPOTrainer":
@@ -342,49 +257,8 @@ class PPOTrainer:
         return trainer
 
     def load_state(self, ckpt: Path) -> None:
-        from safetensors.torch import load_file
-
-        if self.peft_model is not None:
-            self._build_models(self.config.model, adapter_dir=ckpt / "adapter")
-        else:
-            # Policy weights from the checkpoint; the reference stays the base model.
-            hf, _, _ = load_hf_model(ckpt, device=self.device)
-            with torch.no_grad():
-                own = {plain_param_name(k): p for k, p in self.hf_policy.named_parameters()}
-                for key, value in hf_state_dict(hf).items():
-                    if key in own:
-                        own[key].copy_(value)
-        self.head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
-        self._build_optimizer()
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.kl_ctl.load_state_dict(state["kl_controller"])
-        self.reward_std.load_state_dict(state["reward_std"])
-        self.phase = int(state["phase"])
-        # Phases after the checkpoint are run again: their log lines go, so none is written twice.
-        for name in APPEND_ONLY_LOGS:
-            kept = trim_log(self.run_dir / name, self.phase)
-            if name == "metrics.jsonl":
-                self.history = kept
-        meta = read_meta(ckpt)
-        if meta.get("base_model") not in (None, self.config.model):
-            raise ValueError(f"Checkpoint {ckpt} was trained from {meta['base_model']!r}, config says {self.config.model!r}.")
-
-
-def trim_log(path: Path, phase: int) -> list[dict[str, Any]]:
-    """Rewrite an append-only JSONL log atomically with only its records up to ``phase``; return them.
-
-    A last line without its newline was torn by a kill mid-write (its phase came after the checkpoint, which
-    is written after the logs): it is dropped, as is every complete line of a later phase.
-    """
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    complete = lines[:-1]  # the text after the last newline is "" or a torn record
-    kept = [record for record in (json.loads(line) for line in complete if line.strip()) if record["phase"] <= phase]
-    write_jsonl(path, kept)
-    return kept
+        """Back to the state of checkpoint ``ckpt``; logs of later phases are trimmed."""
+        run_dir_lib.load_checkpoint(self, ckpt)
 
 
 def model_summary(trainer: PPOTrainer) -> str:
