@@ -186,8 +186,8 @@ _K1_IN_LOSS = (
     "an importance-weighted k1 has the right expected gradient for one step, but its per-token minimum is not at "
     "pi = ref (forward: rho * log(pi/ref) is smallest at pi(a) = ref(a)/e; reverse: -(ref/pi_old) log(pi/ref) keeps "
     "pushing every sampled token up), so the several steps PPO takes on one batch drift away from the reference "
-    "(measured on tiny-test: the KL rose). k3 has the same expected gradient, less variance, and its minimum at "
-    "pi = ref; unweighted, k1's expected gradient is zero (forward) or biased (reverse).")
+    "(docs/kl_drift.csv). k3 has the same expected gradient, less variance, and its minimum at pi = ref; "
+    "unweighted, k1's expected gradient is zero (forward) or biased (reverse).")
 _REFUSED: dict[tuple[str, str, str], tuple[str, tuple[str, str, str]]] = {
     ("forward", "k1", "loss"): (_K1_IN_LOSS, ("forward", "k3", "loss")),
     ("reverse", "k1", "loss"): (_K1_IN_LOSS, ("reverse", "k3", "loss")),

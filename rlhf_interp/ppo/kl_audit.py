@@ -17,7 +17,7 @@ Targets, both scaled by ``1 / horizon`` because PPO averages over tokens:
   sequence-level KL(pi||ref)); checked on-policy, where PPO computes its advantages.
 
 Rebuild docs/kl.md's tables: ``python -m rlhf_interp.ppo.kl_audit --csv docs/kl_gradients.csv
---summary-csv docs/kl_summary.csv`` (about a minute).
+--summary-csv docs/kl_summary.csv --drift-csv docs/kl_drift.csv`` (about a minute).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from rlhf_interp.kl import kl_from_logprobs, kl_loss_terms, kl_options, kl_reward_terms, masked_mean, penalty_kl
+from rlhf_interp.kl import (bounded_ratio, kl_from_logprobs, kl_loss_terms, kl_options, kl_reward_terms, masked_mean,
+                            penalty_kl)
 from rlhf_interp.ppo import losses
 
 
@@ -171,6 +172,50 @@ N_SAMPLES = 100_000
 OFF_POLICY = 0.3
 
 
+def importance_weighted_k1(logprob: Tensor, logprob_old: Tensor, logprob_ref: Tensor, direction: str) -> Tensor:
+    """The refused k1 loss term, for the audit only: forward ``rho log(pi/ref)``, reverse ``w_old log(ref/pi)``.
+    Its expected gradient is right; its per-token minimum is not at pi = ref."""
+    if direction == "forward":
+        return bounded_ratio(logprob - logprob_old) * (logprob - logprob_ref)
+    return bounded_ratio(logprob_ref - logprob_old).detach() * (logprob_ref - logprob)
+
+
+def repeated_steps(direction: str, estimator: str, *, seed: int = 0, vocab: int = 200, n_samples: int = 16,
+                   steps: int = 40, lr: float = 0.5) -> dict[str, float]:
+    """Many SGD steps on the KL loss term of *one* small batch, as PPO's epochs do, over a vocabulary much
+    larger than the batch (as in a language model): the exact KL before and after, in ``direction``.
+
+    ``estimator`` 'k1' uses `importance_weighted_k1` (refused), anything else `kl.kl_loss_terms`.
+    """
+    problem = make_problem(vocab, 1, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    old, ref = torch.log_softmax(problem.theta_old, -1)[0], torch.log_softmax(problem.ref, -1)[0]
+    tokens = torch.multinomial(old.exp(), n_samples, replacement=True, generator=g)
+    theta = problem.theta_old.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([theta], lr=lr)
+
+    @torch.no_grad()
+    def exact() -> float:
+        logp = torch.log_softmax(theta, -1)[0]
+        return float(kl_from_logprobs(logp, ref) if direction == "forward" else kl_from_logprobs(ref, logp))
+
+    before = exact()
+    for _ in range(steps):
+        logp = torch.log_softmax(theta, -1)[0][tokens]
+        terms = importance_weighted_k1(logp, old[tokens], ref[tokens], direction) if estimator == "k1" else \
+            kl_loss_terms(logp, old[tokens], ref[tokens], direction=direction, estimator=estimator)
+        optimizer.zero_grad()
+        terms.mean().backward()
+        optimizer.step()
+    return {"kl_before": before, "kl_after": exact()}
+
+
+def drift_table(seeds: int = 3) -> pd.DataFrame:
+    """`repeated_steps` for k1 (refused) and k3 in both directions: why k1 is refused in the loss."""
+    return pd.DataFrame([{"direction": d, "estimator": e, "seed": seed, **repeated_steps(d, e, seed=seed)}
+                         for d in ("forward", "reverse") for e in ("k1", "k3") for seed in range(seeds)])
+
+
 def _check_or_nan(problem: TabularProblem, direction: str, estimator: str, placement: str, n_samples: int,
                   seed: int, *, naive: bool) -> dict[str, float]:
     """`check`, or NaNs where the naive form does not exist (reverse k2 never had one)."""
@@ -220,8 +265,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", help="write the full table here")
     parser.add_argument("--summary-csv", help="write the one-row-per-option summary here")
+    parser.add_argument("--drift-csv", help="write the repeated-steps table (why k1 is refused in the loss) here")
     parser.add_argument("--n-samples", type=int, default=N_SAMPLES)
     args = parser.parse_args(argv)
+    if args.drift_csv:
+        drift_table().to_csv(args.drift_csv, index=False, float_format="%.4f")
     table = audit_table(args.n_samples)
     if args.csv:
         table.to_csv(args.csv, index=False, float_format="%.4f")
