@@ -86,7 +86,7 @@ class Study:
     tasks: tuple[str, ...] = TASKS
     penalties: tuple[str, ...] = PENALTIES
     kl_coef: float = 0.3  # the same fixed coefficient for forward and reverse
-    phases: int = 25
+    phases: int = 20
     batch_size: int = 8
     minibatch_size: int = 4
     ppo_epochs: int = 4
@@ -98,7 +98,7 @@ class Study:
     eval_prompts: int = 16  # fixed prompts for evaluations and coverage
     eval_samples: int = 2  # policy samples per eval prompt
     ref_samples: int = 3  # reference samples per eval prompt (coverage)
-    base_prompts: int = 320  # base continuations measured for the behaviour rates (one per prompt)
+    base_prompts: int = 160  # base continuations measured for the behaviour rates (one per prompt)
     eval_seed: int = 1234
     # X, a CANDIDATES name (None: chosen in the base step). "word_I" from 300 base continuations already in
     # reports/ (reward_hacking/heldout.csv and the base samples of ppo_periods, steering_sweep, reward_hacking):

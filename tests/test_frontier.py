@@ -32,7 +32,7 @@ from rlhf_interp.frontier import (
     top_moved_tokens,
 )
 from rlhf_interp.frontier.best_of_n import unbiased_log_cdf
-from rlhf_interp.frontier.rank_one import key_statistics, output_matrix
+from rlhf_interp.edits.rank_one import key_statistics, output_matrix
 from rlhf_interp.measure import evaluate_edit
 
 PROMPTS = ["The old lighthouse keeper", "Once upon a time in a quiet village,", "Long ago, a young sailor",

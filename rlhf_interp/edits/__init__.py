@@ -4,7 +4,8 @@ and the steering vectors they use.
 - `base`: the Edit protocol (hooks on at ``__enter__``, off at ``__exit__``), `NoEdit`, `Combined`;
 - `positions`: which tokens an edit touches, correct with and without the KV cache;
 - `steering`: `Steering`; `ablation`: `Ablation` (zero / mean / resample); `direction`:
-  `DirectionAblation` and `orthogonalize_weights`;
+  `DirectionAblation` and `orthogonalize_weights`; `rank_one`: `RankOneEdit`, a ROME/MEMIT-style
+  rank-one weight edit of one MLP's output matrix;
 - `vectors`: `SteeringVector` and where vectors come from (mean difference, contrastive, PCA,
   fine-tuning direction).
 """
@@ -21,6 +22,7 @@ _WHERE = {
     **names_from(".ablation", "ABLATION_KINDS", "Ablation", "ReferenceActivations", "Target", "parse_targets",
                  "reference_activations"),
     **names_from(".direction", "DirectionAblation", "orthogonalize_weights", "project_out"),
+    **names_from(".rank_one", "RankOneEdit", "key_statistics", "output_matrix", "rank_one_edit", "target_direction"),
     **names_from(".vectors", "SteeringVector", "contrastive", "finetuning_direction", "mean_difference",
                  "paired_differences", "pca_direction", "reduced_activations", "residual_norms"),
 }

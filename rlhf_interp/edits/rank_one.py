@@ -46,7 +46,8 @@ from torch import Tensor
 from rlhf_interp.bridge import capture_texts, tokenize
 from rlhf_interp.core.hashing import tensor_digest
 from rlhf_interp.core.masks import content_mask
-from rlhf_interp.edits import Edit, EditError, resolve_layers
+from rlhf_interp.edits.base import Edit, resolve_layers
+from rlhf_interp.edits.errors import EditError
 
 
 def key_hook(layer: int) -> str:
@@ -98,26 +99,6 @@ def inverse_covariance_key(key: Tensor, second_moment: Tensor | None, ridge: flo
 
 # ----------------------------------------------------------------------------------------------
 # The value: a direction that raises a target token class
-
-
-def target_tokens_for_reward(tokenizer, reward: Callable[[list[str]], Any], *, max_tokens: int = 512) -> list[int]:
-    """Token ids whose own text the reward scores above the empty string: the reward's "target class"
-    (for the period reward, every token containing ``"."``). Special tokens are left out. At most
-    ``max_tokens``, highest first."""
-    from rlhf_interp.reward import score
-
-    special = set(tokenizer.all_special_ids) | {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items()
-                                                if getattr(tok, "special", False)}
-    vocab = [i for i in range(len(tokenizer)) if i not in special]
-    texts = [tokenizer.decode([i]) for i in vocab]
-    scores = score(reward, texts)
-    empty = float(score(reward, [""])[0])
-    above = [(float(s), i) for s, i in zip(scores.tolist(), vocab) if s > empty]
-    if not above:
-        raise ValueError("No single token scores above the empty string under this reward, so the rank-one edit has "
-                         "no target token class; pass target_tokens= (token ids) or direction= (a residual vector).")
-    above.sort(key=lambda x: (-x[0], x[1]))
-    return [i for _, i in above[:max_tokens]]
 
 
 def target_direction(model, layer: int, prompts: Sequence[str], target_tokens: Sequence[int]
@@ -314,4 +295,4 @@ def rank_one_edit(model, layer: int, prompts: Sequence[str], *, strength: float 
 
 
 __all__ = ["RankOneEdit", "inverse_covariance_key", "key_hook", "key_statistics", "output_matrix", "rank_one_edit",
-           "target_direction", "target_tokens_for_reward"]
+           "target_direction"]
