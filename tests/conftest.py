@@ -9,7 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two threads on an idle 2-core machine; one when the machine is already busy, because OpenMP threads that
+# spin-wait for a descheduled sibling make an oversubscribed process many times slower, not 2x.
+_cores = os.cpu_count() or 1
+torch.set_num_threads(1 if os.getloadavg()[0] >= _cores else max(1, min(2, _cores)))
 
 
 @pytest.fixture(scope="session")
