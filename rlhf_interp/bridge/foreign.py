@@ -1,5 +1,17 @@
-"""Checkpoints other tools wrote: TRL value-head models and DDP / compiled prefixes (keys to strip),
-PEFT adapter directories (merged into their base), and Hub ids (when the Hub is reachable)."""
+"""Loading what other tools wrote, once `run_dirs.resolve_layout` has found it.
+
+- Weights whose keys carry a wrapper prefix (TRL's ``AutoModelForCausalLMWithValueHead``: ``pretrained_model.``;
+  DDP ``module.``; ``torch.compile`` ``_orig_mod.``; a PEFT model saved whole: ``base_model.model.``) or extra
+  heads (TRL's ``v_head.*``, score / value heads): the prefix is stripped and the heads dropped, from
+  safetensors and from ``pytorch_model*.bin`` alike.
+- PEFT adapters (TRL / OpenRLHF / verl LoRA): the base model named in ``adapter_config.json`` is loaded and the
+  adapter merged into it.
+- Hub ids, when the Hub is reachable.
+
+Why a check after every load: ``from_pretrained`` fills weights it cannot find with random values and only
+warns. A checkpoint whose key names it does not understand would come back as a random model, so every
+load here fails loudly when a weight is missing.
+"""
 
 from __future__ import annotations
 
@@ -15,24 +27,45 @@ WRAPPER_PREFIXES = ("pretrained_model.", "base_model.model.", "module.", "_orig_
 HEAD_PREFIXES = ("v_head.", "score.", "value_head.")  # value / score heads are not part of the causal LM
 
 
-def clean_foreign_state_dict(model_dir: Path) -> dict[str, torch.Tensor] | None:
-    """A state dict with wrapper prefixes stripped (TRL value-head models, DDP, compile), or None when the
-    weights are already plain HF keys."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def weight_files(model_dir: Path) -> list[Path]:
+    """The full-model weight files of a HF directory: safetensors if any, else ``pytorch_model*.bin``."""
+    safetensors = sorted(f for f in model_dir.glob("*.safetensors") if not f.name.startswith("adapter_"))
+    return safetensors or sorted(model_dir.glob("pytorch_model*.bin"))
 
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        return None
+
+def _read_keys(files: list[Path]) -> list[str]:
+    from safetensors import safe_open
+
     keys: list[str] = []
     for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            keys.extend(handle.keys())
-    if not any(k.startswith(WRAPPER_PREFIXES) for k in keys):
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), framework="pt") as handle:
+                keys.extend(handle.keys())
+        else:
+            keys.extend(torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys())
+    return keys
+
+
+def _read_tensors(f: Path) -> dict[str, torch.Tensor]:
+    if f.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(f))
+    return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def clean_foreign_state_dict(model_dir: Path) -> dict[str, torch.Tensor] | None:
+    """A state dict with wrapper prefixes stripped and value / score heads dropped, or None when the weights
+    are already plain HF keys (then ``from_pretrained`` reads them as they are)."""
+    files = weight_files(model_dir)
+    if not files:
+        return None
+    keys = _read_keys(files)
+    if not any(k.startswith(WRAPPER_PREFIXES + HEAD_PREFIXES) for k in keys):
         return None
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        for key, tensor in load_file(str(f)).items():
+        for key, tensor in _read_tensors(f).items():
             for prefix in WRAPPER_PREFIXES:
                 if key.startswith(prefix):
                     key = key[len(prefix):]
@@ -48,12 +81,33 @@ def model_from_state_dict(model_dir: Path, state: dict[str, torch.Tensor], dtype
     config = AutoConfig.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
     missing, _ = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
-    if missing:
-        raise ModelLoadError(f"{model_dir}: weights are missing {len(missing)} tensors, e.g. {missing[:3]}.")
+    _check_missing(model_dir, config, missing)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     return model
+
+
+def load_pretrained_checked(model_dir: Path, dtype: torch.dtype):
+    """``from_pretrained`` that refuses to hand back a model with weights it could not find."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager",
+                                                           output_loading_info=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"{model_dir}: transformers could not load it as a causal LM: "
+                             f"{str(err).splitlines()[0]}") from err
+    _check_missing(model_dir, model.config, info.get("missing_keys", []))
+    return model
+
+
+def _check_missing(model_dir: Path, config, missing) -> None:
+    missing = sorted(k for k in missing if k != "lm_head.weight" or not getattr(config, "tie_word_embeddings", False))
+    if missing:
+        raise ModelLoadError(
+            f"{model_dir}: the weight files lack {len(missing)} of the model's tensors (e.g. {missing[:3]}); loading "
+            f"would leave them random. The file's key names are not the Hugging Face ones for "
+            f"{type(config).__name__} (a wrapper this loader does not know?), or the save is incomplete.")
 
 
 def load_peft_adapter(model_dir: Path, device: torch.device, dtype: torch.dtype, load_base: Callable):
@@ -63,10 +117,18 @@ def load_peft_adapter(model_dir: Path, device: torch.device, dtype: torch.dtype,
 
     from rlhf_interp.bridge.embedded import load_tokenizer
 
-    base_name = json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    config = json.loads((model_dir / "adapter_config.json").read_text())
+    base_name = config.get("base_model_name_or_path")
     if not base_name:
-        raise ModelLoadError(f"{model_dir}/adapter_config.json names no base_model_name_or_path.")
-    base, tokenizer, _ = load_base(base_name, device=device, dtype=dtype)
+        raise ModelLoadError(f"{model_dir}/adapter_config.json names no base_model_name_or_path: write the base "
+                             f"model's directory (or alias) there.")
+    try:
+        base, tokenizer, _ = load_base(base_name, device=device, dtype=dtype)
+    except ModelLoadError as err:
+        raise ModelLoadError(
+            f"{model_dir} is a PEFT adapter (LoRA) on base model {base_name!r}, which could not be loaded: {err}\n"
+            f"Fix: set base_model_name_or_path in {model_dir / 'adapter_config.json'} to a local copy of that base "
+            f"model (or make the Hub reachable).") from err
     merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     if has_tokenizer(model_dir):
         tokenizer = load_tokenizer(model_dir)

@@ -8,17 +8,18 @@ through the same tokenizer convention, device choice and dtype, or their numbers
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import torch
 
 from rlhf_interp.bridge.aliases import (EMBEDDED_ALIAS, EMBEDDED_MODELS, KNOWN_ALIASES, TINY_ALIAS, TOKENIZER_DIR,
-                                        ModelLoadError, default_device, resolve_dtype)
+                                        ModelLoadError, resolve_dtype)
 from rlhf_interp.bridge.embedded import build_tiny_model, fetch_embedded, load_tokenizer
 from rlhf_interp.bridge.foreign import (clean_foreign_state_dict, has_tokenizer, load_from_hub, load_peft_adapter,
-                                       model_from_state_dict)
-from rlhf_interp.bridge.run_dirs import find_model_dir
+                                       load_pretrained_checked, model_from_state_dict)
+from rlhf_interp.bridge.run_dirs import ADAPTER, resolve_layout
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -29,10 +30,9 @@ def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | to
 
     Returns ``(hf_model, tokenizer, source)`` where ``source`` is the alias or resolved directory.
     """
-    from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
-    device = torch.device(device) if device is not None else default_device()
+    device = select_device(device)
     name = str(name_or_path)
 
     if name == TINY_ALIAS:
@@ -43,8 +43,10 @@ def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | to
     else:
         local = Path(name).expanduser()
         if local.exists():
-            model_dir = find_model_dir(local)
-            source = str(model_dir)
+            layout = resolve_layout(local)
+            if layout.kind == ADAPTER:
+                return load_peft_adapter(layout.path, device, torch_dtype, load_hf_model)
+            model_dir, source = layout.path, str(layout.path)
         elif _HUB_ID.match(name):
             return load_from_hub(name, device, torch_dtype)
         else:
@@ -53,17 +55,42 @@ def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | to
                 f"nor an existing local directory, nor a Hugging Face id (owner/name)."
             )
 
-    if (model_dir / "adapter_config.json").exists() and not (model_dir / "config.json").exists():
-        return load_peft_adapter(model_dir, device, torch_dtype, load_hf_model)
-
     cleaned = clean_foreign_state_dict(model_dir)
     if cleaned is not None:
         model = model_from_state_dict(model_dir, cleaned, torch_dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation="eager")
+        model = load_pretrained_checked(model_dir, torch_dtype)
     model.config.output_attentions = False
     tokenizer = load_tokenizer(model_dir if has_tokenizer(model_dir) else _tokenizer_fallback(model_dir))
     return model.to(device).eval(), tokenizer, source
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to load onto, checked: ``None`` / ``"auto"`` picks this process's GPU (``cuda:LOCAL_RANK``
+    under a multi-process launcher, so ranks do not pile onto GPU 0), else ``cuda``, else the CPU.
+
+    A device this machine does not have is refused here, with the fix, rather than deep inside a forward pass.
+    """
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ModelLoadError(f"Unknown device {device!r}: use cpu, cuda, cuda:N, mps or auto.") from err
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"Device {device!r} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU "
+                f"(built for CUDA: {torch.version.cuda}). Fix: use device cpu (or auto), or install a CUDA build of "
+                f"torch on a machine with a GPU.")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"Device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    if chosen.type == "mps" and not (torch.backends.mps.is_available()):
+        raise ModelLoadError(f"Device {device!r}: MPS is not available here. Fix: use device cpu.")
+    return chosen
 
 
 def _tokenizer_fallback(model_dir: Path) -> Path:
@@ -96,7 +123,8 @@ def load_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | torch
 
     ``name_or_path``: ``"smollm2-135m"`` (embedded default, offline), ``"tiny-test"``, a local HF
     directory (ours, TRL, OpenRLHF, verl, a PEFT adapter), a run directory (its latest checkpoint),
-    or a Hub id when the Hub is reachable. ``device=None`` picks CUDA when available. ``frozen=True``
+    or a Hub id when the Hub is reachable (`run_dirs.resolve_layout` lists the layouts). ``device=None`` picks
+    this process's GPU when there is one (`select_device`). ``frozen=True``
     turns off gradients of every weight (a reference model, a reward model's backbone).
     """
     hf_model, tokenizer, source = load_hf_model(name_or_path, device=device, dtype=dtype)
