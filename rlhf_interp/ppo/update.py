@@ -26,10 +26,11 @@ STAT_KEYS = ("policy_loss", "value_loss", "entropy_bonus", "clip_fraction", "app
 
 def ppo_update(policy, head, optimizer: torch.optim.Optimizer, scheduler: Any, params: list[torch.nn.Parameter],
                rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, orders: list[torch.Tensor],
-               config: Any, kl_coef: float) -> dict[str, float]:
+               config: Any, kl_coef: float, dist: Any = None) -> dict[str, float]:
     """Run the epochs (one shuffled order of the batch each, ``orders``) and return the mean of each loss
     statistic, ``max_abs_log_ratio`` and ``explained_variance``. ``config``: the run's `PPOConfig`;
-    ``params``: what the gradient norm is clipped over (policy and head)."""
+    ``params``: what the gradient norm is clipped over (policy and head). ``dist``: a
+    `ppo.distributed.Distributed` when several processes share the batch (gradients are then all-reduced)."""
     cfg = config
     totals: dict[str, list[float]] = {k: [] for k in STAT_KEYS}
     max_log_ratio = 0.0
@@ -63,7 +64,10 @@ def ppo_update(policy, head, optimizer: torch.optim.Optimizer, scheduler: Any, p
             loss = pg_loss + cfg.value_loss_coef * v_loss - cfg.entropy_coef * ent + kl_coef * kl_loss
 
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if dist is None:
+                loss.backward()
+            else:  # every process's gradients -> the gradient over the global minibatch
+                dist.backward(loss, mask, params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             _check_finite({"gradient norm": grad_norm})
             optimizer.step()
