@@ -29,3 +29,16 @@ def smol():
     from rlhf_interp import load_model
 
     return load_model("smollm2-135m", device="cpu")
+
+
+# Every device this machine has: a test taking ``device`` runs once per device; CUDA is skipped, with the
+# reason, where there is none (so a GPU machine runs the same tests on the GPU without any change).
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
+               not torch.cuda.is_available(), reason="no CUDA GPU here (torch.cuda.is_available() is False)"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """``"cpu"``, then ``"cuda"`` when a GPU is present (skipped otherwise)."""
+    return request.param
