@@ -277,6 +277,21 @@ def test_verl_lora_adapter_beside_the_shards_loads_merged(tmp_path, base_dir):
     torch.testing.assert_close(_logits(merged), _logits(peft_model), rtol=1e-5, atol=1e-5)
 
 
+def test_a_foreign_lora_checkpoint_loads_onto_each_device(tmp_path, base_dir, device):
+    base_hf, _, _ = load_hf_model(base_dir, device="cpu")
+    peft_model = _lora(base_hf, seed=6)
+    expected = _logits(peft_model)
+    peft_model.save_pretrained(tmp_path / "dpo-out" / "checkpoint-1")
+    config = json.loads((tmp_path / "dpo-out" / "checkpoint-1" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(base_dir)
+    (tmp_path / "dpo-out" / "checkpoint-1" / "adapter_config.json").write_text(json.dumps(config))
+    bridge = load_model(tmp_path / "dpo-out", device=device)
+    assert next(bridge.parameters()).device.type == device
+    with torch.no_grad():
+        got = bridge(TOKENS.to(device)).float().cpu()
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------------------------- errors, CLI
 
 
