@@ -33,7 +33,7 @@ PACKAGE = "rlhf_interp"
 
 # unit -> rank. A deprecated one-release shim sits half a layer above the package it forwards to.
 LAYERS: dict[str, float] = {
-    "core": 0, "kl": 0,                                   # pure mechanics and math
+    "core": 0, "kl": 0.5,                                 # pure mechanics and math (kl: the short path to core.kl)
     "prompts": 1,                                         # shipped / user prompt files
     "bridge": 2, "models": 2.5, "generation": 2.5,        # name -> bridge, tokenize, capture, generate
     "checkpoints": 3,                                     # HF-format save / list
