@@ -268,6 +268,9 @@ def test_resume_after_an_unsaved_phase_and_a_torn_line_does_not_duplicate_logs(t
     killed = PPOTrainer(tiny_config(phases=4, checkpoint_every=2), run, callbacks=[kill_after_phase_3], progress=False)
     with pytest.raises(KeyboardInterrupt):
         killed.train()
+    import shutil
+
+    shutil.rmtree(run / "checkpoint-000003")  # the interrupt saved phase 3; a SIGKILL would not have
     for name in ("metrics.jsonl", "samples.jsonl"):  # a write cut short by the kill
         with open(run / name, "a") as f:
             f.write('{"phase": 4, "prompt": "cut sho')

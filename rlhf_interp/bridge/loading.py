@@ -61,7 +61,18 @@ def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | to
     else:
         model = load_pretrained_checked(model_dir, torch_dtype)
     model.config.output_attentions = False
-    tokenizer = load_tokenizer(model_dir if has_tokenizer(model_dir) else _tokenizer_fallback(model_dir))
+    if has_tokenizer(model_dir):
+        tokenizer = load_tokenizer(model_dir)
+    else:
+        fallback = _tokenizer_fallback(model_dir)
+        tokenizer = load_tokenizer(fallback)
+        vocab = int(model.get_input_embeddings().weight.shape[0])
+        if vocab != len(tokenizer):
+            raise ModelLoadError(
+                f"{model_dir} has no tokenizer files, and the fallback tokenizer ({fallback}) has {len(tokenizer)} "
+                f"tokens while the model's vocabulary has {vocab}: they cannot be the same tokenizer. Copy the "
+                f"tokenizer files (tokenizer.json, tokenizer_config.json) of the model it was trained from into "
+                f"{model_dir}.")
     return model.to(device).eval(), tokenizer, source
 
 

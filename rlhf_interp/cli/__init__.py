@@ -1,14 +1,24 @@
 """The ``rlhf-interp`` command. Each subcommand lives in its own module with ``register(subparsers)``;
-a subcommand appears here only once its feature exists."""
+a subcommand appears here only once its feature exists.
+
+Errors: a user error (bad value, missing or unreadable file, unwritable output, full disk, Ctrl-C) ends in
+one line on stderr that names the problem and the fix, exit code 2 (130 for Ctrl-C); anything else ends in
+one line too, exit code 1, asking for ``--debug``. ``--debug`` (anywhere on the line, or
+``RLHF_INTERP_DEBUG=1``) prints the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 # Module names under rlhf_interp.cli, in the order they appear in --help.
 SUBCOMMAND_MODULES = ["models_cmd", "diff_cmd", "patch_cmd", "train_cmd", "steer_cmd", "ablate_cmd", "measure_cmd", "frontier_cmd", "edit_search_cmd", "reward_model_cmd", "report_cmd"]
+
+_DEBUG_HELP = "print the full traceback of an error (also RLHF_INTERP_DEBUG=1)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,23 +26,85 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlhf-interp",
         description="Train RLHF policies with PPO and look inside them: diff, steer, ablate, measure KL.",
     )
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(f"rlhf_interp.cli.{module_name}").register(sub)
+    _add_debug_everywhere(sub)
     return parser
+
+
+def _add_debug_everywhere(sub: argparse._SubParsersAction) -> None:
+    """``--debug`` after the subcommand too (``default=SUPPRESS``: it never resets the top-level flag)."""
+    for parser in set(sub.choices.values()):
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if actions:
+            for nested in actions:
+                _add_debug_everywhere(nested)
+        if "--debug" not in parser._option_string_actions:
+            parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the input or the environment is wrong", not "the toolkit has a bug"."""
+    import pickle
+
+    import yaml
+
+    types: list[type[BaseException]] = [ValueError, KeyError, OSError, ImportError, yaml.YAMLError,
+                                        pickle.UnpicklingError, UnicodeError, RuntimeError]
+    try:
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        pass
+    return tuple(types)
+
+
+def describe_error(err: BaseException) -> str:
+    """One readable line (plus notes the code attached) for an exception."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        text = f"the disk is full{where}: free some space (or choose another --out) and run again"
+    elif isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.strerror}: {err.filename}"
+    elif isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        text = err.args[0]  # str(KeyError) adds quotes
+    else:
+        text = str(err).strip() or type(err).__name__
+    notes = " ".join(getattr(err, "__notes__", []) or [])
+    return f"{text} {notes}".strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("RLHF_INTERP_DEBUG", "") not in ("", "0")
+    name = " ".join(x for x in (args.command, getattr(args, "action", None)) if x)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
-        from rlhf_interp.models import ModelLoadError  # noqa: F401  (same family of clear errors)
-
-        print(f"rlhf-interp {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        if debug:
+            raise
+        print(f"rlhf-interp {name}: {describe_error(err) if str(err) else 'interrupted (Ctrl-C).'}", file=sys.stderr)
+        return 130
+    except MemoryError:
+        if debug:
+            raise
+        print(f"rlhf-interp {name}: error: out of memory: use a smaller batch, fewer prompts or a smaller model.",
+              file=sys.stderr)
         return 2
+    except Exception as err:
+        if debug:
+            raise
+        if isinstance(err, user_error_types()):
+            print(f"rlhf-interp {name}: error: {describe_error(err)}", file=sys.stderr)
+            return 2
+        print(f"rlhf-interp {name}: internal error ({type(err).__name__}): {describe_error(err)} Run again with "
+              f"--debug for the traceback, and please report it.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

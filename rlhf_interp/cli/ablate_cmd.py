@@ -4,9 +4,9 @@ write reward and KL per target (CSV + PNG)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from rlhf_interp.cli.common import add_common_args, claim_out, load_prompt_set, parse_layers, require_samples, write_config
 
-from rlhf_interp.cli.common import add_common_args, load_prompt_set, parse_layers, write_config
+OUTPUTS = ("ablation_sweep.csv", "ablation_sweep.png", "config.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,26 +25,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _ablate(args: argparse.Namespace) -> int:
     from rlhf_interp.bridge import load_model
-    from rlhf_interp.edits import resolve_layers
+    from rlhf_interp.edits import parse_targets, resolve_layers
     from rlhf_interp.measure import ablation_sweep, all_heads
     from rlhf_interp.plots import plot_ablation_sweep
     from rlhf_interp.prompts import load_prompts
 
+    require_samples(args)
     given = [args.targets, args.heads_of_layer, args.layers]
     if sum(x is not None for x in given) != 1:
         raise ValueError("Give exactly one of --targets, --heads-of-layer, --layers.")
-    model = load_model(args.model)
+    targets: list[str] = []
     if args.targets is not None:
         targets = [t.strip() for t in args.targets.split(";") if t.strip()]
-    elif args.heads_of_layer is not None:
-        targets = all_heads(model, parse_layers(args.heads_of_layer))
+        if not targets:
+            raise ValueError(f"--targets {args.targets!r} names no target; e.g. '3.attn;3.mlp;5.2,5.3'.")
+        for target in targets:
+            parse_targets(target)  # the syntax, before loading anything
     else:
-        targets = [str(layer) for layer in resolve_layers(model, parse_layers(args.layers))]
+        layer_arg = parse_layers(args.heads_of_layer if args.heads_of_layer is not None else args.layers)
     references = load_prompts(args.reference_prompts) if args.reference_prompts else None
-    out = Path(args.out)
-    df = ablation_sweep(model, targets, load_prompt_set(args), args.reward, kind=args.kind,
+    if references is not None and args.kind == "zero":
+        print("--reference-prompts is used only by --kind mean or resample; ignored for zero ablation.")
+    prompts = load_prompt_set(args)
+    out = claim_out(args, "ablate", OUTPUTS)  # before any compute
+    model = load_model(args.model)
+    if args.heads_of_layer is not None:
+        targets = all_heads(model, layer_arg)
+    elif args.layers is not None:
+        targets = [str(layer) for layer in resolve_layers(model, layer_arg)]
+    df = ablation_sweep(model, targets, prompts, args.reward, kind=args.kind,
                         reference_prompts=references, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "ablation_sweep.csv", index=False)
     plot_ablation_sweep(df).savefig(out / "ablation_sweep.png", dpi=110, bbox_inches="tight")
     write_config(out, args, targets=targets)

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
+
+from rlhf_interp.cli.common import add_overwrite_arg, positive_int
+
+
+def _outputs() -> list[str]:
+    """What `diff` writes: one CSV per ModelDiff table, directions.pt, config.json and the figures."""
+    from rlhf_interp.diff.core import ModelDiff
+
+    return [f"{f.name}.csv" for f in fields(ModelDiff) if f.name not in ("vectors", "config")] + [
+        "directions.pt", "config.json", "*.png"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,22 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                            "directions.pt and config.json (created; files overwritten)")
     p.add_argument("--prompts", default=None, help="prompt file (.txt one per line, or .jsonl with 'prompt'); "
                                                    "default: the shipped prompts")
-    p.add_argument("--n-prompts", type=int, default=64, help="how many prompts (a seeded random subset; default 64)")
+    p.add_argument("--n-prompts", type=positive_int, default=64, help="how many prompts (a seeded random subset; default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=0, metavar="N_NEW_TOKENS",
                    help="diff on the tuned policy's own samples: prompt + N sampled tokens (default 0: prompts only)")
     p.add_argument("--trajectory", action="store_true", help="diff every checkpoint of the run dir given as --tuned "
                                                              "(adds a step column)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--hooks", nargs="+", default=None, metavar="HOOK",
                    help="block hook points to compare (default: hook_resid_pre hook_resid_mid hook_resid_post "
                         "hook_attn_out hook_mlp_out)")
     p.add_argument("--watch-token", action="append", default=[], metavar="TOKEN",
                    help="report this token's logit-lens rank per layer (repeatable), e.g. --watch-token .")
     p.add_argument("--include-bos", action="store_true", help="count the BOS position in the statistics")
-    p.add_argument("--top-k", type=int, default=15, help="tokens listed per layer / per direction of change")
+    p.add_argument("--top-k", type=positive_int, default=15, help="tokens listed per layer / per direction of change")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -41,13 +53,18 @@ def run(args: argparse.Namespace) -> int:
     from rlhf_interp.plots import diff_figures
     from rlhf_interp.prompts import load_prompts
 
+    from rlhf_interp.core.outdir import claim_dir
+
+    if args.samples < 0:
+        raise ValueError(f"--samples {args.samples}: give a number of new tokens >= 0 (0: prompts only).")
     checkpoints = list_checkpoints(args.tuned)
     if args.trajectory and not checkpoints:
         raise ValueError(f"--trajectory needs a run directory with checkpoint-NNNNNN/ folders; {args.tuned} has none.")
+    prompts = load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
+    claim_dir(args.out, "diff", _outputs(), overwrite=args.overwrite)  # before any compute
     base = load_model(args.base, device=args.device, dtype=args.dtype)
     first = load_model(str(checkpoints[-1]) if checkpoints else args.tuned, device=args.device, dtype=args.dtype)
     check_compatible(base, first)  # before any forward pass
-    prompts = load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
     if args.samples > 0:
         print(f"sampling {args.samples} tokens per prompt from the tuned model ...")
         prompts = policy_samples(first, prompts, max_new_tokens=args.samples, seed=args.seed)

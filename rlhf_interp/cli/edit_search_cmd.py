@@ -10,9 +10,11 @@ each layer's residual norm, so one range fits every layer.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from rlhf_interp.cli.common import add_common_args, load_prompt_set, parse_floats, parse_layers, write_config
+from rlhf_interp.cli.common import (add_common_args, claim_out, load_prompt_set, parse_floats, parse_layers,
+                                    positive_int, require_samples, write_config)
+
+OUTPUTS = ("trials.csv", "pareto.csv", "config.json")
 
 
 def add_vector_source_args(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", default="all", help="layers to search (comma-separated or 'all')")
     parser.add_argument("--coefs", default="0.01,1", help="LOW,HIGH strength (push / residual norm), log-uniform")
     parser.add_argument("--positions", default="all,prompt,generated", help="positions to search (comma-separated)")
-    parser.add_argument("--trials", type=int, default=30, help="Optuna trials (each one sampling pass)")
+    parser.add_argument("--trials", type=positive_int, default=30, help="Optuna trials (each one sampling pass)")
     parser.add_argument("--kl-budget", type=float, default=None, help="trials above this KL (nats/sequence) are infeasible")
     parser.add_argument("--min-reward", type=float, default=None, help="also report the cheapest trial reaching this")
     parser.set_defaults(func=_edit_search)
@@ -74,14 +76,23 @@ def _edit_search(args: argparse.Namespace) -> int:
     from rlhf_interp.edits import resolve_layers
     from rlhf_interp.frontier import edit_search
 
+    from rlhf_interp.edits import check_positions
+
+    require_samples(args)
     coefs = parse_floats(args.coefs)
-    if len(coefs) != 2:
-        raise ValueError(f"--coefs takes LOW,HIGH (two numbers), got {args.coefs!r}.")
+    if len(coefs) != 2 or not 0 < coefs[0] <= coefs[1]:
+        raise ValueError(f"--coefs takes LOW,HIGH with 0 < LOW <= HIGH (strengths are searched log-uniformly), "
+                         f"got {args.coefs!r}.")
     positions = [p.strip() for p in args.positions.split(",") if p.strip()]
-    out = Path(args.out)
-    model = load_model(args.model)
-    layers = resolve_layers(model, parse_layers(args.layers))
+    if not positions:
+        raise ValueError("--positions names none; use some of all,prompt,generated.")
+    for position in positions:
+        check_positions(position)
+    layer_arg = parse_layers(args.layers)
     prompts = load_prompt_set(args)
+    out = claim_out(args, "edit-search", OUTPUTS)  # before any compute
+    model = load_model(args.model)
+    layers = resolve_layers(model, layer_arg)
     vector, _, dropped = vector_from_args(args, model, layers, prompts)
     if dropped:
         print(f"the vector is zero at layer(s) {dropped}: not searched")
@@ -91,7 +102,6 @@ def _edit_search(args: argparse.Namespace) -> int:
     result = edit_search(model, vector, prompts, args.reward, layers=layers, coef_range=(coefs[0], coefs[1]),
                          positions=positions, n_trials=args.trials, seed=args.seed, kl_budget=args.kl_budget,
                          max_new_tokens=args.max_new_tokens)
-    out.mkdir(parents=True, exist_ok=True)
     result.trials.to_csv(out / "trials.csv", index=False)
     result.pareto.to_csv(out / "pareto.csv", index=False)
     write_config(out, args, searched_layers=layers, coef_units="push / residual norm")

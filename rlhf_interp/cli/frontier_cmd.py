@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rlhf_interp.cli.common import add_common_args, load_prompt_set, parse_floats, parse_layers, write_config
+from rlhf_interp.cli.common import (add_common_args, claim_out, load_prompt_set, parse_floats, parse_layers,
+                                    require_samples, write_config)
 from rlhf_interp.cli.edit_search_cmd import add_vector_source_args, vector_from_args
 
 METHODS = ("steering", "rank-one", "best-of-n", "checkpoints")
+OUTPUTS = ("points.csv", "evaluations.csv", "frontier.png", "config.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,9 +47,21 @@ def _frontier(args: argparse.Namespace) -> int:
     from rlhf_interp.edits import resolve_layers
     from rlhf_interp.measure import evaluate_edit
 
-    out = Path(args.out)
-    model = load_model(args.model)
+    require_samples(args)
+    if args.what in ("steering", "rank-one"):
+        parse_layers(args.layers)
+        budgets = parse_floats(args.budgets, what="KL budgets")
+        if min(budgets) <= 0:
+            raise ValueError(f"--budgets must be positive KL values (nats per sequence), got {args.budgets!r}.")
+    elif args.what == "best-of-n":
+        ns = parse_floats(args.n, what="best-of-n sizes")
+        if any(n < 1 or n != int(n) for n in ns):
+            raise ValueError(f"--n takes whole numbers >= 1, e.g. '1,2,4,8'; got {args.n!r}.")
+    elif not args.run:
+        raise ValueError("frontier checkpoints needs at least one --run RUN_DIR (a PPO run directory).")
     prompts = load_prompt_set(args)
+    out = claim_out(args, "frontier", OUTPUTS)  # before any compute
+    model = load_model(args.model)
     kwargs = {"max_new_tokens": args.max_new_tokens, "seed": args.seed}
     base = evaluate_edit(model, None, prompts, args.reward, **kwargs).assign(method="base model", kind="base")
     frames, evaluations = [base], []
@@ -65,8 +79,6 @@ def _frontier(args: argparse.Namespace) -> int:
     else:
         from rlhf_interp.frontier import checkpoint_points, read_run
 
-        if not args.run:
-            raise ValueError("frontier checkpoints needs at least one --run RUN_DIR (a PPO run directory).")
         for run_dir in args.run:
             frames.append(checkpoint_points(model, read_run(run_dir), prompts, args.reward, **kwargs)
                           .assign(kind="fine-tuning"))
@@ -111,7 +123,6 @@ def _equal_kl_points(args, model, layers, prompts, kwargs):
 def _write(out: Path, args, points, evaluations) -> None:
     from rlhf_interp.frontier import frontier_figure
 
-    out.mkdir(parents=True, exist_ok=True)
     points.to_csv(out / "points.csv", index=False)
     for ev in evaluations:
         ev.to_csv(out / "evaluations.csv", index=False)

@@ -4,9 +4,10 @@ prompts and per sequence on samples, with reward, entropy and diversity."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from rlhf_interp.cli.common import add_common_args, load_prompt_set, parse_layers, write_config
+from rlhf_interp.cli.common import add_common_args, claim_out, finite_float, load_prompt_set, parse_layers, write_config
+
+OUTPUTS = ("kl_shift.csv", "summary.csv", "sequences.csv", "config.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference", default=None, help="reference model (default: the model without the edit)")
     parser.add_argument("--steer", default=None, help="steering vector file (.safetensors) to add")
     parser.add_argument("--layers", default=None, help="layers for --steer (comma-separated; default: the file's)")
-    parser.add_argument("--coef", type=float, default=1.0, help="steering coefficient")
+    parser.add_argument("--coef", type=finite_float, default=1.0, help="steering coefficient")
     parser.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     parser.add_argument("--ablate", default=None, help="ablation targets, e.g. '3.attn,5.2' or '7'")
     parser.add_argument("--kind", default="zero", choices=["zero", "mean", "resample"])
@@ -49,17 +50,16 @@ def _measure(args: argparse.Namespace) -> int:
     from rlhf_interp.bridge import load_model
     from rlhf_interp.measure import evaluate_edit, kl_shift
 
-    out = Path(args.out)
     edit = build_edit(args)
+    if edit is None and args.reference is None:
+        raise ValueError("Nothing to measure: give an edit (--steer, --ablate, --ablate-direction) and/or --reference.")
+    prompts = load_prompt_set(args)
+    out = claim_out(args, "measure", OUTPUTS)  # before any compute
     model = load_model(args.model)
     reference = load_model(args.reference) if args.reference else None
-    if edit is None and reference is None:
-        raise ValueError("Nothing to measure: give an edit (--steer, --ablate, --ablate-direction) and/or --reference.")
     if edit is not None:
         edit.on(model)
-    prompts = load_prompt_set(args)
     per_token = kl_shift(model, edit, prompts, reference=reference)
-    out.mkdir(parents=True, exist_ok=True)
     per_token.to_csv(out / "kl_shift.csv", index=False)
     print(f"per-token KL on {len(prompts)} prompts ({len(per_token)} positions), nats:")
     print(per_token[["kl_forward", "kl_reverse", "js", "entropy_edited", "entropy_reference"]]

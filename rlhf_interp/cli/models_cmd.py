@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from rlhf_interp.cli.common import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("models", help="list, fetch and describe the models this toolkit knows")
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                  "continue a prompt")
     p_desc.add_argument("name", nargs="?", default="smollm2-135m", help="alias, local directory or HF id")
     p_desc.add_argument("--prompt", default="The capital of France is")
-    p_desc.add_argument("--max-new-tokens", type=int, default=20)
+    p_desc.add_argument("--max-new-tokens", type=positive_int, default=20)
     p_desc.set_defaults(func=_describe)
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rlhf_interp.cli.common import add_overwrite_arg, positive_int
+
+OUTPUTS = ("activation_patching.csv", "residual_attribution.csv", "weight_patching.csv", "trajectory.csv",
+           "trajectory_attribution.csv")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patch", help="activation patching between a base and a tuned model (both directions, per "
@@ -15,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory for the CSV tables (created; files overwritten)")
     p.add_argument("--prompts", default=None, help="prompt file (.txt one per line, or .jsonl with 'prompt'); "
                                                    "default: the shipped prompts")
-    p.add_argument("--n-prompts", type=int, default=16, help="how many prompts (a seeded random subset; default 16)")
+    p.add_argument("--n-prompts", type=positive_int, default=16, help="how many prompts (a seeded random subset; default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=0, metavar="N_NEW_TOKENS",
                    help="patch on the tuned policy's own samples: prompt + N sampled tokens (default 0: prompts only)")
@@ -29,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", action="store_true", help="also swap each layer's attn / mlp / whole-block weights")
     p.add_argument("--trajectory", action="store_true", help="patch every checkpoint of the run dir given as --tuned "
                                                              "(hook_resid_post per layer, into base; adds a step column)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -49,18 +55,24 @@ def run(args: argparse.Namespace) -> int:
     )
     from rlhf_interp.prompts import load_prompts
 
+    from rlhf_interp.core.outdir import claim_dir
+
+    if args.samples < 0:
+        raise ValueError(f"--samples {args.samples}: give a number of new tokens >= 0 (0: prompts only).")
     checkpoints = list_checkpoints(args.tuned)
     if args.trajectory and not checkpoints:
         raise ValueError(f"--trajectory needs a run directory with checkpoint-NNNNNN/ folders; {args.tuned} has none.")
+    if not args.reward_substring:
+        raise ValueError("--reward-substring is empty: give the text the rewarded tokens contain (default '.').")
+    texts = load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
+    claim_dir(args.out, "patch", OUTPUTS, overwrite=args.overwrite)  # before any compute
     base = load_model(args.base, device=args.device, dtype=args.dtype)
     tuned = load_model(str(checkpoints[-1]) if checkpoints else args.tuned, device=args.device, dtype=args.dtype)
     check_compatible(base, tuned)  # before any forward pass
-    texts = load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
     if args.samples > 0:
         texts = policy_samples(tuned, texts, max_new_tokens=args.samples, seed=args.seed)
     kwargs = {"reward_token_ids": rewarded_token_ids(base.tokenizer, args.reward_substring),
               "batch_size": args.batch_size, "directions": args.directions}
-    args.out.mkdir(parents=True, exist_ok=True)
     table = activation_patching(base, tuned, texts, components=args.components or COMPONENTS, **kwargs)
     tables = {"activation_patching": table}
     if "hook_resid_post" in set(table["component"]):

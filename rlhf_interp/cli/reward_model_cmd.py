@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rlhf_interp.cli.common import parse_options
+from rlhf_interp.cli.common import add_overwrite_arg, finite_float, nonnegative_int, parse_options, positive_int
+
+TRAIN_OUTPUTS = ("metrics.jsonl", "model")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,13 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p_synth.add_argument("--reward-arg", dest="reward_args", action="append", default=[], metavar="KEY=VALUE",
                          help="keyword for the reward, e.g. --reward-arg char=. (value parsed as YAML; repeatable)")
     p_synth.add_argument("--model", default="smollm2-135m", help="the sampler (anything load_model accepts)")
-    p_synth.add_argument("--n-pairs", type=int, required=True)
-    p_synth.add_argument("--out", required=True, help="JSONL file to write")
+    p_synth.add_argument("--n-pairs", type=positive_int, required=True)
+    p_synth.add_argument("--out", required=True, help="JSONL file to write (refused if it exists, unless --overwrite)")
+    add_overwrite_arg(p_synth)
     p_synth.add_argument("--prompts", default="default", help="'default' (shipped openings), a .txt or .jsonl file")
-    p_synth.add_argument("--max-new-tokens", type=int, default=20)
-    p_synth.add_argument("--batch-size", type=int, default=64, help="sequences per sampling call (even)")
-    p_synth.add_argument("--temperature", type=float, default=1.0)
-    p_synth.add_argument("--label-noise", type=float, default=0.0, help="probability of swapping a pair's labels")
+    p_synth.add_argument("--max-new-tokens", type=positive_int, default=20)
+    p_synth.add_argument("--batch-size", type=positive_int, default=64, help="sequences per sampling call (even)")
+    p_synth.add_argument("--temperature", type=finite_float, default=1.0)
+    p_synth.add_argument("--label-noise", type=finite_float, default=0.0, help="probability of swapping a pair's labels")
     p_synth.add_argument("--dtype", default=None, help="sampler dtype, e.g. bfloat16 (about 1.8x faster on this CPU)")
     p_synth.add_argument("--seed", type=int, default=0)
     p_synth.add_argument("--no-progress", action="store_true")
@@ -37,13 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p_train.add_argument("data", help="preference JSONL file")
     p_train.add_argument("--base", required=True, help="backbone model (anything load_model accepts)")
     p_train.add_argument("--out", required=True, help="output directory (metrics.jsonl + model/)")
-    p_train.add_argument("--epochs", type=int, default=4)
-    p_train.add_argument("--batch-size", type=int, default=16, help="pairs per step")
-    p_train.add_argument("--lr", type=float, default=2e-5, help="learning rate of the trainable blocks")
-    p_train.add_argument("--head-lr", type=float, default=1e-3)
-    p_train.add_argument("--val-fraction", type=float, default=0.1)
-    p_train.add_argument("--patience", type=int, default=2, help="epochs without val-loss improvement before stopping")
-    p_train.add_argument("--freeze-layers", type=int, default=None,
+    p_train.add_argument("--epochs", type=positive_int, default=4)
+    p_train.add_argument("--batch-size", type=positive_int, default=16, help="pairs per step")
+    p_train.add_argument("--lr", type=finite_float, default=2e-5, help="learning rate of the trainable blocks")
+    p_train.add_argument("--head-lr", type=finite_float, default=1e-3)
+    p_train.add_argument("--val-fraction", type=finite_float, default=0.1)
+    p_train.add_argument("--patience", type=nonnegative_int, default=2, help="epochs without val-loss improvement before stopping")
+    p_train.add_argument("--freeze-layers", type=nonnegative_int, default=None,
                          help="freeze blocks 0..N-1 (default: all but the last 2)")
     p_train.add_argument("--head-only", action="store_true", help="freeze the whole backbone")
     p_train.add_argument("--head", choices=["linear", "mlp"], default="linear")
@@ -60,8 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="a .txt file (one text a line) or a .jsonl file (objects with a 'text' field)")
     p_score.add_argument("--field", default="text", help="JSONL field holding the text")
     p_score.add_argument("--raw", action="store_true", help="unnormalised scores")
-    p_score.add_argument("--batch-size", type=int, default=64)
+    p_score.add_argument("--batch-size", type=positive_int, default=64)
     p_score.add_argument("--out", default=None, help="write a CSV (text, score) instead of printing")
+    add_overwrite_arg(p_score)
     p_score.set_defaults(func=_score)
 
 
@@ -70,9 +74,13 @@ def _synth(args: argparse.Namespace) -> int:
     from rlhf_interp.prompts import load_prompts
     from rlhf_interp.reward import get_reward, synthesize_pairs, write_preferences
 
+    from rlhf_interp.core.outdir import check_writable_file
+
     reward = get_reward(args.reward, **parse_options(args.reward_args, what="--reward-arg"))
+    prompts = load_prompts(args.prompts)
+    check_writable_file(args.out, overwrite=args.overwrite)  # before sampling
     model = load_model(args.model, dtype=args.dtype)
-    pairs, stats = synthesize_pairs(model, reward, load_prompts(args.prompts), args.n_pairs,
+    pairs, stats = synthesize_pairs(model, reward, prompts, args.n_pairs,
                                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                     temperature=args.temperature, label_noise=args.label_noise, seed=args.seed,
                                     progress=not args.no_progress)
@@ -83,12 +91,15 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlhf_interp.reward import RewardTrainingConfig, train_reward_model
+    from rlhf_interp.core.outdir import claim_dir
+    from rlhf_interp.reward import RewardTrainingConfig, read_preferences, train_reward_model
 
     config = RewardTrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
                                   val_fraction=args.val_fraction, patience=args.patience,
                                   freeze_layers=args.freeze_layers, head_only=args.head_only, head=args.head,
-                                  cache_activations=not args.no_cache, seed=args.seed)
+                                  cache_activations=not args.no_cache, seed=args.seed).validate()
+    read_preferences(args.data)  # a bad file fails here, before the model is loaded
+    claim_dir(args.out, "reward-model train", TRAIN_OUTPUTS, overwrite=args.overwrite)
     rm, frame = train_reward_model(args.data, args.base, args.out, config, device=args.device,
                                    progress=not args.no_progress, overwrite=args.overwrite)
     meta = rm.meta
@@ -104,9 +115,13 @@ def _score(args: argparse.Namespace) -> int:
     from rlhf_interp.prompts import load_prompts  # one reader for .txt / .jsonl text files
     from rlhf_interp.reward import load_reward_model
 
+    from rlhf_interp.core.outdir import check_writable_file
+
     texts = load_prompts(args.texts, field=args.field)
     if not texts:
         raise ValueError(f"{args.texts} holds no texts.")
+    if args.out:
+        check_writable_file(args.out, overwrite=args.overwrite)
     rm = load_reward_model(args.model_dir, batch_size=args.batch_size)
     scores = rm.score(texts, normalize=not args.raw).tolist()
     if args.out:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rlhf_interp.cli.common import add_common_args, load_prompt_set, parse_floats, parse_layers, write_config
+from rlhf_interp.cli.common import (add_common_args, claim_out, load_prompt_set, parse_floats, parse_layers,
+                                    require_samples, write_config)
+
+OUTPUTS = ("steering_sweep.csv", "steering_sweep.png", "config.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _texts(values: list[str]) -> list[str]:
+    """The texts given, or the lines of the one file given."""
+    from rlhf_interp.core.io import text_lines
+
     if len(values) == 1 and Path(values[0]).is_file():
-        return [ln for ln in Path(values[0]).read_text().splitlines() if ln.strip()]
+        texts = [ln for _, ln in text_lines(values[0]) if ln.strip()]
+        if not texts:
+            raise ValueError(f"{values[0]} holds no texts (one a line).")
+        return texts
     return values
 
 
@@ -44,7 +53,8 @@ def build_vector(args: argparse.Namespace, model, layers):
     from rlhf_interp.core.io import read_jsonl
     from rlhf_interp.edits import vectors
 
-    given = [bool(args.vector), bool(args.positive or args.negative), bool(args.pairs), bool(args.base or args.tuned)]
+    given = [args.vector is not None, bool(args.positive or args.negative), args.pairs is not None,
+             bool(args.base or args.tuned)]
     if sum(given) != 1:
         raise ValueError("Give exactly one vector source: --vector FILE, --positive/--negative TEXTS, --pairs FILE, "
                          "or --base MODEL --tuned MODEL.")
@@ -65,7 +75,11 @@ def build_vector(args: argparse.Namespace, model, layers):
         for number, record in read_jsonl(args.pairs):
             if not isinstance(record, dict) or not {"positive", "negative"} <= set(record):
                 raise ValueError(f"{args.pairs}:{number}: expected an object with 'positive' and 'negative'.")
+            if not all(isinstance(record[k], str) for k in ("positive", "negative")):
+                raise ValueError(f"{args.pairs}:{number}: 'positive' and 'negative' must be strings.")
             pairs.append((record["positive"], record["negative"]))
+        if not pairs:
+            raise ValueError(f"{args.pairs} holds no pairs.")
         method = args.method or "contrastive"
     else:
         if not (args.base and args.tuned):
@@ -83,21 +97,26 @@ def build_vector(args: argparse.Namespace, model, layers):
 
 def _steer(args: argparse.Namespace) -> int:
     from rlhf_interp.bridge import load_model
-    from rlhf_interp.edits import resolve_layers
+    from rlhf_interp.core.outdir import check_writable_file
+    from rlhf_interp.edits import SteeringVector, resolve_layers
     from rlhf_interp.measure import steering_sweep
     from rlhf_interp.plots import plot_steering_sweep
 
-    out = Path(args.out)
+    require_samples(args)
+    layer_arg, coefs = parse_layers(args.layers), parse_floats(args.coefs, what="coefficients")
+    prompts = load_prompt_set(args)
+    if args.vector is not None:
+        SteeringVector.load(args.vector)  # a bad file fails here, before the model is loaded
+    if args.save_vector:
+        check_writable_file(args.save_vector, overwrite=args.overwrite, flag="--save-vector")
+    out = claim_out(args, "steer", OUTPUTS)  # before any compute
     model = load_model(args.model)
-    layers = resolve_layers(model, parse_layers(args.layers))
-    coefs = parse_floats(args.coefs)
+    layers = resolve_layers(model, layer_arg)
     vector = build_vector(args, model, layers)
     if args.save_vector:
         print(f"saved vector: {vector.save(args.save_vector)}")
-    prompts = load_prompt_set(args)
     df = steering_sweep(model, vector, layers, coefs, prompts, args.reward, positions=args.positions,
                         hook=vector.hook, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "steering_sweep.csv", index=False)
     plot_steering_sweep(df, reward_label=args.reward).savefig(out / "steering_sweep.png", dpi=110, bbox_inches="tight")
     write_config(out, args, vector_source=vector.source, vector_layers=vector.layers)

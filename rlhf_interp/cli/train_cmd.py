@@ -1,19 +1,23 @@
-"""``rlhf-interp train CONFIG --out RUN_DIR [--set k=v ...] [--resume]``."""
+"""``rlhf-interp train CONFIG --out RUN_DIR [--set k=v ...] [--resume | --overwrite]``."""
 
 from __future__ import annotations
 
 import argparse
 
+from rlhf_interp.cli.common import add_overwrite_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="PPO with a KL penalty (writes metrics.jsonl, samples, HF checkpoints)",
                             description="Train a policy with PPO. CONFIG is a YAML file of PPOConfig fields "
-                                        "(see configs/). Resume a killed run with --resume.")
+                                        "(see configs/). One run per --out: continue a stopped run with --resume, "
+                                        "or start it again with --overwrite.")
     parser.add_argument("config", nargs="?", help="YAML config (optional with --resume: the run's config.yaml is used)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set kl_coef=0.05 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    add_overwrite_arg(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     parser.set_defaults(func=_train)
 
@@ -22,22 +26,39 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rlhf_interp.ppo import PPOConfig, PPOTrainer
+    from rlhf_interp.ppo.run_dir import resume_point, start_run
     from rlhf_interp.ppo.trainer import model_summary
 
     run_dir = Path(args.out)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite deletes it: give one of them.")
     if args.resume:
+        resume_point(run_dir)  # before loading anything: a clear message when there is nothing to resume
+        if args.config is not None:
+            _check_same_config(args.config, run_dir / "config.yaml")
         trainer = PPOTrainer.resume(run_dir, overrides=args.overrides, progress=not args.no_progress)
         print(f"resuming {run_dir} at phase {trainer.phase}")
     else:
         if args.config is None:
             raise ValueError("Give a CONFIG file (e.g. configs/periods.yaml), or --resume to continue a run.")
-        if (run_dir / "metrics.jsonl").exists():
-            raise ValueError(f"{run_dir} already holds a run (metrics.jsonl). Use --resume to continue it, "
-                             f"or choose another --out.")
-        trainer = PPOTrainer(PPOConfig.load(args.config, args.overrides), run_dir, progress=not args.no_progress)
+        config = PPOConfig.load(args.config, args.overrides)
+        start_run(run_dir, overwrite=args.overwrite)  # writable and free, before any model is loaded
+        trainer = PPOTrainer(config, run_dir, progress=not args.no_progress)
     print(model_summary(trainer))
     trainer.train()
     last = trainer.history[-1]
     print(f"done: phase {last['phase']}, reward {last['reward_mean']:.3f}, KL(pi||ref) per token "
           f"{last['kl_forward_per_token']:.4f}, entropy {last['entropy']:.3f}; checkpoints in {run_dir}")
     return 0
+
+
+def _check_same_config(given: str, saved) -> None:
+    """With --resume, CONFIG may be repeated but not changed: the run continues as it was configured."""
+    from rlhf_interp.ppo import PPOConfig
+
+    a, b = PPOConfig.load(given).to_dict(), PPOConfig.load(saved).to_dict()
+    changed = sorted(k for k in a if a[k] != b[k])
+    if changed:
+        raise ValueError(f"--resume continues the run as {saved} configures it, but {given} differs in "
+                         f"{', '.join(f'{k} ({b[k]!r} -> {a[k]!r})' for k in changed[:5])}. Drop CONFIG and change "
+                         f"fields with --set KEY=VALUE (e.g. --set phases=100), or start a new run in another --out.")

@@ -76,12 +76,31 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 # JSONL: one JSON value per line
 
 
+def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line_number, text)`` of every line of a UTF-8 text file (numbers count from 1; a BOM is dropped).
+
+    A line that is not UTF-8 raises ValueError naming ``path:line`` and the byte, not a bare codec error.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a text file.")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                 f"{err.start + 1}); save the file as UTF-8.") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            yield number, line.rstrip("\r\n")
+
+
 def jsonl_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """``(line_number, text)`` of every non-blank line (numbers count from 1, blank lines included)."""
-    with open(Path(path).expanduser(), encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, line
+    for number, line in text_lines(path):
+        if line.strip():
+            yield number, line
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:

@@ -7,8 +7,7 @@ shapes fail deep inside a matmul with an unhelpful message.
 
 from __future__ import annotations
 
-import hashlib
-import json
+from rlhf_interp.bridge.tokens import tokenizer_differences
 
 # Config fields that must agree for activations, patterns and weights to line up.
 SHAPE_FIELDS: tuple[str, ...] = (
@@ -21,13 +20,6 @@ class ModelMismatchError(ValueError):
     """Two models differ in architecture or tokenizer; the message lists every difference."""
 
 
-def _tokenizer_fingerprint(tokenizer) -> dict[str, object]:
-    vocab = tokenizer.get_vocab()
-    digest = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
-    return {"vocab size": len(vocab), "vocab hash": digest, "bos_token_id": tokenizer.bos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
-
-
 def check_compatible(base, tuned) -> None:
     """Raise `ModelMismatchError` naming each config field or tokenizer property that differs."""
     problems: list[str] = []
@@ -35,10 +27,7 @@ def check_compatible(base, tuned) -> None:
         a, b = getattr(base.cfg, name, None), getattr(tuned.cfg, name, None)
         if a != b:
             problems.append(f"{name}: base {a!r} vs tuned {b!r}")
-    fa, fb = _tokenizer_fingerprint(base.tokenizer), _tokenizer_fingerprint(tuned.tokenizer)
-    for key in fa:
-        if fa[key] != fb[key]:
-            problems.append(f"tokenizer {key}: base {fa[key]!r} vs tuned {fb[key]!r}")
+    problems += tokenizer_differences(base.tokenizer, tuned.tokenizer)
     if problems:
         raise ModelMismatchError(
             "Cannot diff these models: they differ in architecture or tokenizer:\n  - "

@@ -151,6 +151,9 @@ class Ablation(Edit):
         self.positions = check_positions(positions)
         self.shift = int(shift)
         self._reference_prompts = list(reference_prompts) if reference_prompts is not None else None
+        if kind != "zero" and self._reference_prompts is not None and not self._reference_prompts:
+            raise EditError(f"{kind} ablation needs reference prompts to take activations from, got an empty list: "
+                            f"pass some (or reference_prompts=None for {REFERENCE_PROMPTS_DEFAULT} shipped ones).")
         self._refs: ReferenceActivations | None = None
         super().__init__(model)
 

@@ -40,11 +40,12 @@ def n_layers(model) -> int:
 def resolve_layers(model, layers: int | Iterable[int] | str) -> list[int]:
     """``"all"``, an int or ints (negative counts from the end) -> sorted valid layer indices."""
     total = n_layers(model)
+    check_layers_arg(layers)
     if isinstance(layers, str):
-        if layers != "all":
-            raise EditError(f"layers must be 'all', an int or a list of ints, got {layers!r}.")
         return list(range(total))
     items = [layers] if isinstance(layers, int) else list(layers)
+    if not items:
+        raise EditError(f"layers is empty: give at least one layer (0..{total - 1}) or 'all'.")
     out: list[int] = []
     for layer in items:
         if not isinstance(layer, int) or isinstance(layer, bool):
@@ -54,6 +55,37 @@ def resolve_layers(model, layers: int | Iterable[int] | str) -> list[int]:
                             f"0..{total - 1} (negative numbers count from the end), or 'all'.")
         out.append(layer % total)
     return sorted(set(out))
+
+
+def check_layers_arg(layers: Any) -> None:
+    """Model-free check of a ``layers`` argument: 'all', an int, or an iterable of ints (not floats, not bools)."""
+    if isinstance(layers, str):
+        if layers != "all":
+            raise EditError(f"layers must be 'all', an int or a list of ints, got {layers!r}.")
+        return
+    if isinstance(layers, bool) or not isinstance(layers, (int, Iterable)) or isinstance(layers, (bytes, dict)):
+        raise EditError(f"layers must be 'all', an int or a list of ints, got {layers!r} "
+                        f"({type(layers).__name__}).")
+    if isinstance(layers, (list, tuple, range)):  # other iterables are checked item by item when resolved
+        for layer in layers:
+            if not isinstance(layer, int) or isinstance(layer, bool):
+                raise EditError(f"Layer {layer!r} is not an int; give layers as ints (negative counts from the "
+                                f"end), or 'all'.")
+
+
+def check_vector(vector: Tensor, what: str = "Steering vector") -> Tensor:
+    """A real floating-point tensor with only finite values (bool, int and complex vectors are refused:
+    adding them would be silently cast; a NaN or inf would turn every later number into NaN)."""
+    if not isinstance(vector, Tensor):
+        raise EditError(f"{what} must be a tensor, got {type(vector).__name__}.")
+    if not vector.is_floating_point():
+        raise EditError(f"{what} has dtype {vector.dtype}; it must be a real floating-point tensor "
+                        f"(e.g. vector.float()).")
+    bad = (~torch.isfinite(vector)).sum().item()
+    if bad:
+        raise EditError(f"{what} has {bad} non-finite value(s) (NaN or inf) of {vector.numel()}: rebuild it "
+                        f"(a NaN usually comes from an empty text set or a diverged model).")
+    return vector
 
 
 def short_hook(hook: str) -> str:
@@ -72,7 +104,7 @@ def steering_hook_name(hook: str, layer: int) -> str:
 
 def unit_direction(direction: Tensor, d_model: int) -> Float[Tensor, "d_model"]:
     """A float direction of size d_model, normalized to unit length (float32, on CPU)."""
-    direction = torch.as_tensor(direction).detach().flatten().float().cpu()
+    direction = check_vector(torch.as_tensor(direction).detach(), "Direction").flatten().float().cpu()
     if direction.numel() != d_model:
         raise EditError(f"Direction has size {direction.numel()} but the model's d_model is {d_model}; "
                         f"build it on the same model.")

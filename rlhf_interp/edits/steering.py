@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Hashable, Iterable
 
 import torch
 from torch import Tensor
 
 from rlhf_interp.core.hashing import tensor_digest
-from rlhf_interp.edits.base import Edit, EditError, resolve_layers, short_hook, steering_hook_name
+from rlhf_interp.edits.base import (Edit, EditError, check_layers_arg, check_vector, resolve_layers, short_hook,
+                                    steering_hook_name)
 from rlhf_interp.edits.positions import (Positions, PositionTracker, check_positions, positions_key,
                                          positions_label, tracker)
 
@@ -28,7 +30,16 @@ class Steering(Edit):
                  positions: Positions = "all", hook: str | None = None, *, model=None):
         per_layer = getattr(vector, "vectors", vector)
         if isinstance(per_layer, dict):
-            self.vectors: dict[int, Tensor] | None = {int(k): torch.as_tensor(v).detach() for k, v in per_layer.items()}
+            try:
+                self.vectors: dict[int, Tensor] | None = {int(k): torch.as_tensor(v).detach()
+                                                          for k, v in per_layer.items()}
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise EditError(f"Steering takes a {{layer: tensor}} dict with int layers; got keys "
+                                f"{list(per_layer)[:5]} ({err}).") from err
+            if not self.vectors:
+                raise EditError("The steering vector holds no layers.")
+            for layer, v in self.vectors.items():
+                check_vector(v, f"Steering vector for layer {layer}")
             self.vector = None
             if layers is None:
                 layers = sorted(self.vectors)
@@ -39,13 +50,23 @@ class Steering(Edit):
                 raise EditError(f"Steering takes a [d_model] tensor, a {{layer: tensor}} dict or a SteeringVector, "
                                 f"not {type(vector).__name__} (for diff directions use "
                                 f"SteeringVector.from_diff(d.vectors) or d.vectors.vector(layer)).") from err
+            check_vector(self.vector)
             if layers is None:
                 raise EditError("Steering with a single vector needs layers= (an int, a list of ints, or 'all').")
         if hook is None:
             hook = getattr(vector, "hook", None) or "resid_post"
         self.hook = short_hook(hook)  # validates the hook name early
+        if layers is not None and not isinstance(layers, (str, int, list, tuple)) and isinstance(layers, Iterable):
+            layers = list(layers)  # a generator is read once: keep its items
+        check_layers_arg(layers)
         self.layers_arg = layers
-        self.coef = float(coef)
+        try:
+            self.coef = float(coef)
+        except (TypeError, ValueError) as err:
+            raise EditError(f"Steering coef must be a number, got {coef!r}.") from err
+        if not math.isfinite(self.coef):
+            raise EditError(f"Steering coef must be finite, got {coef!r}: an infinite push makes every "
+                            f"activation and KL NaN.")
         self.positions = check_positions(positions)
         self.layers: list[int] = []
         super().__init__(model)

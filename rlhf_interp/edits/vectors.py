@@ -33,7 +33,7 @@ from rlhf_interp.bridge.activations import capture, capture_texts
 from rlhf_interp.bridge.loading import model_source
 from rlhf_interp.core.io import atomic_path
 from rlhf_interp.core.masks import content_mask, last_token_index
-from rlhf_interp.edits.base import resolve_layers, short_hook, steering_hook_name
+from rlhf_interp.edits.base import check_vector, resolve_layers, short_hook, steering_hook_name
 
 Reduce = Literal["mean", "last"]
 VECTOR_FORMAT = "rlhf_interp.steering/1"
@@ -89,21 +89,40 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringVector":
+        """Read a file written by `save` (safetensors: no code runs on load); every vector is checked finite
+        and of a real float dtype."""
         from safetensors import safe_open
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"Steering vector file {path} does not exist (save one with SteeringVector.save "
                                     f"or `rlhf-interp steer --save-vector`).")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            vectors = {}
-            for key in handle.keys():
-                if not key.startswith("layer."):
-                    raise ValueError(f"{path}: unexpected tensor {key!r}; a steering vector file holds 'layer.L' tensors.")
-                vectors[int(key.split(".", 1)[1])] = handle.get_tensor(key)
+        if path.is_dir():
+            raise ValueError(f"Steering vector {path} is a directory: give the .safetensors file.")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                keys = list(handle.keys())
+                tensors = {key: handle.get_tensor(key) for key in keys}
+        except Exception as err:  # safetensors raises its own error types for a foreign or cut file
+            raise ValueError(f"{path} is not a readable safetensors steering vector ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else 'unreadable'}). Save one with "
+                             f"SteeringVector.save or `rlhf-interp steer --save-vector`; pickles (.pt) are not "
+                             f"read, on purpose.") from err
+        vectors = {}
+        for key, tensor in tensors.items():
+            layer = key.split(".", 1)[1] if key.startswith("layer.") else ""
+            if not layer.lstrip("-").isdigit():
+                raise ValueError(f"{path}: unexpected tensor {key!r}; a steering vector file holds 'layer.L' tensors.")
+            vectors[int(layer)] = check_vector(tensor, f"{path}: vector of layer {layer}")
+        if not vectors:
+            raise ValueError(f"{path} holds no 'layer.L' tensors: it is not a steering vector file.")
+        try:
+            meta = json.loads(metadata.get("meta", "{}"))
+        except ValueError:
+            meta = {"unreadable_meta": metadata.get("meta")}
         return cls(vectors, metadata.get("hook", "resid_post"), metadata.get("source", ""), metadata.get("model", ""),
-                   json.loads(metadata.get("meta", "{}")))
+                   meta)
 
 
 def _hook_names(model, layers, hook: str) -> dict[int, str]:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from rlhf_interp.bridge.generation import Generation, generate
+from rlhf_interp.bridge.tokens import check_context
 from rlhf_interp.edits.base import Edit
 from rlhf_interp.kl import entropy_from_logprobs, kl_divergence, kl_estimate, mean_and_stderr
 from rlhf_interp.measure.token_shift import bind, check_reference, forward_logits
@@ -71,6 +72,14 @@ def score_generation(model, edit: Edit | None, gen: Generation, *, reference=Non
 def sample(model, edit: Edit | None, prompts: Sequence[str], *, max_new_tokens: int = 24, seed: int | None = 0,
            samples_per_prompt: int = 1, temperature: float = 1.0, use_past_kv_cache: bool = True) -> Generation:
     """Sample continuations with ``edit`` active (prompts repeated ``samples_per_prompt`` times)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("No prompts given: sampling needs at least one.")
+    for name, value in (("max_new_tokens", max_new_tokens), ("samples_per_prompt", samples_per_prompt)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+    check_context(model, list(prompts), max_new_tokens)
     edit = bind(model, edit)
     prompts = [p for p in prompts for _ in range(samples_per_prompt)]
     with edit:
@@ -112,6 +121,7 @@ def evaluate_edit(model, edit: Edit | None, prompts: Sequence[str], reward: str 
     numbers, which makes differences between settings less noisy.
     """
     start = time.perf_counter()
+    check_reference(model, reference)  # before sampling, not after
     reward_fn = get_reward(reward) if not callable(reward) else reward
     gen = sample(model, edit, prompts, max_new_tokens=max_new_tokens, seed=seed, samples_per_prompt=samples_per_prompt)
     seqs = score_generation(model, edit, gen, reference=reference)

@@ -27,6 +27,9 @@ def sweep(model, settings: Iterable[tuple[dict[str, Any], Edit] | Edit], prompts
     prompts (reference logits computed once for the whole sweep).
     """
     settings = [s if isinstance(s, tuple) else (edit_columns(s), s) for s in settings]
+    if not settings:
+        raise ValueError(f"{desc}: nothing to evaluate (no settings). Give at least one layer and coefficient, "
+                         f"or one target.")
     cache = cache if cache is not None else LogitsCache(max_entries=2)
     rows, seq_frames = [], []
     for columns, edit in tqdm(settings, desc=desc, unit="setting"):
@@ -57,6 +60,10 @@ def steering_settings(vector, layers: Iterable[int], coefs: Iterable[float], *, 
     ``hook=None`` steers where the vector was read (a `SteeringVector`'s ``hook``; ``resid_post`` for a
     bare tensor). The ``hook`` column is the hook each edit actually uses.
     """
+    layers, coefs = list(layers), list(coefs)
+    if not layers or not coefs:
+        raise ValueError(f"A steering sweep needs at least one layer and one coefficient; got layers {layers} and "
+                         f"coefs {coefs}.")
     settings = []
     for layer in layers:
         for coef in coefs:
@@ -76,6 +83,9 @@ def steering_sweep(model, vector, layers: Iterable[int], coefs: Iterable[float],
 def ablation_sweep(model, targets: Iterable, prompts: Sequence[str], reward: str | Callable = "char_count", *,
                    kind: str = "zero", reference_prompts: Sequence[str] | None = None, **kwargs):
     """`sweep` over ablation targets (e.g. every head of a layer); columns: target, kind."""
+    targets = list(targets)
+    if not targets:
+        raise ValueError("An ablation sweep needs at least one target, e.g. '3.attn' or '5.2'.")
     settings = [({"target": str(t) if not isinstance(t, (list, tuple)) else ",".join(map(str, t)), "kind": kind},
                  Ablation(t, kind, reference_prompts=reference_prompts)) for t in targets]
     return sweep(model, settings, prompts, reward, desc=f"{kind} ablation sweep", **kwargs)

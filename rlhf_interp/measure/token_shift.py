@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from rlhf_interp.bridge.generation import Generation
-from rlhf_interp.bridge.tokens import tokenize
+from rlhf_interp.bridge.tokens import check_context, tokenize, tokenizer_differences
 from rlhf_interp.core.hashing import tensor_digest
 from rlhf_interp.core.masks import real_positions
 from rlhf_interp.edits.base import Edit, NoEdit, active_edits_key
@@ -36,6 +36,7 @@ def as_batch(model, prompts: Sequence[str] | Generation) -> tuple[TokenBatch, li
     prompts = list(prompts)
     if not prompts:
         raise ValueError("No prompts given.")
+    check_context(model, prompts)
     tokens, mask = tokenize(model, prompts)
     return (tokens, mask, tokens.shape[1]), prompts
 
@@ -108,12 +109,19 @@ def bind(model, edit: Edit | None) -> Edit:
 
 
 def check_reference(model, reference) -> None:
-    """A reference model must share the vocabulary (KL is over the same tokens)."""
+    """A reference model must share the tokenizer (KL compares distributions over the same token ids), checked
+    as `rlhf_interp.diff` checks it: output size, vocabulary (every token -> id), BOS and pad ids."""
     if reference is None:
         return
+    problems = []
     if int(reference.cfg.d_vocab) != int(model.cfg.d_vocab):
-        raise ValueError(f"Reference model's vocabulary ({reference.cfg.d_vocab}) differs from the edited model's "
-                         f"({model.cfg.d_vocab}); KL needs the same tokenizer.")
+        problems.append(f"d_vocab: model {model.cfg.d_vocab} vs reference {reference.cfg.d_vocab}")
+    problems += tokenizer_differences(model.tokenizer, reference.tokenizer, names=("model", "reference"))
+    if problems:
+        raise ValueError("The reference model does not share the measured model's tokenizer, so KL between them "
+                         "compares unrelated tokens:\n  - " + "\n  - ".join(problems)
+                         + "\nFix: measure against a model with the same tokenizer (e.g. the base model a run "
+                           "was trained from).")
 
 
 def kl_shift(model, edit: Edit | None, prompts: Sequence[str] | Generation, *, reference=None,

@@ -1,14 +1,24 @@
 """One validated, flat config object per PPO run: loaded from YAML, overridden by ``key=value`` strings,
-saved next to the run's outputs so every result says how it was made."""
+saved next to the run's outputs so every result says how it was made.
+
+Validation has two steps. Types first, by pydantic from the field annotations (ints stay ints — ``2.5``
+for ``phases`` is refused, ``2.0`` becomes ``2`` —, bools are YAML true/false only, dicts and lists have
+their shapes, YAML 1.1's ``1e-5`` string becomes a float); then ranges and the rules between fields.
+Every message names the field, the value, and what is allowed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
+
+from rlhf_interp.core.io import atomic_write_text
 
 from rlhf_interp.kl import check_kl_option
 
@@ -24,7 +34,7 @@ class PPOConfig:
 
     # --- reward
     reward: str = "char_count"  # builtin name, module:function, or reward_model:PATH
-    reward_kwargs: dict = field(default_factory=dict)  # e.g. {char: "."}
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {char: "."}
     reward_scale: float = 1.0
     normalize_reward: bool = False  # divide scores by a running std of the scores
     missing_eos_penalty: float | None = None  # subtracted when a sample does not end with EOS
@@ -76,18 +86,20 @@ class PPOConfig:
     train_embeddings: bool = False  # SmolLM2 ties embedding and unembedding; frozen by default
     lora_r: int = 0  # > 0: train LoRA adapters instead of full weights (the reference is the adapter-off model)
     lora_alpha: int = 16
-    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
 
     # --- logging and checkpoints
     log_every: int = 1
     sample_every: int = 5  # write sample generations every N phases (0: never)
     checkpoint_every: int = 10  # 0: only at the end
-    keep_checkpoints: int | None = None  # None: keep all (the diff trajectory needs them)
+    keep_checkpoints: int | None = None  # >= 1: keep the newest N; None: keep all (the diff trajectory needs them)
     tensorboard: bool = False
     wandb_project: str | None = None
 
     def validate(self) -> "PPOConfig":
-        """Reject values outside their range, naming the field and the allowed range."""
+        """Check types (values converted in place: ``2.0`` -> ``2``), then ranges and rules between fields;
+        a bad value raises ValueError naming the field, the value and what is allowed."""
+        _check_types(self)
         ranges: dict[str, tuple[float, float]] = {
             "phases": (1, 1e9), "batch_size": (1, 1e6), "max_new_tokens": (1, 1e5), "temperature": (1e-4, 100),
             "kl_coef": (0, 1e3), "kl_target": (1e-6, 1e3), "kl_horizon": (1, 1e12), "ppo_epochs": (1, 1000),
@@ -101,6 +113,22 @@ class PPOConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low <= value <= high):
                 raise ValueError(f"Config field {name!r} = {value!r} is out of range: allowed {low:g} to {high:g}.")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"Config field {f.name!r} = {value!r} is not a finite number.")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ValueError(f"Config field 'keep_checkpoints' = {self.keep_checkpoints!r} would delete every "
+                             f"checkpoint: use a count >= 1 (the newest N are kept), or null to keep all.")
+        if not self.lora_targets and self.lora_r > 0:
+            raise ValueError("Config field 'lora_targets' is empty while lora_r > 0: list module names, "
+                             "e.g. [q_proj, v_proj].")
+        for name in ("model", "prompts", "reward", "value_head_hook"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"Config field {name!r} is empty: give a value (default "
+                                 f"{getattr(type(self)(), name)!r}).")
+        if self.device is not None:
+            _check_device(self.device)
         for name in ("top_k", "top_p"):
             if getattr(self, name) is not None:
                 raise ValueError(
@@ -124,7 +152,7 @@ class PPOConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "PPOConfig":
@@ -134,14 +162,25 @@ class PPOConfig:
             path = Path(path)
             if not path.exists():
                 raise FileNotFoundError(f"Config file {path} does not exist.")
-            data = yaml.safe_load(path.read_text()) or {}
+            if path.is_dir():
+                raise ValueError(f"Config {path} is a directory: give a YAML file of PPOConfig fields.")
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except UnicodeDecodeError as err:
+                raise ValueError(f"Config {path} is not UTF-8 text (byte {err.start}): give a YAML file.") from err
+            except yaml.YAMLError as err:
+                raise ValueError(f"Config {path} is not valid YAML: {_yaml_problem(err)}.") from err
             if not isinstance(data, dict):
                 raise ValueError(f"{path} must hold a mapping of config fields, got {type(data).__name__}.")
         for item in overrides or []:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise ValueError(f"Override {item!r} must look like key=value.")
-            data[key.strip()] = yaml.safe_load(raw)
+            try:
+                data[key.strip()] = yaml.safe_load(raw)
+            except yaml.YAMLError as err:
+                raise ValueError(f"Override {item!r}: the value is not valid YAML ({_yaml_problem(err)}); quote "
+                                 f"strings with special characters, e.g. --set 'reward_kwargs={{char: \":\"}}'.") from err
         return cls.from_dict(data)
 
     @classmethod
@@ -150,9 +189,9 @@ class PPOConfig:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"Unknown config field(s) {unknown}. Known fields: {sorted(known)}.")
-        hints = get_type_hints(cls)
-        coerced = {k: _coerce(k, hints[k], v) for k, v in data.items()}
-        return cls(**coerced).validate()
+        if any(not isinstance(k, str) for k in data):
+            raise ValueError(f"Config keys must be field names, got {sorted(map(repr, data))}.")
+        return cls(**data).validate()
 
 
 def _literal_values(annotation: Any) -> tuple:
@@ -168,14 +207,72 @@ def _numeric_kind(annotation: Any) -> type | None:
     return None
 
 
-def _coerce(name: str, annotation: Any, value: Any) -> Any:
-    """YAML 1.1 reads ``1e-5`` as a string and ``1`` as an int where a float is meant: fix those."""
-    kind = _numeric_kind(annotation)
-    if kind is None or value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
+@lru_cache(maxsize=1)
+def _type_adapters() -> dict[str, Any]:
+    """One pydantic TypeAdapter per field, built from the annotations once."""
+    from pydantic import TypeAdapter
+
+    return {f.name: TypeAdapter(get_type_hints(PPOConfig)[f.name]) for f in fields(PPOConfig)}
+
+
+_TYPE_WORDS = {"int_from_float": "a whole number", "int_parsing": "a whole number", "int_type": "a whole number",
+               "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+               "bool_type": "true or false", "dict_type": "a mapping, e.g. {char: '.'}",
+               "list_type": "a list, e.g. [q_proj, v_proj]", "string_type": "a string"}
+
+
+def _check_types(config: "PPOConfig") -> None:
+    """Validate each field against its annotation (pydantic, lax mode minus bool<->number) and store the
+    converted value; the first bad field raises ValueError."""
+    from pydantic import ValidationError
+
+    adapters = _type_adapters()
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kind = _numeric_kind(hints[f.name])
+        if value is None and type(None) not in (get_args(hints[f.name]) or ()):
+            raise ValueError(f"Config field {f.name!r} cannot be null; remove the line to use the default "
+                             f"{getattr(type(config)(), f.name)!r}.")
+        if kind is not None and isinstance(value, bool):
+            words = _TYPE_WORDS["float_type" if kind is float else "int_type"]
+            raise ValueError(f"Config field {f.name!r} = {value!r} must be {words}, not a boolean.")
+        if kind is int and isinstance(value, str):  # YAML 1.1 reads 1e4 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if _literal_values(hints[f.name]):
+            continue  # named choices: validate() lists them
+        if hints[f.name] is bool and not isinstance(value, bool):
+            raise ValueError(f"Config field {f.name!r} = {value!r} must be true or false.")
         try:
-            return kind(float(value)) if kind is int else float(value)
-        except ValueError as err:
-            raise ValueError(f"Config field {name!r} expects a number, got {value!r}.") from err
-    return float(value) if kind is float and isinstance(value, int) else value
+            converted = adapters[f.name].validate_python(value)
+        except ValidationError as err:
+            error = err.errors()[0]
+            words = _TYPE_WORDS.get(error["type"], error["msg"])
+            if error["loc"]:  # an item of a list or dict
+                where = "key" if error["loc"][-1] == "[key]" else "item"
+                raise ValueError(f"Config field {f.name!r} = {value!r}: {where} {error['loc'][0]!r} must be "
+                                 f"{words}.") from None
+            raise ValueError(f"Config field {f.name!r} = {value!r} must be {words}.") from None
+        setattr(config, f.name, converted)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Config field 'device' = {device!r} is not a device: use cpu, cuda, cuda:N or null "
+                         f"(CUDA when present, else CPU).") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Config field 'device' = {device!r}, but CUDA is not available on this machine: use "
+                         f"device=cpu, or null to pick CUDA only when present.")
+
+
+def _yaml_problem(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)

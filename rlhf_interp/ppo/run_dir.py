@@ -11,26 +11,104 @@ the same files as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
 from rlhf_interp.bridge.hf import hf_state_dict, plain_param_name
 from rlhf_interp.bridge.loading import load_hf_model
-from rlhf_interp.bridge.run_dirs import checkpoint_dir, list_checkpoints, read_meta
+from rlhf_interp.bridge.run_dirs import checkpoint_dir, latest_checkpoint, list_checkpoints, read_meta
 from rlhf_interp.checkpoints import save_hf_model
-from rlhf_interp.core.io import append_jsonl, trim_jsonl
+from rlhf_interp.core.io import append_jsonl, read_jsonl, trim_jsonl
+from rlhf_interp.core.outdir import OutputError, claim_dir, read_marker, sweep_stale, write_marker
 
 if TYPE_CHECKING:
     from rlhf_interp.ppo.config import PPOConfig
     from rlhf_interp.ppo.rollout import Rollout
-    from rlhf_interp.ppo.trainer import PPOTrainer
+
+PPOTrainer = Any  # the trainer (rlhf_interp.ppo.trainer imports this module, not the other way round)
 
 APPEND_ONLY_LOGS = ("metrics.jsonl", "samples.jsonl")  # one record per line, each with a "phase"
 TRAINER_STATE = "trainer_state.pt"
+TRAIN_OUTPUTS = (*APPEND_ONLY_LOGS, "config.yaml", "checkpoint-*", "tensorboard", "wandb")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped training at a phase boundary; the message says which checkpoint holds it."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Starting and resuming
+
+
+def start_run(run_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Claim ``run_dir`` for a new run before any model is loaded: writable, and holding no other run (with
+    ``overwrite`` the old run's files are deleted; files the trainer does not write are kept)."""
+    return claim_dir(run_dir, "train", TRAIN_OUTPUTS, overwrite=overwrite,
+                     hint="continue it with --resume (PPOTrainer.resume)")
+
+
+def resume_point(run_dir: str | Path) -> Path:
+    """The checkpoint a run continues from, after sweeping what a kill left half-written. Refuses a directory
+    that is not a PPO run, or one stopped before its first checkpoint (it must start again, with --overwrite)."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"No run directory {run_dir} to resume: start a run with `rlhf-interp train "
+                                f"CONFIG --out {run_dir}`.")
+    marker = read_marker(run_dir)
+    if marker is not None and marker.get("command") != "train":
+        raise OutputError(f"{run_dir} holds the output of `{marker.get('command')}`, not a PPO run: nothing to "
+                          f"resume.")
+    sweep_stale(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml, so it is not a PPO run directory (or it was "
+                                f"killed before starting): start it with `rlhf-interp train CONFIG --out {run_dir} "
+                                f"--overwrite`.")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        logged = len(_records(run_dir / "metrics.jsonl", tolerant=True))
+        raise FileNotFoundError(
+            f"No checkpoint-* directory in {run_dir} to resume from: the run stopped before its first checkpoint "
+            f"({logged} phase(s) logged). Start it again with `rlhf-interp train {run_dir / 'config.yaml'} --out "
+            f"{run_dir} --overwrite` (PPOTrainer(..., overwrite=True)); set checkpoint_every lower to lose less.")
+    if marker is None:  # a run from before markers existed
+        write_marker(run_dir, "train", TRAIN_OUTPUTS)
+    return ckpt
+
+
+@contextmanager
+def stop_at_phase_boundary(describe: Callable[[], str]) -> Iterator[Callable[[], bool]]:
+    """While training: the first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current phase
+    (so the checkpoint is of a whole phase); a second one stops at once. Yields ``requested()``.
+
+    Only in the main thread (signal handlers can be set nowhere else); elsewhere signals act as usual.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(f"\nrlhf-interp: stopping after {describe()} (a checkpoint follows); press Ctrl-C again to stop now "
+              f"without one.", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested.is_set
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class RunLoggers:
@@ -85,7 +163,7 @@ class RunLoggers:
 
 
 @contextmanager
-def merged_hf_model(trainer: "PPOTrainer") -> Iterator[Any]:
+def merged_hf_model(trainer: PPOTrainer) -> Iterator[Any]:
     """The HF model to export: LoRA merged into the weights (so any tool loads it) or the policy itself."""
     if trainer.peft_model is None:
         yield trainer.hf_policy
@@ -97,7 +175,7 @@ def merged_hf_model(trainer: "PPOTrainer") -> Iterator[Any]:
         trainer.peft_model.unmerge_adapter()
 
 
-def trainer_state(trainer: "PPOTrainer") -> dict[str, Any]:
+def trainer_state(trainer: PPOTrainer) -> dict[str, Any]:
     """Everything besides the weights that the next phase depends on (plain tensors, numbers and dicts:
     it loads with ``torch.load(weights_only=True)``)."""
     return {
@@ -109,7 +187,7 @@ def trainer_state(trainer: "PPOTrainer") -> dict[str, Any]:
     }
 
 
-def save_checkpoint(trainer: "PPOTrainer") -> Path:
+def save_checkpoint(trainer: PPOTrainer) -> Path:
     """Write ``checkpoint-<phase>`` atomically: HF weights + tokenizer, value head, meta.json, trainer state."""
     config = trainer.config
     extra_tensors = {"value_head.safetensors": trainer.head.state_dict()}
@@ -121,21 +199,30 @@ def save_checkpoint(trainer: "PPOTrainer") -> Path:
     meta = {"step": trainer.phase, "base_model": config.model, "config": config.to_dict(),
             "metrics": trainer.history[-1] if trainer.history else {},
             "value_head": {"kind": config.value_head, "hook": config.value_head_hook}}
-    with merged_hf_model(trainer) as hf:
-        path = save_hf_model(hf, trainer.policy.tokenizer, checkpoint_dir(trainer.run_dir, trainer.phase), meta=meta,
-                             extra_tensors=extra_tensors, extra_files={TRAINER_STATE: trainer_state(trainer)})
+    target = checkpoint_dir(trainer.run_dir, trainer.phase)
+    try:
+        with merged_hf_model(trainer) as hf:
+            path = save_hf_model(hf, trainer.policy.tokenizer, target, meta=meta, extra_tensors=extra_tensors,
+                                 extra_files={TRAINER_STATE: trainer_state(trainer)})
+    except BaseException as err:
+        err.rlhf_interp_checkpoint_failed = True  # the trainer does not try this write again on its way out
+        raise
     prune_checkpoints(trainer.run_dir, config.keep_checkpoints)
     return path
 
 
 def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
-    """Delete all but the newest ``keep`` checkpoints (``None``: keep all)."""
+    """Delete all but the newest ``keep`` checkpoints (``None``: keep all). Each is first renamed to
+    ``.deleting-*`` (atomic), so a kill mid-delete never leaves a half-deleted ``checkpoint-*`` that looks whole;
+    `sweep_stale` finishes the job."""
     if keep:
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            doomed = old.parent / f".deleting-{old.name}-{os.getpid()}-{time.time_ns()}"
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
-def load_checkpoint(trainer: "PPOTrainer", ckpt: Path) -> None:
+def load_checkpoint(trainer: PPOTrainer, ckpt: Path) -> None:
     """Put ``trainer`` back in the state it had when ``ckpt`` was written, and trim the logs to that phase."""
     from safetensors.torch import load_file
 
@@ -168,7 +255,7 @@ def trim_logs(run_dir: Path, phase: int) -> list[dict[str, Any]]:
     """Drop every log record of a phase after ``phase`` (they are run again); return the metrics kept."""
     for name in APPEND_ONLY_LOGS:
         trim_log(run_dir / name, phase)
-    return [r for r in _records(run_dir / "metrics.jsonl")]
+    return _records(run_dir / "metrics.jsonl")
 
 
 def trim_log(path: Path, phase: int) -> int:
@@ -180,7 +267,15 @@ def trim_log(path: Path, phase: int) -> int:
     return trim_jsonl(path, lambda record: record["phase"] <= phase)
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    from rlhf_interp.core.io import read_jsonl
-
-    return [r for _, r in read_jsonl(path)] if path.exists() else []
+def _records(path: Path, *, tolerant: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSONL log ([] when absent); ``tolerant``: stop at the first bad line instead of raising."""
+    records: list[dict[str, Any]] = []
+    if not path.exists():
+        return records
+    try:
+        for _, record in read_jsonl(path):
+            records.append(record)
+    except ValueError:
+        if not tolerant:
+            raise
+    return records

@@ -20,6 +20,7 @@ from rlhf_interp.bridge.freezing import freeze_layers
 from rlhf_interp.bridge.heads import ValueHead
 from rlhf_interp.bridge.loading import bridge_from_hf, load_hf_model, model_source
 from rlhf_interp.bridge.run_dirs import latest_checkpoint, read_meta
+from rlhf_interp.bridge.tokens import check_context
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.kl import AdaptiveKLController, FixedKLController, masked_mean
 from rlhf_interp.ppo import losses
@@ -39,19 +40,30 @@ class PPOTrainer:
 
     ``callbacks`` are called after every phase with ``(trainer, metrics, rollout)``; raise
     ``StopIteration`` from one to end training early (a checkpoint is still written).
+
+    One run per ``run_dir``: a new run refuses a directory that holds another (``overwrite=True`` deletes that
+    run's files first); `resume` continues one. When training stops — an exception, Ctrl-C, SIGTERM — the last
+    whole phase is checkpointed (Ctrl-C and SIGTERM first let the current phase finish).
     """
 
     def __init__(self, config: PPOConfig, run_dir: str | Path, *, reward: RewardFn | None = None,
-                 callbacks: list[PhaseCallback] | None = None, progress: bool = True):
+                 callbacks: list[PhaseCallback] | None = None, progress: bool = True, overwrite: bool = False):
         self.config = config.validate()
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks or [])
         self.progress = progress
+        self.overwrite = overwrite
         self.phase = 0
+        self.resumed = False  # set by load_state: a resumed run continues its directory instead of claiming it
+        self._mid_phase = False  # True from the first change of state in a phase until its logs are written
         self.device = torch.device(config.device) if config.device else None
         self.reward = reward or get_reward(config.reward, **config.reward_kwargs)
+        if not callable(self.reward):
+            raise ValueError(f"The reward {config.reward!r} is a {type(self.reward).__name__}, not a function "
+                            f"list[str] -> scores; see rlhf_interp.reward.functions.")
         self.prompts = load_prompts(config.prompts)
         self._build_models(policy_source=config.model)
+        check_context(self.policy, self.prompts, config.max_new_tokens, what="prompt")
         self._build_optimizer()
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
@@ -151,6 +163,7 @@ class PPOTrainer:
             value_hook=cfg.value_head_hook, grad_rows=orders[0][:cfg.minibatch_size],
         )
         rollout_seconds = time.perf_counter() - start
+        self._mid_phase = True  # from here the phase changes state: no checkpoint until it is whole and logged
         mask = rollout.gen_mask
 
         # Scores: optional EOS penalty, scale, normalisation.
@@ -204,41 +217,82 @@ class PPOTrainer:
     def train(self) -> list[dict[str, Any]]:
         """Run until ``config.phases``; returns the metrics of the phases run in this call."""
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.phase == 0 and not self.resumed:
+            run_dir_lib.start_run(self.run_dir, overwrite=self.overwrite)
         cfg.save(self.run_dir / "config.yaml")
         self._loggers = run_dir_lib.RunLoggers(self.run_dir, cfg)
         self._loggers.open()
         ran: list[dict[str, Any]] = []
         bar = tqdm(total=cfg.phases, initial=self.phase, desc="PPO", disable=not self.progress, unit="phase")
+        interrupt = run_dir_lib.stop_at_phase_boundary(lambda: f"phase {self.phase + 1}")
         try:
-            while self.phase < cfg.phases:
-                metrics, rollout = self.run_phase()
-                ran.append(metrics)
-                self.history.append(metrics)
-                self._loggers.log(self.phase, metrics, rollout)
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", kl=f"{metrics['kl_forward_per_token']:.3f}",
-                                ent=f"{metrics['entropy']:.2f}", s=f"{metrics['seconds']:.1f}")
-                if cfg.checkpoint_every and self.phase % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-                stop = False
-                for callback in self.callbacks:
-                    try:
-                        callback(self, metrics, rollout)
-                    except StopIteration:
-                        stop = True
-                if stop:
-                    break
-        except FloatingPointError as err:
-            raise TrainingDivergedError(f"Phase {self.phase + 1}: {err} The last good checkpoint (intact): "
-                                        f"{latest_checkpoint(self.run_dir)}.") from err
+            with interrupt as stop_requested:
+                self._loop(ran, bar, stop_requested)
+        except BaseException as err:
+            self._checkpoint_on_the_way_out(err)
+            if isinstance(err, FloatingPointError) and not isinstance(err, TrainingDivergedError):
+                raise TrainingDivergedError(f"Phase {self.phase + 1}: {err} The last good checkpoint (intact): "
+                                            f"{latest_checkpoint(self.run_dir)}.") from err
+            raise
         finally:
             bar.close()
             self._loggers.close()
+        self._checkpoint_if_behind()
+        return ran
+
+    def _loop(self, ran: list[dict[str, Any]], bar, stop_requested) -> None:
+        cfg = self.config
+        while self.phase < cfg.phases:
+            if stop_requested():
+                if self.phase == 0:
+                    raise run_dir_lib.TrainingInterrupted("Interrupted before the first phase ended: nothing to save. "
+                                                          "Start again with --overwrite.")
+                path = self._checkpoint_if_behind()
+                raise run_dir_lib.TrainingInterrupted(
+                    f"Interrupted after phase {self.phase} of {cfg.phases}; {path.name} holds it. Continue with "
+                    f"`rlhf-interp train --resume --out {self.run_dir}` (PPOTrainer.resume).")
+            metrics, rollout = self.run_phase()
+            ran.append(metrics)
+            self.history.append(metrics)
+            self._loggers.log(self.phase, metrics, rollout)
+            self._mid_phase = False  # the phase is whole: state and logs agree
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", kl=f"{metrics['kl_forward_per_token']:.3f}",
+                            ent=f"{metrics['entropy']:.2f}", s=f"{metrics['seconds']:.1f}")
+            if cfg.checkpoint_every and self.phase % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            stop = False
+            for callback in self.callbacks:
+                try:
+                    callback(self, metrics, rollout)
+                except StopIteration:
+                    stop = True
+            if stop:
+                break
+
+    def _checkpoint_if_behind(self) -> Path:
+        """Checkpoint the current phase unless the newest checkpoint already holds it; return that checkpoint."""
         latest = latest_checkpoint(self.run_dir)
         if latest is None or read_meta(latest).get("step") != self.phase:
-            self.save_checkpoint()
-        return ran
+            return self.save_checkpoint()
+        return latest
+
+    def _checkpoint_on_the_way_out(self, err: BaseException) -> None:
+        """After an exception: checkpoint the last whole phase (never a phase cut in the middle, never a failed
+        write again) and say so on the exception, for the CLI's one-line message."""
+        if self._mid_phase or self.phase == 0 or getattr(err, "rlhf_interp_checkpoint_failed", False):
+            latest = latest_checkpoint(self.run_dir)
+            if self.phase and latest is not None:
+                err.add_note(f"The last checkpoint is {latest}; continue with --resume.")
+            return
+        if isinstance(err, run_dir_lib.TrainingInterrupted):
+            return
+        try:
+            path = self._checkpoint_if_behind()
+        except Exception as save_err:  # keep the first error; say that the checkpoint failed too
+            err.add_note(f"Writing a checkpoint of phase {self.phase} failed as well: {save_err}")
+            return
+        err.add_note(f"Phase {self.phase} is saved in {path}; continue with --resume.")
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<phase>`` atomically (see `rlhf_interp.ppo.run_dir.save_checkpoint`)."""
@@ -248,9 +302,7 @@ class PPOTrainer:
     def resume(cls, run_dir: str | Path, *, overrides: list[str] | None = None, **kwargs) -> "PPOTrainer":
         """Continue a run from its latest checkpoint (config from ``run_dir/config.yaml`` + overrides)."""
         run_dir = Path(run_dir)
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"No checkpoint-* directory in {run_dir} to resume from.")
+        ckpt = run_dir_lib.resume_point(run_dir)
         config = PPOConfig.load(run_dir / "config.yaml", overrides)
         trainer = cls(config, run_dir, **kwargs)
         trainer.load_state(ckpt)
@@ -259,6 +311,7 @@ class PPOTrainer:
     def load_state(self, ckpt: Path) -> None:
         """Back to the state of checkpoint ``ckpt``; logs of later phases are trimmed."""
         run_dir_lib.load_checkpoint(self, ckpt)
+        self.resumed = True
 
 
 def model_summary(trainer: PPOTrainer) -> str:

@@ -81,6 +81,9 @@ def get_reward(spec: str | RewardFn, **kwargs) -> RewardFn:
         except (ImportError, AttributeError) as err:
             raise ValueError(f"Cannot import reward {spec!r}: {err}. Give 'module:function' where the module "
                              f"is importable (on PYTHONPATH) and defines the function.") from err
+        if not callable(fn):
+            raise ValueError(f"Reward {spec!r} is a {type(fn).__name__}, not a function: give 'module:function' "
+                             f"naming a callable that takes list[str] and returns one score per text.")
         name = spec
     else:
         raise ValueError(f"Unknown reward {spec!r}. Use one of {sorted(BUILTIN_REWARDS)}, 'module:function', "
