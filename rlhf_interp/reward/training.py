@@ -97,33 +97,30 @@ def _restore(head: torch.nn.Module, params: list[torch.nn.Parameter], state: dic
             p.copy_(saved)
 
 
-def train_reward_model(data: list[PreferencePair] | str | Path, base: str, out_dir: str | Path,
-                       config: RewardTrainingConfig | None = None, *, device: str | None = None,
-                       progress: bool = True, overwrite: bool = False) -> tuple[RewardModel, pd.DataFrame]:
-    """Train a Bradley-Terry RM on preference pairs (a list or a JSONL path) and save it to ``out_dir/model``.
+@dataclass
+class FitResult:
+    """What one `fit_reward_model` call did: its per-epoch records and which epoch's weights it kept."""
 
-    Returns the RM (best validation-loss epoch, normalised on its training texts) and a tidy DataFrame of
-    per-epoch metrics: columns ``epoch`` (0 = before training), ``split`` ("train"/"val"), ``loss``
-    (Bradley-Terry), ``accuracy`` (pairs ranked right), ``seconds`` (epoch wall time). The same records are
-    streamed to ``out_dir/metrics.jsonl``.
+    frame: pd.DataFrame  # epoch, split, loss, accuracy, seconds (epoch 0: the weights it started from)
+    best_epoch: int
+    n_train: int
+    n_val: int
+    cached_prefix: bool
+
+
+def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: RewardTrainingConfig, n_frozen: int, *,
+                     metrics_path: Path | None = None, progress: bool = True) -> FitResult:
+    """Train ``rm`` in place (its head and blocks ``n_frozen..``) on ``pairs`` with the Bradley-Terry loss.
+
+    Why separate from `train_reward_model`: the same loop trains a new RM and fine-tunes an existing one on
+    fresh pairs (`rlhf_interp.reward.refresh`). Keeps the epoch with the lowest validation loss — epoch 0,
+    the weights it came with, included —, then freezes every weight again and sets the normalisation to the
+    mean and std of the raw scores of the training texts. Records are appended to ``metrics_path`` if given.
     """
-    config = (config or RewardTrainingConfig()).validate()
-    pairs = read_preferences(data) if isinstance(data, (str, Path)) else list(data)  # validated before any loading
-    if len(pairs) < 2:
-        raise ValueError(f"Need at least 2 preference pairs (one to train on, one to validate), got {len(pairs)}.")
-    out_dir = Path(out_dir)
-    metrics_path = out_dir / METRICS_FILE
-    if metrics_path.exists() and not overwrite:
-        raise ValueError(f"{out_dir} already holds a trained reward model ({METRICS_FILE}); choose another --out "
-                         f"or pass overwrite=True (--overwrite).")
     train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
-
-    seed_everything(config.seed)
-    bridge = load_model(base, device=device)
-    head = ValueHead(bridge.cfg.d_model, config.head).to(next(bridge.parameters()).device)
-    rm = RewardModel(bridge, head, hook_name=config.hook, base_model=str(base), batch_size=config.score_batch_size)
-    n_frozen = frozen_layer_count(config, bridge.cfg.n_layers)
-    backbone_params = set_trainable(bridge, n_frozen)
+    head = rm.head
+    head.requires_grad_(True)
+    backbone_params = set_trainable(rm.bridge, n_frozen)
 
     # Texts: train chosen, train rejected, val chosen, val rejected — referred to by index from here on.
     texts = ([p.chosen for p in train_pairs] + [p.rejected for p in train_pairs]
@@ -140,12 +137,12 @@ def train_reward_model(data: list[PreferencePair] | str | Path, base: str, out_d
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     trainable = [p for g in groups for p in g["params"]]
 
-    atomic_write_text(metrics_path, "")
     records: list[dict[str, Any]] = []
 
     def log(record: dict[str, Any]) -> None:
         records.append(record)
-        append_jsonl(metrics_path, record)
+        if metrics_path is not None:
+            append_jsonl(metrics_path, record)
 
     def validate() -> tuple[float, float]:
         head.eval()
@@ -205,11 +202,41 @@ def train_reward_model(data: list[PreferencePair] | str | Path, base: str, out_d
         p.requires_grad_(False)
     train_scores = scorer.scores_no_grad(list(range(2 * n_train)), config.score_batch_size)
     rm.mean, rm.std = float(train_scores.mean()), float(train_scores.std().clamp_min(1e-6))
-    frame = pd.DataFrame(records)
-    best_val = frame[(frame.split == "val") & (frame.epoch == best["epoch"])].iloc[0]
+    return FitResult(pd.DataFrame(records), best["epoch"], n_train, n_val, scorer.cache is not None)
+
+
+def train_reward_model(data: list[PreferencePair] | str | Path, base: str, out_dir: str | Path,
+                       config: RewardTrainingConfig | None = None, *, device: str | None = None,
+                       progress: bool = True, overwrite: bool = False) -> tuple[RewardModel, pd.DataFrame]:
+    """Train a Bradley-Terry RM on preference pairs (a list or a JSONL path) and save it to ``out_dir/model``.
+
+    Returns the RM (best validation-loss epoch, normalised on its training texts) and a tidy DataFrame of
+    per-epoch metrics: columns ``epoch`` (0 = before training), ``split`` ("train"/"val"), ``loss``
+    (Bradley-Terry), ``accuracy`` (pairs ranked right), ``seconds`` (epoch wall time). The same records are
+    streamed to ``out_dir/metrics.jsonl``.
+    """
+    config = (config or RewardTrainingConfig()).validate()
+    pairs = read_preferences(data) if isinstance(data, (str, Path)) else list(data)  # validated before any loading
+    if len(pairs) < 2:
+        raise ValueError(f"Need at least 2 preference pairs (one to train on, one to validate), got {len(pairs)}.")
+    out_dir = Path(out_dir)
+    metrics_path = out_dir / METRICS_FILE
+    if metrics_path.exists() and not overwrite:
+        raise ValueError(f"{out_dir} already holds a trained reward model ({METRICS_FILE}); choose another --out "
+                         f"or pass overwrite=True (--overwrite).")
+
+    seed_everything(config.seed)
+    bridge = load_model(base, device=device)
+    head = ValueHead(bridge.cfg.d_model, config.head).to(next(bridge.parameters()).device)
+    rm = RewardModel(bridge, head, hook_name=config.hook, base_model=str(base), batch_size=config.score_batch_size)
+    n_frozen = frozen_layer_count(config, bridge.cfg.n_layers)
+    atomic_write_text(metrics_path, "")
+    fit = fit_reward_model(rm, pairs, config, n_frozen, metrics_path=metrics_path, progress=progress)
+    frame = fit.frame
+    best_val = frame[(frame.split == "val") & (frame.epoch == fit.best_epoch)].iloc[0]
     rm.save(out_dir / MODEL_SUBDIR, extra_meta={
-        "training": {**asdict(config), "frozen_layers": n_frozen, "cached_prefix": scorer.cache is not None},
+        "training": {**asdict(config), "frozen_layers": n_frozen, "cached_prefix": fit.cached_prefix},
         "data": {"source": str(data) if isinstance(data, (str, Path)) else "in-memory", "pairs": len(pairs),
-                 "train_pairs": n_train, "val_pairs": n_val},
-        "best_epoch": best["epoch"], "val_loss": float(best_val.loss), "val_accuracy": float(best_val.accuracy)})
+                 "train_pairs": fit.n_train, "val_pairs": fit.n_val},
+        "best_epoch": fit.best_epoch, "val_loss": float(best_val.loss), "val_accuracy": float(best_val.accuracy)})
     return rm, frame
