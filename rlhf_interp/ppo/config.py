@@ -88,6 +88,17 @@ class PPOConfig:
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
 
+    # --- iterated online RLHF (Bai et al. 2022): keep a learned RM (reward=reward_model:PATH) up with the policy.
+    # Every N phases, label fresh pairs of the policy's own samples and fine-tune the RM on them; versions are
+    # saved in RUN/reward_models/, metrics say which version scored each phase (`rlhf_interp.ppo.rm_refresh`).
+    rm_refresh_every: int | None = None  # None: the RM stays frozen
+    rm_refresh_pairs: int = 32  # pairs labelled per refresh (two samples of one prompt each; ties dropped)
+    rm_refresh_source: str = "char_count"  # what labels them: builtin reward, module:function, reward_model:PATH
+    rm_refresh_source_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {char: "."}
+    rm_refresh_label_noise: float = 0.0  # probability that a pair's labels are swapped (as in `reward-model synth`)
+    rm_refresh_epochs: int = 2  # fine-tuning epochs per refresh (lr, batch size, frozen blocks: the RM's own)
+    rm_refresh_replay: int | None = 32  # earlier pairs (the RM's data, earlier refreshes) mixed in; None: all
+
     # --- logging and checkpoints
     log_every: int = 1
     sample_every: int = 5  # write sample generations every N phases (0: never)
@@ -108,6 +119,7 @@ class PPOConfig:
             "max_grad_norm": (0, 1e6), "lr": (0, 1), "head_lr": (0, 1), "warmup_phases": (0, 1e9),
             "freeze_layers": (0, 1e4), "lora_r": (0, 4096), "log_every": (1, 1e9), "sample_every": (0, 1e9),
             "checkpoint_every": (0, 1e9), "reward_scale": (-1e6, 1e6), "weight_decay": (0, 10),
+            "rm_refresh_pairs": (2, 1e6), "rm_refresh_label_noise": (0, 1), "rm_refresh_epochs": (1, 1000),
         }
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
@@ -117,6 +129,14 @@ class PPOConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"Config field {f.name!r} = {value!r} is not a finite number.")
+        for name in ("rm_refresh_every", "rm_refresh_replay"):
+            value, low = getattr(self, name), 1 if name == "rm_refresh_every" else 0
+            if value is not None and value < low:
+                raise ValueError(f"Config field {name!r} = {value!r} is out of range: use a whole number >= {low}, or "
+                                 f"null ({'the RM stays frozen' if low else 'replay every earlier pair'}).")
+        if self.rm_refresh_every is not None and not self.rm_refresh_source.strip():
+            raise ValueError("Config field 'rm_refresh_source' is empty: name the reward that labels the refresh "
+                             "pairs, e.g. char_count or module:function.")
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
             raise ValueError(f"Config field 'keep_checkpoints' = {self.keep_checkpoints!r} would delete every "
                              f"checkpoint: use a count >= 1 (the newest N are kept), or null to keep all.")

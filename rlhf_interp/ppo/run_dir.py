@@ -29,6 +29,7 @@ from rlhf_interp.bridge.run_dirs import checkpoint_dir, latest_checkpoint, list_
 from rlhf_interp.checkpoints import save_hf_model
 from rlhf_interp.core.io import append_jsonl, read_jsonl, trim_jsonl
 from rlhf_interp.core.outdir import OutputError, claim_dir, read_marker, sweep_stale, write_marker
+from rlhf_interp.ppo import rm_refresh
 
 if TYPE_CHECKING:
     from rlhf_interp.ppo.config import PPOConfig
@@ -38,7 +39,7 @@ PPOTrainer = Any  # the trainer (rlhf_interp.ppo.trainer imports this module, no
 
 APPEND_ONLY_LOGS = ("metrics.jsonl", "samples.jsonl")  # one record per line, each with a "phase"
 TRAINER_STATE = "trainer_state.pt"
-TRAIN_OUTPUTS = (*APPEND_ONLY_LOGS, "config.yaml", "checkpoint-*", "tensorboard", "wandb")
+TRAIN_OUTPUTS = (*APPEND_ONLY_LOGS, "config.yaml", "checkpoint-*", "tensorboard", "wandb", "reward_models")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -184,6 +185,7 @@ def trainer_state(trainer: PPOTrainer) -> dict[str, Any]:
         "scheduler": trainer.scheduler.state_dict(),
         "kl_controller": trainer.kl_ctl.state_dict(),
         "reward_std": trainer.reward_std.state_dict(),
+        **({"rm_refresh": trainer.rm_refresh.state_dict()} if getattr(trainer, "rm_refresh", None) else {}),
     }
 
 
@@ -244,6 +246,7 @@ def load_checkpoint(trainer: PPOTrainer, ckpt: Path) -> None:
     trainer.kl_ctl.load_state_dict(state["kl_controller"])
     trainer.reward_std.load_state_dict(state["reward_std"])
     trainer.phase = int(state["phase"])
+    rm_refresh.restore(trainer, state.get("rm_refresh"))  # the RM version that scored this phase, exactly
     trainer.history = trim_logs(trainer.run_dir, trainer.phase)
     meta = read_meta(ckpt)
     if meta.get("base_model") not in (None, trainer.config.model):

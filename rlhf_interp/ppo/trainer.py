@@ -24,6 +24,7 @@ from rlhf_interp.bridge.tokens import check_context
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.kl import AdaptiveKLController, FixedKLController, masked_mean
 from rlhf_interp.ppo import losses
+from rlhf_interp.ppo import rm_refresh
 from rlhf_interp.ppo import run_dir as run_dir_lib
 from rlhf_interp.ppo.config import PPOConfig
 from rlhf_interp.ppo.losses import RunningStd
@@ -69,6 +70,7 @@ class PPOTrainer:
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.reward_std = RunningStd()
         self.history: list[dict[str, Any]] = []
+        self.rm_refresh = rm_refresh.from_trainer(self)  # None unless rm_refresh_every: the RM stays frozen
 
     # ------------------------------------------------------------------ set-up
     def _build_models(self, policy_source: str, adapter_dir: Path | None = None) -> None:
@@ -152,6 +154,7 @@ class PPOTrainer:
 
     def run_phase(self) -> tuple[dict[str, Any], Rollout]:
         cfg = self.config
+        rm_info = self.rm_refresh.before_phase() if self.rm_refresh is not None else {}  # before the phase's seed
         torch.manual_seed(mix_seed(cfg.seed, self.phase))
         start = time.perf_counter()
         self.policy.eval()
@@ -207,6 +210,7 @@ class PPOTrainer:
             "seconds": seconds,
             "rollout_seconds": rollout_seconds,
             "tokens_per_second": n_tokens / seconds,
+            **rm_info,
         }
         self.kl_ctl.update(metrics["kl_forward_per_token"] if cfg.kl_direction == "forward"
                            else metrics["kl_reverse_per_token"], cfg.batch_size)
