@@ -1,0 +1,158 @@
+"""A seeded tiny PPO run killed with SIGKILL at several points, then resumed, writes exactly the files of the
+uninterrupted run: samples.jsonl byte for byte, metrics.jsonl record for record (all but the three wall-clock
+fields, which are timings), and every kept checkpoint's weights, value head and trainer state byte for byte.
+
+Each run is a child process (one torch thread). The child kills itself with SIGKILL at the named point, so no
+Python cleanup runs: ``finally`` blocks, atexit and signal handlers are skipped as in a real crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TIMING_KEYS = {"seconds", "rollout_seconds", "tokens_per_second"}
+CHECKPOINT_FILES_SAME_BYTES = ("model.safetensors", "value_head.safetensors", "trainer_state.pt", "config.json",
+                               "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+CHILD = r'''
+import os, signal, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+import rlhf_interp.ppo.run_dir as run_dir_mod
+import rlhf_interp.ppo.trainer as trainer_mod
+import safetensors.torch
+from rlhf_interp.ppo import PPOConfig, PPOTrainer
+
+run_dir, mode, spec = sys.argv[1], sys.argv[2], sys.argv[3]
+OVERRIDES = ["model=tiny-test", "reward=length", "reward_kwargs={unit: chars}", "phases=6", "batch_size=4",
+             "minibatch_size=2", "max_new_tokens=8", "ppo_epochs=2", "kl_estimator=k3", "checkpoint_every=2",
+             "sample_every=1", "lr=1e-4", "head_lr=1e-3", "keep_checkpoints=2", "seed=3"]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+where, _, n = spec.partition(":")
+n = int(n or 0)
+if where == "before_checkpoint":  # phase n logged, its checkpoint not started
+    real_save = run_dir_mod.save_hf_model
+    def save(hf, tok, target, **kw):
+        if Path(target).name == f"checkpoint-{n:06d}":
+            die()
+        return real_save(hf, tok, target, **kw)
+    run_dir_mod.save_hf_model = save
+elif where == "mid_checkpoint":  # model.safetensors written into .tmp-checkpoint-n, the value head not yet
+    real_file = safetensors.torch.save_file
+    def save_file(tensors, filename, *a, **k):
+        if f".tmp-checkpoint-{n:06d}" in str(filename):
+            die()
+        return real_file(tensors, filename, *a, **k)
+    safetensors.torch.save_file = save_file
+elif where == "torn_log":  # half of phase n's first sample line written, no newline
+    real_append = run_dir_mod.append_jsonl
+    def append(path, record):
+        if Path(path).name == "samples.jsonl" and record.get("phase") == n:
+            import json
+            line = json.dumps(record, ensure_ascii=False)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line[: len(line) // 2])
+            die()
+        return real_append(path, record)
+    run_dir_mod.append_jsonl = append
+elif where == "mid_phase":  # phase n's optimizer steps done in memory, nothing of it logged or saved
+    real_update, calls = trainer_mod.ppo_update, []
+    def update(*a, **k):
+        out = real_update(*a, **k)
+        calls.append(1)
+        if len(calls) == n:
+            die()
+        return out
+    trainer_mod.ppo_update = update
+elif where == "mid_prune":  # an old checkpoint renamed to .deleting-*, not yet deleted
+    real_rmtree = run_dir_mod.shutil.rmtree
+    def rmtree(path, *a, **k):
+        if ".deleting-" in str(path):
+            die()
+        return real_rmtree(path, *a, **k)
+    run_dir_mod.shutil.rmtree = rmtree
+elif where == "mid_trim":  # on resume: the trimmed metrics.jsonl written to its temporary file, not renamed
+    real_replace = os.replace
+    def replace(src, dst, *a, **k):
+        if Path(dst).name == "metrics.jsonl":
+            die()
+        return real_replace(src, dst, *a, **k)
+    os.replace = replace
+
+if mode == "fresh":
+    trainer = PPOTrainer(PPOConfig.load(None, OVERRIDES), run_dir, progress=False)
+else:
+    trainer = PPOTrainer.resume(run_dir, progress=False)
+trainer.train()
+'''
+
+
+def _run(tmp: Path, run_dir: Path, mode: str, spec: str = "") -> int:
+    script = tmp / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, str(script), str(run_dir), mode, spec], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode not in (0, -9):
+        raise AssertionError(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.returncode
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("full")
+    assert _run(tmp, tmp / "run", "fresh") == 0
+    return tmp / "run"
+
+
+def _metrics_without_timings(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def assert_same_outputs(full: Path, resumed: Path) -> None:
+    assert (resumed / "samples.jsonl").read_bytes() == (full / "samples.jsonl").read_bytes()
+    assert _metrics_without_timings(resumed) == _metrics_without_timings(full)
+    assert (resumed / "config.yaml").read_bytes() == (full / "config.yaml").read_bytes()
+    names = sorted(p.name for p in full.glob("checkpoint-*"))
+    assert names == ["checkpoint-000004", "checkpoint-000006"]  # keep_checkpoints=2
+    assert sorted(p.name for p in resumed.glob("checkpoint-*")) == names
+    for name in names:
+        for file in CHECKPOINT_FILES_SAME_BYTES:
+            assert (resumed / name / file).read_bytes() == (full / name / file).read_bytes(), f"{name}/{file}"
+        meta_a, meta_b = (json.loads((d / name / "meta.json").read_text()) for d in (full, resumed))
+        for meta in (meta_a, meta_b):
+            meta.pop("saved_at")
+            meta["metrics"] = {k: v for k, v in meta["metrics"].items() if k not in TIMING_KEYS}
+        assert meta_a == meta_b, name
+    leftovers = [p.name for p in resumed.iterdir() if p.name.startswith((".tmp-", ".old-", ".deleting-"))]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize("kills", [
+    ["torn_log:3"],  # a sample line cut in half by the kill
+    ["before_checkpoint:4"],  # phases 3-4 logged, their checkpoint never started
+    ["mid_checkpoint:4"],  # a half-written .tmp-checkpoint-000004 (model weights only) left behind
+    ["mid_phase:5"],  # weights and optimizer part-way through phase 5
+    ["mid_prune:6"],  # checkpoint-000002 renamed for deletion, not deleted
+    ["torn_log:5", "mid_trim"],  # killed again while resuming, in the middle of trimming the logs
+], ids=lambda kills: "+".join(kills))
+def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path, uninterrupted, kills):
+    run = tmp_path / "run"
+    assert _run(tmp_path, run, "fresh", kills[0]) == -9
+    for spec in kills[1:]:
+        assert _run(tmp_path, run, "resume", spec) == -9
+    if kills[0].startswith("mid_checkpoint"):
+        assert list(run.glob(".tmp-checkpoint-000004-*")), "the kill should have left a half-written checkpoint"
+    assert _run(tmp_path, run, "resume") == 0
+    assert_same_outputs(uninterrupted, run)
