@@ -86,7 +86,7 @@ def js_divergence(logits_p: Float[Tensor, "... vocab"], logits_q: Float[Tensor, 
     # log(p/m) and log(q/m) written through d = log q - log p, so identical inputs give exactly 0.
     d = logq - logp
     log2 = torch.log(torch.tensor(2.0, dtype=d.dtype, device=d.device))
-    log_p_over_m = log2 - torch.nn.functional.softplus(d)
+    log_p_over_m = log2 - torch.logaddexp(torch.zeros_like(d), d)  # softplus, exact past its threshold of 20
     log_q_over_m = d + log_p_over_m
     return 0.5 * (logp.exp() * log_p_over_m).sum(-1) + 0.5 * (logq.exp() * log_q_over_m).sum(-1)
 
