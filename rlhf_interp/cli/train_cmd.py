@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     add_overwrite_arg(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="data-parallel over N processes (GPUs, or CPU processes over gloo): runs this command "
+                             "under `accelerate launch` (docs/scaling.md)")
     parser.set_defaults(func=_train)
 
 
@@ -29,11 +32,20 @@ def _train(args: argparse.Namespace) -> int:
     from rlhf_interp.ppo.run_dir import resume_point, start_run
     from rlhf_interp.ppo.trainer import model_summary
 
+    from rlhf_interp.ppo.distributed import launch, on_main, strip_processes_flag
+
+    if args.processes > 1:
+        import sys
+
+        if "train" not in sys.argv or not any(a.startswith("--processes") for a in sys.argv):
+            raise ValueError("--processes works from the command line; from Python run `accelerate launch "
+                             "--multi_gpu --num_processes N -m rlhf_interp.cli train ...`.")
+        return launch(args.processes, strip_processes_flag(sys.argv[1:]))
     run_dir = Path(args.out)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite deletes it: give one of them.")
     if args.resume:
-        resume_point(run_dir)  # before loading anything: a clear message when there is nothing to resume
+        on_main(resume_point, run_dir)  # before loading anything: a clear message when there is nothing to resume
         if args.config is not None:
             _check_same_config(args.config, run_dir / "config.yaml")
         trainer = PPOTrainer.resume(run_dir, overrides=args.overrides, progress=not args.no_progress)
@@ -42,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.config is None:
             raise ValueError("Give a CONFIG file (e.g. configs/periods.yaml), or --resume to continue a run.")
         config = PPOConfig.load(args.config, args.overrides)
-        start_run(run_dir, overwrite=args.overwrite)  # writable and free, before any model is loaded
+        on_main(start_run, run_dir, overwrite=args.overwrite)  # writable and free, before any model is loaded
         trainer = PPOTrainer(config, run_dir, progress=not args.no_progress)
     print(model_summary(trainer))
     trainer.train()

@@ -247,7 +247,7 @@ def load_checkpoint(trainer: PPOTrainer, ckpt: Path) -> None:
     trainer.reward_std.load_state_dict(state["reward_std"])
     trainer.phase = int(state["phase"])
     rm_refresh.restore(trainer, state.get("rm_refresh"))  # the RM version that scored this phase, exactly
-    trainer.history = trim_logs(trainer.run_dir, trainer.phase)
+    trainer.history = trainer.dist.on_main(trim_logs, trainer.run_dir, trainer.phase)  # one process rewrites
     meta = read_meta(ckpt)
     if meta.get("base_model") not in (None, trainer.config.model):
         raise ValueError(f"Checkpoint {ckpt} was trained from {meta['base_model']!r}, config says "

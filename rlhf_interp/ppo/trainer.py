@@ -27,6 +27,7 @@ from rlhf_interp.ppo import losses
 from rlhf_interp.ppo import rm_refresh
 from rlhf_interp.ppo import run_dir as run_dir_lib
 from rlhf_interp.ppo.config import PPOConfig
+from rlhf_interp.ppo.distributed import Distributed, on_main
 from rlhf_interp.ppo.losses import RunningStd
 from rlhf_interp.ppo.rollout import Rollout, collect
 from rlhf_interp.ppo.update import TrainingDivergedError, ppo_update
@@ -48,16 +49,20 @@ class PPOTrainer:
     """
 
     def __init__(self, config: PPOConfig, run_dir: str | Path, *, reward: RewardFn | None = None,
-                 callbacks: list[PhaseCallback] | None = None, progress: bool = True, overwrite: bool = False):
+                 callbacks: list[PhaseCallback] | None = None, progress: bool = True, overwrite: bool = False,
+                 distributed: Distributed | None = None):
         self.config = config.validate()
+        # One process, or this one's place among several (accelerate launch): see ppo/distributed.py.
+        self.dist = distributed or Distributed.from_env(config.device)
+        self.dist.check_config(self.config)
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks or [])
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.overwrite = overwrite
         self.phase = 0
         self.resumed = False  # set by load_state: a resumed run continues its directory instead of claiming it
         self._mid_phase = False  # True from the first change of state in a phase until its logs are written
-        self.device = torch.device(config.device) if config.device else None
+        self.device = self.dist.device
         self.reward = reward or get_reward(config.reward, **config.reward_kwargs)
         if not callable(self.reward):
             raise ValueError(f"The reward {config.reward!r} is a {type(self.reward).__name__}, not a function "
@@ -66,6 +71,7 @@ class PPOTrainer:
         self._build_models(policy_source=config.model)
         check_context(self.policy, self.prompts, config.max_new_tokens, what="prompt")
         self._build_optimizer()
+        self.dist.sync_parameters([*self.hf_policy.parameters(), *self.head.parameters()])
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.reward_std = RunningStd()
@@ -143,19 +149,21 @@ class PPOTrainer:
     # ------------------------------------------------------------------ one phase
     def _phase_prompts(self) -> list[str]:
         rng = random.Random(mix_seed(self.config.seed, self.phase))
-        return rng.sample(self.prompts, min(self.config.batch_size, len(self.prompts))) if len(self.prompts) >= self.config.batch_size \
+        prompts = rng.sample(self.prompts, min(self.config.batch_size, len(self.prompts))) if len(self.prompts) >= self.config.batch_size \
             else [rng.choice(self.prompts) for _ in range(self.config.batch_size)]
+        return self.dist.shard(prompts)  # every process draws the same batch and samples its own block
 
     def _minibatch_orders(self) -> list[torch.Tensor]:
         """One shuffled order of the batch per PPO epoch, seeded by (seed, phase)."""
-        cfg = self.config
+        cfg = self.dist.local_config(self.config)  # this process's share of the batch
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.phase)
         return [torch.randperm(cfg.batch_size, generator=generator) for _ in range(cfg.ppo_epochs)]
 
     def run_phase(self) -> tuple[dict[str, Any], Rollout]:
         cfg = self.config
         rm_info = self.rm_refresh.before_phase() if self.rm_refresh is not None else {}  # before the phase's seed
-        torch.manual_seed(mix_seed(cfg.seed, self.phase))
+        local = self.dist.local_config(cfg)  # batch and minibatch sizes of this process (all of them in one process)
+        torch.manual_seed(self.dist.seed(cfg.seed, self.phase))
         start = time.perf_counter()
         self.policy.eval()
         orders = self._minibatch_orders()
@@ -163,7 +171,7 @@ class PPOTrainer:
             self.policy, self.head, self.reference_logits, self.reward, self._phase_prompts(),
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
             kl_direction=cfg.kl_direction, kl_estimator=cfg.kl_estimator, kl_placement=cfg.kl_placement,
-            value_hook=cfg.value_head_hook, grad_rows=orders[0][:cfg.minibatch_size],
+            value_hook=cfg.value_head_hook, grad_rows=orders[0][:local.minibatch_size],
         )
         rollout_seconds = time.perf_counter() - start
         self._mid_phase = True  # from here the phase changes state: no checkpoint until it is whole and logged
@@ -175,7 +183,7 @@ class PPOTrainer:
             ended = (rollout.gen_tokens == self.policy.tokenizer.eos_token_id).any(-1)
             scores = scores - cfg.missing_eos_penalty * (~ended).float()
         if cfg.normalize_reward:
-            self.reward_std.update(scores)
+            self.reward_std.update(self.dist.gather(scores))
             scores = scores / self.reward_std.std
 
         # Per-token rewards (the KL too, when placed there) and advantages (GAE), then whitening.
@@ -185,11 +193,14 @@ class PPOTrainer:
                                                           mask, kl_coef if in_reward else 0.0, cfg.gamma,
                                                           cfg.gae_lambda)
         if cfg.whiten_advantages:
-            advantages = losses.whiten(advantages, mask)
+            advantages = self.dist.whiten(advantages, mask)  # over the global batch
 
         stats = ppo_update(self.policy, self.head, self.optimizer, self.scheduler,
                            self.trainable_parameters() + list(self.head.parameters()), rollout, advantages, returns,
-                           orders, cfg, kl_coef)
+                           orders, local, kl_coef, dist=self.dist if self.dist.active else None)
+        stats = self.dist.mean_stats(stats)
+        rollout = self.dist.gather_rollout(rollout)  # the global batch: metrics, logs and callbacks see all of it
+        mask = rollout.gen_mask
         seconds = time.perf_counter() - start
         n_tokens = int(mask.sum().item())
         kl_seq = (rollout.kl_value * mask).sum(-1)
@@ -210,6 +221,7 @@ class PPOTrainer:
             "seconds": seconds,
             "rollout_seconds": rollout_seconds,
             "tokens_per_second": n_tokens / seconds,
+            **self.dist.phase_stats(),  # processes; peak CUDA memory
             **rm_info,
         }
         self.kl_ctl.update(metrics["kl_forward_per_token"] if cfg.kl_direction == "forward"
@@ -222,10 +234,11 @@ class PPOTrainer:
         """Run until ``config.phases``; returns the metrics of the phases run in this call."""
         cfg = self.config
         if self.phase == 0 and not self.resumed:
-            run_dir_lib.start_run(self.run_dir, overwrite=self.overwrite)
-        cfg.save(self.run_dir / "config.yaml")
+            self.dist.on_main(run_dir_lib.start_run, self.run_dir, overwrite=self.overwrite)
+        self.dist.on_main(cfg.save, self.run_dir / "config.yaml")  # one process writes the run directory
         self._loggers = run_dir_lib.RunLoggers(self.run_dir, cfg)
-        self._loggers.open()
+        if self.dist.is_main:
+            self._loggers.open()
         ran: list[dict[str, Any]] = []
         bar = tqdm(total=cfg.phases, initial=self.phase, desc="PPO", disable=not self.progress, unit="phase")
         interrupt = run_dir_lib.stop_at_phase_boundary(lambda: f"phase {self.phase + 1}")
@@ -255,10 +268,12 @@ class PPOTrainer:
                 raise run_dir_lib.TrainingInterrupted(
                     f"Interrupted after phase {self.phase} of {cfg.phases}; {path.name} holds it. Continue with "
                     f"`rlhf-interp train --resume --out {self.run_dir}` (PPOTrainer.resume).")
-            metrics, rollout = self.run_phase()
+            with self.dist.autocast():  # bf16 on CUDA
+                metrics, rollout = self.run_phase()
             ran.append(metrics)
             self.history.append(metrics)
-            self._loggers.log(self.phase, metrics, rollout)
+            if self.dist.is_main:
+                self._loggers.log(self.phase, metrics, rollout)
             self._mid_phase = False  # the phase is whole: state and logs agree
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", kl=f"{metrics['kl_forward_per_token']:.3f}",
@@ -300,13 +315,13 @@ class PPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<phase>`` atomically (see `rlhf_interp.ppo.run_dir.save_checkpoint`)."""
-        return run_dir_lib.save_checkpoint(self)
+        return self.dist.on_main(run_dir_lib.save_checkpoint, self)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, overrides: list[str] | None = None, **kwargs) -> "PPOTrainer":
         """Continue a run from its latest checkpoint (config from ``run_dir/config.yaml`` + overrides)."""
         run_dir = Path(run_dir)
-        ckpt = run_dir_lib.resume_point(run_dir)
+        ckpt = on_main(run_dir_lib.resume_point, run_dir)
         config = PPOConfig.load(run_dir / "config.yaml", overrides)
         trainer = cls(config, run_dir, **kwargs)
         trainer.load_state(ckpt)
