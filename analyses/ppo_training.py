@@ -2,6 +2,8 @@
 
     python analyses/ppo_training.py --runs runs/periods runs/periods_kl0 [--name ppo_periods]   # from the runs
     python analyses/ppo_training.py --from-csv [--name ppo_periods]                             # page from its CSVs
+    python analyses/ppo_training.py --runs runs/periods --keep "periods=periods, before the KL fixes" --keep periods_kl0
+        # re-read runs/periods; keep (and relabel) rows of runs whose directories are gone from the committed CSVs
 
 Reads each run's ``metrics.jsonl``, ``samples.jsonl`` and ``config.yaml`` (no model is loaded) and saves two
 tidy tables in ``reports/<name>/``: ``metrics.csv`` (one row per run and phase) and ``samples.csv`` (every
@@ -240,20 +242,43 @@ def render(report_dir: Path) -> Report:
     return report
 
 
+def kept_rows(report_dir: Path, spec: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of one run from the report's current CSVs: ``RUN`` (its directory name) or ``RUN=NEW NAME``."""
+    name, _, new_name = spec.partition("=")
+    tables = []
+    for table in ("metrics", "samples"):
+        frame = read_table(report_dir, table)
+        rows = frame[(frame["run"] == name) | frame["run"].str.startswith(name + " (")].copy()
+        if rows.empty:
+            raise ValueError(f"--keep {spec!r}: no run named {name!r} in {report_dir / table}.csv "
+                             f"(runs there: {sorted(frame['run'].unique())}).")
+        if new_name:
+            rows["run"] = rows["run"].str.replace(name, new_name, n=1, regex=False)
+        tables.append(rows)
+    return tables[0], tables[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=Path, default=[Path("runs/periods"), Path("runs/periods_kl0")])
     parser.add_argument("--name", default=NAME)
     parser.add_argument("--root", type=Path, default=Path("reports"))
     parser.add_argument("--from-csv", action="store_true", help="re-render the page from the CSVs in reports/<name>/")
+    parser.add_argument("--keep", action="append", default=[], metavar="RUN[=NEW NAME]",
+                        help="keep run RUN's rows from the report's existing CSVs (its run directory is gone), "
+                             "optionally renamed; repeatable")
     args = parser.parse_args()
     out = args.root / args.name
     if not args.from_csv:
         try:
+            kept = [kept_rows(out, spec) for spec in args.keep]  # read before the tables are rewritten
             metrics, samples = load_runs(args.runs)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             parser.error(str(err))
-        write_tables(out, {"metrics": metrics, "samples": samples}, config={"runs": [str(r) for r in args.runs]})
+        metrics = pd.concat([m for m, _ in kept] + [metrics], ignore_index=True)
+        samples = pd.concat([s for _, s in kept] + [samples], ignore_index=True)
+        write_tables(out, {"metrics": metrics, "samples": samples},
+                     config={"runs": [str(r) for r in args.runs], "kept_from_previous_csvs": args.keep})
     report = render(out)
     report.save()
     print(report.headline)
