@@ -61,8 +61,9 @@ def values_from_hook(bridge, head: ValueHead, hook_name: str = DEFAULT_HEAD_HOOK
 
 
 def forward_with_values(bridge, head: ValueHead, tokens: Tensor, attention_mask: Tensor,
-                        hook_name: str = DEFAULT_HEAD_HOOK) -> tuple[Tensor, Tensor]:
-    """Logits [batch, pos, vocab] and values [batch, pos] from one forward pass."""
+                        hook_name: str = DEFAULT_HEAD_HOOK, **forward_kwargs) -> tuple[Tensor, Tensor]:
+    """Logits [batch, pos, vocab] and values [batch, pos] from one forward pass. ``forward_kwargs`` go to the
+    bridge (e.g. ``logits_to_keep``: unembed only the positions a caller reads; values cover every position)."""
     with values_from_hook(bridge, head, hook_name) as out:
-        logits = bridge(tokens, attention_mask=attention_mask)
+        logits = bridge(tokens, attention_mask=attention_mask, **forward_kwargs)
     return logits, out["values"]
