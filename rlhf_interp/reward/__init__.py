@@ -2,7 +2,8 @@
 
 Data flows one way inside: `functions` (builtin and user rewards) -> `preferences` (read, validate,
 write, split pairs) -> `synthetic` (pairs labelled by a reward function) -> `model` (the RM: backbone +
-scalar head, scoring, loading) -> `prefix` (frozen-prefix cache) -> `training` (Bradley-Terry training).
+scalar head, scoring, loading) -> `prefix` (frozen-prefix cache) -> `training` (Bradley-Terry training) ->
+`refresh` (versions of a fine-tuned RM, for iterated online RLHF).
 The RM's head is `rlhf_interp.bridge.heads.ValueHead`; nothing here knows the PPO trainer.
 """
 
@@ -18,8 +19,10 @@ _WHERE = {
                  "RewardModelReward", "bradley_terry_loss", "load_reward_model", "preference_accuracy",
                  "resolve_model_dir"),
     **names_from(".prefix", "PrefixCache", "Scorer"),
-    **names_from(".training", "TRAINABLE_LAYERS_BY_DEFAULT", "RewardTrainingConfig", "frozen_layer_count",
-                 "set_trainable", "train_reward_model"),
+    **names_from(".training", "TRAINABLE_LAYERS_BY_DEFAULT", "FitResult", "RewardTrainingConfig", "fit_reward_model",
+                 "frozen_layer_count", "set_trainable", "train_reward_model"),
+    **names_from(".refresh", "finetune_reward_model", "load_version", "open_version", "pair_accuracy",
+                 "read_version_meta", "save_version"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 __all__ = sorted(_WHERE)

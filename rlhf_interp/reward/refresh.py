@@ -134,10 +134,12 @@ def pair_accuracy(rm: RewardModel, pairs: list[PreferencePair]) -> float:
 
 
 def finetune_reward_model(rm: RewardModel, pairs: list[PreferencePair], *, epochs: int, seed: int,
-                          n_frozen: int | None = None, progress: bool = False) -> FitResult:
-    """Fine-tune ``rm`` in place on ``pairs`` with its own training options (lr, batch size, frozen blocks),
-    ``epochs`` epochs; the validation-best epoch is kept (epoch 0 — no change — included) and the
-    normalisation is refit on the training texts (`fit_reward_model`)."""
+                          n_frozen: int | None = None, keep: str = "last", progress: bool = False) -> FitResult:
+    """Fine-tune ``rm`` in place on ``pairs`` with its own training options (lr, batch size, frozen blocks) for
+    ``epochs`` epochs, and refit the normalisation on the training texts (`fit_reward_model`).
+
+    ``keep="last"`` by default: a refresh's validation split is a handful of pairs, too few to pick an epoch
+    by (``"best"`` picks by validation loss, no change included); it is still logged, as held-out accuracy."""
     if len(pairs) < 2:
         raise ValueError(f"Fine-tuning a reward model needs at least 2 preference pairs (one to train on, one to "
                          f"validate), got {len(pairs)}.")
@@ -146,7 +148,7 @@ def finetune_reward_model(rm: RewardModel, pairs: list[PreferencePair], *, epoch
     was_training = rm.bridge.training
     rm.bridge.eval()  # no dropout: the scores it trains on are those it will give
     try:
-        return fit_reward_model(rm, pairs, config, n_frozen, progress=progress)
+        return fit_reward_model(rm, pairs, config, n_frozen, progress=progress, keep=keep)
     finally:
         rm.bridge.train(was_training)
 

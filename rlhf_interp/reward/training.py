@@ -109,14 +109,17 @@ class FitResult:
 
 
 def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: RewardTrainingConfig, n_frozen: int, *,
-                     metrics_path: Path | None = None, progress: bool = True) -> FitResult:
+                     metrics_path: Path | None = None, progress: bool = True, keep: str = "best") -> FitResult:
     """Train ``rm`` in place (its head and blocks ``n_frozen..``) on ``pairs`` with the Bradley-Terry loss.
 
     Why separate from `train_reward_model`: the same loop trains a new RM and fine-tunes an existing one on
-    fresh pairs (`rlhf_interp.reward.refresh`). Keeps the epoch with the lowest validation loss — epoch 0,
-    the weights it came with, included —, then freezes every weight again and sets the normalisation to the
-    mean and std of the raw scores of the training texts. Records are appended to ``metrics_path`` if given.
+    fresh pairs (`rlhf_interp.reward.refresh`). ``keep="best"`` keeps the epoch with the lowest validation
+    loss — epoch 0, the weights it came with, included —; ``keep="last"`` the last epoch (a validation set of a
+    few pairs picks by noise). Then every weight is frozen again and the normalisation set to the mean and std
+    of the raw scores of the training texts. Records are appended to ``metrics_path`` if given.
     """
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}.")
     train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
     head = rm.head
     head.requires_grad_(True)
@@ -186,12 +189,12 @@ def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: Rewar
         if progress:
             tqdm.write(f"epoch {epoch}: train loss {total_loss / n_train:.4f} acc {total_acc / n_train:.3f} | "
                        f"val loss {val_loss:.4f} acc {val_acc:.3f}")
-        if val_loss < best["loss"] - 1e-6:
+        if val_loss < best["loss"] - 1e-6 or keep == "last":
             best = {"loss": val_loss, "epoch": epoch, "state": _snapshot(head, backbone_params)}
             stale = 0
         else:
             stale += 1
-            if config.patience and stale >= config.patience:
+            if config.patience and stale >= config.patience and keep == "best":
                 if progress:
                     tqdm.write(f"early stop: validation loss has not improved for {stale} epoch(s)")
                 break

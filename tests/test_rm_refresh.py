@@ -1,0 +1,204 @@
+"""Iterated online RLHF on tiny-test: the reward model refreshed on the policy's own samples every N phases.
+
+What must hold: a refresh whose labels are the RM's own preferences leaves its ranking alone (and one with
+the opposite labels does not — the measurement can fail); a killed and resumed run repeats the uninterrupted
+one (metrics, every RM version's tensors, the pairs); the version recorded for a phase is the one that scored
+its samples; the options work from the config and the CLI, and misuse is a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from rlhf_interp.cli import main as cli_main
+from rlhf_interp.ppo import PPOConfig, PPOTrainer
+from rlhf_interp.ppo.rm_refresh import PAIRS_FILE, VERSIONS_DIR, list_versions, version_dir
+from rlhf_interp.reward import (PreferencePair, RewardTrainingConfig, finetune_reward_model, load_reward_model,
+                                open_version, pair_accuracy, score, train_reward_model, write_preferences)
+from rlhf_interp.reward.refresh import TENSORS_FILE
+from rlhf_interp.reward.synthetic import label_pair
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+WORDS = "the a dog cat ran sat on mat big small red blue house tree sky".split()
+TIMING = {"seconds", "rollout_seconds", "tokens_per_second", "rm_refresh_seconds"}
+
+
+def period_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
+    """Chosen ends with 1-3 periods, rejected with a word: learnable by tiny-test."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        stem = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+        pairs.append(PreferencePair("Say", stem + "." * rng.randint(1, 3), stem + " " + rng.choice(WORDS)))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory) -> Path:
+    """A tiny-test RM trained on period pairs from a file (so a refresh finds and replays its data)."""
+    root = tmp_path_factory.mktemp("rm")
+    write_preferences(period_pairs(48), root / "pairs.jsonl")
+    train_reward_model(root / "pairs.jsonl", "tiny-test", root / "rm",
+                       RewardTrainingConfig(epochs=3, lr=3e-4, head_lr=3e-3, freeze_layers=1, patience=0),
+                       progress=False)
+    return root / "rm"
+
+
+def refresh_config(rm_dir: Path, **overrides) -> PPOConfig:
+    """tiny.yaml against the RM, refreshed every 2 phases on 6 pairs labelled by length (varies on random text)."""
+    base = {"reward": f"reward_model:{rm_dir}", "reward_kwargs": "{}", "phases": 4, "rm_refresh_every": 2,
+            "rm_refresh_pairs": 6, "rm_refresh_source": "length", "rm_refresh_source_kwargs": "{unit: chars}",
+            "rm_refresh_replay": 6, "rm_refresh_epochs": 2, **overrides}
+    return PPOConfig.load(CONFIGS / "tiny.yaml", [f"{k}={v}" for k, v in base.items()])
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _version_tensors(run: Path) -> dict[int, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    return {v: load_file(str(version_dir(run, v) / TENSORS_FILE)) for v in list_versions(run)}
+
+
+# ---------------------------------------------------------------------------------------------- ranking
+
+
+HELD_OUT = [t for p in period_pairs(30, seed=7) for t in (p.chosen, p.rejected)]
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(pd.Series(a.tolist()).corr(pd.Series(b.tolist()), method="spearman"))
+
+
+def _self_labelled_refresh(rm_dir: Path, seed: int, sign: float) -> float:
+    """Fine-tune the RM on 32 fresh pairs labelled by ``sign`` x its own scores (as a refresh does); return the
+    Spearman correlation of its held-out scores before and after."""
+    rm = load_reward_model(rm_dir)
+    before = rm.score(HELD_OUT)
+    texts = [t for p in period_pairs(32, seed=seed) for t in (p.chosen, p.rejected)]
+    random.Random(seed).shuffle(texts)  # pairs of unrelated texts, some of them tied in the truth
+    own = (sign * rm.score(texts)).tolist()
+    pairs = [pair for i in range(0, len(texts), 2)
+             if (pair := label_pair("p", texts[i], texts[i + 1], own[i], own[i + 1], flip=False)) is not None]
+    assert pair_accuracy(rm, pairs) == (1.0 if sign > 0 else 0.0)
+    finetune_reward_model(rm, pairs, epochs=2, seed=seed)
+    return _spearman(before, rm.score(HELD_OUT))
+
+
+def test_refresh_labelled_by_the_rms_own_scores_keeps_its_ranking(rm_dir):
+    """Labels = the RM's own preferences: the fine-tune only widens margins the RM already has, so the ranking
+    of 60 held-out texts stays (Spearman >= 0.94 on each of 5 pair sets; measured 0.95-0.99). Hard labels are
+    not a fixed point of the Bradley-Terry loss (it wants infinite margins), hence a tolerance. The same
+    refresh with the labels reversed moves the ranking (mean Spearman measured 0.86), so the check can fail."""
+    own = [_self_labelled_refresh(rm_dir, seed, 1.0) for seed in range(3, 8)]
+    reversed_ = [_self_labelled_refresh(rm_dir, seed, -1.0) for seed in range(3, 8)]
+    assert min(own) >= 0.94, own
+    assert sum(reversed_) / len(reversed_) <= 0.9 < sum(own) / len(own), (own, reversed_)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["own-scores", "reversed-scores"])
+def test_any_callable_labels_a_refresh(rm_dir, tmp_path, sign):
+    """``trainer.rm_refresh.source`` takes any callable: labelled by the RM itself, the RM ranks every fresh pair
+    right before the fine-tune; labelled by its negation, every pair wrong."""
+    trainer = PPOTrainer(refresh_config(rm_dir, phases=3), tmp_path / "run", progress=False)
+    trainer.rm_refresh.source = lambda texts: sign * trainer.reward.model.score(texts)
+    history = trainer.train()
+    assert history[2]["rm_version"] == 1
+    assert history[2]["rm_refresh_accuracy_before"] == (1.0 if sign > 0 else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("kill_after", [2, 3], ids=["before-a-refresh", "after-a-refresh"])
+def test_refreshed_run_resumes_to_identical_outputs(rm_dir, tmp_path, kill_after):
+    """Killed right after checkpoint-<kill_after> and resumed: the same metrics, the same RM versions (tensors,
+    bit for bit) and the same pairs as the uninterrupted run. After phase 2 the refresh (made before phase 3)
+    is not in the checkpoint and must be redone identically; after phase 3 it must be restored from disk."""
+    full = PPOTrainer(refresh_config(rm_dir), tmp_path / "full", progress=False)
+    full.train()
+
+    def kill(trainer, metrics, rollout):
+        if trainer.phase == kill_after:
+            raise KeyboardInterrupt
+
+    killed = PPOTrainer(refresh_config(rm_dir), tmp_path / "resumed", callbacks=[kill], progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    resumed = PPOTrainer.resume(tmp_path / "resumed", progress=False)
+    assert resumed.phase == kill_after and resumed.rm_refresh.version == (kill_after - 1) // 2
+    resumed.train()
+
+    a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "resumed")
+    assert [m["rm_version"] for m in a] == [m["rm_version"] for m in b] == [0, 0, 1, 1]
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+    va, vb = _version_tensors(tmp_path / "full"), _version_tensors(tmp_path / "resumed")
+    assert sorted(va) == sorted(vb) == [0, 1]
+    for v in va:
+        assert all(torch.equal(va[v][k], vb[v][k]) for k in va[v]), f"rm-v{v:03d} differs"
+    assert not all(torch.equal(va[0][k], va[1][k]) for k in va[0])  # the refresh changed the RM
+    pairs_a = (tmp_path / "full" / VERSIONS_DIR / PAIRS_FILE).read_text()
+    assert pairs_a == (tmp_path / "resumed" / VERSIONS_DIR / PAIRS_FILE).read_text()
+    assert pairs_a.count('"version": 1') == 6 and pairs_a.count('"version": 0') == 48  # original data + 1 refresh
+
+
+def test_resume_refuses_to_drop_the_refreshed_rm(rm_dir, tmp_path):
+    trainer = PPOTrainer(refresh_config(rm_dir, phases=3), tmp_path / "run", progress=False)
+    trainer.train()
+    with pytest.raises(ValueError, match="rm_refresh_every is off"):
+        PPOTrainer.resume(tmp_path / "run", overrides=["rm_refresh_every=null", "phases=4"], progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- versions
+
+
+def test_recorded_rm_version_is_the_one_that_scored_each_phase(rm_dir, tmp_path):
+    seen: list[tuple[list[str], torch.Tensor]] = []
+    trainer = PPOTrainer(refresh_config(rm_dir, phases=5), tmp_path / "run", progress=False,
+                         callbacks=[lambda t, m, rollout: seen.append((rollout.completions, rollout.scores.cpu()))])
+    history = trainer.train()
+    assert [m["rm_version"] for m in history] == [0, 0, 1, 1, 2]
+    assert [m["rm_refresh_seconds"] > 0 for m in history] == [False, False, True, False, True]
+    versions = {v: open_version(version_dir(tmp_path / "run", v)) for v in (0, 1, 2)}
+    for metrics, (completions, scores) in zip(history, seen):
+        torch.testing.assert_close(score(versions[metrics["rm_version"]].as_reward(), completions), scores,
+                                   rtol=0, atol=1e-5)
+        if metrics["rm_version"]:  # and not the version before it: the check can tell versions apart
+            older = versions[metrics["rm_version"] - 1].score(completions)
+            assert (older - scores).abs().max() > 1e-3
+    meta = json.loads((version_dir(tmp_path / "run", 2) / "meta.json").read_text())
+    assert meta["phase"] == 5 and meta["version"] == 2 and meta["base"] == str(rm_dir / "model")
+
+
+# ---------------------------------------------------------------------------------------------- config and CLI
+
+
+def test_cli_turns_refresh_on_with_set(rm_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--no-progress", "--set", f"reward=reward_model:{rm_dir}",
+            "--set", "reward_kwargs={}", "--set", "phases=3", "--set", "rm_refresh_every=2", "--set",
+            "rm_refresh_source=length", "--set", "rm_refresh_source_kwargs={unit: chars}", "--set", "rm_refresh_pairs=4"]
+    assert cli_main(args) == 0
+    assert [m["rm_version"] for m in _metrics(out)] == [0, 0, 1]
+    assert list_versions(out) == [0, 1]
+
+
+def test_refresh_needs_a_learned_reward_and_valid_fields(tmp_path, capsys):
+    args = ["train", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "run"), "--no-progress", "--set",
+            "rm_refresh_every=2"]
+    assert cli_main(args) == 2  # tiny.yaml's reward is `length`: nothing to refresh
+    err = capsys.readouterr().err
+    assert "rm_refresh_every" in err and "reward_model:PATH" in err and "Traceback" not in err
+    for bad, words in [("rm_refresh_every=0", ">= 1"), ("rm_refresh_pairs=1", "rm_refresh_pairs"),
+                       ("rm_refresh_label_noise=1.5", "rm_refresh_label_noise"), ("rm_refresh_replay=-2", ">= 0")]:
+        with pytest.raises(ValueError, match=words):
+            PPOConfig.load(CONFIGS / "tiny.yaml", [bad])
