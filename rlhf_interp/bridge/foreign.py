@@ -16,8 +16,8 @@ load here fails loudly when a weight is missing.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -67,8 +67,7 @@ def clean_foreign_state_dict(model_dir: Path) -> dict[str, torch.Tensor] | None:
     for f in files:
         for key, tensor in _read_tensors(f).items():
             for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key = key[len(prefix):]
+                key = key.removeprefix(prefix)
             if not key.startswith(HEAD_PREFIXES):
                 state[key] = tensor
     return state

@@ -1,5 +1,5 @@
 """Data-parallel PPO over several processes (Hugging Face accelerate; gloo on CPUs, NCCL on GPUs), and the
-device-side choices of a run (bf16 autocast and peak-memory logging on CUDA).
+peak CUDA memory of each phase in the logs.
 
 What each process does in a phase, and why the result is the one-process update on the whole batch:
 
@@ -23,6 +23,10 @@ wrapper. Reducing gradients explicitly after ``backward`` needs neither, and giv
 FSDP (sharded weights) is not offered: at the sizes this toolkit trains (up to ~2B parameters) a replica per
 GPU fits, and `docs/scaling.md` says when to move to LoRA or a frozen trunk instead.
 
+bf16 is the config's ``precision`` (`bridge.precision`: one autocast block per forward, finite masks); this
+module adds no autocast of its own -- a block around a whole phase would span optimizer steps and serve
+stale cached bf16 weights.
+
 Launch: ``accelerate launch --multi_gpu --num_processes N -m rlhf_interp.cli train CONFIG --out DIR`` (on CPUs
 too: gloo), or ``rlhf-interp train CONFIG --out DIR --processes N``, which runs exactly that. A single
 process (``WORLD_SIZE`` unset or 1) never touches ``torch.distributed``.
@@ -30,13 +34,13 @@ process (``WORLD_SIZE`` unset or 1) never touches ``torch.distributed``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import socket
 import subprocess
 import sys
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -53,14 +57,12 @@ class Distributed:
     """This process's place in a run: ``rank`` of ``world_size``, its ``device``, and the collective steps the
     trainer needs. With one process every method is the identity (and no process group exists)."""
 
-    def __init__(self, device: torch.device, *, rank: int = 0, world_size: int = 1,
-                 mixed_precision: str | None = None):
+    def __init__(self, device: torch.device, *, rank: int = 0, world_size: int = 1):
         self.device, self.rank, self.world_size = device, rank, world_size
-        self.mixed_precision = _mixed_precision(device, mixed_precision)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_env(cls, device: str | None = None) -> "Distributed":
+    def from_env(cls, device: str | None = None) -> Distributed:
         """One process, or the process group a launcher (accelerate / torchrun) described in the environment.
 
         ``device``: the config's ``device`` (None: this rank's GPU when there is one, else the CPU)."""
@@ -112,7 +114,7 @@ class Distributed:
         return mix_seed(seed, phase) if not self.active else mix_seed(seed, phase, self.rank)
 
     # ------------------------------------------------------------------ collectives
-    def gather(self, tensor: Tensor, *, dim: int = 1, pad_first: bool = False, pad_value: int | float = 0) -> Tensor:
+    def gather(self, tensor: Tensor, *, dim: int = 1, pad_first: bool = False, pad_value: float = 0) -> Tensor:
         """Every process's rows, in rank order, padded along ``dim`` to the longest (accelerate's padding)."""
         if not self.active:
             return tensor
@@ -209,7 +211,7 @@ class Distributed:
         if self.is_main:
             try:
                 box[0] = ("ok", fn(*args, **kwargs))
-            except Exception as err:  # every rank raises it, instead of the others waiting forever
+            except Exception as err:  # noqa: BLE001 -- every rank raises it, instead of the others waiting forever
                 box[0] = ("error", err)
         broadcast_object_list(box, from_process=0)
         status, value = box[0]
@@ -218,13 +220,6 @@ class Distributed:
         return value
 
     # ------------------------------------------------------------------ device side
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA (the default there; ``--mixed_precision no`` / ``ACCELERATE_MIXED_PRECISION=no``
-        turns it off); nothing on the CPU. Losses stay fp32: the rollout casts logits and values to float."""
-        if self.mixed_precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def phase_stats(self) -> dict[str, float]:
         """Extra per-phase metrics: the number of processes (when several) and, on CUDA, the phase's peak
         ``torch.cuda.max_memory_allocated`` in GB (the largest over processes); the peak is then reset."""
@@ -238,17 +233,6 @@ class Distributed:
             stats["cuda_max_memory_allocated_gb"] = float(peak)
             torch.cuda.reset_peak_memory_stats(self.device)
         return stats
-
-
-def _mixed_precision(device: torch.device, requested: str | None) -> str:
-    """bf16 on a CUDA device that supports it unless turned off; never on the CPU (it changes the numbers)."""
-    requested = requested or os.environ.get("ACCELERATE_MIXED_PRECISION") or "auto"
-    if requested not in ("auto", "no", "bf16"):
-        raise ValueError(f"mixed precision {requested!r} is not supported: use bf16 or no (fp16 would need loss "
-                         f"scaling, which the PPO update does not do).")
-    if device.type != "cuda" or requested == "no":
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "no"
 
 
 def _buckets(params: list[torch.nn.Parameter]) -> Iterator[list[torch.nn.Parameter]]:
@@ -280,8 +264,7 @@ def launch_command(processes: int, cli_args: list[str], *, port: int | None = No
     if processes < 2:
         raise ValueError(f"--processes {processes}: give 2 or more (one process needs no launcher).")
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--dynamo_backend", "no",
-            "--mixed_precision", os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+            "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no",  # precision: the config's
             "--main_process_port", str(port or free_port()), "-m", "rlhf_interp.cli", *cli_args]
 
 
