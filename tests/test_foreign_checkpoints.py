@@ -17,10 +17,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rlhf_interp.bridge import build_tiny_model, load_hf_model, load_model, load_tokenizer
+from rlhf_interp.bridge import (
+    build_tiny_model,
+    load_hf_model,
+    load_model,
+    load_tokenizer,
+)
 from rlhf_interp.bridge.aliases import ModelLoadError
 from rlhf_interp.bridge.loading import select_device
-from rlhf_interp.bridge.run_dirs import ADAPTER, HF_DIR, UnconvertedCheckpointError, resolve_layout
+from rlhf_interp.bridge.run_dirs import (
+    ADAPTER,
+    HF_DIR,
+    UnconvertedCheckpointError,
+    resolve_layout,
+)
 from rlhf_interp.cli import main as cli_main
 
 TOKENS = torch.tensor([[1, 504, 3458, 282, 4649, 314, 12, 198]])
