@@ -55,11 +55,17 @@ def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | to
                 f"nor an existing local directory, nor a Hugging Face id (owner/name)."
             )
 
-    cleaned = clean_foreign_state_dict(model_dir)
-    if cleaned is not None:
-        model = model_from_state_dict(model_dir, cleaned, torch_dtype)
-    else:
-        model = load_pretrained_checked(model_dir, torch_dtype)
+    try:
+        cleaned = clean_foreign_state_dict(model_dir)
+        if cleaned is not None:
+            model = model_from_state_dict(model_dir, cleaned, torch_dtype)
+        else:
+            model = load_pretrained_checked(model_dir, torch_dtype)
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise ModelLoadError(f"{model_dir}: a weights file is unreadable ({err}). It was probably cut short (a crash "
+                             f"or a full disk while it was written): save or copy the model again.") from err
     model.config.output_attentions = False
     if has_tokenizer(model_dir):
         tokenizer = load_tokenizer(model_dir)

@@ -293,6 +293,11 @@ def _check_device(device: str) -> None:
 
 
 def _yaml_problem(err: Exception) -> str:
-    mark = getattr(err, "problem_mark", None)
+    """PyYAML's error as one clause: what it was parsing and where it started, then what went wrong where."""
+    def at(mark) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+    context = getattr(err, "context", None)
+    opened = f"{context}{at(getattr(err, 'context_mark', None))}: " if context else ""
+    return f"{opened}{problem}{at(getattr(err, 'problem_mark', None))}"

@@ -240,7 +240,7 @@ def load_checkpoint(trainer: PPOTrainer, ckpt: Path) -> None:
                     own[key].copy_(value)
     trainer.head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
     trainer._build_optimizer()
-    state = torch.load(ckpt / TRAINER_STATE, weights_only=True)
+    state = read_trainer_state(ckpt / TRAINER_STATE)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.kl_ctl.load_state_dict(state["kl_controller"])
@@ -252,6 +252,30 @@ def load_checkpoint(trainer: PPOTrainer, ckpt: Path) -> None:
     if meta.get("base_model") not in (None, trainer.config.model):
         raise ValueError(f"Checkpoint {ckpt} was trained from {meta['base_model']!r}, config says "
                          f"{trainer.config.model!r}.")
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """``trainer_state.pt`` with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers only.
+    A file holding anything else (a crafted pickle would run code as it loads) is refused, not opened."""
+    import pickle
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: that checkpoint cannot be resumed; delete {path.parent.name} "
+                                f"to resume from the one before.")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds more than tensors and plain data, so it is refused unopened (unpickling it "
+                         f"could run code: it was not written by this trainer, or was altered). Delete "
+                         f"{path.parent.name} to resume from the checkpoint before it.") from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable trainer state ({str(err).splitlines()[0]}): delete "
+                         f"{path.parent.name} to resume from the checkpoint before it.") from err
+    needed = ("phase", "optimizer", "scheduler", "kl_controller", "reward_std")
+    missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
+    if missing:
+        raise ValueError(f"{path} is not a trainer state of this toolkit (missing {missing}).")
+    return state
 
 
 def trim_logs(run_dir: Path, phase: int) -> list[dict[str, Any]]:

@@ -1,0 +1,743 @@
+"""Bad inputs, as a new user would try them, at the command line and in the Python API: one row per case.
+
+CLI rows assert the exit code (2: user error or argparse; 130: Ctrl-C), that no traceback is printed, and the
+key words of the one message. Rows marked ``early`` must fail before any model is loaded (the loader is made to
+fail loudly for them). API rows assert the exception type and its key words. All on tiny-test.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from rlhf_interp.cli import main as cli_main
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+D_MODEL = 64  # tiny-test
+
+
+# ----------------------------------------------------------------------------------------------
+# The files a user might hand over
+
+
+def _save_tiny(directory: Path, *, vocab: int | None = None, tokenizer: bool = True) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf_interp.bridge import build_tiny_model, load_tokenizer
+
+    model = build_tiny_model()
+    if vocab is not None:
+        cfg = LlamaConfig(**{**model.config.to_dict(), "vocab_size": vocab})
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+    model.save_pretrained(directory)
+    if tokenizer:
+        load_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def _permute_tokenizer(directory: Path) -> None:
+    """Swap the ids of two ordinary tokens: same size, same special tokens, different meaning of two ids."""
+    path = directory / "tokenizer.json"
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    by_id = {i: t for t, i in vocab.items()}
+    a, b = by_id[1000], by_id[1001]
+    vocab[a], vocab[b] = 1001, 1000
+    path.write_text(json.dumps(data))
+
+
+def _vector_file(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory) -> Path:
+    """Every bad (and a few good) input file the rows use."""
+    from rlhf_interp.core.outdir import claim_dir
+    from rlhf_interp.ppo import PPOConfig, PPOTrainer
+
+    d = tmp_path_factory.mktemp("inputs")
+    shutil.copy(CONFIGS / "tiny.yaml", d / "tiny.yaml")
+    (d / "tiny_other.yaml").write_text((CONFIGS / "tiny.yaml").read_text().replace("kl_coef: 0.1", "kl_coef: 0.2"))
+    (d / "bad.yaml").write_text("model: tiny-test\nphases: [1, 2\n")
+    (d / "list.yaml").write_text("- model\n- phases\n")
+    (d / "latin1.yaml").write_bytes(b"model: tiny-test\nreward: caf\xe9\n")
+    (d / "confdir").mkdir()
+    (d / "afile").write_text("not a directory\n")
+    (d / "existing.jsonl").write_text('{"x": 1}\n')
+    (d / "existing.csv").write_text("text,score\n")
+    (d / "prompts_latin1.txt").write_bytes(b"Hello there\nun caf\xe9 noir\n")
+    (d / "prompts_empty.txt").write_text("# only a comment\n\n")
+    (d / "prompts_long.txt").write_text("Hello\n" + "word " * 1500 + "\n")
+    (d / "prompts_nofield.jsonl").write_text('{"text": "hi"}\n')
+    (d / "prompts_badjson.jsonl").write_text('{"prompt": "hi"\n')
+    (d / "texts.txt").write_text("a short text\nanother text\n")
+    # steering vectors
+    gen = torch.Generator().manual_seed(0)
+    ok = torch.randn(D_MODEL, generator=gen)
+    _vector_file(d / "vec_ok.safetensors", {"layer.0": ok})
+    _vector_file(d / "vec_two.safetensors", {"layer.0": ok, "layer.1": ok.flip(0)})
+    _vector_file(d / "vec_nan.safetensors", {"layer.0": torch.full((D_MODEL,), float("nan"))})
+    _vector_file(d / "vec_inf.safetensors", {"layer.0": ok.clone().index_fill_(0, torch.tensor([3]), float("inf"))})
+    _vector_file(d / "vec_bool.safetensors", {"layer.0": ok > 0})
+    _vector_file(d / "vec_int.safetensors", {"layer.0": (ok * 10).long()})
+    _vector_file(d / "vec_wrongdim.safetensors", {"layer.0": torch.ones(10)})
+    _vector_file(d / "vec_badkey.safetensors", {"weight": ok})
+    (d / "vec_text.safetensors").write_text("this is not a tensor file\n")
+    torch.save({"layer.0": ok}, d / "vec_pickle.pt")
+    data = (d / "vec_ok.safetensors").read_bytes()
+    (d / "vec_cut.safetensors").write_bytes(data[: len(data) // 2])
+    # contrastive pairs and preference data
+    (d / "pairs_badjson.jsonl").write_text('{"positive": "a", "negative": \n')
+    (d / "pairs_missing.jsonl").write_text('{"positive": "a"}\n')
+    (d / "prefs_latin1.jsonl").write_bytes(b'{"prompt": "p", "chosen": "caf\xe9", "rejected": "tea"}\n')
+    (d / "prefs_badjson.jsonl").write_text('{"prompt": "p", "chosen": "a"\n')
+    (d / "prefs_missing.jsonl").write_text('{"prompt": "p", "chosen": "a"}\n')
+    (d / "prefs_same.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "a"}\n')
+    (d / "prefs_one.jsonl").write_text('{"prompt": "p", "chosen": "a.", "rejected": "b"}\n')
+    # models
+    _permute_tokenizer(_save_tiny(d / "permuted"))
+    _save_tiny(d / "small_vocab_no_tokenizer", vocab=1000, tokenizer=False)
+    cut = _save_tiny(d / "cut_weights")
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[: len(weights) // 3])
+    (d / "not_a_model").mkdir()
+    (d / "not_a_model" / "notes.txt").write_text("hello\n")
+    # output directories that already belong to a run
+    claim_dir(d / "steer_out", "steer", ["steering_sweep.csv", "config.json"])
+    (d / "steer_out" / "steering_sweep.csv").write_text("layer,coef\n")
+    claim_dir(d / "ablate_out", "ablate", ["ablation_sweep.csv", "config.json"])
+    (d / "ablate_out" / "ablation_sweep.csv").write_text("target\n")
+    (d / "rm_out").mkdir()
+    (d / "rm_out" / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    (d / "ckpt_only" / "checkpoint-000001").mkdir(parents=True)
+    (d / "ckpt_only" / "checkpoint-000001" / "config.json").write_text("{}")
+    # a real one-phase run, a run killed before its first checkpoint, and a run with a crafted trainer state
+    config = PPOConfig.load(d / "tiny.yaml", ["phases=1"])
+    PPOTrainer(config, d / "run", progress=False).train()
+    (d / "run_nockpt").mkdir()
+    shutil.copy(d / "run" / "config.yaml", d / "run_nockpt" / "config.yaml")
+    shutil.copy(d / "run" / "metrics.jsonl", d / "run_nockpt" / "metrics.jsonl")
+    shutil.copytree(d / "run", d / "crafted")
+    _crafted_pickle(d / "crafted" / "checkpoint-000001" / "trainer_state.pt", d / "pwned")
+    (d / "badreward_mod.py").write_text(
+        "calls = []\n"
+        "def fail_second(texts):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) > 1:\n"
+        "        raise ValueError('the reward service is down')\n"
+        "    return [float(len(t)) for t in texts]\n"
+        "not_callable = 5\n")
+    return d
+
+
+class _Evil:
+    """Unpickling this runs a shell command: what a crafted trainer_state.pt could do."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def _crafted_pickle(path: Path, target: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["evil"] = _Evil(target)
+    torch.save(state, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI rows
+
+
+@dataclass
+class C:
+    """One CLI case: argv ({d}: the inputs, {o}: a fresh output path), exit code, key words of the message."""
+
+    id: str
+    argv: str
+    code: int
+    words: tuple[str, ...]
+    early: bool = False  # must fail before any model is loaded
+    patch: str | None = None  # a named monkeypatch (Ctrl-C, a full disk, ...)
+    check: str | None = None  # a named check afterwards
+
+
+TINY = "--model tiny-test --n-prompts 2 --max-new-tokens 4"
+VEC = "--vector {d}/vec_ok.safetensors"
+CLI_CASES = [
+    # --- train: config files and --set
+    C("train-config-missing", "train {d}/nope.yaml --out {o}", 2, ("does not exist",), early=True),
+    C("train-config-bad-yaml", "train {d}/bad.yaml --out {o}", 2, ("not valid yaml", "line 2"), early=True),
+    C("train-config-not-mapping", "train {d}/list.yaml --out {o}", 2, ("mapping",), early=True),
+    C("train-config-latin1", "train {d}/latin1.yaml --out {o}", 2, ("utf-8",), early=True),
+    C("train-config-directory", "train {d}/confdir --out {o}", 2, ("directory",), early=True),
+    C("train-set-bad-yaml", "train {d}/tiny.yaml --out {o} --set 'reward_kwargs={{a: [1, 2}}'", 2,
+      ("not valid yaml", "reward_kwargs"), early=True),
+    C("train-set-no-equals", "train {d}/tiny.yaml --out {o} --set phases", 2, ("key=value",), early=True),
+    C("train-set-unknown-field", "train {d}/tiny.yaml --out {o} --set learning_rate=1", 2,
+      ("unknown config field", "learning_rate"), early=True),
+    C("train-phases-float", "train {d}/tiny.yaml --out {o} --set phases=2.5", 2, ("phases", "whole number"),
+      early=True),
+    C("train-batch-size-float", "train {d}/tiny.yaml --out {o} --set batch_size=4.5", 2,
+      ("batch_size", "whole number"), early=True),
+    C("train-bool-maybe", "train {d}/tiny.yaml --out {o} --set stop_at_eos=maybe", 2, ("stop_at_eos", "true or false"),
+      early=True),
+    C("train-bool-int", "train {d}/tiny.yaml --out {o} --set stop_at_eos=1", 2, ("stop_at_eos", "true or false"),
+      early=True),
+    C("train-int-bool", "train {d}/tiny.yaml --out {o} --set phases=true", 2, ("phases", "not a boolean"), early=True),
+    C("train-reward-kwargs-int", "train {d}/tiny.yaml --out {o} --set reward_kwargs=5", 2,
+      ("reward_kwargs", "mapping"), early=True),
+    C("train-reward-kwargs-int-key", "train {d}/tiny.yaml --out {o} --set 'reward_kwargs={{1: 2}}'", 2,
+      ("reward_kwargs", "key 1", "string"), early=True),
+    C("train-lora-targets-str", "train {d}/tiny.yaml --out {o} --set lora_targets=q_proj", 2,
+      ("lora_targets", "list"), early=True),
+    C("train-lora-targets-ints", "train {d}/tiny.yaml --out {o} --set lora_targets=[1,2]", 2,
+      ("lora_targets", "item 0", "string"), early=True),
+    C("train-top-k-float", "train {d}/tiny.yaml --out {o} --set top_k=2.5", 2, ("top_k", "whole number"), early=True),
+    C("train-top-k", "train {d}/tiny.yaml --out {o} --set top_k=40", 2, ("top_k", "not supported", "temperature"),
+      early=True),
+    C("train-top-p", "train {d}/tiny.yaml --out {o} --set top_p=0.9", 2, ("top_p", "not supported"), early=True),
+    C("train-keep-checkpoints-negative", "train {d}/tiny.yaml --out {o} --set keep_checkpoints=-1", 2,
+      ("keep_checkpoints", ">= 1", "null"), early=True),
+    C("train-keep-checkpoints-zero", "train {d}/tiny.yaml --out {o} --set keep_checkpoints=0", 2,
+      ("keep_checkpoints", ">= 1"), early=True),
+    C("train-device-gpu", "train {d}/tiny.yaml --out {o} --set device=gpu", 2, ("device", "not a device"), early=True),
+    C("train-lr-nan", "train {d}/tiny.yaml --out {o} --set lr=.nan", 2, ("lr", "range"), early=True),
+    C("train-lr-text", "train {d}/tiny.yaml --out {o} --set lr=fast", 2, ("lr", "number"), early=True),
+    C("train-penalty-inf", "train {d}/tiny.yaml --out {o} --set missing_eos_penalty=.inf", 2,
+      ("missing_eos_penalty", "finite"), early=True),
+    C("train-seed-null", "train {d}/tiny.yaml --out {o} --set seed=null", 2, ("seed", "cannot be null"), early=True),
+    C("train-estimator-unknown", "train {d}/tiny.yaml --out {o} --set kl_estimator=k7", 2, ("kl_estimator", "one of"),
+      early=True),
+    C("train-direction-unknown", "train {d}/tiny.yaml --out {o} --set kl_direction=backward", 2,
+      ("kl_direction", "one of"), early=True),
+    C("train-k1-in-loss", "train {d}/tiny.yaml --out {o} --set kl_estimator=k1 --set kl_placement=loss", 2,
+      ("k1",), early=True),
+    C("train-minibatch-not-dividing", "train {d}/tiny.yaml --out {o} --set minibatch_size=3", 2,
+      ("minibatch_size", "divide"), early=True),
+    C("train-gae-lambda-range", "train {d}/tiny.yaml --out {o} --set gae_lambda=1.5", 2, ("gae_lambda", "0 to 1"),
+      early=True),
+    C("train-empty-ref-model", "train {d}/tiny.yaml --out {o} --set \"ref_model=''\"", 2, ("ref_model",), early=True),
+    C("train-empty-reward", "train {d}/tiny.yaml --out {o} --set \"reward=''\"", 2, ("reward", "empty"), early=True),
+    C("train-no-config", "train --out {o}", 2, ("give a config",), early=True),
+    # --- train: what the config names
+    C("train-reward-unknown", "train {d}/tiny.yaml --out {o} --set reward=nonsense", 2, ("unknown reward",),
+      early=True),
+    C("train-reward-not-callable", "train {d}/tiny.yaml --out {o} --set reward=badreward_mod:not_callable", 2,
+      ("not a function",), early=True),
+    C("train-reward-no-module", "train {d}/tiny.yaml --out {o} --set reward=no_such_module_xyz:f", 2,
+      ("cannot import reward",), early=True),
+    C("train-model-unknown", "train {d}/tiny.yaml --out {o} --set model=not-a-model!", 2, ("unknown model",)),
+    C("train-model-not-a-model-dir", "train {d}/tiny.yaml --out {o} --set model={d}/not_a_model", 2,
+      ("not a model directory",)),
+    C("train-prompts-missing", "train {d}/tiny.yaml --out {o} --set prompts={d}/nope.txt", 2, ("does not exist",),
+      early=True),
+    C("train-prompts-latin1", "train {d}/tiny.yaml --out {o} --set prompts={d}/prompts_latin1.txt", 2,
+      ("utf-8", "prompts_latin1.txt:2"), early=True),
+    C("train-prompts-empty", "train {d}/tiny.yaml --out {o} --set prompts={d}/prompts_empty.txt", 2,
+      ("holds no prompts",), early=True),
+    C("train-prompt-too-long", "train {d}/tiny.yaml --out {o} --set prompts={d}/prompts_long.txt", 2,
+      ("context of 512", "prompt 1")),
+    # --- train: run directories
+    C("train-out-holds-run", "train {d}/tiny.yaml --out {d}/run", 2, ("already holds", "--resume", "--overwrite"),
+      early=True),
+    C("train-out-holds-checkpoints-only", "train {d}/tiny.yaml --out {d}/ckpt_only", 2,
+      ("already holds", "checkpoint-000001"), early=True),
+    C("train-out-holds-steer", "train {d}/tiny.yaml --out {d}/steer_out", 2, ("already holds", "steer"), early=True),
+    C("train-out-is-file", "train {d}/tiny.yaml --out {d}/afile", 2, ("is a file",), early=True),
+    C("train-out-under-file", "train {d}/tiny.yaml --out {d}/afile/run", 2, ("cannot write",), early=True),
+    C("train-out-unwritable", "train {d}/tiny.yaml --out /sys/rlhf-interp-test-run", 2, ("cannot write",),
+      early=True),
+    C("train-resume-missing-dir", "train --resume --out {d}/nope", 2, ("no run directory",), early=True),
+    C("train-resume-no-checkpoint", "train --resume --out {d}/run_nockpt", 2,
+      ("no checkpoint", "before its first checkpoint", "--overwrite"), early=True),
+    C("train-resume-steer-dir", "train --resume --out {d}/steer_out", 2, ("not a ppo run",), early=True),
+    C("train-resume-and-overwrite", "train {d}/tiny.yaml --resume --overwrite --out {d}/run", 2,
+      ("give one of them",), early=True),
+    C("train-resume-changed-config", "train {d}/tiny_other.yaml --resume --out {d}/run", 2,
+      ("differs", "kl_coef", "--set"), early=True),
+    C("train-resume-crafted-pickle", "train --resume --out {d}/crafted", 2, ("refused unopened", "trainer_state.pt"),
+      check="not_pwned"),
+    C("train-ctrl-c-while-loading", "train {d}/tiny.yaml --out {o}", 130, ("interrupted",), patch="ctrl_c_on_load"),
+    C("train-ctrl-c-mid-run", "train {d}/tiny.yaml --out {o} --set phases=3", 130,
+      ("interrupted after phase 1 of 3", "--resume"), patch="sigint_after_phase_1", check="checkpoint_1"),
+    C("train-disk-full", "train {d}/tiny.yaml --out {o}", 2, ("disk is full",), patch="disk_full"),
+    C("train-reward-fails-mid-run", "train {d}/tiny.yaml --out {o} --set reward=badreward_mod:fail_second --set 'reward_kwargs={{}}'", 2,
+      ("the reward service is down", "phase 1 is saved", "--resume"), check="checkpoint_1"),
+    C("train-overwrite-restarts-a-dead-run", "train {d}/tiny.yaml --out {o} --overwrite", 0, (),
+      patch="dead_run_in_out", check="fresh_run"),
+    # --- steer
+    C("steer-coefs-empty", f"steer {TINY} {VEC} --coefs '' --out {{o}}", 2, ("at least one", "coefficients"),
+      early=True),
+    C("steer-coefs-nan", f"steer {TINY} {VEC} --coefs nan --out {{o}}", 2, ("finite",), early=True),
+    C("steer-coefs-inf", f"steer {TINY} {VEC} --coefs 1,inf --out {{o}}", 2, ("finite",), early=True),
+    C("steer-coefs-text", f"steer {TINY} {VEC} --coefs a,b --out {{o}}", 2, ("comma-separated",), early=True),
+    C("steer-layers-empty", f"steer {TINY} {VEC} --layers '' --out {{o}}", 2, ("at least one layer",), early=True),
+    C("steer-layers-text", f"steer {TINY} {VEC} --layers x --out {{o}}", 2, ("layer numbers",), early=True),
+    C("steer-layer-out-of-range", f"steer {TINY} {VEC} --layers 99 --out {{o}}", 2, ("does not exist", "2 layers")),
+    C("steer-vector-text-file", f"steer {TINY} --vector {{d}}/vec_text.safetensors --out {{o}}", 2,
+      ("not a readable safetensors",), early=True),
+    C("steer-vector-pickle", f"steer {TINY} --vector {{d}}/vec_pickle.pt --out {{o}}", 2,
+      ("pickles", "not read"), early=True),
+    C("steer-vector-nan", f"steer {TINY} --vector {{d}}/vec_nan.safetensors --out {{o}}", 2, ("non-finite",),
+      early=True),
+    C("steer-vector-inf", f"steer {TINY} --vector {{d}}/vec_inf.safetensors --out {{o}}", 2, ("1 non-finite",),
+      early=True),
+    C("steer-vector-bool", f"steer {TINY} --vector {{d}}/vec_bool.safetensors --out {{o}}", 2,
+      ("floating-point", "bool"), early=True),
+    C("steer-vector-int", f"steer {TINY} --vector {{d}}/vec_int.safetensors --out {{o}}", 2,
+      ("floating-point", "int64"), early=True),
+    C("steer-vector-truncated", f"steer {TINY} --vector {{d}}/vec_cut.safetensors --out {{o}}", 2,
+      ("not a readable safetensors",), early=True),
+    C("steer-vector-bad-key", f"steer {TINY} --vector {{d}}/vec_badkey.safetensors --out {{o}}", 2,
+      ("layer.l",), early=True),
+    C("steer-vector-missing", f"steer {TINY} --vector {{d}}/nope.safetensors --out {{o}}", 2, ("does not exist",),
+      early=True),
+    C("steer-vector-directory", f"steer {TINY} --vector {{d}} --out {{o}}", 2, ("is a directory",), early=True),
+    C("steer-vector-wrong-size", f"steer {TINY} --vector {{d}}/vec_wrongdim.safetensors --out {{o}}", 2,
+      ("d_model is 64",)),
+    C("steer-no-vector-source", f"steer {TINY} --out {{o}}", 2, ("exactly one vector source",)),
+    C("steer-positive-alone", f"steer {TINY} --positive yes --out {{o}}", 2, ("go together",)),
+    C("steer-pairs-bad-json", f"steer {TINY} --pairs {{d}}/pairs_badjson.jsonl --out {{o}}", 2,
+      ("pairs_badjson.jsonl:1", "not valid json")),
+    C("steer-pairs-missing-field", f"steer {TINY} --pairs {{d}}/pairs_missing.jsonl --out {{o}}", 2,
+      ("'positive' and 'negative'",)),
+    C("steer-hook-unknown", f"steer {TINY} --positive a b --negative c d --hook resid_sideways --out {{o}}", 2,
+      ("unknown hook",)),
+    C("steer-max-new-tokens-zero", f"steer {TINY} {VEC} --max-new-tokens 0 --out {{o}}", 2, ("at least 1",),
+      early=True),
+    C("steer-n-prompts-negative", f"steer {TINY} {VEC} --n-prompts -1 --out {{o}}", 2, ("--n-prompts", "at least 1"),
+      early=True),
+    C("steer-n-prompts-text", f"steer {TINY} {VEC} --n-prompts many --out {{o}}", 2, ("whole number",), early=True),
+    C("steer-positions-unknown", f"steer {TINY} {VEC} --positions middle --out {{o}}", 2, ("invalid choice",),
+      early=True),
+    C("steer-out-unwritable", f"steer {TINY} {VEC} --out /sys/rlhf-interp-test-steer", 2, ("cannot write",),
+      early=True),
+    C("steer-out-is-file", f"steer {TINY} {VEC} --out {{d}}/afile", 2, ("is a file",), early=True),
+    C("steer-into-ablate-out", f"steer {TINY} {VEC} --out {{d}}/ablate_out", 2, ("already holds", "ablate"),
+      early=True),
+    C("steer-save-vector-exists", f"steer {TINY} {VEC} --save-vector {{d}}/vec_ok.safetensors --out {{o}}", 2,
+      ("already exists", "--overwrite"), early=True),
+    C("steer-save-vector-directory", f"steer {TINY} {VEC} --save-vector {{d}} --out {{o}}", 2, ("is a directory",),
+      early=True),
+    C("steer-prompts-latin1", f"steer {TINY} {VEC} --prompts {{d}}/prompts_latin1.txt --out {{o}}", 2,
+      ("utf-8", "byte 0xe9"), early=True),
+    C("steer-prompts-jsonl-no-field", f"steer {TINY} {VEC} --prompts {{d}}/prompts_nofield.jsonl --out {{o}}", 2,
+      ("'prompt' field",), early=True),
+    C("steer-prompts-jsonl-bad", f"steer {TINY} {VEC} --prompts {{d}}/prompts_badjson.jsonl --out {{o}}", 2,
+      ("prompts_badjson.jsonl:1",), early=True),
+    C("steer-prompt-too-long", f"steer {TINY} {VEC} --prompts {{d}}/prompts_long.txt --out {{o}}", 2,
+      ("context of 512",)),
+    C("steer-reward-unknown", f"steer {TINY} {VEC} --reward nonsense --out {{o}}", 2, ("unknown reward",)),
+    # --- ablate
+    C("ablate-no-target", f"ablate {TINY} --out {{o}}", 2, ("exactly one of",), early=True),
+    C("ablate-two-targets", f"ablate {TINY} --targets 0.attn --layers 0 --out {{o}}", 2, ("exactly one of",),
+      early=True),
+    C("ablate-targets-empty", f"ablate {TINY} --targets ';' --out {{o}}", 2, ("names no target",), early=True),
+    C("ablate-targets-garbled", f"ablate {TINY} --targets x.y --out {{o}}", 2, ("cannot read ablation target",),
+      early=True),
+    C("ablate-target-layer-out-of-range", f"ablate {TINY} --targets 99.attn --out {{o}}", 2, ("layer 99", "2 layers")),
+    C("ablate-head-out-of-range", f"ablate {TINY} --targets 0.99 --out {{o}}", 2, ("head 99",)),
+    C("ablate-layers-empty", f"ablate {TINY} --layers '' --out {{o}}", 2, ("at least one layer",), early=True),
+    C("ablate-reference-prompts-empty", f"ablate {TINY} --targets 0.attn --kind mean --reference-prompts "
+      f"{{d}}/prompts_empty.txt --out {{o}}", 2, ("holds no prompts",), early=True),
+    C("ablate-kind-unknown", f"ablate {TINY} --targets 0.attn --kind random --out {{o}}", 2, ("invalid choice",),
+      early=True),
+    C("ablate-into-steer-out", f"ablate {TINY} --targets 0.attn --out {{d}}/steer_out", 2, ("already holds", "steer"),
+      early=True),
+    # --- measure
+    C("measure-nothing", f"measure {TINY} --out {{o}}", 2, ("nothing to measure",), early=True),
+    C("measure-steer-nan", f"measure {TINY} --steer {{d}}/vec_nan.safetensors --out {{o}}", 2, ("non-finite",),
+      early=True),
+    C("measure-coef-nan", f"measure {TINY} --steer {{d}}/vec_ok.safetensors --coef nan --out {{o}}", 2, ("finite",),
+      early=True),
+    C("measure-coef-inf", f"measure {TINY} --steer {{d}}/vec_ok.safetensors --coef inf --out {{o}}", 2, ("finite",),
+      early=True),
+    C("measure-layers-float", f"measure {TINY} --steer {{d}}/vec_ok.safetensors --layers 1.0 --out {{o}}", 2,
+      ("layer numbers",), early=True),
+    C("measure-direction-needs-one-layer", f"measure {TINY} --ablate-direction {{d}}/vec_two.safetensors --out {{o}}",
+      2, ("needs one layer",), early=True),
+    C("measure-permuted-tokenizer", f"measure {TINY} --reference {{d}}/permuted --out {{o}}", 2,
+      ("tokenizer vocab hash", "same tokenizer")),
+    C("measure-reference-unknown", f"measure {TINY} --reference not-a-model! --out {{o}}", 2, ("unknown model",)),
+    C("measure-n-prompts-zero", f"measure {TINY} --reference tiny-test --n-prompts 0 --out {{o}}", 2,
+      ("at least 1",), early=True),
+    C("measure-out-unwritable", f"measure {TINY} --reference tiny-test --out /sys/rlhf-interp-test-measure", 2,
+      ("cannot write",), early=True),
+    # --- diff / patch
+    C("diff-permuted-tokenizer", "diff --base tiny-test --tuned {d}/permuted --n-prompts 2 --out {o}", 2,
+      ("cannot diff", "tokenizer vocab hash")),
+    C("diff-trajectory-without-checkpoints", "diff --base tiny-test --tuned {d}/permuted --trajectory --out {o}", 2,
+      ("--trajectory needs",), early=True),
+    C("diff-out-is-file", "diff --base tiny-test --tuned {d}/permuted --out {d}/afile", 2, ("is a file",), early=True),
+    C("diff-samples-negative", "diff --base tiny-test --tuned {d}/permuted --samples -1 --out {o}", 2, ("--samples",),
+      early=True),
+    C("diff-n-prompts-zero", "diff --base tiny-test --tuned {d}/permuted --n-prompts 0 --out {o}", 2, ("at least 1",),
+      early=True),
+    C("diff-tuned-missing", "diff --base tiny-test --tuned {d}/nope --out {o}", 2, ("unknown model",)),
+    C("diff-tuned-truncated-weights", "diff --base tiny-test --tuned {d}/cut_weights --out {o}", 2,
+      ("unreadable", "cut short")),
+    C("diff-tuned-no-tokenizer-other-vocab", "diff --base tiny-test --tuned {d}/small_vocab_no_tokenizer --out {o}",
+      2, ("no tokenizer files", "1000")),
+    C("patch-empty-reward-substring", "patch --base tiny-test --tuned {d}/permuted --reward-substring '' --out {o}",
+      2, ("reward-substring",), early=True),
+    C("patch-trajectory-without-checkpoints", "patch --base tiny-test --tuned {d}/permuted --trajectory --out {o}", 2,
+      ("--trajectory needs",), early=True),
+    # --- reward models
+    C("synth-out-exists", "reward-model synth --reward length --model tiny-test --n-pairs 2 --out {d}/existing.jsonl",
+      2, ("already exists", "--overwrite"), early=True),
+    C("synth-n-pairs-zero", "reward-model synth --reward length --n-pairs 0 --out {o}.jsonl", 2, ("at least 1",),
+      early=True),
+    C("synth-reward-unknown", "reward-model synth --reward nonsense --n-pairs 2 --out {o}.jsonl", 2,
+      ("unknown reward",), early=True),
+    C("synth-reward-arg-no-equals", "reward-model synth --reward length --reward-arg chars --n-pairs 2 --out {o}.jsonl",
+      2, ("key=value",), early=True),
+    C("synth-temperature-nan", "reward-model synth --reward length --temperature nan --n-pairs 2 --out {o}.jsonl", 2,
+      ("finite",), early=True),
+    C("rm-train-data-latin1", "reward-model train {d}/prefs_latin1.jsonl --base tiny-test --out {o}", 2,
+      ("prefs_latin1.jsonl:1", "utf-8"), early=True),
+    C("rm-train-data-bad-json", "reward-model train {d}/prefs_badjson.jsonl --base tiny-test --out {o}", 2,
+      ("not valid json",), early=True),
+    C("rm-train-data-missing-key", "reward-model train {d}/prefs_missing.jsonl --base tiny-test --out {o}", 2,
+      ("missing key", "rejected"), early=True),
+    C("rm-train-data-same-texts", "reward-model train {d}/prefs_same.jsonl --base tiny-test --out {o}", 2,
+      ("same text",), early=True),
+    C("rm-train-one-pair", "reward-model train {d}/prefs_one.jsonl --base tiny-test --out {o}", 2,
+      ("at least 2",), early=True),
+    C("rm-train-out-holds-rm", "reward-model train {d}/prefs_one.jsonl --base tiny-test --out {d}/rm_out", 2,
+      ("already holds", "--overwrite"), early=True),
+    C("rm-train-val-fraction-nan", "reward-model train {d}/prefs_one.jsonl --base tiny-test --val-fraction nan "
+      "--out {o}", 2, ("finite",), early=True),
+    C("rm-score-missing-model", "reward-model score {d}/nope --texts {d}/texts.txt", 2, ("not a reward model",),
+      early=True),
+    C("rm-score-out-exists", "reward-model score {d}/nope --texts {d}/texts.txt --out {d}/existing.csv", 2,
+      ("already exists",), early=True),
+    # --- models, report, --debug
+    C("models-describe-max-new-tokens-negative", "models describe tiny-test --max-new-tokens -1", 2, ("at least 1",),
+      early=True),
+    C("models-describe-unknown", "models describe not-a-model!", 2, ("unknown model",)),
+    C("models-fetch-unknown", "models fetch nope", 2, ("not an embedded model",), early=True),
+    C("report-root-missing", "report --root {d}/nope --only x", 2, ("not a directory",), early=True),
+    C("command-unknown", "transmogrify", 2, ("invalid choice",), early=True),
+    C("debug-flag-after-command", "train {d}/nope.yaml --out {o} --debug", -1, (), patch="expect_traceback"),
+    C("debug-flag-before-command", "--debug steer --model tiny-test --coefs '' --vector x --out {o}", -1, (),
+      patch="expect_traceback"),
+]
+
+
+def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = cli_main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _apply_patch(name: str | None, monkeypatch, d: Path, out: Path) -> None:
+    import rlhf_interp.ppo.config as config_mod
+    import rlhf_interp.ppo.run_dir as run_dir_mod
+
+    if name == "ctrl_c_on_load":
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(config_mod.PPOConfig, "load", classmethod(lambda cls, *a, **k: interrupted()))
+    elif name == "sigint_after_phase_1":
+        real_log = run_dir_mod.RunLoggers.log
+
+        def log(self, phase, metrics, rollout):
+            real_log(self, phase, metrics, rollout)
+            if phase == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C once, during phase 1
+        monkeypatch.setattr(run_dir_mod.RunLoggers, "log", log)
+    elif name == "disk_full":
+        import safetensors.torch
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]) if len(args) > 1 else None)
+        monkeypatch.setattr(safetensors.torch, "save_file", full)
+    elif name == "dead_run_in_out":  # a run killed before its first checkpoint
+        shutil.copytree(d / "run_nockpt", out)
+        (out / ".tmp-checkpoint-000001-999999-1").mkdir()
+
+
+def _check(name: str | None, d: Path, out: Path) -> None:
+    if name == "not_pwned":
+        assert not (d / "pwned").exists(), "the crafted pickle ran code"
+    elif name == "checkpoint_1":
+        assert (out / "checkpoint-000001" / "trainer_state.pt").exists()
+        assert not (out / "checkpoint-000002").exists()
+        assert [json.loads(x)["phase"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    elif name == "fresh_run":
+        assert [json.loads(x)["phase"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+        assert not list(out.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_cli_bad_input(case: C, d: Path, tmp_path: Path, capsys, monkeypatch):
+    import rlhf_interp.bridge.loading as loading
+
+    out = tmp_path / "out"
+    monkeypatch.syspath_prepend(str(d))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("RLHF_INTERP_DEBUG", raising=False)
+    if case.early:
+        def no_model(*args, **kwargs):
+            raise AssertionError("a model was loaded before the input was checked")
+        monkeypatch.setattr(loading, "load_hf_model", no_model)
+        monkeypatch.setattr("rlhf_interp.ppo.trainer.load_hf_model", no_model)
+    _apply_patch(case.patch, monkeypatch, d, out)
+    import shlex
+
+    argv = shlex.split(case.argv.format(d=d, o=out))
+    if case.patch == "expect_traceback":
+        with pytest.raises(Exception):  # --debug: the exception itself reaches the caller
+            cli_main(argv)
+        return
+    if "--no-progress" not in argv and argv[0] == "train":
+        argv.append("--no-progress")
+    code, _, err = _run_cli(argv, capsys)
+    assert code == case.code, err
+    assert "Traceback" not in err
+    text = " ".join(err.split()).lower()
+    for word in case.words:
+        assert word.lower() in text, f"{word!r} not in: {err}"
+    if code == 2 and "usage:" not in err:  # one message from the command (progress bars may come before it)
+        assert any(line.startswith("rlhf-interp ") for line in err.replace("\r", "\n").splitlines()), err
+    _check(case.check, d, out)
+
+
+def test_debug_env_shows_the_traceback(d, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RLHF_INTERP_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        cli_main(["train", str(d / "nope.yaml"), "--out", str(tmp_path / "o")])
+
+
+# ----------------------------------------------------------------------------------------------
+# API rows
+
+
+@dataclass
+class A:
+    id: str
+    call: Callable[[Path, Any], Any]  # (inputs dir, tiny bridge) -> anything; must raise
+    error: type[BaseException]
+    words: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _steer(vector, layers=0, coef=1.0, **kw):
+    from rlhf_interp.edits import Steering
+
+    return lambda d, tiny: Steering(vector, layers, coef, **kw).on(tiny)
+
+
+def _config(**fields):
+    from rlhf_interp.ppo import PPOConfig
+
+    return lambda d, tiny: PPOConfig(**{"model": "tiny-test", **fields}).validate()
+
+
+def _trainer_into(run: str, **kw):
+    def call(d, tiny):
+        from rlhf_interp.ppo import PPOConfig, PPOTrainer
+
+        PPOTrainer(PPOConfig.load(d / "tiny.yaml"), d / run, progress=False, **kw).train()
+    return call
+
+
+def _resume(run: str):
+    def call(d, tiny):
+        from rlhf_interp.ppo import PPOTrainer
+
+        PPOTrainer.resume(d / run, progress=False)
+    return call
+
+
+def _kl_shift(reference: str | None = None, prompts=("Hello",)):
+    def call(d, tiny):
+        from rlhf_interp.bridge import load_model
+        from rlhf_interp.measure import kl_shift
+
+        ref = load_model(str(d / reference), device="cpu") if reference else None
+        kl_shift(tiny, None, list(prompts), reference=ref)
+    return call
+
+
+def _sample(**kw):
+    def call(d, tiny):
+        from rlhf_interp.measure.sequences import sample
+
+        sample(tiny, None, ["Hello"], **kw)
+    return call
+
+
+def _vector_load(name: str):
+    def call(d, tiny):
+        from rlhf_interp.edits import SteeringVector
+
+        SteeringVector.load(d / name)
+    return call
+
+
+def _prompts(source: str | None = None, **kw):
+    def call(d, tiny):
+        from rlhf_interp.prompts import load_prompts
+
+        load_prompts(str(d / source) if source else None, **kw)
+    return call
+
+
+def _claim(target: str, command: str = "steer", outputs=("steering_sweep.csv",), **kw):
+    def call(d, tiny):
+        from rlhf_interp.core.outdir import claim_dir
+
+        claim_dir(target.format(d=d), command, list(outputs), **kw)
+    return call
+
+
+def _trim_bad_middle_line(d, tiny):
+    from rlhf_interp.core.io import trim_jsonl
+
+    path = d / "middle.jsonl"
+    path.write_text('{"phase": 1}\n{"phase": 2\n{"phase": 3}\n')
+    trim_jsonl(path, lambda r: r["phase"] <= 1)
+
+
+NAN_VEC = torch.full((D_MODEL,), float("nan"))
+OK_VEC = torch.ones(D_MODEL)
+
+API_CASES = [
+    # config
+    A("config-phases-float", _config(phases=2.5), ValueError, ("phases", "whole number")),
+    A("config-stop-at-eos-string", _config(stop_at_eos="maybe"), ValueError, ("true or false",)),
+    A("config-reward-kwargs-list", _config(reward_kwargs=[1]), ValueError, ("mapping",)),
+    A("config-lora-targets-str", _config(lora_targets="q_proj"), ValueError, ("list",)),
+    A("config-keep-checkpoints-negative", _config(keep_checkpoints=-1), ValueError, ("keep_checkpoints",)),
+    A("config-top-k", _config(top_k=5), ValueError, ("not supported in ppo",)),
+    A("config-model-int", _config(model=5), ValueError, ("model", "string")),
+    A("config-lr-bool", _config(lr=True), ValueError, ("lr", "not a boolean")),
+    A("config-from-dict-int-key", lambda d, t: __import__("rlhf_interp.ppo", fromlist=["PPOConfig"]).PPOConfig
+      .from_dict({1: 2}), ValueError, ("unknown config field",)),
+    A("config-device-gpu", _config(device="gpu"), ValueError, ("not a device",)),
+    # trainer and run directories
+    A("trainer-into-existing-run", _trainer_into("run"), ValueError, ("already holds", "overwrite")),
+    A("trainer-into-checkpoints-only", _trainer_into("ckpt_only"), ValueError, ("already holds",)),
+    A("trainer-reward-not-callable", lambda d, t: __import__("rlhf_interp.ppo", fromlist=["PPOTrainer"]).PPOTrainer(
+        __import__("rlhf_interp.ppo", fromlist=["PPOConfig"]).PPOConfig.load(d / "tiny.yaml"), d / "x", reward=5,
+        progress=False), ValueError, ("not a function",)),
+    A("resume-no-checkpoint", _resume("run_nockpt"), FileNotFoundError, ("overwrite=true",)),
+    A("resume-crafted-pickle", _resume("crafted"), ValueError, ("refused unopened",)),
+    A("resume-steer-dir", _resume("steer_out"), ValueError, ("not a ppo run",)),
+    A("resume-missing", _resume("nope"), FileNotFoundError, ("no run directory",)),
+    # edits
+    A("steering-layers-float", _steer(OK_VEC, layers=1.0), ValueError, ("layers must be",)),
+    A("steering-layers-bool", _steer(OK_VEC, layers=True), ValueError, ("layers must be",)),
+    A("steering-layers-empty", _steer(OK_VEC, layers=[]), ValueError, ("empty",)),
+    A("steering-layers-float-items", _steer(OK_VEC, layers=[0.5]), ValueError, ("not an int",)),
+    A("steering-layer-out-of-range", _steer(OK_VEC, layers=5), ValueError, ("does not exist",)),
+    A("steering-vector-nan", _steer(NAN_VEC), ValueError, ("non-finite",)),
+    A("steering-vector-inf", _steer(OK_VEC * float("inf")), ValueError, ("non-finite",)),
+    A("steering-vector-bool", _steer(OK_VEC.bool()), ValueError, ("floating-point",)),
+    A("steering-vector-complex", _steer(OK_VEC.to(torch.complex64)), ValueError, ("floating-point",)),
+    A("steering-vector-int", _steer(OK_VEC.long()), ValueError, ("floating-point",)),
+    A("steering-vector-string", _steer("up"), ValueError, ("steering takes",)),
+    A("steering-vector-wrong-size", _steer(torch.ones(10)), ValueError, ("d_model is 64",)),
+    A("steering-dict-empty", _steer({}, layers=None), ValueError, ("no layers",)),
+    A("steering-dict-nan", _steer({0: NAN_VEC}, layers=None), ValueError, ("layer 0", "non-finite")),
+    A("steering-single-vector-no-layers", _steer(OK_VEC, layers=None), ValueError, ("needs layers",)),
+    A("steering-coef-inf", _steer(OK_VEC, coef=float("inf")), ValueError, ("finite",)),
+    A("steering-coef-nan", _steer(OK_VEC, coef=float("nan")), ValueError, ("finite",)),
+    A("steering-coef-text", _steer(OK_VEC, coef="strong"), ValueError, ("number",)),
+    A("steering-hook-unknown", _steer(OK_VEC, hook="resid_sideways"), ValueError, ("unknown hook",)),
+    A("steering-positions-unknown", _steer(OK_VEC, positions="middle"), ValueError, ("positions",)),
+    A("ablation-mean-no-reference-prompts", lambda d, t: __import__("rlhf_interp.edits", fromlist=["Ablation"])
+      .Ablation("0.attn", "mean", reference_prompts=[]), ValueError, ("reference prompts",)),
+    A("ablation-kind-unknown", lambda d, t: __import__("rlhf_interp.edits", fromlist=["Ablation"])
+      .Ablation("0.attn", "random"), ValueError, ("unknown ablation kind",)),
+    A("direction-ablation-nan", lambda d, t: __import__("rlhf_interp.edits", fromlist=["DirectionAblation"])
+      .DirectionAblation(NAN_VEC).on(t), ValueError, ("non-finite",)),
+    A("direction-ablation-zero", lambda d, t: __import__("rlhf_interp.edits", fromlist=["DirectionAblation"])
+      .DirectionAblation(torch.zeros(D_MODEL)).on(t), ValueError, ("zero",)),
+    A("vector-load-pickle", _vector_load("vec_pickle.pt"), ValueError, ("pickles",)),
+    A("vector-load-text", _vector_load("vec_text.safetensors"), ValueError, ("not a readable",)),
+    A("vector-load-nan", _vector_load("vec_nan.safetensors"), ValueError, ("non-finite",)),
+    A("vector-load-bool", _vector_load("vec_bool.safetensors"), ValueError, ("floating-point",)),
+    # measure
+    A("measure-permuted-tokenizer", _kl_shift("permuted"), ValueError, ("tokenizer vocab hash",)),
+    A("measure-prompt-too-long", _kl_shift(prompts=("word " * 600,)), ValueError, ("context of 512",)),
+    A("measure-no-prompts", _kl_shift(prompts=()), ValueError, ("no prompts",)),
+    A("sample-max-new-tokens-zero", _sample(max_new_tokens=0), ValueError, ("max_new_tokens",)),
+    A("sample-samples-per-prompt-zero", _sample(samples_per_prompt=0), ValueError, ("samples_per_prompt",)),
+    A("sample-context-overflow", _sample(max_new_tokens=600), ValueError, ("context of 512",)),
+    A("sweep-empty", lambda d, t: __import__("rlhf_interp.measure", fromlist=["sweep"]).sweep(t, [], ["Hi"]),
+      ValueError, ("nothing to evaluate",)),
+    A("steering-sweep-no-coefs", lambda d, t: __import__("rlhf_interp.measure", fromlist=["steering_sweep"])
+      .steering_sweep(t, OK_VEC, [0], [], ["Hi"]), ValueError, ("at least one layer and one coefficient",)),
+    A("steering-sweep-no-layers", lambda d, t: __import__("rlhf_interp.measure", fromlist=["steering_sweep"])
+      .steering_sweep(t, OK_VEC, [], [1.0], ["Hi"]), ValueError, ("at least one layer",)),
+    A("ablation-sweep-no-targets", lambda d, t: __import__("rlhf_interp.measure", fromlist=["ablation_sweep"])
+      .ablation_sweep(t, [], ["Hi"]), ValueError, ("at least one target",)),
+    # prompts, files, output directories, models
+    A("prompts-limit-negative", _prompts(limit=-1), ValueError, ("limit",)),
+    A("prompts-limit-zero", _prompts(limit=0), ValueError, ("limit",)),
+    A("prompts-limit-float", _prompts(limit=2.5), ValueError, ("limit",)),
+    A("prompts-latin1", _prompts("prompts_latin1.txt"), ValueError, ("prompts_latin1.txt:2", "utf-8")),
+    A("jsonl-bad-middle-line", _trim_bad_middle_line, ValueError, ("middle.jsonl:2", "torn last line")),
+    A("claim-out-is-file", _claim("{d}/afile"), ValueError, ("is a file",)),
+    A("claim-out-unwritable", _claim("/sys/rlhf-interp-test-claim"), ValueError, ("cannot write",)),
+    A("claim-out-other-command", _claim("{d}/ablate_out"), ValueError, ("already holds", "ablate")),
+    A("reward-not-callable", lambda d, t: __import__("rlhf_interp.reward", fromlist=["get_reward"])
+      .get_reward("os:sep"), ValueError, ("not a function",)),
+    A("model-no-tokenizer-other-vocab", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
+      .load_model(str(d / "small_vocab_no_tokenizer"), device="cpu"), RuntimeError, ("no tokenizer files",)),
+    A("model-truncated-weights", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
+      .load_model(str(d / "cut_weights"), device="cpu"), RuntimeError, ("unreadable", "cut short")),
+]
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
+def test_api_bad_input(case: A, d: Path, tiny, monkeypatch):
+    monkeypatch.syspath_prepend(str(d))
+    with pytest.raises(case.error) as info:
+        case.call(d, tiny)
+    text = " ".join(str(info.value).split()).lower()
+    for word in case.words:
+        assert word.lower() in text, f"{word!r} not in: {info.value}"
+
+
+def test_crafted_trainer_state_runs_no_code(d):
+    """The crafted file really would run code under a plain pickle load; the trainer refuses it unopened."""
+    from rlhf_interp.ppo import PPOTrainer
+
+    state = d / "crafted" / "checkpoint-000001" / "trainer_state.pt"
+    with pytest.raises(ValueError, match="refused unopened"):
+        PPOTrainer.resume(d / "crafted", progress=False)
+    assert not (d / "pwned").exists()
+    torch.load(state, weights_only=False)  # what the trainer did before: the payload runs
+    assert (d / "pwned").exists()
+    (d / "pwned").unlink()
+
+
+def test_suite_size():
+    assert len(CLI_CASES) + len(API_CASES) >= 120
+    assert len({c.id for c in CLI_CASES}) == len(CLI_CASES) and len({c.id for c in API_CASES}) == len(API_CASES)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
