@@ -8,6 +8,12 @@ Every log-prob is of the distribution that was sampled (`kl.sampling_logprobs`: 
 for the policy and the reference alike, so the importance ratio, the KL and the entropy are about the
 text that was generated. The policy pass keeps its autograd graph for the rows of the update's first
 minibatch (``grad_rows``): the update starts from that pass instead of running it again.
+
+Work per rollout: one KV-cached sampling pass, one policy forward (values from a hook on the same pass) and one
+reference forward; logits are unembedded only at the columns that predict generated tokens. Nothing runs under
+``torch.inference_mode``: it turns off autocast's weight cache (bf16 sampling would cast every weight again at
+every step), and its tensors could not be saved for the update's backward. ``precision="bf16"``: every pass
+under `rlhf_interp.bridge.precision.autocast` (finite with left padding), logits, log-probs and values in fp32.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import Tensor
 
 from rlhf_interp.bridge.generation import generate
 from rlhf_interp.bridge.heads import ValueHead, forward_with_values
+from rlhf_interp.bridge.precision import autocast
 from rlhf_interp.kl import (entropy_from_logprobs, kl_from_logprobs, kl_reward_terms, penalty_kl,
                             sampling_logprobs)
 from rlhf_interp.reward.functions import RewardFn, score
@@ -56,6 +63,7 @@ class Rollout:
     scores: Float[Tensor, "batch"]  # raw reward of each completion
     ref_logp_all: Tensor | None = None  # [batch gen vocab], kept only for the exact KL as a loss term
     live: PolicyPass | None = None  # the update's first minibatch, graph attached
+    precision: str = "fp32"  # of every pass above; the update's passes use the same, so pi / pi_old compares like
 
     @property
     def gen_tokens(self) -> Tensor:
@@ -68,14 +76,18 @@ class Rollout:
 
 
 def policy_forward(policy, head: ValueHead, tokens: Tensor, attention_mask: Tensor, prompt_len: int,
-                   value_hook: str = "ln_final.hook_normalized") -> tuple[Tensor, Tensor]:
+                   value_hook: str = "ln_final.hook_normalized", precision: str = "fp32") -> tuple[Tensor, Tensor]:
     """Raw logits [b, gen, vocab] and values [b, gen] (fp32) at the positions that predict generated tokens.
 
-    Logits at column c predict the token at c + 1: generated tokens are predicted from prompt_len - 1 on.
+    Logits at column c predict the token at c + 1: generated tokens are predicted from prompt_len - 1 on, and
+    only those columns are unembedded (``logits_to_keep``; the prompt's columns would be thrown away).
+    ``precision``: `bridge.precision.autocast` for this one forward (bf16 with the unembedding in fp32).
     """
-    predicting = slice(prompt_len - 1, tokens.shape[1] - 1)
-    logits, values = forward_with_values(policy, head, tokens, attention_mask, value_hook)
-    return logits[:, predicting].float(), values[:, predicting].float()
+    predicting = torch.arange(prompt_len - 1, tokens.shape[1] - 1, device=tokens.device)
+    with autocast(policy, precision, fp32_logits=True):
+        logits, values = forward_with_values(policy, head, tokens, attention_mask, value_hook,
+                                             logits_to_keep=predicting)
+    return logits.float(), values[:, predicting].float()
 
 
 def gather_logprobs(logp_all: Float[Tensor, "batch gen vocab"], tokens: Int[Tensor, "batch gen"]
@@ -84,7 +96,7 @@ def gather_logprobs(logp_all: Float[Tensor, "batch gen vocab"], tokens: Int[Tens
 
 
 def _policy_pass(policy, head: ValueHead, tokens: Tensor, attention_mask: Tensor, prompt_len: int, value_hook: str,
-                 grad_rows: Tensor | None) -> tuple[Tensor, Tensor, PolicyPass | None]:
+                 grad_rows: Tensor | None, precision: str) -> tuple[Tensor, Tensor, PolicyPass | None]:
     """One pass over every row: ``grad_rows`` with autograd, the rest without. Returns detached full-batch
     logits and values, and the graph-carrying part."""
     batch = tokens.shape[0]
@@ -95,14 +107,15 @@ def _policy_pass(policy, head: ValueHead, tokens: Tensor, attention_mask: Tensor
         grad_rows = grad_rows.to(tokens.device)
         with torch.enable_grad():
             logits, values = policy_forward(policy, head, tokens[grad_rows], attention_mask[grad_rows], prompt_len,
-                                            value_hook)
+                                            value_hook, precision)
         live = PolicyPass(grad_rows, logits, values)
         rest[grad_rows] = False
         parts.append((grad_rows, logits.detach(), values.detach()))
     if rest.any():
         rows = rest.nonzero().squeeze(-1)
         with torch.no_grad():
-            logits, values = policy_forward(policy, head, tokens[rows], attention_mask[rows], prompt_len, value_hook)
+            logits, values = policy_forward(policy, head, tokens[rows], attention_mask[rows], prompt_len, value_hook,
+                                            precision)
         parts.append((rows, logits, values))
     if len(parts) == 1 and torch.equal(parts[0][0], torch.arange(batch, device=tokens.device)):
         return parts[0][1], parts[0][2], live
@@ -116,20 +129,26 @@ def _policy_pass(policy, head: ValueHead, tokens: Tensor, attention_mask: Tensor
 def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, prompts: list[str], *,
             max_new_tokens: int, temperature: float = 1.0, stop_at_eos: bool = False,
             kl_direction: str = "forward", kl_estimator: str = "k1", kl_placement: str = "reward",
-            value_hook: str = "ln_final.hook_normalized", grad_rows: Tensor | None = None) -> Rollout:
+            value_hook: str = "ln_final.hook_normalized", grad_rows: Tensor | None = None, precision: str = "fp32",
+            reference_model=None) -> Rollout:
     """Sample, then one policy pass (log-probs, values) and one reference pass (log-probs) over the samples.
 
-    Top-k / top-p are not offered here: PPO refuses them (`PPOConfig.validate` says why).
+    Top-k / top-p are not offered here: PPO refuses them (`PPOConfig.validate` says why). ``precision``:
+    "fp32" or "bf16" (`bridge.precision`); ``reference_model``: the bridge ``reference`` runs when it is not
+    the policy itself, so that bf16 applies its attention-mask fix there too.
     """
-    sampled = generate(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                       stop_at_eos=stop_at_eos)
+    with torch.no_grad(), autocast(policy, precision, cast_frozen_once=True):
+        sampled = generate(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                           stop_at_eos=stop_at_eos)
     tokens, attention_mask, prompt_len = sampled.tokens, sampled.attention_mask, sampled.prompt_len
     gen_tokens = tokens[:, prompt_len:]
     gen_mask = sampled.generated_mask[:, prompt_len:].float()
 
-    logits, values, live = _policy_pass(policy, head, tokens, attention_mask, prompt_len, value_hook, grad_rows)
+    logits, values, live = _policy_pass(policy, head, tokens, attention_mask, prompt_len, value_hook, grad_rows,
+                                        precision)
     with torch.no_grad():
-        ref_logits = reference(tokens, attention_mask)[:, prompt_len - 1:tokens.shape[1] - 1].float()
+        with autocast([policy, reference_model], precision, fp32_logits=True):
+            ref_logits = reference(tokens, attention_mask)[:, prompt_len - 1:tokens.shape[1] - 1].float()
         if not (torch.isfinite(logits).all() and torch.isfinite(ref_logits).all()):
             raise FloatingPointError("Non-finite logits in the rollout (policy or reference): training has diverged.")
         logp_all = sampling_logprobs(logits, temperature)
@@ -152,7 +171,7 @@ def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, pr
             entropy=entropy_from_logprobs(logp_all) * gen_mask,
             scores=score(reward, sampled.texts).to(tokens.device),
             ref_logp_all=ref_logp_all if (kl_placement == "loss" and kl_estimator == "exact") else None,
-            live=live,
+            live=live, precision=precision,
         )
     for name in ("values", "kl_value", "kl_score"):
         if not torch.isfinite(getattr(rollout, name)).all():

@@ -172,6 +172,7 @@ class PPOTrainer:
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
             kl_direction=cfg.kl_direction, kl_estimator=cfg.kl_estimator, kl_placement=cfg.kl_placement,
             value_hook=cfg.value_head_hook, grad_rows=orders[0][:local.minibatch_size],
+            precision=cfg.precision, reference_model=self.reference,  # bf16: one autocast block per forward
         )
         rollout_seconds = time.perf_counter() - start
         self._mid_phase = True  # from here the phase changes state: no checkpoint until it is whole and logged

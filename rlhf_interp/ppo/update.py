@@ -4,6 +4,11 @@ Read top to bottom it is the inner loop of Schulman et al. (2017) as CleanRL wri
 policy loss, clipped value loss, entropy bonus, the KL term when it is placed in the loss
 (`kl.kl_loss_terms`), one optimizer step. The first minibatch starts from the rollout's own policy pass
 (`Rollout.take_live`): before any step the policy is the one that sampled, so that pass is not repeated.
+
+A rollout collected in bf16 (``Rollout.precision``): each minibatch's forward runs in bf16 too, under
+`bridge.precision.autocast`, one block per forward (never across an optimizer step: its cast cache would serve
+the pre-step weights); backward follows the forward's dtypes, and weights, gradients, AdamW state, log-probs and
+losses stay fp32.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def ppo_update(policy, head, optimizer: torch.optim.Optimizer, scheduler: Any, p
                 logits, values = live.logits, live.values
             else:
                 logits, values = policy_forward(policy, head, rollout.tokens[idx], rollout.attention_mask[idx],
-                                                rollout.prompt_len, cfg.value_head_hook)
+                                                rollout.prompt_len, cfg.value_head_hook, rollout.precision)
             del live
             mask = rollout.gen_mask[idx]
             logp_all = sampling_logprobs(logits, cfg.temperature)
