@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import shutil
 import signal
 import sys
@@ -134,6 +135,12 @@ def d(tmp_path_factory) -> Path:
     shutil.copy(d / "run" / "metrics.jsonl", d / "run_nockpt" / "metrics.jsonl")
     shutil.copytree(d / "run", d / "crafted")
     _crafted_pickle(d / "crafted" / "checkpoint-000001" / "trainer_state.pt", d / "pwned")
+    # every other pickle-based file the toolkit reads, crafted the same way
+    evil_bin = _save_tiny(d / "evil_bin")
+    (evil_bin / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": _Evil(d / "pwned")}, evil_bin / "pytorch_model.bin")
+    torch.save({"hooks": ["hook_resid_post"], "mean": _Evil(d / "pwned")}, d / "evil_directions.pt")
+    torch.save({"prompts": ["a"], "samples": _Evil(d / "pwned")}, d / "evil_reference_samples.pt")
     (d / "badreward_mod.py").write_text(
         "calls = []\n"
         "def fail_second(texts):\n"
@@ -393,6 +400,8 @@ CLI_CASES = [
     C("diff-tuned-missing", "diff --base tiny-test --tuned {d}/nope --out {o}", 2, ("unknown model",)),
     C("diff-tuned-truncated-weights", "diff --base tiny-test --tuned {d}/cut_weights --out {o}", 2,
       ("unreadable", "cut short")),
+    C("diff-tuned-crafted-pytorch-model-bin", "diff --base tiny-test --tuned {d}/evil_bin --out {o}", 2,
+      ("refused unopened", "safetensors")),
     C("diff-tuned-no-tokenizer-other-vocab", "diff --base tiny-test --tuned {d}/small_vocab_no_tokenizer --out {o}",
       2, ("no tokenizer files", "1000")),
     C("patch-empty-reward-substring", "patch --base tiny-test --tuned {d}/permuted --reward-substring '' --out {o}",
@@ -520,6 +529,7 @@ def test_cli_bad_input(case: C, d: Path, tmp_path: Path, capsys, monkeypatch):
         assert word.lower() in text, f"{word!r} not in: {err}"
     if code == 2 and "usage:" not in err:  # one message from the command (progress bars may come before it)
         assert any(line.startswith("rlhf-interp ") for line in err.replace("\r", "\n").splitlines()), err
+    assert not (d / "pwned").exists(), "a crafted file ran code"
     _check(case.check, d, out)
 
 
@@ -706,6 +716,12 @@ API_CASES = [
       .get_reward("os:sep"), ValueError, ("not a function",)),
     A("model-no-tokenizer-other-vocab", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
       .load_model(str(d / "small_vocab_no_tokenizer"), device="cpu"), RuntimeError, ("no tokenizer files",)),
+    A("model-crafted-pytorch-model-bin", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
+      .load_model(str(d / "evil_bin"), device="cpu"), RuntimeError, ("refused unopened",)),
+    A("diff-directions-crafted", lambda d, t: __import__("rlhf_interp.diff.accumulators", fromlist=["x"])
+      .DifferenceDirections.load(d / "evil_directions.pt"), pickle.UnpicklingError, ("weights only load failed",)),
+    A("reference-samples-crafted", lambda d, t: __import__("rlhf_interp.probes.coverage", fromlist=["x"])
+      .ReferenceSamples.load(d / "evil_reference_samples.pt"), pickle.UnpicklingError, ("weights only load failed",)),
     A("model-truncated-weights", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
       .load_model(str(d / "cut_weights"), device="cpu"), RuntimeError, ("unreadable", "cut short")),
 ]
@@ -719,6 +735,7 @@ def test_api_bad_input(case: A, d: Path, tiny, monkeypatch):
     text = " ".join(str(info.value).split()).lower()
     for word in case.words:
         assert word.lower() in text, f"{word!r} not in: {info.value}"
+    assert not (d / "pwned").exists(), "a crafted file ran code"
 
 
 def test_crafted_trainer_state_runs_no_code(d):

@@ -62,6 +62,12 @@ def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | to
         else:
             model = load_pretrained_checked(model_dir, torch_dtype)
     except Exception as err:
+        import pickle
+
+        if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) met more than tensors
+            raise ModelLoadError(f"{model_dir}: a pytorch_model*.bin holds more than tensors, so it is refused "
+                                 f"unopened (unpickling it could run code). Convert the model to safetensors with "
+                                 f"a tool you trust, or use a copy from a trusted source.") from err
         if type(err).__name__ != "SafetensorError":
             raise
         raise ModelLoadError(f"{model_dir}: a weights file is unreadable ({err}). It was probably cut short (a crash "
