@@ -224,6 +224,8 @@ CLI_CASES = [
       ("keep_checkpoints", ">= 1", "null"), early=True),
     C("train-keep-checkpoints-zero", "train {d}/tiny.yaml --out {o} --set keep_checkpoints=0", 2,
       ("keep_checkpoints", ">= 1"), early=True),
+    C("train-device-cuda-without-cuda", "train {d}/tiny.yaml --out {o} --set device=cuda", 2,
+      ("cuda is not available", "device=cpu"), early=True, patch="no_cuda"),
     C("train-device-gpu", "train {d}/tiny.yaml --out {o} --set device=gpu", 2, ("device", "not a device"), early=True),
     C("train-lr-nan", "train {d}/tiny.yaml --out {o} --set lr=.nan", 2, ("lr", "range"), early=True),
     C("train-lr-text", "train {d}/tiny.yaml --out {o} --set lr=fast", 2, ("lr", "number"), early=True),
@@ -463,7 +465,9 @@ def _apply_patch(name: str | None, monkeypatch, d: Path, out: Path) -> None:
     import rlhf_interp.ppo.config as config_mod
     import rlhf_interp.ppo.run_dir as run_dir_mod
 
-    if name == "ctrl_c_on_load":
+    if name == "no_cuda":  # as on a CPU-only machine
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    elif name == "ctrl_c_on_load":
         def interrupted(*args, **kwargs):
             raise KeyboardInterrupt
         monkeypatch.setattr(config_mod.PPOConfig, "load", classmethod(lambda cls, *a, **k: interrupted()))
