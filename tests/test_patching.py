@@ -216,7 +216,7 @@ def test_cli_patch_writes_tables(tiny_run, tmp_path, capsys):
     table = pd.read_csv(out / "activation_patching.csv")
     assert row(table, direction="into_base", layer=1, component="hook_mlp_out")["fraction_recovered"] == 1.0
     assert (out / "residual_attribution.csv").exists() and (out / "weight_patching.csv").exists()
-    bad = cli_main(["patch", "--base", "tiny-test", "--tuned", str(tmp_path / "missing"), "--out", str(out)])
+    bad = cli_main(["patch", "--base", "tiny-test", "--tuned", str(tmp_path / "missing"), "--out", str(out) + "2"])
     assert bad == 2 and "missing" in capsys.readouterr().err
 
 
