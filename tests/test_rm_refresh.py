@@ -202,3 +202,52 @@ def test_refresh_needs_a_learned_reward_and_valid_fields(tmp_path, capsys):
                        ("rm_refresh_label_noise=1.5", "rm_refresh_label_noise"), ("rm_refresh_replay=-2", ">= 0")]:
         with pytest.raises(ValueError, match=words):
             PPOConfig.load(CONFIGS / "tiny.yaml", [bad])
+
+
+def test_a_refresh_with_only_tied_labels_is_skipped_not_fatal(rm_dir, tmp_path):
+    """A collapsed policy (every sample scored alike) gives no pair to label: the run goes on with the RM it had."""
+    trainer = PPOTrainer(refresh_config(rm_dir, phases=3), tmp_path / "run", progress=False)
+    trainer.rm_refresh.source = lambda texts: [0.0] * len(texts)
+    with pytest.warns(UserWarning, match="skipped"):
+        history = trainer.train()
+    assert [m["rm_version"] for m in history] == [0, 0, 0] and history[2]["rm_refresh_pairs"] == 0
+    assert list_versions(tmp_path / "run") == [0]
+
+
+# ---------------------------------------------------------------------------------------------- the study
+
+
+def test_iterated_rm_study_end_to_end_and_from_csv(rm_dir, tmp_path):
+    """analyses/iterated_rm.py on tiny-test (RM: the period fixture; true reward: the count of 'e', which varies
+    on random text): both settings run, the refreshed run's phases are scored by versions 0 then 1, the page
+    states the summary's numbers and rebuilds from its CSVs alone."""
+    import html5lib
+
+    from rlhf_interp.report.rebuild import load_analysis
+
+    study = load_analysis(Path(__file__).parent.parent / "analyses" / "iterated_rm.py")
+    assert study.pairwise_accuracy(pd.Series([1, 2, 3, 3]), pd.Series([0.1, 0.3, 0.2, 0.2])) == pytest.approx(
+        (1 + 1 + 1 + 0 + 0) / 5)  # (1,2) (1,3) (1,3') right, (2,3) (2,3') wrong; (3,3') tied in truth: skipped
+    assert study.pairwise_accuracy(pd.Series([1, 2]), pd.Series([0.5, 0.5])) == 0.5
+    root = tmp_path / "reports"
+    args = ["--model", "tiny-test", "--rm", str(rm_dir), "--char", "e", "--ppo-config", str(CONFIGS / "tiny.yaml"),
+            "--heldout", "12", "--ppo-phases", "2", "--seeds", "0", "1", "--refresh-every", "1", "--refresh-pairs", "4",
+            "--refresh-replay", "4", "--late", "1", "--work-dir", str(tmp_path / "work"), "--root", str(root),
+            "--no-progress"]
+    assert study.main(args) == 0
+    out = root / "iterated_rm"
+    phases = pd.read_csv(out / "phases.csv")
+    refreshed = phases[phases.setting == "refreshed"].sort_values(["seed", "phase"])
+    assert refreshed.rm_version.tolist() == [0, 1, 0, 1]
+    assert (phases[phases.setting == "frozen"].rm_version == 0).all()
+    assert phases[["true_z", "rm_z", "gap", "kl_forward_per_token"]].notna().all().all()
+    summary = pd.read_csv(out / "summary.csv")
+    headline = json.loads((out / "report.json").read_text())["headline"]
+    for setting in ("frozen", "refreshed"):
+        row = summary[(summary.setting == setting) & (summary.quantity == "gap")].iloc[0]
+        assert f"{row['mean']:.2f} ± {row['sd']:.2f}" in headline
+    readme = (out / "README.md").read_text()
+    html5lib.parse((out / "index.html").read_text())
+    (out / "README.md").unlink()
+    assert study.main(["--from-csv", "--root", str(root)]) == 0
+    assert (out / "README.md").read_text() == readme

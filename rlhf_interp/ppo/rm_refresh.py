@@ -122,10 +122,18 @@ class RMRefresher:
         seed = mix_seed(cfg.seed, done, _SEED_TAG)
         trainer.policy.eval()
         batch = max(2, min(_MAX_SAMPLING_BATCH, 2 * cfg.rm_refresh_pairs))
-        fresh, stats = synthesize_pairs(trainer.policy, self.source, trainer.prompts, cfg.rm_refresh_pairs,
-                                        max_new_tokens=cfg.max_new_tokens, batch_size=batch - batch % 2,
-                                        temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
-                                        label_noise=cfg.rm_refresh_label_noise, seed=seed, progress=False)
+        try:
+            fresh, stats = synthesize_pairs(trainer.policy, self.source, trainer.prompts, cfg.rm_refresh_pairs,
+                                            max_new_tokens=cfg.max_new_tokens, batch_size=batch - batch % 2,
+                                            temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
+                                            label_noise=cfg.rm_refresh_label_noise, seed=seed, progress=False)
+        except RuntimeError as err:
+            if "tied scores" not in str(err):  # synthesize_pairs: every sampled pair tied, nothing to label
+                raise
+            warnings.warn(f"RM refresh before phase {done + 1} skipped: {err} The RM stays at version "
+                          f"{self.version}.", stacklevel=2)
+            self.refreshed_at = done
+            return {"rm_refresh_pairs": 0, "seconds": time.perf_counter() - start}
         earlier = self._pairs()
         k = len(earlier) if cfg.rm_refresh_replay is None else min(cfg.rm_refresh_replay, len(earlier))
         replay = random.Random(seed).sample(earlier, k)

@@ -1,0 +1,512 @@
+"""Iterated online RLHF, measured: the same PPO budget against a frozen reward model and against the same RM
+refreshed every N phases on labelled pairs of the policy's own samples (Bai et al. 2022; issue 20).
+
+    python analyses/iterated_rm.py                                  # SmolLM2, sized for ~25 min of a quiet 2-core CPU
+    python analyses/iterated_rm.py --rm runs/reward_hacking/rm      # reuse reward_hacking.py's RM (and its pairs)
+    python analyses/iterated_rm.py --model tiny-test --char e --ppo-config configs/tiny.yaml --n-pairs 40 \\
+        --heldout 32 --ppo-phases 4 --refresh-every 2 --refresh-pairs 8 --root /tmp/reports   # seconds-long smoke
+    python analyses/iterated_rm.py --from-csv                       # re-render reports/iterated_rm/ from its CSVs
+
+Steps (kept in ``--work-dir``; with ``--reuse`` finished steps are not redone, a killed PPO run resumes):
+1. the reward model: ``--rm DIR``, or synthetic pairs labelled by ``char_count(--char)`` and a Bradley-Terry RM
+   on them (the same code as `analyses/reward_hacking.py`); held-out base-model texts for the RM's yardstick;
+2. per seed, two PPO runs from one config: ``frozen`` (reward = the RM) and ``refreshed`` (the same, with
+   ``rm_refresh_every``: fresh pairs of the policy's samples labelled by the true count, as many label
+   flips as the RM's data had, fine-tune, next version; `rlhf_interp.ppo.rm_refresh`);
+3. offline: the true count of every sample, the starting RM's (v0) score of every sample, every RM version's
+   scores of the held-out texts (its yardstick), what appending '?', '!', '.' or a newline is worth to v0
+   and to each run's last version.
+
+Tables (tidy; ``setting`` is frozen / refreshed):
+- ``phases``: setting, seed, phase, rm_version, true_reward, rm_reward, rm0_reward, true_z, rm_z, rm0_z, gap
+  (rm_z - true_z), gap_rm0, accuracy (the scoring RM on the phase's own samples), accuracy_rm0,
+  kl_forward_per_token, entropy, seconds, rm_refresh_seconds;
+- ``end``: the same per run, averaged over the last ``--late`` phases; ``summary``: setting, quantity, mean, sd,
+  seeds (mean and sample std over seeds of ``end``);
+- ``versions``: setting, seed, version, phase, heldout_mean, heldout_std, heldout_spearman, refresh figures;
+- ``probes``: rm, suffix, true_delta, rm_delta, rm_delta_stderr; ``proxy_counts``: setting, seed, phase,
+  feature, mean_count; ``heldout``; ``samples``; ``runs`` (wall seconds per run); ``rm_training``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from rlhf_interp.report import Report, read_config, read_table, write_tables  # noqa: E402
+from rlhf_interp.report.charts import facet_lines  # noqa: E402
+from rlhf_interp.report.plots import series_style  # noqa: E402
+from rlhf_interp.report.rebuild import load_analysis  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SETTINGS = ("frozen", "refreshed")
+PROBES = [".", "?", "!", "\n"]
+
+
+def reward_hacking():
+    """`analyses/reward_hacking.py`: its pair synthesis, RM training, held-out texts, probes and proxy counts."""
+    return load_analysis(HERE / "reward_hacking.py")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="sampler, RM backbone and PPO policy")
+    p.add_argument("--char", default=".", help="the character whose count is the true reward")
+    p.add_argument("--rm", default=None, help="an RM directory to use (default: train one in --work-dir)")
+    p.add_argument("--n-pairs", type=int, default=400, help="synthetic pairs for the RM (without --rm)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="completion length (default: the PPO config's)")
+    p.add_argument("--synth-batch-size", type=int, default=64)
+    p.add_argument("--synth-dtype", default="bfloat16")
+    p.add_argument("--label-noise", type=float, default=0.0, help="for the RM's pairs and every refresh's")
+    p.add_argument("--epochs", type=int, default=6, help="RM training epochs")
+    p.add_argument("--rm-batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4, help="RM backbone learning rate (refreshes use it too)")
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--freeze-layers", type=int, default=None, help="RM frozen blocks (default: all but the last 2)")
+    p.add_argument("--head", choices=["linear", "mlp"], default="linear")
+    p.add_argument("--heldout", type=int, default=128, help="fresh base-model texts: each RM version's yardstick")
+    p.add_argument("--rm-seed", type=int, default=0, help="seed of the RM's pairs, training and held-out texts")
+    p.add_argument("--ppo-config", default="configs/periods.yaml")
+    p.add_argument("--ppo-phases", type=int, default=12)
+    p.add_argument("--ppo-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="PPO overrides after reward_hacking.py's defaults (repeatable), e.g. batch_size=8")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="PPO seeds (each runs both settings)")
+    p.add_argument("--refresh-every", type=int, default=3, help="rm_refresh_every of the refreshed runs")
+    p.add_argument("--refresh-pairs", type=int, default=32)
+    p.add_argument("--refresh-epochs", type=int, default=2)
+    p.add_argument("--refresh-replay", type=int, default=32)
+    p.add_argument("--late", type=int, default=3, help="phases averaged for the end of training")
+    p.add_argument("--work-dir", default="runs/iterated_rm")
+    p.add_argument("--name", default="iterated_rm", help="report name (ROOT/<name>/)")
+    p.add_argument("--root", default="reports", help="reports root")
+    p.add_argument("--reuse", action="store_true", help="reuse what --work-dir already holds; resume killed runs")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--from-csv", action="store_true", help="re-render ROOT/<name>/ from its CSVs (no model)")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def ppo_overrides(args, rm_dir: Path, seed: int, setting: str) -> list[str]:
+    """The one PPO config of both settings; the refreshed one adds the rm_refresh_* fields."""
+    common = [f"reward=reward_model:{rm_dir}", "reward_kwargs={}", f"phases={args.ppo_phases}", f"model={args.model}",
+              f"seed={seed}", "sample_every=1", f"checkpoint_every={args.refresh_every}", "keep_checkpoints=1",
+              *reward_hacking().DEFAULT_PPO_OVERRIDES, *args.ppo_set]
+    if setting == "frozen":
+        return common
+    return [*common, f"rm_refresh_every={args.refresh_every}", f"rm_refresh_pairs={args.refresh_pairs}",
+            "rm_refresh_source=char_count", f"rm_refresh_source_kwargs={json.dumps({'char': args.char})}",
+            f"rm_refresh_label_noise={args.label_noise}", f"rm_refresh_epochs={args.refresh_epochs}",
+            f"rm_refresh_replay={args.refresh_replay}"]
+
+
+def run_ppo(args, rm_dir: Path, run_dir: Path, seed: int, setting: str) -> tuple[float, float]:
+    """Train one run (resume it if ``--reuse`` and it was killed); returns the wall and CPU seconds spent now."""
+    from rlhf_interp.bridge.run_dirs import latest_checkpoint
+    from rlhf_interp.ppo import PPOConfig, PPOTrainer
+
+    config = PPOConfig.load(args.ppo_config, ppo_overrides(args, rm_dir, seed, setting))
+    metrics = run_dir / "metrics.jsonl"
+    done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    start, cpu = time.perf_counter(), time.process_time()
+    if args.reuse and done >= config.phases:
+        return 0.0, 0.0
+    if args.reuse and latest_checkpoint(run_dir) is not None:
+        trainer = PPOTrainer.resume(run_dir, progress=not args.no_progress)
+    else:
+        trainer = PPOTrainer(config, run_dir, progress=not args.no_progress, overwrite=True)
+    trainer.train()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def read_jsonl_frame(path: Path) -> pd.DataFrame:
+    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
+def pairwise_accuracy(true: pd.Series, learned: pd.Series) -> float:
+    """Share of the sample pairs with different true rewards that ``learned`` orders the same way (a tie in
+    ``learned`` counts half): the RM's accuracy on the phase's own samples, as a preference labeller."""
+    t, r = true.to_numpy(), learned.to_numpy()
+    right = total = 0.0
+    for i, j in itertools.combinations(range(len(t)), 2):
+        if t[i] == t[j]:
+            continue
+        total += 1
+        d = (r[i] - r[j]) * np.sign(t[i] - t[j])
+        right += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+    return right / total if total else float("nan")
+
+
+def measure_runs(args, rm_dir: Path, work: Path, reward, heldout: pd.DataFrame
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Run every (seed, setting); score the samples offline. Returns samples, metrics, versions, runs."""
+    from rlhf_interp.ppo.rm_refresh import list_versions, version_dir
+    from rlhf_interp.reward import load_reward_model, load_version, read_version_meta, score
+
+    runs, samples, metrics = [], [], []
+    for seed, setting in itertools.product(args.seeds, SETTINGS[::-1]):  # refreshed first: its errors show early
+        run_dir = work / f"{setting}-s{seed}"
+        wall, cpu = run_ppo(args, rm_dir, run_dir, seed, setting)
+        timing = run_dir / "analysis_seconds.json"  # the run's time, summed over resumptions
+        before = json.loads(timing.read_text()) if timing.exists() else {"wall_seconds": 0.0, "cpu_seconds": 0.0}
+        total = {"wall_seconds": before["wall_seconds"] + wall, "cpu_seconds": before["cpu_seconds"] + cpu}
+        timing.write_text(json.dumps(total))
+        runs.append({"setting": setting, "seed": seed, **total})
+        samples.append(read_jsonl_frame(run_dir / "samples.jsonl").assign(setting=setting, seed=seed))
+        metrics.append(read_jsonl_frame(run_dir / "metrics.jsonl").assign(setting=setting, seed=seed))
+    samples = pd.concat(samples, ignore_index=True).rename(columns={"reward": "rm_reward"})
+    samples["completion"] = samples.completion.fillna("")
+    samples["sample"] = samples.groupby(["setting", "seed", "phase"]).cumcount()
+    samples["true_reward"] = score(reward, samples.completion.tolist()).tolist()
+    metrics = pd.concat(metrics, ignore_index=True)
+
+    rm = load_reward_model(rm_dir)  # v0, then each version put on it in turn
+    samples["rm0_reward"] = rm.score(samples.completion.tolist()).tolist()
+    texts = heldout.text.tolist()
+    rows = []
+    base = rm.score(texts)
+    for seed, setting in itertools.product(args.seeds, SETTINGS):
+        run_dir = work / f"{setting}-s{seed}"
+        for version in list_versions(run_dir) or [0]:
+            meta = read_version_meta(version_dir(run_dir, version)) if list_versions(run_dir) else {"phase": 0}
+            scores = load_version(rm, version_dir(run_dir, version)).score(texts) if version else base
+            rows.append({"setting": setting, "seed": seed, "version": version, "phase": meta.get("phase", 0),
+                         "heldout_mean": float(scores.mean()), "heldout_std": float(scores.std()),
+                         "heldout_spearman": float(pd.Series(scores.tolist()).corr(heldout.true_reward,
+                                                                                  method="spearman")),
+                         **{k.removeprefix("rm_refresh_"): v for k, v in meta.items() if k.startswith("rm_refresh_")}})
+    return samples, metrics, pd.DataFrame(rows), pd.DataFrame(runs)
+
+
+def probe_table(args, rm_dir: Path, work: Path, reward, heldout: pd.DataFrame) -> pd.DataFrame:
+    """What one appended string is worth to v0 and to each refreshed run's last version."""
+    from rlhf_interp.ppo.rm_refresh import list_versions, version_dir
+    from rlhf_interp.reward import load_reward_model, load_version
+
+    rh = reward_hacking()
+    rm = load_reward_model(rm_dir)
+    texts = heldout.text.tolist()
+    frames = [rh.probe_suffixes(rm, reward, texts, PROBES).assign(rm="v0 (frozen)")]
+    for seed in args.seeds:
+        run_dir = work / f"refreshed-s{seed}"
+        last = max(list_versions(run_dir))
+        if last:
+            load_version(rm, version_dir(run_dir, last))
+            frames.append(rh.probe_suffixes(rm, reward, texts, PROBES).assign(rm=f"v{last} (refreshed, seed {seed})"))
+    return pd.concat(frames, ignore_index=True)[["rm", "suffix", "true_delta", "rm_delta", "rm_delta_stderr"]]
+
+
+def phase_table(samples: pd.DataFrame, metrics: pd.DataFrame, versions: pd.DataFrame, heldout: pd.DataFrame
+                ) -> pd.DataFrame:
+    """Per run and phase: rewards (raw and in held-out std units of the RM version that scored), gaps, accuracy."""
+    t_mean, t_std = heldout.true_reward.mean(), heldout.true_reward.std()
+    r0_mean, r0_std = heldout.rm_reward.mean(), heldout.rm_reward.std()
+    rows = []
+    for (setting, seed, phase), group in samples.groupby(["setting", "seed", "phase"]):
+        m = metrics[(metrics.setting == setting) & (metrics.seed == seed) & (metrics.phase == phase)].iloc[0]
+        version = int(m.get("rm_version", 0)) if pd.notna(m.get("rm_version", 0)) else 0
+        v = versions[(versions.setting == setting) & (versions.seed == seed) & (versions.version == version)].iloc[0]
+        # the PPO reward is (raw - mean_v) / std_v of the version's own normalisation; re-centre on held-out texts
+        true_z = (group.true_reward.mean() - t_mean) / t_std
+        rm_z = (group.rm_reward.mean() - v.heldout_mean) / v.heldout_std
+        rm0_z = (group.rm0_reward.mean() - r0_mean) / r0_std
+        rows.append({"setting": setting, "seed": int(seed), "phase": int(phase), "rm_version": version,
+                     "true_reward": group.true_reward.mean(), "rm_reward": group.rm_reward.mean(),
+                     "rm0_reward": group.rm0_reward.mean(), "true_z": true_z, "rm_z": rm_z, "rm0_z": rm0_z,
+                     "gap": rm_z - true_z, "gap_rm0": rm0_z - true_z,
+                     "accuracy": pairwise_accuracy(group.true_reward, group.rm_reward),
+                     "accuracy_rm0": pairwise_accuracy(group.true_reward, group.rm0_reward),
+                     "kl_forward_per_token": m.kl_forward_per_token, "entropy": m.entropy, "seconds": m.seconds,
+                     "rm_refresh_seconds": float(m.get("rm_refresh_seconds", 0.0) or 0.0)})
+    return pd.DataFrame(rows).sort_values(["setting", "seed", "phase"], ignore_index=True)
+
+
+END_COLUMNS = ["true_reward", "true_z", "rm_z", "gap", "gap_rm0", "accuracy", "accuracy_rm0", "kl_forward_per_token",
+               "entropy"]
+
+
+def end_table(phases: pd.DataFrame, late: int) -> pd.DataFrame:
+    """Per run: the mean of the last ``late`` phases of each quantity, plus its total seconds of PPO and refresh."""
+    rows = []
+    for (setting, seed), run in phases.groupby(["setting", "seed"]):
+        tail = run.sort_values("phase").tail(late)
+        rows.append({"setting": setting, "seed": seed, "phases": f"{int(tail.phase.min())}-{int(tail.phase.max())}",
+                     **{c: tail[c].mean() for c in END_COLUMNS},
+                     "ppo_seconds": run.seconds.sum(), "refresh_seconds": run.rm_refresh_seconds.sum()})
+    return pd.DataFrame(rows)
+
+
+def summary_table(end: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std over seeds of every end quantity, per setting."""
+    rows = []
+    for setting, runs in end.groupby("setting", sort=False):
+        for quantity in [*END_COLUMNS, "ppo_seconds", "refresh_seconds"]:
+            rows.append({"setting": setting, "quantity": quantity, "mean": runs[quantity].mean(),
+                         "sd": runs[quantity].std() if len(runs) > 1 else float("nan"), "seeds": len(runs)})
+    return pd.DataFrame(rows)
+
+
+def proxy_table(samples: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
+    rh = reward_hacking()
+    frames = [rh.proxy_counts(run, heldout).assign(setting=setting, seed=seed)
+              for (setting, seed), run in samples.groupby(["setting", "seed"])]
+    return pd.concat(frames, ignore_index=True)[["setting", "seed", "phase", "feature", "mean_count"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.root) / args.name
+    if args.from_csv:
+        report = render(out)
+        report.save()
+        print(report.headline)
+        print(f"report: {out}/index.html (rebuilt from its CSVs)")
+        return 0
+    import torch
+
+    from rlhf_interp.ppo import PPOConfig
+    from rlhf_interp.reward import METRICS_FILE, get_reward, load_reward_model
+
+    torch.set_num_threads(1)
+    clock = time.process_time()
+    wall = time.perf_counter()
+    rh = reward_hacking()
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    reward = get_reward("char_count", char=args.char)
+    preview = PPOConfig.load(args.ppo_config, ppo_overrides(args, Path("."), args.seeds[0], "refreshed"))
+    max_new_tokens = args.max_new_tokens or preview.max_new_tokens
+    rm_args = argparse.Namespace(**{**vars(args), "seed": args.rm_seed})
+    stages: dict[str, float] = {}
+
+    def stage(name: str) -> None:  # CPU seconds of this process per step, printed and kept in config.json
+        stages[name] = time.process_time() - clock - sum(stages.values())
+        print(f"[iterated_rm] {name}: {stages[name]:.0f} s CPU, {time.perf_counter() - wall:.0f} s wall so far",
+              flush=True)
+
+    if args.rm:
+        rm_dir = Path(args.rm)
+        metrics_file = rm_dir / METRICS_FILE
+        rm_metrics = read_jsonl_frame(metrics_file) if metrics_file.exists() else pd.DataFrame()
+    else:
+        rm_dir = work / "rm"
+        rh.make_pairs(rm_args, reward, max_new_tokens, work / "pairs.jsonl")
+        rm_metrics, _ = rh.train_rm(rm_args, work / "pairs.jsonl", rm_dir)
+    stage("reward model")
+    heldout_path = work / "heldout.csv"
+    if args.reuse and heldout_path.exists():
+        heldout = pd.read_csv(heldout_path, keep_default_na=False)
+    else:
+        heldout = rh.heldout_texts(rm_args, load_reward_model(rm_dir), reward, max_new_tokens)
+        heldout.to_csv(heldout_path, index=False)
+    stage("held-out texts")
+
+    samples, metrics, versions, runs = measure_runs(args, rm_dir, work, reward, heldout)
+    stage("PPO runs and offline scoring")
+    probes = probe_table(args, rm_dir, work, reward, heldout)
+    stage("probes")
+    phases = phase_table(samples, metrics, versions, heldout)
+    end = end_table(phases, args.late)
+    tables = {"summary": summary_table(end), "end": end, "phases": phases, "versions": versions, "probes": probes,
+              "proxy_counts": proxy_table(samples, heldout), "heldout": heldout, "runs": runs,
+              "rm_training": rm_metrics,
+              "samples": samples[["setting", "seed", "phase", "sample", "rm_version", "completion", "true_reward",
+                                  "rm_reward", "rm0_reward"]] if "rm_version" in samples else
+              samples[["setting", "seed", "phase", "sample", "completion", "true_reward", "rm_reward", "rm0_reward"]]}
+    config = {**{k: v for k, v in vars(args).items() if k != "from_csv"},
+              "ppo_overrides": {s: ppo_overrides(args, rm_dir, args.seeds[0], s) for s in SETTINGS},
+              "cpu_seconds": time.process_time() - clock, "wall_seconds": time.perf_counter() - wall,
+              "stage_cpu_seconds": stages}
+    write_tables(out, tables, config=config)
+    report = render(out)
+    report.save()
+    print(report.headline)
+    print(f"report: {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The page
+
+
+def _stat(summary: pd.DataFrame, setting: str, quantity: str) -> tuple[float, float]:
+    row = summary[(summary.setting == setting) & (summary.quantity == quantity)].iloc[0]
+    return float(row["mean"]), float(row["sd"])
+
+
+def _pm(summary: pd.DataFrame, setting: str, quantity: str, fmt: str = ".2f") -> str:
+    mean, sd = _stat(summary, setting, quantity)
+    return f"{mean:{fmt}} ± {sd:{fmt}}" if sd == sd else f"{mean:{fmt}}"
+
+
+def plot_curves(phases: pd.DataFrame, panels: list[tuple[str, str]], title: str) -> plt.Figure:
+    """One panel per quantity; per setting its mean over seeds (thick) and each seed (thin)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (column, ylabel) in zip(axes[0], panels):
+        for i, setting in enumerate(SETTINGS):
+            runs = phases[phases.setting == setting]
+            if runs.empty:
+                continue
+            style = series_style(i)
+            for _, run in runs.groupby("seed"):
+                ax.plot(run.phase, run[column], color=style["color"], lw=0.7, alpha=0.45)
+            mean = runs.groupby("phase")[column].mean()
+            ax.plot(mean.index, mean.values, color=style["color"], marker=style["marker"], lw=2,
+                    label=f"{setting} (mean of {runs.seed.nunique()} seeds)")
+        if column in ("gap", "gap_rm0"):
+            ax.axhline(0, color="grey", lw=0.8, ls=":")
+        if column.startswith("accuracy"):
+            ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("PPO phase")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_probes(probes: pd.DataFrame) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    names = list(dict.fromkeys(probes.rm))
+    suffixes = list(dict.fromkeys(probes.suffix))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        rows = probes[probes.rm == name].set_index("suffix").loc[suffixes]
+        ax.bar(np.arange(len(suffixes)) + i * width, rows.rm_delta, width, yerr=2 * rows.rm_delta_stderr,
+               color=series_style(i)["color"], label=name)
+    ax.set_xticks(np.arange(len(suffixes)) + width * (len(names) - 1) / 2, [repr(s) for s in suffixes])
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("string appended to each held-out base-model text")
+    ax.set_ylabel("mean change in RM score (normalised RM units)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def render(report_dir: Path) -> Report:
+    """The page from the CSVs alone."""
+    report_dir = Path(report_dir)
+    config = read_config(report_dir)
+    summary, end = read_table(report_dir, "summary"), read_table(report_dir, "end")
+    phases, versions = read_table(report_dir, "phases"), read_table(report_dir, "versions")
+    probes = read_table(report_dir, "probes", keep_default_na=False)
+    proxies, runs = read_table(report_dir, "proxy_counts"), read_table(report_dir, "runs")
+    samples = read_table(report_dir, "samples", keep_default_na=False)
+    heldout = read_table(report_dir, "heldout", keep_default_na=False)
+    char, late = config.get("char", "."), int(config.get("late", 3))
+    n_seeds, n_phases = int(end.seed.nunique()), int(phases.phase.max())
+    batch = int(samples.groupby(["setting", "seed", "phase"]).size().iloc[0])
+    refreshes = versions[(versions.setting == "refreshed") & (versions.version > 0)]
+    labels = int(refreshes.pairs.sum()) if "pairs" in refreshes else 0
+    frozen_gap, refreshed_gap = _stat(summary, "frozen", "gap"), _stat(summary, "refreshed", "gap")
+    cost = _stat(summary, "refreshed", "refresh_seconds")[0] / max(1e-9, _stat(summary, "refreshed", "ppo_seconds")[0])
+    late_phases = str(end.phases.iloc[0])
+    closes = abs(refreshed_gap[0]) < abs(frozen_gap[0])
+
+    headline = (f"Over {n_phases} PPO phases × {n_seeds} seeds, the RM-minus-true reward gap (held-out std units, mean of "
+                f"phases {late_phases}) was {_pm(summary, 'frozen', 'gap')} with the frozen RM and "
+                f"{_pm(summary, 'refreshed', 'gap')} with the RM refreshed every {config.get('refresh_every')} phases "
+                f"({'smaller' if closes else 'not smaller'} in size); true count {_pm(summary, 'frozen', 'true_reward')} "
+                f"vs {_pm(summary, 'refreshed', 'true_reward')} per sample, KL {_pm(summary, 'frozen', 'kl_forward_per_token', '.3f')}"
+                f" vs {_pm(summary, 'refreshed', 'kl_forward_per_token', '.3f')} nats/token; refreshing cost "
+                f"{labels // max(1, n_seeds)} labelled pairs and {100 * cost:.0f}% more time per run.")
+    report = Report.at(report_dir, "Iterated online RLHF: a frozen vs a refreshed reward model under PPO",
+                       headline=headline, source=__file__)
+    q = lambda s, name: _stat(summary, s, name)[0]  # noqa: E731
+    report.text(f"""
+Both settings optimise the same policy (`{config.get('model')}`, {config.get('ppo_config')} with
+{config.get('ppo_set') or 'no extra overrides'} after `reward_hacking.py`'s defaults) for {n_phases} phases of {batch}
+samples against a Bradley-Terry RM that imitates the true reward, the number of `{char}` characters in a completion.
+**frozen**: the RM never changes. **refreshed**: before phases {", ".join(str(int(p)) for p in sorted(refreshes.phase.unique())) or "-"}
+(every {config.get('refresh_every')} phases), {config.get('refresh_pairs')} pairs of the policy's own samples are labelled
+by the true count (label noise {config.get('label_noise')}), {config.get('refresh_replay')} earlier pairs are replayed, and the
+RM is fine-tuned {config.get('refresh_epochs')} epochs (`rm_refresh_every`; `rlhf_interp.ppo.rm_refresh`). Rewards are
+compared in **held-out std units**: each RM version's scores centred and scaled by its own scores of
+{len(heldout)} fresh base-model texts, the true count by theirs; the **gap** is RM minus true, so 0 means the RM
+rates the policy's samples as highly as the truth does, relative to base text.
+""")
+    report.section("Findings", f"""
+- **Gap at the end** (phases {late_phases}, mean ± sd over {n_seeds} seeds): frozen {_pm(summary, 'frozen', 'gap')},
+  refreshed {_pm(summary, 'refreshed', 'gap')}. Judged by the *starting* RM (v0), the refreshed policy's gap is
+  {_pm(summary, 'refreshed', 'gap_rm0')} (frozen: the same RM, {_pm(summary, 'frozen', 'gap_rm0')}).
+- **True reward**: {_pm(summary, 'frozen', 'true_reward')} (frozen) vs {_pm(summary, 'refreshed', 'true_reward')}
+  (refreshed) `{char}` per sample; base texts {heldout.true_reward.mean():.2f}.
+- **The RM as a judge of the policy's current samples** (share of sample pairs with different true counts it
+  orders right): frozen {_pm(summary, 'frozen', 'accuracy')}, refreshed {_pm(summary, 'refreshed', 'accuracy')}.
+- **Cost**: KL to the base {_pm(summary, 'frozen', 'kl_forward_per_token', '.3f')} vs
+  {_pm(summary, 'refreshed', 'kl_forward_per_token', '.3f')} nats per token; refreshing took
+  {q('refreshed', 'refresh_seconds'):.0f} s per run beside {q('refreshed', 'ppo_seconds'):.0f} s of PPO phases
+  ({100 * cost:.0f}%), and {labels // max(1, n_seeds)} labelled pairs per run.
+
+{"**Refreshing narrowed the gap**" if closes else "**Refreshing did not narrow the gap**"} at this budget; with
+{n_seeds} seeds and {batch} samples per phase, differences smaller than the seed spread are not findings.
+""")
+    report.table("summary", summary, title="Measured figures (mean and sd over seeds)", show=40)
+    report.table("end", end, title=f"Per run, mean of the last {late} phases")
+    report.section("Reward, gap and the RM's accuracy over training")
+    panels = [("true_reward", f"true count of '{char}' per sample"),
+              ("gap", "RM − true (held-out std units)"),
+              ("accuracy", "RM accuracy on the phase's samples")]
+    mean = phases.groupby(["setting", "phase"], as_index=False)[[c for c, _ in panels] + ["kl_forward_per_token"]].mean()
+    report.figure("curves", plot_curves(phases, panels, "frozen vs refreshed RM (thin: seeds; thick: their mean)"),
+                  chart=facet_lines(mean, "phase", panels, series="setting", xlabel="PPO phase",
+                                    title="frozen vs refreshed RM (mean over seeds)"),
+                  caption="Per phase: the mean true count of the batch's samples; the gap between the scoring RM's "
+                          "reward and the true reward, each in held-out std units (0: the RM rates the samples as "
+                          "the truth does); the share of the batch's sample pairs with different true counts that the "
+                          "scoring RM orders right (0.5: chance).")
+    report.figure("cost", plot_curves(phases, [("kl_forward_per_token", "KL(π‖base) per token (nats)"),
+                                               ("gap_rm0", "v0 RM − true (held-out std units)")],
+                                      "what the refresh costs, and how the starting RM sees each policy"),
+                  caption="Left: the exact forward KL to the base model per generated token. Right: the gap measured "
+                          "with the starting RM (v0) for both settings: how much of v0's view the refreshed policy "
+                          "still exploits.")
+    report.table("phases", phases, title="Per run and phase", show=20)
+    report.section("Reward-model versions")
+    report.table("versions", versions, title="Each RM version: its held-out yardstick and its refresh",
+                 caption="heldout_mean/std: the version's raw-score mean and std on the held-out base texts (its "
+                         "yardstick); heldout_spearman: its rank correlation with the true count there; pairs, ties, "
+                         "replay, accuracy_before/after (on the refresh's fresh pairs), best_epoch: the refresh.")
+    report.section("Proxy features")
+    report.figure("probes", plot_probes(probes),
+                  caption="Mean change of the RM score when one string is appended to each held-out base text "
+                          "(error bars: 2 standard errors), for the starting RM and each refreshed run's last "
+                          f"version. Only `{char}` changes the true reward.")
+    report.table("probes", probes, title="What one appended string is worth")
+    late_from = n_phases - late + 1
+    view = proxies[(proxies.phase == 0) | (proxies.phase >= late_from)]
+    view = view.groupby(["setting", "feature", view.phase >= late_from], as_index=False).mean_count.mean()
+    report.table("proxy_counts", proxies, title="Proxy characters per sample",
+                 caption=f"Phase 0 = the held-out base texts. Preview: base texts (phase column False) and the mean "
+                         f"of phases {late_from}-{n_phases} (True), per setting, over seeds.",
+                 preview=view.rename(columns={"phase": f"phase >= {late_from}"}))
+    report.table("runs", runs, title="Time per run (s): wall clock and CPU of this process, model loading included",
+                 caption=f"The whole study (RM, held-out texts, runs, offline scoring) took "
+                         f"{config.get('cpu_seconds', float('nan')):.0f} s of CPU ({config.get('wall_seconds', float('nan')):.0f} s wall).")
+    report.table("heldout", heldout, title="Held-out base-model texts", show=10)
+    report.table("samples", samples, title="Every rollout sample", show=10)
+    rm_training = report_dir / "rm_training.csv"
+    if rm_training.exists() and rm_training.stat().st_size > 1:
+        report.table("rm_training", read_table(report_dir, "rm_training"), title="Training of the starting RM")
+    return report
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
