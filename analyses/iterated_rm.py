@@ -39,15 +39,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from rlhf_interp.report import Report, read_config, read_table, write_tables  # noqa: E402
-from rlhf_interp.report.charts import facet_lines  # noqa: E402
-from rlhf_interp.report.plots import series_style  # noqa: E402
-from rlhf_interp.report.rebuild import load_analysis  # noqa: E402
+from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.charts import facet_lines
+from rlhf_interp.report.plots import series_style
+from rlhf_interp.report.rebuild import load_analysis
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = ("frozen", "refreshed")
@@ -154,7 +154,12 @@ def measure_runs(args, rm_dir: Path, work: Path, reward, heldout: pd.DataFrame
                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Run every (seed, setting); score the samples offline. Returns samples, metrics, versions, runs."""
     from rlhf_interp.ppo.rm_refresh import list_versions, version_dir
-    from rlhf_interp.reward import load_reward_model, load_version, read_version_meta, score
+    from rlhf_interp.reward import (
+        load_reward_model,
+        load_version,
+        read_version_meta,
+        score,
+    )
 
     runs, samples, metrics = [], [], []
     for seed, setting in itertools.product(args.seeds, SETTINGS[::-1]):  # refreshed first: its errors show early
@@ -349,7 +354,7 @@ def _stat(summary: pd.DataFrame, setting: str, quantity: str) -> tuple[float, fl
 
 def _pm(summary: pd.DataFrame, setting: str, quantity: str, fmt: str = ".2f") -> str:
     mean, sd = _stat(summary, setting, quantity)
-    return f"{mean:{fmt}} ± {sd:{fmt}}" if sd == sd else f"{mean:{fmt}}"
+    return f"{mean:{fmt}} ± {sd:{fmt}}" if pd.notna(sd) else f"{mean:{fmt}}"
 
 
 def plot_curves(phases: pd.DataFrame, panels: list[tuple[str, str]], title: str) -> plt.Figure:
@@ -429,7 +434,7 @@ def render(report_dir: Path) -> Report:
                 f"{labels // max(1, n_seeds)} labelled pairs and {100 * cost:.0f}% more time per run.")
     report = Report.at(report_dir, "Iterated online RLHF: a frozen vs a refreshed reward model under PPO",
                        headline=headline, source=__file__)
-    q = lambda s, name: _stat(summary, s, name)[0]  # noqa: E731
+    q = lambda s, name: _stat(summary, s, name)[0]
     report.text(f"""
 Both settings optimise the same policy (`{config.get('model')}`, {config.get('ppo_config')} with
 {config.get('ppo_set') or 'no extra overrides'} after `reward_hacking.py`'s defaults) for {n_phases} phases of {batch}

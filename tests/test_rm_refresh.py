@@ -18,14 +18,28 @@ import torch
 
 from rlhf_interp.cli import main as cli_main
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
-from rlhf_interp.ppo.rm_refresh import PAIRS_FILE, VERSIONS_DIR, list_versions, version_dir
-from rlhf_interp.reward import (PreferencePair, RewardTrainingConfig, finetune_reward_model, load_reward_model,
-                                open_version, pair_accuracy, score, train_reward_model, write_preferences)
+from rlhf_interp.ppo.rm_refresh import (
+    PAIRS_FILE,
+    VERSIONS_DIR,
+    list_versions,
+    version_dir,
+)
+from rlhf_interp.reward import (
+    PreferencePair,
+    RewardTrainingConfig,
+    finetune_reward_model,
+    load_reward_model,
+    open_version,
+    pair_accuracy,
+    score,
+    train_reward_model,
+    write_preferences,
+)
 from rlhf_interp.reward.refresh import TENSORS_FILE
 from rlhf_interp.reward.synthetic import label_pair
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-WORDS = "the a dog cat ran sat on mat big small red blue house tree sky".split()
+WORDS = ["the", "a", "dog", "cat", "ran", "sat", "on", "mat", "big", "small", "red", "blue", "house", "tree", "sky"]
 TIMING = {"seconds", "rollout_seconds", "tokens_per_second", "rm_refresh_seconds"}
 
 

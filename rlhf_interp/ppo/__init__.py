@@ -5,6 +5,7 @@
 - `losses`: GAE, the clipped policy and value losses, the KL in the advantages;
 - `update`: one PPO update (epochs of clipped minibatch steps) over a rollout;
 - `trainer`: ``PPOTrainer``, the loop, logging, checkpoints and resume;
+- `rm_refresh`: iterated online RLHF, a learned reward model refreshed on the policy's samples (``rm_refresh_*``);
 - `kl_audit`: checks every KL option's gradient on an enumerable policy (docs/kl.md's table).
 
 Names are imported on first use (PEP 562), so ``import rlhf_interp.ppo`` stays light.

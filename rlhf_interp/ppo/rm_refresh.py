@@ -32,19 +32,23 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rlhf_interp.core.io import append_jsonl, read_jsonl, trim_jsonl, write_jsonl
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.reward.functions import RewardFn, get_reward
 from rlhf_interp.reward.model import RewardModelReward
 from rlhf_interp.reward.preferences import PreferencePair, read_preferences
-from rlhf_interp.reward.refresh import (finetune_reward_model, load_version, pair_accuracy, rm_frozen_layers,
-                                        save_version)
+from rlhf_interp.reward.refresh import (
+    finetune_reward_model,
+    load_version,
+    pair_accuracy,
+    rm_frozen_layers,
+    save_version,
+)
 from rlhf_interp.reward.synthetic import synthesize_pairs
 
-if TYPE_CHECKING:
-    from rlhf_interp.ppo.trainer import PPOTrainer
+PPOTrainer = Any  # rlhf_interp.ppo.trainer.PPOTrainer (the trainer imports this module, not the reverse)
 
 VERSIONS_DIR = "reward_models"
 PAIRS_FILE = "pairs.jsonl"
@@ -65,7 +69,7 @@ def list_versions(run_dir: str | Path) -> list[int]:
 class RMRefresher:
     """The refresh schedule and state of one run: which RM version scores, and when the next one is made."""
 
-    def __init__(self, trainer: "PPOTrainer"):
+    def __init__(self, trainer: PPOTrainer):
         cfg = trainer.config
         if not isinstance(trainer.reward, RewardModelReward):
             raise ValueError(f"Config field 'rm_refresh_every' = {cfg.rm_refresh_every} refreshes a learned reward "
@@ -181,12 +185,12 @@ class RMRefresher:
                                     f"with the RM it had. Start it again with --overwrite.")
 
 
-def from_trainer(trainer: "PPOTrainer") -> RMRefresher | None:
+def from_trainer(trainer: PPOTrainer) -> RMRefresher | None:
     """The run's refresher, or None when ``rm_refresh_every`` is not set (the RM stays frozen)."""
     return RMRefresher(trainer) if trainer.config.rm_refresh_every else None
 
 
-def restore(trainer: "PPOTrainer", state: dict[str, int] | None) -> None:
+def restore(trainer: PPOTrainer, state: dict[str, int] | None) -> None:
     """Resume: put the RM version of the checkpoint's trainer state (``state``, None if it had none) back."""
     refresher = getattr(trainer, "rm_refresh", None)
     if refresher is None:

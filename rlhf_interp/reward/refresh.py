@@ -27,8 +27,13 @@ from rlhf_interp.bridge.hf import hf_model_of, plain_param_name
 from rlhf_interp.core.io import append_jsonl, atomic_dir
 from rlhf_interp.reward.model import RewardModel, load_reward_model, preference_accuracy
 from rlhf_interp.reward.preferences import PreferencePair
-from rlhf_interp.reward.training import (TRAINABLE_LAYERS_BY_DEFAULT, FitResult, RewardTrainingConfig,
-                                         fit_reward_model, set_trainable)
+from rlhf_interp.reward.training import (
+    TRAINABLE_LAYERS_BY_DEFAULT,
+    FitResult,
+    RewardTrainingConfig,
+    fit_reward_model,
+    set_trainable,
+)
 
 TENSORS_FILE = "trainable.safetensors"
 META_FILE = "meta.json"
