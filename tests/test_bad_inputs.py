@@ -286,6 +286,10 @@ CLI_CASES = [
     C("train-ctrl-c-while-loading", "train {d}/tiny.yaml --out {o}", 130, ("interrupted",), patch="ctrl_c_on_load"),
     C("train-ctrl-c-mid-run", "train {d}/tiny.yaml --out {o} --set phases=3", 130,
       ("interrupted after phase 1 of 3", "--resume"), patch="sigint_after_phase_1", check="checkpoint_1"),
+    C("train-sigterm-mid-run", "train {d}/tiny.yaml --out {o} --set phases=3", 130,
+      ("interrupted after phase 1 of 3",), patch="sigterm_after_phase_1", check="checkpoint_1"),
+    C("train-ctrl-c-twice", "train {d}/tiny.yaml --out {o} --set phases=3 --set checkpoint_every=2", 130,
+      ("interrupted (ctrl-c)",), patch="sigint_twice_in_phase_1", check="no_checkpoint"),
     C("train-disk-full", "train {d}/tiny.yaml --out {o}", 2, ("disk is full",), patch="disk_full"),
     C("train-reward-fails-mid-run", "train {d}/tiny.yaml --out {o} --set reward=badreward_mod:fail_second --set 'reward_kwargs={{}}'", 2,
       ("the reward service is down", "phase 1 is saved", "--resume"), check="checkpoint_1"),
@@ -471,13 +475,16 @@ def _apply_patch(name: str | None, monkeypatch, d: Path, out: Path) -> None:
         def interrupted(*args, **kwargs):
             raise KeyboardInterrupt
         monkeypatch.setattr(config_mod.PPOConfig, "load", classmethod(lambda cls, *a, **k: interrupted()))
-    elif name == "sigint_after_phase_1":
+    elif name in ("sigint_after_phase_1", "sigterm_after_phase_1", "sigint_twice_in_phase_1"):
         real_log = run_dir_mod.RunLoggers.log
+        signals = {"sigint_after_phase_1": [signal.SIGINT], "sigterm_after_phase_1": [signal.SIGTERM],
+                   "sigint_twice_in_phase_1": [signal.SIGINT, signal.SIGINT]}[name]
 
         def log(self, phase, metrics, rollout):
             real_log(self, phase, metrics, rollout)
-            if phase == 1:
-                os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C once, during phase 1
+            if phase == 1:  # the user presses Ctrl-C (or the scheduler sends SIGTERM) during phase 1
+                for sig in signals:
+                    os.kill(os.getpid(), sig)
         monkeypatch.setattr(run_dir_mod.RunLoggers, "log", log)
     elif name == "disk_full":
         import safetensors.torch
@@ -497,6 +504,8 @@ def _check(name: str | None, d: Path, out: Path) -> None:
         assert (out / "checkpoint-000001" / "trainer_state.pt").exists()
         assert not (out / "checkpoint-000002").exists()
         assert [json.loads(x)["phase"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    elif name == "no_checkpoint":  # stopped at once: nothing half-done was saved
+        assert not list(out.glob("checkpoint-*")) and not list(out.glob(".tmp-*"))
     elif name == "fresh_run":
         assert [json.loads(x)["phase"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
         assert not list(out.glob(".tmp-*"))

@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         if debug:
             raise
-        print(f"rlhf-interp {name}: {describe_error(err) if str(err) else 'interrupted (Ctrl-C).'}", file=sys.stderr)
+        notes = " ".join(getattr(err, "__notes__", []) or [])
+        text = describe_error(err) if str(err) else f"interrupted (Ctrl-C). {notes}".strip()
+        print(f"rlhf-interp {name}: {text}", file=sys.stderr)
         return 130
     except MemoryError:
         if debug:
