@@ -156,3 +156,33 @@ def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path, uninterrup
         assert list(run.glob(".tmp-checkpoint-000004-*")), "the kill should have left a half-written checkpoint"
     assert _run(tmp_path, run, "resume") == 0
     assert_same_outputs(uninterrupted, run)
+
+
+def test_sweep_removes_what_killed_writers_left_and_nothing_else(tmp_path):
+    from rlhf_interp.core.outdir import sweep_stale
+
+    (tmp_path / ".tmp-notes").write_text("a user's file, not in core.io's naming")
+    (tmp_path / ".tmp-checkpoint-000002-999999-1").mkdir()  # a checkpoint write killed (pid 999999 is gone)
+    (tmp_path / f".tmp-metrics.jsonl-{os.getpid()}-1").write_text("a write still in progress")
+    (tmp_path / ".old-checkpoint-000004-999999-2").mkdir()  # a swap killed between its two renames
+    (tmp_path / ".deleting-checkpoint-000001-999999-3").mkdir()  # pruning killed before the delete
+    swept = sorted(p.name for p in sweep_stale(tmp_path))
+    assert swept == [".deleting-checkpoint-000001-999999-3", ".old-checkpoint-000004-999999-2",
+                     ".tmp-checkpoint-000002-999999-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-metrics.jsonl-{os.getpid()}-1", ".tmp-notes",
+                                                          "checkpoint-000004"]  # the swapped-out one is back
+
+
+def test_overwrite_deletes_only_what_the_earlier_run_wrote(tmp_path):
+    from rlhf_interp.core.outdir import MARKER, OutputError, claim_dir, read_marker
+
+    out = tmp_path / "out"
+    claim_dir(out, "ablate", ["ablation_sweep.csv", "ablation_sweep.png", "config.json"])
+    claim_dir(out, "ablate", ["ablation_sweep.csv"])  # a marker alone (a run that wrote nothing): nothing to mix
+    for name in ("ablation_sweep.csv", "config.json", "my_notes.txt"):
+        (out / name).write_text(name)
+    with pytest.raises(OutputError, match="already holds the output of `ablate`"):
+        claim_dir(out, "steer", ["steering_sweep.csv", "config.json"])
+    claim_dir(out, "steer", ["steering_sweep.csv", "config.json"], overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "my_notes.txt"]
+    assert read_marker(out)["command"] == "steer"

@@ -129,7 +129,8 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale(out: str | Path) -> list[Path]:
     """Remove what killed writers left in ``out``: ``.tmp-*`` (unfinished atomic writes), ``.deleting-*``
     (pruning cut short); an ``.old-NAME-*`` (a swap cut short) is renamed back to NAME when NAME is missing.
-    Entries of a process still alive on this host are left alone. Returns what was removed or restored."""
+    Only names in `core.io`'s ``.tag-NAME-PID-NS`` form are touched, and not while process PID is alive.
+    Returns what was removed or restored."""
     out = Path(out)
     if not out.is_dir():
         return []
@@ -137,7 +138,7 @@ def sweep_stale(out: str | Path) -> list[Path]:
     for entry in owned_entries(out, TEMP_PATTERNS):
         tag, _, rest = entry.name[1:].partition("-")
         name, pid = _split_temp_name(rest)
-        if pid is not None and _pid_alive(pid):
+        if pid is None or _pid_alive(pid):  # not named by core.io (not ours), or its writer is still at work
             continue
         if tag == "old" and name and not (out / name).exists():
             os.replace(entry, out / name)
