@@ -50,6 +50,9 @@ from rlhf_interp.report.plots import series_style
 from rlhf_interp.report.rebuild import load_analysis
 
 HERE = Path(__file__).resolve().parent
+# CPU-sized, after reward_hacking.py's defaults: half its batch, the last 6 of SmolLM2's 30 blocks trained, so the
+# lr is doubled (fewer samples, fewer weights); ~25 min of one core for the whole default study.
+STUDY_OVERRIDES = ["batch_size=8", "freeze_layers=24", "lr=1e-4"]
 SETTINGS = ("frozen", "refreshed")
 PROBES = [".", "?", "!", "\n"]
 
@@ -80,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ppo-config", default="configs/periods.yaml")
     p.add_argument("--ppo-phases", type=int, default=12)
     p.add_argument("--ppo-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="PPO overrides after reward_hacking.py's defaults (repeatable), e.g. batch_size=8")
+                   help=f"PPO overrides after reward_hacking.py's defaults and {STUDY_OVERRIDES} (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="PPO seeds (each runs both settings)")
     p.add_argument("--refresh-every", type=int, default=3, help="rm_refresh_every of the refreshed runs")
     p.add_argument("--refresh-pairs", type=int, default=32)
@@ -104,7 +107,7 @@ def ppo_overrides(args, rm_dir: Path, seed: int, setting: str) -> list[str]:
     """The one PPO config of both settings; the refreshed one adds the rm_refresh_* fields."""
     common = [f"reward=reward_model:{rm_dir}", "reward_kwargs={}", f"phases={args.ppo_phases}", f"model={args.model}",
               f"seed={seed}", "sample_every=1", f"checkpoint_every={args.refresh_every}", "keep_checkpoints=1",
-              *reward_hacking().DEFAULT_PPO_OVERRIDES, *args.ppo_set]
+              *reward_hacking().DEFAULT_PPO_OVERRIDES, *STUDY_OVERRIDES, *args.ppo_set]
     if setting == "frozen":
         return common
     return [*common, f"rm_refresh_every={args.refresh_every}", f"rm_refresh_pairs={args.refresh_pairs}",
@@ -333,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
               samples[["setting", "seed", "phase", "sample", "completion", "true_reward", "rm_reward", "rm0_reward"]]}
     config = {**{k: v for k, v in vars(args).items() if k != "from_csv"},
               "ppo_overrides": {s: ppo_overrides(args, rm_dir, args.seeds[0], s) for s in SETTINGS},
+              "tuning_overrides": [*rh.DEFAULT_PPO_OVERRIDES, *STUDY_OVERRIDES, *args.ppo_set],
               "cpu_seconds": time.process_time() - clock, "wall_seconds": time.perf_counter() - wall,
               "stage_cpu_seconds": stages}
     write_tables(out, tables, config=config)
@@ -436,8 +440,8 @@ def render(report_dir: Path) -> Report:
                        headline=headline, source=__file__)
     q = lambda s, name: _stat(summary, s, name)[0]
     report.text(f"""
-Both settings optimise the same policy (`{config.get('model')}`, {config.get('ppo_config')} with
-{config.get('ppo_set') or 'no extra overrides'} after `reward_hacking.py`'s defaults) for {n_phases} phases of {batch}
+Both settings optimise the same policy (`{config.get('model')}`, {config.get('ppo_config')} with the overrides
+{config.get('tuning_overrides', [])}) for {n_phases} phases of {batch}
 samples against a Bradley-Terry RM that imitates the true reward, the number of `{char}` characters in a completion.
 **frozen**: the RM never changes. **refreshed**: before phases {", ".join(str(int(p)) for p in sorted(refreshes.phase.unique())) or "-"}
 (every {config.get('refresh_every')} phases), {config.get('refresh_pairs')} pairs of the policy's own samples are labelled

@@ -228,6 +228,16 @@ def test_a_refresh_with_only_tied_labels_is_skipped_not_fatal(rm_dir, tmp_path):
     assert list_versions(tmp_path / "run") == [0]
 
 
+def test_refresh_refuses_several_processes():
+    from types import SimpleNamespace
+
+    from rlhf_interp.ppo.rm_refresh import RMRefresher
+
+    trainer = SimpleNamespace(dist=SimpleNamespace(active=True, world_size=2), config=PPOConfig(rm_refresh_every=2))
+    with pytest.raises(ValueError, match="one process only"):
+        RMRefresher(trainer)
+
+
 # ---------------------------------------------------------------------------------------------- the study
 
 
@@ -246,7 +256,7 @@ def test_iterated_rm_study_end_to_end_and_from_csv(rm_dir, tmp_path):
     root = tmp_path / "reports"
     args = ["--model", "tiny-test", "--rm", str(rm_dir), "--char", "e", "--ppo-config", str(CONFIGS / "tiny.yaml"),
             "--heldout", "12", "--ppo-phases", "2", "--seeds", "0", "1", "--refresh-every", "1", "--refresh-pairs", "4",
-            "--refresh-replay", "4", "--late", "1", "--work-dir", str(tmp_path / "work"), "--root", str(root),
+            "--refresh-replay", "4", "--late", "1", "--ppo-set", "batch_size=4", "--ppo-set", "freeze_layers=0", "--work-dir", str(tmp_path / "work"), "--root", str(root),
             "--no-progress"]
     assert study.main(args) == 0
     out = root / "iterated_rm"

@@ -71,8 +71,13 @@ class RMRefresher:
 
     def __init__(self, trainer: PPOTrainer):
         cfg = trainer.config
-        if not isinstance(trainer.reward, RewardModelReward):
-            raise ValueError(f"Config field 'rm_refresh_every' = {cfg.rm_refresh_every} refreshes a learned reward "
+        dist = getattr(trainer, "dist", None)
+        if dist is not None and dist.active:  # every rank would sample, fine-tune and write the versions
+            raise ValueError(f"rm_refresh_every runs in one process only for now; this run has {dist.world_size} "
+                             f"processes. Train with one process (no --processes / accelerate launch), or set "
+                             f"rm_refresh_every=null.")
+        if not isinstance(trainer.reward, RewardModelReward):  # a config error (ValueError), like the others
+            raise ValueError(f"Config field 'rm_refresh_every' = {cfg.rm_refresh_every} refreshes a learned reward "  # noqa: TRY004
                              f"model, but the reward is {cfg.reward!r}: set reward=reward_model:PATH (train one with "
                              f"`rlhf-interp reward-model train`), or rm_refresh_every=null.")
         self.trainer = trainer
