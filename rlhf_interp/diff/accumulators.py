@@ -69,13 +69,14 @@ class ResidualAccumulator:
         positions = batch.positions[mask].cpu()
         keep = positions < self.max_positions
         for i, hook in enumerate(self.hooks):
-            metrics = residual_token_metrics(_stacked(batch.base, hook, self.n_layers, mask),
-                                             _stacked(batch.tuned, hook, self.n_layers, mask))
-            for m, name in enumerate(self.METRICS):
-                self.sums[m, i] += metrics[name].sum(-1).cpu()
+            for layer in range(self.n_layers):  # one layer at a time: float64 temporaries of [tokens, d_model]
+                name = block_hook(layer, hook)
+                metrics = residual_token_metrics(batch.base[name][mask].to(_F64), batch.tuned[name][mask].to(_F64))
+                for m, metric in enumerate(self.METRICS):
+                    self.sums[m, i, layer] += metrics[metric].sum().cpu()
+                for m, metric in enumerate(self.POSITION_METRICS):
+                    self.pos_sums[m, i, layer].index_add_(0, positions[keep], metrics[metric].cpu()[keep])
             self.counts[i] += positions.numel()
-            for m, name in enumerate(self.POSITION_METRICS):
-                self.pos_sums[m, i].index_add_(1, positions[keep], metrics[name].cpu()[:, keep])
             self.pos_counts[i].index_add_(1, positions[keep], torch.ones(self.n_layers, int(keep.sum()), dtype=_F64))
 
     def result(self) -> pd.DataFrame:

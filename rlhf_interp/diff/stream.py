@@ -69,15 +69,19 @@ def paired_batches(base, tuned, texts: Sequence[str], hook_names: Sequence[str],
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
         chunk = list(texts[start:start + batch_size])
         tokens, mask = tokenize(base, chunk)
-        b = capture(base, tokens, mask, names, logits=True)
-        t = capture(tuned, tokens, mask, names, logits=True)
-        base_logits, base_cache, tuned_logits, tuned_cache = b.logits, b.acts, t.logits, t.acts
-        positions = real_positions(mask)
-        token_mask = content_mask(mask, include_bos=include_bos)
-        yield PairedBatch(
-            tokens=tokens, attention_mask=mask, token_mask=token_mask, positions=positions,
-            prompt_index=torch.arange(start, start + len(chunk)),
-            base=base_cache, tuned={k: v.to(base_cache[k].device) for k, v in tuned_cache.items()},
-            base_logits=base_logits if need_logits else None,
-            tuned_logits=tuned_logits.to(base_logits.device) if need_logits else None,
+        # Logits ([batch, pos, vocab], the largest tensor of a pass) are kept only when asked for.
+        b = capture(base, tokens, mask, names, logits=need_logits)
+        t = capture(tuned, tokens, mask, names, logits=need_logits)
+        batch = PairedBatch(
+            tokens=tokens, attention_mask=mask, token_mask=content_mask(mask, include_bos=include_bos),
+            positions=real_positions(mask), prompt_index=torch.arange(start, start + len(chunk)),
+            base=b.acts, tuned={k: v.to(b.acts[k].device) for k, v in t.acts.items()},
+            base_logits=b.logits, tuned_logits=t.logits.to(b.logits.device) if need_logits else None,
         )
+        del b, t
+        yield batch
+        # Released before the next batch is read, even while the caller's loop variable still holds the batch:
+        # one batch of activations alive at a time (a batch is valid until the next one is requested).
+        batch.base.clear()
+        batch.tuned.clear()
+        batch.base_logits = batch.tuned_logits = None
