@@ -1,4 +1,10 @@
-"""What every benchmark writes next to its numbers: machine, versions, date; and where results go."""
+"""What every benchmark writes next to its numbers (machine, versions, threads, load, date), where results go,
+and the few helpers they share (threads, alternated timing, peak RSS of a child process).
+
+Why the load average is recorded: on a shared machine absolute times drift by 2-10x; a result taken while the
+1-minute load was above the number of cores is flagged ``noisy`` in the README table. Ratios measured by
+alternating the two sides in one run hold much better than absolute times.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,25 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where results go; RLHF_BENCH_RESULTS redirects them (smoke tests at small scale should not land in the table).
+RESULTS = Path(os.environ.get("RLHF_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+
+
+def set_threads(threads: int | None) -> int:
+    """torch intra-op threads: ``threads`` or, by default, every core this process may run on (torch's own
+    default is the physical cores; on a machine shared with other jobs fewer threads spin-wait less)."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, int(threads or cores)))
+    return torch.get_num_threads()
 
 
 def machine_info() -> dict:
@@ -21,19 +42,54 @@ def machine_info() -> dict:
 
     flags = ""
     try:
-        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         pass
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        threads = None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cores = os.cpu_count() or 1
     return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            "avx512_bf16": "avx512_bf16" in flags,
+            "cpu_count": cores, "torch_threads": threads, "machine": platform.machine(),
+            "python": platform.python_version(),
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "load_average_1min_at_end": load, "noisy": load is not None and load > cores,
             "versions": {n: v(n) for n in ("torch", "transformers", "transformer-lens", "trl", "peft", "rlhf-interp")}}
 
 
 def write_result(name: str, result: dict) -> Path:
-    """benchmarks/results/<name>.json with the machine facts; the README table is built from these files."""
-    RESULTS.mkdir(exist_ok=True)
+    """benchmarks/results/<name>.json with the machine facts; the README table is built from these files.
+
+    ``result`` holds one top-level key (the benchmark) whose value carries a ``headline``:
+    ``{"what", "result", "target", "met"}`` -- the README row (`run_all.py`)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({**result, "machine": machine_info()}, indent=2) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    tmp.write_text(json.dumps({**result, "machine": machine_info(), "command": command}, indent=2) + "\n")
+    tmp.replace(path)
     print(f"wrote {path}")
     return path
+
+
+def alternate(runs: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each callable, alternated ``reps`` times (A B A B ...) after ``warmup`` untimed rounds, so
+    that a change in machine load hits every side alike."""
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(reps):
+        for key, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

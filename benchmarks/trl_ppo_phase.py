@@ -1,16 +1,21 @@
 """A PPO phase of this toolkit vs one update of TRL 1.12's PPO, on identical work, alternated in one run.
 
     pip install -e ".[bench]"       # TRL 1.12.0 (the last release with PPO), never a main dependency
-    python benchmarks/trl_ppo_phase.py --rounds 3 --updates 3
+    python benchmarks/trl_ppo_phase.py --rounds 3 --updates 3 [--precision bf16] [--trl-precision fp32]
+    RLHF_BENCH_RESULTS=/tmp/bench python benchmarks/trl_ppo_phase.py --rounds 1 --updates 2 --batch 4 --new-tokens 8  # smoke
 
 Identical work: SmolLM2-135M-Instruct as policy and frozen reference, the same prompts, batch 16 x 24 new
-tokens sampled at temperature 1, 2 PPO epochs x 2 minibatches, every layer trained, forward k1 KL in the
-reward, reward = number of '.' in the continuation (a model-free counter in both). TRL trains its usual
-full-size critic (SmolLM2 as AutoModelForSequenceClassification); ours puts a value head on the policy's
-final residual stream. Each side runs in its own subprocess (memory does not leak across), the two
-alternate ``--rounds`` times, and the first update/phase of each process is dropped as warm-up.
+tokens sampled at temperature 1, 2 PPO epochs x 2 minibatches, every policy weight trained (embeddings too,
+so both policies train the same parameters), forward k1 KL in the reward, reward = number of '.' in the
+continuation (a model-free counter in both). TRL trains its usual full-size critic (SmolLM2 as
+AutoModelForSequenceClassification); ours puts a value head on the policy's final residual stream.
+Precision: ours ``--precision`` (default bf16: `rlhf_interp.bridge.precision`, drift from fp32 < 1e-3 nats per
+token, tests/test_precision.py); TRL ``--trl-precision`` (default fp32, its CPU default; bf16 sets
+``bf16=True``, accelerate's autocast). Each side runs in its own subprocess (memory does not leak across), the
+two alternate ``--rounds`` times, and the first update/phase of each process is dropped as warm-up.
 Absolute times drift on a shared machine; the ratio of medians measured in the same run is what holds.
-Writes ``benchmarks/results/ppo_phase.json`` with ``{"ppo_phase": {"trl_ratio": ...}}``.
+Writes ``benchmarks/results/ppo_phase.json`` with ``{"ppo_phase": {"trl_ratio": ...}}`` (TRL seconds per
+update / ours per phase: > 1 means ours is faster).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,30 +31,33 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _bench_common import machine_info, write_result  # noqa: E402
+from _bench_common import median, set_threads, write_result
 
-BATCH, NEW_TOKENS, EPOCHS, MINIBATCHES, KL_COEF, LR = 16, 24, 2, 2, 0.05, 1e-5
+EPOCHS, MINIBATCHES, KL_COEF, LR = 2, 2, 0.05, 1e-5
 
 
-def run_ours(updates: int) -> list[float]:
+def run_ours(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
     from rlhf_interp.ppo import PPOConfig, PPOTrainer
 
     config = PPOConfig.load(None, [
         "model=smollm2-135m", "reward=char_count", "reward_kwargs={char: '.'}", f"phases={updates}",
-        f"batch_size={BATCH}", f"max_new_tokens={NEW_TOKENS}", f"ppo_epochs={EPOCHS}",
-        f"minibatch_size={BATCH // MINIBATCHES}", "freeze_layers=0", "kl_estimator=k1", "kl_placement=reward",
-        "kl_direction=forward", f"kl_coef={KL_COEF}", "adaptive_kl=false", f"lr={LR}", "checkpoint_every=0",
-        "sample_every=0", "stop_at_eos=false"])
+        f"batch_size={batch}", f"max_new_tokens={new_tokens}", f"ppo_epochs={EPOCHS}",
+        f"minibatch_size={batch // MINIBATCHES}", "freeze_layers=0", "train_embeddings=true", "kl_estimator=k1",
+        "kl_placement=reward", "kl_direction=forward", f"kl_coef={KL_COEF}", "adaptive_kl=false", f"lr={LR}",
+        "checkpoint_every=0", "sample_every=0", "stop_at_eos=false", f"precision={precision}"])
     with tempfile.TemporaryDirectory() as out:
-        history = PPOTrainer(config, out, progress=False).train()
-    return [m["seconds"] for m in history]
+        trainer = PPOTrainer(config, out, progress=False)
+        trainable = sum(p.numel() for p in trainer.trainable_parameters())
+        head = sum(p.numel() for p in trainer.head.parameters())
+        history = trainer.train()
+    return {"seconds": [m["seconds"] for m in history], "rollout_seconds": [m["rollout_seconds"] for m in history],
+            "trainable_policy_params": trainable, "trainable_value_params": head}
 
 
-def run_trl(updates: int) -> list[float]:
+def run_trl(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                              TrainerCallback)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     from rlhf_interp.models import embedded_model_dir, fetch_embedded
@@ -80,7 +87,7 @@ def run_trl(updates: int) -> list[float]:
         def score(self, hidden):
             return hidden
 
-    prompts = load_prompts(limit=BATCH * (updates + 1), seed=0)
+    prompts = load_prompts(limit=batch * (updates + 1), seed=0)
     encoded = [tok(tok.bos_token + p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(e) for e in encoded)
     dataset = Dataset.from_dict({"input_ids": [[tok.pad_token_id] * (width - len(e)) + e for e in encoded]})
@@ -100,32 +107,37 @@ def run_trl(updates: int) -> list[float]:
             self.last = now
 
     with tempfile.TemporaryDirectory() as out:
-        args = PPOConfig(output_dir=out, use_cpu=True, per_device_train_batch_size=BATCH,  # TRL: the rollout batch, split into num_mini_batches
+        args = PPOConfig(output_dir=out, use_cpu=True, per_device_train_batch_size=batch,  # TRL: the rollout batch, split into num_mini_batches
                          gradient_accumulation_steps=1, num_mini_batches=MINIBATCHES, num_ppo_epochs=EPOCHS,
-                         total_episodes=BATCH * updates, response_length=NEW_TOKENS, temperature=1.0,
-                         kl_coef=KL_COEF, kl_estimator="k1", learning_rate=LR, local_rollout_forward_batch_size=BATCH,
+                         total_episodes=batch * updates, response_length=new_tokens, temperature=1.0,
+                         kl_coef=KL_COEF, kl_estimator="k1", learning_rate=LR, local_rollout_forward_batch_size=batch,
                          num_sample_generations=0, report_to=[], save_strategy="no", logging_steps=1000,
-                         stop_token=None, missing_eos_penalty=None, seed=0)
+                         stop_token=None, missing_eos_penalty=None, seed=0, bf16=precision == "bf16")
         trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref,
                              reward_model=PeriodCounter(width), train_dataset=dataset, value_model=value,
                              callbacks=[Timer()])
         trainer.callback_handler.callbacks[-1].last = time.perf_counter()
+        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+        critic = sum(p.numel() for p in value.parameters() if p.requires_grad)
         trainer.train()
-    return times
+    return {"seconds": times, "trainable_policy_params": trainable, "trainable_value_params": critic}
 
 
-def child(which: str, updates: int) -> None:
-    import torch
+def child(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
+    run = run_ours if args.child == "ours" else run_trl
+    precision = args.precision if args.child == "ours" else args.trl_precision
+    print("RESULT " + json.dumps(run(args.updates, args.batch, args.new_tokens, precision)))
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    times = run_ours(updates) if which == "ours" else run_trl(updates)
-    print("RESULT " + json.dumps(times))
 
-
-def spawn(which: str, updates: int) -> list[float]:
+def spawn(which: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, __file__, "--child", which, "--updates", str(updates)],
-                          capture_output=True, text=True, env=env)
+    flags = ["--updates", str(args.updates), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
+             "--precision", args.precision, "--trl-precision", args.trl_precision]
+    if args.threads:
+        flags += ["--threads", str(args.threads)]
+    proc = subprocess.run([sys.executable, __file__, "--child", which, *flags], capture_output=True, text=True,
+                          env=env, check=False)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{which} failed:\n{proc.stderr[-3000:]}")
@@ -136,22 +148,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two processes")
     parser.add_argument("--updates", type=int, default=3, help="PPO updates per process (first dropped)")
+    parser.add_argument("--batch", type=int, default=16, help="rollout batch (16 for the quoted work)")
+    parser.add_argument("--new-tokens", type=int, default=24, help="sampled tokens (24 for the quoted work)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="ours")
+    parser.add_argument("--trl-precision", choices=["fp32", "bf16"], default="fp32", help="TRL's (bf16=True)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.batch % MINIBATCHES:
+        parser.error(f"--batch must be divisible by {MINIBATCHES} minibatches")
     if args.child:
-        return child(args.child, args.updates)
+        return child(args)
     samples: dict[str, list[float]] = {"ours": [], "trl": []}
+    rollout: list[float] = []
+    params: dict[str, dict] = {}
     for r in range(args.rounds):
         for which in ("ours", "trl"):
-            times = spawn(which, args.updates)
-            samples[which] += times[1:]
-            print(f"round {r + 1}: {which:4s} " + " ".join(f"{t:.1f}" for t in times) + " s (first = warm-up)")
-    ours, trl = statistics.median(samples["ours"]), statistics.median(samples["trl"])
-    result = {"ppo_phase": {"ours_seconds_median": ours, "trl_seconds_median": trl, "trl_ratio": trl / ours,
-                            "ours_seconds": samples["ours"], "trl_seconds": samples["trl"],
-                            "work": dict(batch=BATCH, new_tokens=NEW_TOKENS, epochs=EPOCHS, minibatches=MINIBATCHES,
-                                         kl="forward k1 in reward", model="smollm2-135m", trained="every layer")}}
-    print(f"\nmedian seconds per update: ours {ours:.2f}, TRL {trl:.2f} -> TRL/ours = {trl / ours:.2f}x")
+            out = spawn(which, args)
+            samples[which] += out["seconds"][1:]
+            if which == "ours":
+                rollout += out["rollout_seconds"][1:]
+            params[which] = {k: v for k, v in out.items() if k.startswith("trainable")}
+            print(f"round {r + 1}: {which:4s} " + " ".join(f"{t:.1f}" for t in out["seconds"]) + " s (first = warm-up)")
+    ours, trl = median(samples["ours"]), median(samples["trl"])
+    quoted = args.batch == 16 and args.new_tokens == 24
+    ratio = trl / ours
+    result = {"ppo_phase": {
+        "ours_seconds_median": ours, "ours_rollout_seconds_median": median(rollout),
+        "ours_update_seconds_median": ours - median(rollout), "trl_seconds_median": trl, "trl_ratio": ratio,
+        "ours_seconds": samples["ours"], "trl_seconds": samples["trl"], "trainable": params,
+        "work": {"batch": args.batch, "new_tokens": args.new_tokens, "epochs": EPOCHS, "minibatches": MINIBATCHES,
+                 "kl": "forward k1 in reward", "model": "smollm2-135m", "trained": "every policy weight",
+                 "ours_precision": args.precision, "trl_precision": args.trl_precision, "rounds": args.rounds,
+                 "updates_per_process": args.updates},
+        "headline": {"what": f"PPO phase vs TRL 1.12 (batch {args.batch} x {args.new_tokens} tokens, 2 epochs x 2 "
+                             f"minibatches; ours {args.precision}, TRL {args.trl_precision})",
+                     "result": f"{ratio:.2f}x TRL's throughput (TRL {trl:.1f} s / ours {ours:.1f} s per update)",
+                     "target": ">= 2x", "met": bool(ratio >= 2.0 and quoted)}}}
+    print(f"\nmedian seconds per update: ours {ours:.2f} (rollout {median(rollout):.2f}), TRL {trl:.2f} -> "
+          f"TRL/ours = {ratio:.2f}x")
     write_result("ppo_phase", result)
 
 
