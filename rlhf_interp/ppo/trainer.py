@@ -128,8 +128,8 @@ class PPOTrainer:
             [{"params": self.trainable_parameters(), "lr": cfg.lr},
              {"params": list(self.head.parameters()), "lr": cfg.head_lr}],
             weight_decay=cfg.weight_decay,
-            # One fused kernel per step instead of foreach's several passes over weights, gradients and moments:
-            # ~4x faster on this CPU for SmolLM2's 108M trained weights; same numbers (to ~3e-8).
+            # One fused kernel per step instead of foreach's several passes over weights, gradients and moments;
+            # the same numbers up to rounding (benchmarks/learn_step.py: adamw_step_seconds, foreach vs fused).
             fused=self.device.type in ("cpu", "cuda"),
         )
         warmup, total = cfg.warmup_phases * steps_per_phase, cfg.phases * steps_per_phase
