@@ -91,8 +91,12 @@ def _param_bytes(bridge) -> int:
 def child(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     base, tuned = _load_pair(args.model)
+    from rlhf_interp.diff import RESID_HOOKS
+
+    cfg = base.cfg  # what one token's residual activations take, both models, at every hook the diff reads
     out = {"model_bytes_each": _param_bytes(base), "models_bytes": _param_bytes(base) + _param_bytes(tuned),
-           "rss_after_load": _rss_bytes()}
+           "rss_after_load": _rss_bytes(),
+           "activation_bytes_per_token": 2 * len(RESID_HOOKS) * cfg.n_layers * cfg.d_model * 4}
     if args.child == "diff":
         from rlhf_interp.bridge.tokens import tokenize
         from rlhf_interp.diff import residual_diff
@@ -156,7 +160,7 @@ def main() -> None:
         "baseline_peak_rss_bytes": baseline["peak_rss"], "models_bytes": models,
         "model_bytes_each": diff["model_bytes_each"], "rss_after_load_bytes": diff["rss_after_load"],
         "rss_growth_bytes_first_to_last_tenth": growth, "rss_samples_bytes": samples,
-        "over_models_bytes": peak - models,
+        "over_models_bytes": peak - models, "activation_bytes_per_token": diff["activation_bytes_per_token"],
         "headline": {"what": f"Residual diff of two {args.model} models over {diff['tokens'] / 1000:.0f}k tokens: "
                              f"peak RSS",
                      "result": f"{peak / GIB:.2f} GiB = models {models / GIB:.2f} GiB + {(peak - models) / GIB:.2f} "

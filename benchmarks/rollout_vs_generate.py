@@ -78,15 +78,44 @@ def main() -> None:
         return row
 
     rows = [measure(batch) for batch in args.batches]
+    few, few_mask = tokenize(model, ["Hello", "The cat sat"])
+    calls = {"ours": module_calls_per_step(model, lambda: generate(model, ["Hello", "The cat sat"], max_new_tokens=3,
+                                                                    seed=0, stop_at_eos=False)),
+             "raw": module_calls_per_step(plain, lambda: plain.generate(
+                 few, attention_mask=few_mask, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                 pad_token_id=model.tokenizer.pad_token_id))}
+    print(f"module calls per decoding step: ours {calls['ours']:.0f}, raw {calls['raw']:.0f}")
     worst = min(r["ratio"] for r in rows)
     batches = "/".join(str(b) for b in args.batches)
     write_result("rollout_bf16" if bf16 else "rollout", {"rollout": {
         "model": args.model, "precision": args.precision, "raw_attn_implementation": "sdpa", "rows": rows,
+        "module_calls_per_step": calls,
         "min_ratio": worst,
         "headline": {"what": f"Rollout sampling with a hook on vs raw HF generate ({args.precision}, batch {batches} "
                              f"x {args.new_tokens} tokens, KV cache)",
                      "result": f"{100 * worst:.0f}% of raw tokens/s at the worst batch",
                      "target": ">= 95%", "met": bool(worst >= 0.95)}}})
+
+
+def module_calls_per_step(model, run) -> float:
+    """nn.Module calls per forward pass of ``model`` while ``run`` generates (Python overhead per decoding step)."""
+    import collections
+
+    import torch
+
+    counts: collections.Counter = collections.Counter()
+    def count(module, args) -> None:
+        counts[type(module).__name__] += 1
+
+    handles = [m.register_forward_pre_hook(count) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    passes = max(counts.get(type(model).__name__, 1), 1)  # the top module runs once per pass
+    return sum(counts.values()) / passes
 
 
 def _stack(*contexts) -> contextlib.ExitStack:

@@ -43,7 +43,8 @@ SECTION_INTRO = """## Performance
 One command reruns every benchmark and rewrites the table below from `benchmarks/results/*.json`:
 `python benchmarks/run_all.py` (`--table-only` rebuilds the table alone). What each benchmark measures,
 how, and what each speed change bought: [benchmarks/README.md](benchmarks/README.md). Times drift on a shared
-machine; the ratios are measured within one run, alternating the two sides.
+machine; the ratios are measured within one run, alternating the two sides. The fast path for training is
+`precision: bf16` in a PPO config (bf16 autocast with fp32 weights, logits, log-probs and losses; off by default).
 
 """
 

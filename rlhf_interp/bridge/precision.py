@@ -15,7 +15,7 @@ Why a helper instead of a bare ``torch.autocast``:
 2. **Frozen weights are cast again at every decoding step.** Autocast caches the bf16 copy of a weight for
    the length of the ``autocast`` block only when the weight is a leaf that requires grad. A frozen weight
    -- the tied embedding/unembedding (49152 x 576 in SmolLM2), every base weight under LoRA -- is cast again
-   at each of the ``max_new_tokens`` steps, which costs more than the step's matmuls.
+   at each of the ``max_new_tokens`` steps, which can cost more than the step's matmuls.
    ``cast_frozen_once=True`` marks frozen weights as requiring grad for the block (no-grad code only, so no
    graph and no gradient can result) and restores them on exit, also on error.
 3. **``torch.inference_mode`` turns that cache off** (every call casts every weight again), and tensors made
@@ -30,7 +30,7 @@ Master weights, optimizer state and every loss stay fp32: callers cast logits an
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
