@@ -21,6 +21,12 @@ Why a helper instead of a bare ``torch.autocast``:
 3. **``torch.inference_mode`` turns that cache off** (every call casts every weight again), and tensors made
    under it cannot be saved for a later backward (the rollout's log-probs, values and advantages feed the
    PPO loss). Sampling and the no-grad passes therefore use ``torch.no_grad``.
+4. **Logits in fp32 where log-probs are read** (``fp32_logits=True``). Rounding the logits themselves to bf16
+   roughly doubles the drift from fp32, and sampling at temperature T divides that rounding by T again
+   (benchmarks/precision_drift.py). The scoring passes (policy, reference, update) therefore run the
+   unembedding with autocast off. Sampling keeps bf16 logits: its draws are then scored by those passes, so
+   its rounding moves which tokens are drawn (by the pure-bf16 drift measured there), not the log-probs PPO
+   computes with.
 
 An ``autocast`` block must not span an optimizer step: its cache would hand the next forward the bf16 copy
 of the weights before the step. Enter one block per forward (what `ppo.rollout` and `ppo.update` do).
@@ -84,6 +90,8 @@ def _frozen_weights_cached(models: list) -> Iterator[None]:
 @contextlib.contextmanager
 def _fp32_unembed(model, device_type: str) -> Iterator[None]:
     """The unembedding of ``model`` runs with autocast off: fp32 logits (see the module docstring, point 4)."""
+    if not isinstance(getattr(model, "unembed", None), torch.nn.Module):
+        raise TypeError(f"fp32_logits needs a bridge with an `unembed` module; {type(model).__name__} has none.")
 
     def off(module, args):
         torch.set_autocast_enabled(device_type, False)
@@ -107,8 +115,9 @@ def autocast(models, precision: str = "fp32", *, cast_frozen_once: bool = False,
     """Run ``models`` (a bridge or several) in ``precision`` inside the block.
 
     ``"fp32"``: nothing changes. ``"bf16"``: ``torch.autocast`` to bfloat16 on the models' device, finite
-    attention scores in every model (see the module docstring, point 1), and with ``cast_frozen_once`` (for
-    no-grad code that runs a model many times, such as KV-cached sampling) frozen weights cast once (point 2).
+    attention scores in every model (see the module docstring, point 1); with ``cast_frozen_once`` (for
+    no-grad code that runs a model many times, such as KV-cached sampling) frozen weights cast once (point 2);
+    with ``fp32_logits`` the unembedding in fp32 (point 4).
     """
     check_precision(precision)
     models = _models(models)
