@@ -19,19 +19,10 @@ OUTPUTS = ("trials.csv", "pareto.csv", "config.json")
 
 def add_vector_source_args(parser: argparse.ArgumentParser) -> None:
     """The vector sources of ``steer`` (read by `steer_cmd.build_vector`); none given = from the reward."""
-    source = parser.add_argument_group("vector (at most one; default: pairs of best/worst samples under the reward)")
-    source.add_argument("--vector", default=None, help="a saved steering vector (.safetensors)")
-    source.add_argument("--positive", nargs="+", default=None, help="texts with the property (or one .txt file)")
-    source.add_argument("--negative", nargs="+", default=None, help="texts without it (or one .txt file)")
-    source.add_argument("--pairs", default=None, help='.jsonl of {"positive": ..., "negative": ...} pairs')
-    source.add_argument("--base", default=None, help="with --tuned: the fine-tuning direction (tuned - base)")
-    source.add_argument("--tuned", default=None)
-    parser.add_argument("--method", default=None, choices=["mean_difference", "contrastive", "pca"],
-                        help="how to combine texts (default: mean_difference for --positive/--negative, contrastive "
-                             "for --pairs and for reward pairs)")
-    parser.add_argument("--reduce", default="mean", choices=["mean", "last"],
-                        help="per text: mean over non-BOS tokens, or the last token")
-    parser.add_argument("--hook", default="resid_post", help="resid_pre, resid_mid, resid_post, attn_out, mlp_out")
+    from rlhf_interp.cli.steer_cmd import add_vector_args
+
+    add_vector_args(parser, title="vector (at most one; default: pairs of best/worst samples under the reward)",
+                    contrastive_for="--pairs and for reward pairs")
     parser.add_argument("--direction-prompts", type=int, default=64,
                         help="prompts (other than the measured ones) for reward pairs and residual norms")
     parser.add_argument("--pair-samples", type=int, default=4, help="base samples per prompt for reward pairs")

@@ -12,10 +12,9 @@ from rlhf_interp.cli.common import (add_common_args, claim_out, load_prompt_set,
 OUTPUTS = ("steering_sweep.csv", "steering_sweep.png", "config.json")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("steer", help="build or load a steering vector; sweep layers x coefficients; CSV + PNG")
-    add_common_args(parser, default_out="runs/steer")
-    source = parser.add_argument_group("vector (one of)")
+def add_vector_args(parser: argparse.ArgumentParser, *, title: str, contrastive_for: str) -> None:
+    """Where a steering vector comes from: the arguments `build_vector` reads (steer, edit-search, frontier)."""
+    source = parser.add_argument_group(title)
     source.add_argument("--vector", default=None, help="a saved steering vector (.safetensors)")
     source.add_argument("--positive", nargs="+", default=None, help="texts with the property (or one .txt file)")
     source.add_argument("--negative", nargs="+", default=None, help="texts without it (or one .txt file)")
@@ -23,11 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--base", default=None, help="with --tuned: the fine-tuning direction (tuned - base)")
     source.add_argument("--tuned", default=None)
     parser.add_argument("--method", default=None, choices=["mean_difference", "contrastive", "pca"],
-                        help="how to combine texts (default: mean_difference for --positive/--negative, "
-                             "contrastive for --pairs)")
+                        help=f"how to combine texts (default: mean_difference for --positive/--negative, "
+                             f"contrastive for {contrastive_for})")
     parser.add_argument("--reduce", default="mean", choices=["mean", "last"],
                         help="per text: mean over non-BOS tokens, or the last token")
     parser.add_argument("--hook", default="resid_post", help="resid_pre, resid_mid, resid_post, attn_out, mlp_out")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("steer", help="build or load a steering vector; sweep layers x coefficients; CSV + PNG")
+    add_common_args(parser, default_out="runs/steer")
+    add_vector_args(parser, title="vector (one of)", contrastive_for="--pairs")
     parser.add_argument("--layers", default="0", help="comma-separated layers to sweep")
     parser.add_argument("--coefs", default="0,1,2,4", help="comma-separated coefficients")
     parser.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
