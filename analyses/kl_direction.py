@@ -240,7 +240,7 @@ def read_base(study_dir: Path) -> dict:
 
 def _task_rewards(behaviour: Behaviour) -> dict:
     """Each task's reward (as optimised: higher is better) as a function of texts."""
-    from rlhf_interp.rewards import char_count
+    from rlhf_interp.reward import char_count
 
     return {"periods": lambda texts: char_count(texts, "."), "suppress": lambda texts: -behaviour.counts(texts)}
 

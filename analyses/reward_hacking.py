@@ -6,7 +6,7 @@
 
 Steps (each one's output is kept in ``--work-dir`` and reused with ``--reuse``):
 1. synthetic preferences: two completions per prompt from the base model, labelled by ``char_count('.')``,
-   ties dropped (`rlhf_interp.preference_data.synthesize_pairs`);
+   ties dropped (`rlhf_interp.reward.synthetic.synthesize_pairs`);
 2. a Bradley-Terry reward model on them (`train_reward_model`; most blocks frozen, cached once);
 3. held-out texts freshly sampled from the base model: the RM's rank correlation (Spearman) with the truth;
 4. PPO (configs/periods.yaml, reward = the RM) while a callback records the true period count and the RM's

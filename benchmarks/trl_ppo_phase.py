@@ -60,7 +60,7 @@ def run_trl(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from rlhf_interp.models import embedded_model_dir, fetch_embedded
+    from rlhf_interp.bridge.embedded import embedded_model_dir, fetch_embedded
     from rlhf_interp.prompts import load_prompts
 
     model_dir = fetch_embedded() if not (embedded_model_dir() / "config.json").exists() else embedded_model_dir()

@@ -122,6 +122,28 @@ def test_score_generation_uses_the_sampled_tokens(tiny, vector):
     assert df.continuation.tolist() == gen.texts
 
 
+def test_score_generation_scores_the_tempered_distributions(tiny, vector):
+    """At temperature T the log-probs and the exact KL are those of logits / T, the distributions sampled from."""
+    edit = Steering(vector, [1], 2.0).on(tiny)  # every position: a plain forward below applies it too
+    with edit:
+        gen = generate(tiny, PROMPTS, max_new_tokens=4, seed=0, temperature=2.0)
+    hot = score_generation(tiny, edit, gen, temperature=2.0)
+    plain = score_generation(tiny, edit, gen)
+    with torch.no_grad():
+        ref = tiny(gen.tokens, attention_mask=gen.attention_mask).double()
+        with edit:
+            pol = tiny(gen.tokens, attention_mask=gen.attention_mask).double()
+    p, mask = gen.prompt_len, gen.generated_mask[:, gen.prompt_len:].double()
+    logq, logp = (torch.log_softmax(x[:, p - 1:-1] / 2.0, -1) for x in (ref, pol))
+    lq = logq.gather(-1, gen.tokens[:, p:, None]).squeeze(-1)
+    exact = (logp.exp() * (logp - logq)).sum(-1)
+    torch.testing.assert_close(torch.tensor(hot.logprob_reference.to_numpy()).double(), (lq * mask).sum(1),
+                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(hot.kl_exact.to_numpy()).double(), (exact * mask).sum(1),
+                               atol=1e-5, rtol=1e-4)
+    assert (hot.kl_exact - plain.kl_exact).abs().max() > 1e-3  # the temperature really changes the score
+
+
 def test_evaluate_edit_and_sweep(tiny, vector):
     summary = evaluate_edit(tiny, Steering(vector, [1], 2.0), PROMPTS, "length", max_new_tokens=5)
     assert len(summary) == 1

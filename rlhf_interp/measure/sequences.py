@@ -17,7 +17,8 @@ import torch
 from rlhf_interp.bridge.generation import Generation, generate
 from rlhf_interp.bridge.tokens import check_context
 from rlhf_interp.edits.base import Edit
-from rlhf_interp.kl import entropy_from_logprobs, kl_divergence, kl_estimate, mean_and_stderr
+from rlhf_interp.kl import (entropy_from_logprobs, kl_estimate, kl_from_logprobs, mean_and_stderr,
+                            sampling_logprobs)
 from rlhf_interp.measure.token_shift import bind, check_reference, forward_logits
 from rlhf_interp.reward.functions import get_reward, score
 
@@ -29,9 +30,12 @@ def distinct_n(token_lists: Iterable[Sequence[int]], n: int) -> float:
 
 
 @torch.no_grad()
-def score_generation(model, edit: Edit | None, gen: Generation, *, reference=None, batch_size: int = 16
-                     ) -> pd.DataFrame:
+def score_generation(model, edit: Edit | None, gen: Generation, *, reference=None, batch_size: int = 16,
+                     temperature: float = 1.0) -> pd.DataFrame:
     """Per-sequence KL of stored samples: one row per sequence.
+
+    Every log-prob, KL and entropy is of the distributions the samples were drawn from: both models'
+    logits divided by ``temperature`` (`kl.sampling_logprobs`), so pass the temperature that sampled them.
 
     Columns: prompt_idx, prompt, continuation, n_new_tokens, logprob_edited, logprob_reference,
     kl_k1, kl_k3, kl_exact (sums over the generated tokens, EOS included), entropy_mean (mean
@@ -47,12 +51,13 @@ def score_generation(model, edit: Edit | None, gen: Generation, *, reference=Non
     targets = gen.tokens[:, p:].cpu()
     tmask = gen.generated_mask[:, p:].cpu().float()
     predicting, ref_predicting = logits[:, p - 1:-1], ref_logits[:, p - 1:-1]  # the logits that chose each new token
-    logp_all = torch.log_softmax(predicting, dim=-1)
+    logp_all = sampling_logprobs(predicting, temperature)
+    logq_all = sampling_logprobs(ref_predicting, temperature)
     logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
-    logq = torch.log_softmax(ref_predicting, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    logq = logq_all.gather(-1, targets[..., None]).squeeze(-1)
     k1 = kl_estimate(logp, logq, "k1")
     k3 = kl_estimate(logp, logq, "k3")
-    exact = kl_divergence(predicting, ref_predicting)
+    exact = kl_from_logprobs(logp_all, logq_all)
     ent = entropy_from_logprobs(logp_all)
     n_tok = tmask.sum(1)
     return pd.DataFrame({
@@ -88,10 +93,11 @@ def sample(model, edit: Edit | None, prompts: Sequence[str], *, max_new_tokens: 
 
 
 def sequence_kl(model, edit: Edit | None, prompts: Sequence[str], *, reference=None, max_new_tokens: int = 24,
-                seed: int | None = 0, samples_per_prompt: int = 1) -> pd.DataFrame:
+                seed: int | None = 0, samples_per_prompt: int = 1, temperature: float = 1.0) -> pd.DataFrame:
     """Sample from the edited model, then estimate KL(edited || reference) per sequence (see `score_generation`)."""
-    gen = sample(model, edit, prompts, max_new_tokens=max_new_tokens, seed=seed, samples_per_prompt=samples_per_prompt)
-    return score_generation(model, edit, gen, reference=reference)
+    gen = sample(model, edit, prompts, max_new_tokens=max_new_tokens, seed=seed, samples_per_prompt=samples_per_prompt,
+                 temperature=temperature)
+    return score_generation(model, edit, gen, reference=reference, temperature=temperature)
 
 
 def summarize_sequences(df: pd.DataFrame) -> dict[str, float]:
@@ -110,7 +116,8 @@ def summarize_sequences(df: pd.DataFrame) -> dict[str, float]:
 
 def evaluate_edit(model, edit: Edit | None, prompts: Sequence[str], reward: str | Callable = "char_count", *,
                   reference=None, max_new_tokens: int = 24, seed: int | None = 0, samples_per_prompt: int = 1,
-                  return_sequences: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+                  return_sequences: bool = False, temperature: float = 1.0
+                  ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Reward, KL, entropy and diversity of the edited model's own samples.
 
     Returns a one-row DataFrame: n_sequences, reward_mean/_stderr, kl_k1_mean/_stderr,
@@ -118,13 +125,15 @@ def evaluate_edit(model, edit: Edit | None, prompts: Sequence[str], reward: str 
     (per token), distinct_1, distinct_2 (over generated tokens, EOS excluded), new_tokens_mean,
     seconds. With ``return_sequences`` also the per-sequence table (`score_generation` + reward).
     The reward scores the continuation only. The same ``seed`` gives every edit the same random
-    numbers, which makes differences between settings less noisy.
+    numbers, which makes differences between settings less noisy. ``temperature`` samples and scores
+    both models' tempered distributions (1: the models as they are).
     """
     start = time.perf_counter()
     check_reference(model, reference)  # before sampling, not after
     reward_fn = get_reward(reward) if not callable(reward) else reward
-    gen = sample(model, edit, prompts, max_new_tokens=max_new_tokens, seed=seed, samples_per_prompt=samples_per_prompt)
-    seqs = score_generation(model, edit, gen, reference=reference)
+    gen = sample(model, edit, prompts, max_new_tokens=max_new_tokens, seed=seed, samples_per_prompt=samples_per_prompt,
+                 temperature=temperature)
+    seqs = score_generation(model, edit, gen, reference=reference, temperature=temperature)
     seqs["reward"] = score(reward_fn, gen.texts).numpy()
     summary = summarize_sequences(seqs)
     eos = model.tokenizer.eos_token_id

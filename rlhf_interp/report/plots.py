@@ -291,7 +291,7 @@ def plot_ablation_sweep(df: pd.DataFrame, *, target: str = "target", kl: str = "
 
 
 # ----------------------------------------------------------------------------------------------
-# Learned reward models (rlhf_interp.reward_model) and reward hacking
+# Learned reward models (rlhf_interp.reward.model) and reward hacking
 
 
 def plot_reward_model_training(metrics: pd.DataFrame) -> Figure:
