@@ -61,16 +61,17 @@ def machine_info() -> dict:
             "versions": {n: v(n) for n in ("torch", "transformers", "transformer-lens", "trl", "peft", "rlhf-interp")}}
 
 
-def write_result(name: str, result: dict) -> Path:
+def write_result(name: str, result: dict, machine: dict | None = None) -> Path:
     """benchmarks/results/<name>.json with the machine facts; the README table is built from these files.
 
     ``result`` holds one top-level key (the benchmark) whose value carries a ``headline``:
-    ``{"what", "result", "target", "met"}`` -- the README row (`run_all.py`)."""
+    ``{"what", "result", "target", "met"}`` -- the README row (`run_all.py`). ``machine`` overrides facts
+    of this process that do not describe the measured ones (e.g. their threads)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    tmp.write_text(json.dumps({**result, "machine": machine_info(), "command": command}, indent=2) + "\n")
+    tmp.write_text(json.dumps({**result, "machine": {**machine_info(), **(machine or {})}, "command": command}, indent=2) + "\n")
     tmp.replace(path)
     print(f"wrote {path}")
     return path

@@ -52,6 +52,18 @@ def one_run(config: str, phases: int, processes: int, out: Path, threads: int | 
             "reward_mean_last": metrics[-1]["reward_mean"]}
 
 
+def headline(config: str, phases: int, runs: list[dict]) -> dict:
+    """The README row: each setting's phase time (sum of the phases' seconds) and command wall, best of its runs."""
+    def best(processes: int, threads: int, key: str) -> float:
+        return min(r[key] for r in runs if r["processes"] == processes and r["threads_per_process"] == threads)
+
+    settings = sorted({(r["processes"], r["threads_per_process"]) for r in runs})
+    parts = [f"{p} proc x {t} thr: {best(p, t, 'phases_seconds_total'):.1f} s ({best(p, t, 'wall_seconds'):.0f} s whole)"
+             for p, t in settings]
+    return {"what": f"PPO, {phases} phases of {Path(config).name}: 1 vs N processes (sum of phase seconds, best run)",
+            "result": "; ".join(parts)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -67,7 +79,9 @@ def main() -> None:
                 run = one_run(args.config, args.phases, n, Path(tmp) / f"r{repeat}-p{n}-t{threads}", threads)
                 print(run, flush=True)
                 runs.append(run)
-    write_result(f"processes_{args.name}", {"config": args.config, "phases": args.phases, "runs": runs})
+    write_result(f"processes_{args.name}", {"config": args.config, "phases": args.phases, "runs": runs,
+                                            "summary": {"headline": headline(args.config, args.phases, runs)}},
+                 machine={"torch_threads": "1-2 (per setting)"})
 
 
 if __name__ == "__main__":
