@@ -37,6 +37,7 @@ from rlhf_interp.diff.attention_view import head_patterns
 from rlhf_interp.diff.lens import token_id
 from rlhf_interp.diff.trajectory import trajectory_checkpoints
 from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.rebuild import rerender
 from rlhf_interp.report.charts import xy_chart
 from rlhf_interp.report.plots import diff_figures
 
@@ -233,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.root) / args.name
     if args.from_csv:
-        render(out).save()
-        print(f"report: {out}/index.html (rebuilt from its CSVs)")
-        return 0
+        return rerender(render, out)
     torch.manual_seed(args.seed)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="diff_ppo_demo_") as tmp:

@@ -47,7 +47,7 @@ from matplotlib.ticker import MaxNLocator
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.charts import facet_lines
 from rlhf_interp.report.plots import series_style
-from rlhf_interp.report.rebuild import load_analysis
+from rlhf_interp.report.rebuild import load_analysis, rerender
 
 HERE = Path(__file__).resolve().parent
 # CPU-sized, after reward_hacking.py's defaults: half its batch, the last 6 of SmolLM2's 30 blocks trained, so the
@@ -278,17 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.root) / args.name
     if args.from_csv:
-        report = render(out)
-        report.save()
-        print(report.headline)
-        print(f"report: {out}/index.html (rebuilt from its CSVs)")
-        return 0
-    import torch
+        return rerender(render, out)
 
     from rlhf_interp.ppo import PPOConfig
     from rlhf_interp.reward import METRICS_FILE, get_reward, load_reward_model
 
-    torch.set_num_threads(1)
     clock = time.process_time()
     wall = time.perf_counter()
     rh = reward_hacking()

@@ -32,13 +32,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from rlhf_interp.bridge import load_model
 from rlhf_interp.bridge.generation import generate
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
 from rlhf_interp.prompts import load_prompts
 from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.rebuild import rerender
 from rlhf_interp.report.charts import xy_chart
 from rlhf_interp.report.plots import plot_learned_vs_true, plot_reward_hacking, plot_reward_model_training
 from rlhf_interp.reward import (
@@ -229,12 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.root) / args.name
     if args.from_csv:
-        report = render(out)
-        report.save()
-        print(report.headline)
-        print(f"report: {out}/index.html (rebuilt from its CSVs)")
-        return 0
-    torch.set_num_threads(1)
+        return rerender(render, out)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     reward = get_reward("char_count", char=args.char)

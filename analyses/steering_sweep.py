@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.ticker import NullFormatter
 
 from rlhf_interp import load_model, load_prompts
 from rlhf_interp.edits import NoEdit, Steering, mean_difference, residual_norms
 from rlhf_interp.measure import LogitsCache, sweep
 from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.rebuild import rerender
 from rlhf_interp.report.charts import xy_chart
 from rlhf_interp.report.plots import plot_steering_sweep, plot_sweep_curves
 
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out_root) / NAME
     if args.from_csv:
-        render(out).save()
-        print(f"[steering_sweep] rebuilt {out}/", file=sys.stderr)
-        return 0
-    torch.set_num_threads(2)
+        return rerender(render, out)
     start = time.perf_counter()
     layers = [int(x) for x in args.layers.split(",")]
     coefs = sorted({float(x) for x in args.coefs.split(",")})

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from rlhf_interp.report.index import report_dirs, write_index
 from rlhf_interp.report.page import read_manifest
@@ -43,6 +44,18 @@ def rebuild(report_dir: str | Path) -> float:
     script = Path(source) if Path(source).is_absolute() else report_dir.resolve().parent.parent / source
     load_analysis(script).render(report_dir).save()
     return time.perf_counter() - start
+
+
+def rerender(render: Callable[[Path], "Report"], report_dir: str | Path) -> int:  # noqa: F821
+    """An analysis script's ``--from-csv``: its page again from the CSVs alone, headline printed; exit code 0."""
+    try:
+        report = render(Path(report_dir))
+    except FileNotFoundError as err:  # a user error: no traceback
+        raise SystemExit(f"error: {err} Measure it first (the same command without --from-csv).") from None
+    report.save()
+    print(report.headline)
+    print(f"report: {report_dir}/index.html (rebuilt from its CSVs)")
+    return 0
 
 
 def rebuild_all(root: str | Path, only: list[str] | None = None) -> dict[str, float]:
