@@ -574,7 +574,11 @@ def pareto_figure(trials: pd.DataFrame, reward_label: str):
 
 
 def freezing_table(points: pd.DataFrame) -> pd.DataFrame:
+    """The last checkpoint of each further PPO run (--run: same length, different freezing or LoRA); the
+    trajectory's last checkpoint only when there is no other run (its length differs, so it is not comparable)."""
     ft = points[(points["kind"] == "fine-tuning") & is_true(points["last"])]
+    if (~is_true(ft["trajectory"])).any():
+        ft = ft[~is_true(ft["trajectory"])]
     cols = ["method", "freeze_layers", "lora_r", "step", "wall_seconds", "reward_mean", "reward_stderr",
             "kl_exact_mean", "kl_exact_stderr", "reward_gain", "reward_per_nat", "collateral_kl_mean"]
     return ft[cols].sort_values(["lora_r", "freeze_layers"]).reset_index(drop=True)
@@ -628,9 +632,16 @@ def headline(points: pd.DataFrame, table: pd.DataFrame, scan: pd.DataFrame | Non
         g = table[(table["budget"] == budget) & (table["method"] != "base model") & table["reward_mean"].notna()]
         if g.empty:
             continue
-        best = g.loc[g["reward_gain"].idxmax()]
-        parts.append(f"at {budget:g} nats {best['method']} (reward {best['reward_mean']:.2f} ± {best['reward_stderr']:.2f}, "
-                     f"{best['reward_per_nat']:+.2f} per nat)")
+        ranked = g.sort_values("reward_gain", ascending=False)
+        best = ranked.iloc[0]
+        text = (f"at {budget:g} nat{'' if budget == 1 else 's'} {best['method']} (reward {best['reward_mean']:.2f} ± "
+                f"{best['reward_stderr']:.2f}, {best['reward_per_nat']:+.2f} per nat")
+        if len(ranked) > 1:  # is the winner told apart from the runner-up by more than their standard errors?
+            second = ranked.iloc[1]
+            gap_se = math.hypot(best["reward_stderr"], second["reward_stderr"])
+            text += (f"; {'ahead of' if best['reward_gain'] - second['reward_gain'] > 2 * gap_se else 'within 2 s.e. of'} "
+                     f"{second['method']} at {second['reward_mean']:.2f} ± {second['reward_stderr']:.2f}")
+        parts.append(text + ")")
     if parts:
         base = points[points["kind"] == "base"].iloc[0]
         out.append(f"Cheapest per nat (most reward at the budget; base model {base['reward_mean']:.2f}): "
@@ -694,7 +705,8 @@ def render(report_dir: Path):
                           "prompts (both axes). Lines join one edit family's points at the KL budgets "
                           f"{', '.join(f'{b:g}' for b in budgets)} nats (red rings: the search ended outside 5% of the "
                           "budget; dashed: rank-one edits); stars: PPO checkpoints; diamonds: best-of-n at its measured KL; "
-                          "X: ablations; dotted: Gao et al. fits over the KL range they were fitted on (grey best-of-n, "
+                          "X: ablations; dotted: Gao et al. fits, drawn from half to twice the KL range they were fitted "
+                          "on (grey best-of-n, "
                           "black PPO). Points at KL 0 (the base model, best-of-1, an unchanged model) sit on the left "
                           "edge: KL 0 cannot be drawn on a log axis.")
     report.table("reward_at_budget", table, caption="Reward at each KL budget per method (edit families: the best "
@@ -727,7 +739,7 @@ def render(report_dir: Path):
         report.figure("freezing", freezing_figure(freezing),
                       caption="Last checkpoint of each PPO run: reward gain per nat of KL and training wall time "
                               "against the number of frozen bottom layers.")
-        report.table("freezing", freezing, caption="Last checkpoint of each PPO run.")
+        report.table("freezing", freezing, caption="Last checkpoint of each PPO run of the freezing study (the trajectory's runs are longer and are not in this comparison).")
     else:
         report.text("No PPO runs were given (see the missing pieces above): no freezing study.")
     report.section("Side effects on unrelated prompts")
