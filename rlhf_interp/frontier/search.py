@@ -100,6 +100,7 @@ def edit_search(model, vectors: dict[str, SteeringVector] | SteeringVector, prom
     """
     import optuna
 
+    TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")  # noqa: N806 (Optuna >= 5)
     vectors = {"vector": vectors} if isinstance(vectors, SteeringVector) else dict(vectors)
     if not vectors:
         raise ValueError("edit_search needs at least one steering vector.")
@@ -132,12 +133,16 @@ def edit_search(model, vectors: dict[str, SteeringVector] | SteeringVector, prom
                                     "kl_mean": kl_mean, "kl_stderr": float(summary["kl_exact_stderr"]),
                                     "kl_per_token": float(summary["kl_per_token"]),
                                     "seconds": time.perf_counter() - start})
-        trial.set_user_attr("constraint", [kl_mean - kl_budget] if kl_budget is not None else [0.0])
+        excess = kl_mean - kl_budget if kl_budget is not None else 0.0
+        trial.set_user_attr("constraint", [excess])
+        if TRIAL_CONSTRAINTS:
+            trial.set_constraint("kl_over_budget", excess)
         return reward_mean, kl_mean
 
     startup = n_startup_trials if n_startup_trials is not None else max(1, min(10, n_trials // 3))
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
-                                         constraints_func=lambda t: t.user_attrs["constraint"])
+    # Optuna 5 reads constraints from the trial (set above); 4.x takes them from the sampler.
+    constraints = {} if TRIAL_CONSTRAINTS else {"constraints_func": lambda t: t.user_attrs["constraint"]}
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **constraints)
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
