@@ -245,6 +245,13 @@ def render(report_dir: Path) -> Report:
                  preview=binned[binned["setting"] == "forward|policy"][
                      ["estimator", "kl_bin", "n", "exact_mean", "bias", "bias_stderr", "std", "rel_std", "corr",
                       "share_negative"]])
+    reverse = binned[binned["direction"] == "reverse"]
+    if len(reverse):
+        report.table("binned_reverse", reverse,
+                     title="The reverse direction: KL(ref‖π) from the reference's tokens, and from the policy's by "
+                           "importance weights",
+                     preview=reverse[["setting", "estimator", "kl_bin", "n", "exact_mean", "bias", "bias_stderr", "std",
+                                      "corr", "share_negative"]])
     report.table("binned_by_checkpoint", by_ckpt, title="The same, per checkpoint", show=0)
     report.section("Along a run")
     report.figure("along_runs", figure_along_runs(along),

@@ -209,6 +209,10 @@ def test_binned_audit_separates_states_and_sequence_spread_grows_with_length():
     assert 1.6 < k1_8["sum_error_std"] / k1_2["sum_error_std"] < 2.5
     assert k1_8["exact_sum_mean"] == pytest.approx(4 * k1_2["exact_sum_mean"])
     assert sums.loc[("forward|policy", "k3", 8), "share_negative_sum"] == 0.0
+    # A length past the longest sequence is capped to it: one row, not copies of the whole-sequence sum.
+    longest = int(long["pos"].max()) + 1
+    capped = sequence_sums(long[long["row"] < 50], lengths=[2, longest, 10 * longest])
+    assert sorted(capped["length"].unique()) == [2, longest]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -114,7 +114,8 @@ def overall_audit(long: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 def sequence_sums(long: pd.DataFrame, lengths: Sequence[int], by: Sequence[str] = (),
                   seq_keys: Sequence[str] = ("row",)) -> pd.DataFrame:
     """How the per-sequence sum's spread grows with length: for each sequence, the sums of the estimate and of
-    the exact KL over its first ``L`` generated tokens (``pos < L``), for each ``L`` in ``lengths``.
+    the exact KL over its first ``L`` generated tokens (``pos < L``), for each ``L`` in ``lengths`` (capped at the
+    longest sequence, so no length repeats another's numbers).
 
     One row per (``by``, setting, estimator, length): ``n_sequences``, ``exact_sum_mean``, ``estimate_sum_mean``,
     ``sum_error_std`` (std over sequences of estimate sum - exact sum), ``estimate_sum_std``,
@@ -122,6 +123,8 @@ def sequence_sums(long: pd.DataFrame, lengths: Sequence[int], by: Sequence[str] 
     """
     rows = []
     group_keys = [*by, "setting", "direction", "estimator"]
+    longest = int(long["pos"].max()) + 1 if len(long) else 0
+    lengths = sorted({min(int(n), longest) for n in lengths})  # past the longest sequence a sum stops changing
     for key, g in long.groupby(group_keys, sort=True):
         for length in lengths:
             part = g[g["pos"] < length]
