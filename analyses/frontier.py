@@ -739,7 +739,8 @@ def render(report_dir: Path):
         report.figure("freezing", freezing_figure(freezing),
                       caption="Last checkpoint of each PPO run: reward gain per nat of KL and training wall time "
                               "against the number of frozen bottom layers.")
-        report.table("freezing", freezing, caption="Last checkpoint of each PPO run of the freezing study (the trajectory's runs are longer and are not in this comparison).")
+        report.table("freezing", freezing, caption="Last checkpoint of each PPO run of the freezing study (the "
+                                                   "trajectory's runs are longer and are not in this comparison).")
     else:
         report.text("No PPO runs were given (see the missing pieces above): no freezing study.")
     report.section("Side effects on unrelated prompts")

@@ -100,7 +100,7 @@ def edit_search(model, vectors: dict[str, SteeringVector] | SteeringVector, prom
     """
     import optuna
 
-    TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")  # noqa: N806 (Optuna >= 5)
+    trial_constraints = hasattr(optuna.trial.Trial, "set_constraint")  # Optuna >= 5
     vectors = {"vector": vectors} if isinstance(vectors, SteeringVector) else dict(vectors)
     if not vectors:
         raise ValueError("edit_search needs at least one steering vector.")
@@ -135,13 +135,13 @@ def edit_search(model, vectors: dict[str, SteeringVector] | SteeringVector, prom
                                     "seconds": time.perf_counter() - start})
         excess = kl_mean - kl_budget if kl_budget is not None else 0.0
         trial.set_user_attr("constraint", [excess])
-        if TRIAL_CONSTRAINTS:
+        if trial_constraints:
             trial.set_constraint("kl_over_budget", excess)
         return reward_mean, kl_mean
 
     startup = n_startup_trials if n_startup_trials is not None else max(1, min(10, n_trials // 3))
     # Optuna 5 reads constraints from the trial (set above); 4.x takes them from the sampler.
-    constraints = {} if TRIAL_CONSTRAINTS else {"constraints_func": lambda t: t.user_attrs["constraint"]}
+    constraints = {} if trial_constraints else {"constraints_func": lambda t: t.user_attrs["constraint"]}
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **constraints)
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

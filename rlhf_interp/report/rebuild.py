@@ -12,10 +12,13 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rlhf_interp.report.index import report_dirs, write_index
 from rlhf_interp.report.page import read_manifest
+
+if TYPE_CHECKING:
+    from rlhf_interp.report.page import Report
 
 
 def load_analysis(script: str | Path) -> ModuleType:
@@ -46,7 +49,7 @@ def rebuild(report_dir: str | Path) -> float:
     return time.perf_counter() - start
 
 
-def rerender(render: Callable[[Path], "Report"], report_dir: str | Path) -> int:  # noqa: F821
+def rerender(render: Callable[[Path], "Report"], report_dir: str | Path) -> int:
     """An analysis script's ``--from-csv``: its page again from the CSVs alone, headline printed; exit code 0."""
     try:
         report = render(Path(report_dir))
