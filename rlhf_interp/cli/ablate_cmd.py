@@ -27,7 +27,7 @@ def _ablate(args: argparse.Namespace) -> int:
     from rlhf_interp.bridge import load_model
     from rlhf_interp.edits import parse_targets, resolve_layers
     from rlhf_interp.measure import ablation_sweep, all_heads
-    from rlhf_interp.plots import plot_ablation_sweep
+    from rlhf_interp.report.plots import plot_ablation_sweep, save_figure
     from rlhf_interp.prompts import load_prompts
 
     require_samples(args)
@@ -56,7 +56,7 @@ def _ablate(args: argparse.Namespace) -> int:
     df = ablation_sweep(model, targets, prompts, args.reward, kind=args.kind,
                         reference_prompts=references, max_new_tokens=args.max_new_tokens, seed=args.seed)
     df.to_csv(out / "ablation_sweep.csv", index=False)
-    plot_ablation_sweep(df).savefig(out / "ablation_sweep.png", dpi=110, bbox_inches="tight")
+    save_figure(plot_ablation_sweep(df), out / "ablation_sweep.png")
     write_config(out, args, targets=targets)
     cols = ["target", "kind", "reward_mean", "kl_exact_mean", "kl_prompt_mean", "entropy_mean", "seconds"]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))

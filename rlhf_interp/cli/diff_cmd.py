@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rlhf_interp.bridge import list_checkpoints, load_model
     from rlhf_interp.diff import RESID_HOOKS, check_compatible, diff_models, diff_trajectory, policy_samples
-    from rlhf_interp.plots import diff_figures
+    from rlhf_interp.report.plots import diff_figures, save_figure
     from rlhf_interp.prompts import load_prompts
 
     from rlhf_interp.core.outdir import claim_dir
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     result.config.update({"prompts": args.prompts or "shipped", "seed": args.seed, "samples": args.samples})
     written = result.save(args.out)
     for name, fig in diff_figures(result.tables()).items():
-        fig.savefig(args.out / f"{name}.png", dpi=110, bbox_inches="tight")
+        save_figure(fig, args.out / f"{name}.png")
         written.append(args.out / f"{name}.png")
     print(_summary(result))
     print(f"wrote {len(written)} files to {args.out}")

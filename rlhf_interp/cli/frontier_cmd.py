@@ -122,12 +122,12 @@ def _equal_kl_points(args, model, layers, prompts, kwargs):
 
 def _write(out: Path, args, points, evaluations) -> None:
     from rlhf_interp.frontier import frontier_figure
+    from rlhf_interp.report.plots import save_figure
 
     points.to_csv(out / "points.csv", index=False)
     for ev in evaluations:
         ev.to_csv(out / "evaluations.csv", index=False)
-    frontier_figure(points, reward_label=f"reward ({args.reward})").savefig(out / "frontier.png", dpi=110,
-                                                                         bbox_inches="tight")
+    save_figure(frontier_figure(points, reward_label=f"reward ({args.reward})"), out / "frontier.png")
     write_config(out, args)
     cols = [c for c in ("method", "layer", "n", "step", "budget", "strength", "hit", "reward_mean", "reward_stderr",
                         "kl_exact_mean", "kl_exact_stderr", "kl_analytic") if c in points]

@@ -105,7 +105,7 @@ def _steer(args: argparse.Namespace) -> int:
     from rlhf_interp.core.outdir import check_writable_file
     from rlhf_interp.edits import SteeringVector, resolve_layers
     from rlhf_interp.measure import steering_sweep
-    from rlhf_interp.plots import plot_steering_sweep
+    from rlhf_interp.report.plots import plot_steering_sweep, save_figure
 
     require_samples(args)
     layer_arg, coefs = parse_layers(args.layers), parse_floats(args.coefs, what="coefficients")
@@ -123,7 +123,7 @@ def _steer(args: argparse.Namespace) -> int:
     df = steering_sweep(model, vector, layers, coefs, prompts, args.reward, positions=args.positions,
                         hook=vector.hook, max_new_tokens=args.max_new_tokens, seed=args.seed)
     df.to_csv(out / "steering_sweep.csv", index=False)
-    plot_steering_sweep(df, reward_label=args.reward).savefig(out / "steering_sweep.png", dpi=110, bbox_inches="tight")
+    save_figure(plot_steering_sweep(df, reward_label=args.reward), out / "steering_sweep.png")
     write_config(out, args, vector_source=vector.source, vector_layers=vector.layers)
     cols = ["layer", "coef", "reward_mean", "kl_exact_mean", "kl_k3_mean", "kl_prompt_mean", "entropy_mean", "seconds"]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))

@@ -8,6 +8,8 @@ palette *and* a marker, not by neighbouring shades of one colour map.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,10 +21,20 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = [
-    "LABELS", "label", "series_style", "plot_diff_by_layer", "plot_diff_heatmap", "plot_token_shifts", "diff_figures",
+    "save_figure", "LABELS", "label", "series_style", "plot_diff_by_layer", "plot_diff_heatmap", "plot_token_shifts", "diff_figures",
     "plot_sweep_curves", "plot_steering_sweep", "plot_ablation_sweep", "plot_reward_model_training",
     "plot_learned_vs_true", "plot_reward_hacking", "nonneg_symlog",
 ]
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it (a CLI that plots in a loop must not keep every figure)."""
+    from rlhf_interp.core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
 
 # Axis labels with units, by column name. Columns not listed are shown by name.
 LABELS: dict[str, str] = {
