@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import torch
@@ -26,17 +25,7 @@ from rlhf_interp.reward import (
     write_preferences,
 )
 
-WORDS = "the a dog cat ran sat on mat big small red blue house tree sky".split()
-
-
-def period_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
-    """Chosen ends with 1-3 periods, rejected with a word: learnable by a 2-layer random model."""
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(n):
-        stem = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
-        pairs.append(PreferencePair("Say something", stem + "." * rng.randint(1, 3), stem + " " + rng.choice(WORDS)))
-    return pairs
+from preference_data import period_pairs
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,6 @@ from rlhf_interp.ppo.rm_refresh import (
     version_dir,
 )
 from rlhf_interp.reward import (
-    PreferencePair,
     RewardTrainingConfig,
     finetune_reward_model,
     load_reward_model,
@@ -38,19 +38,13 @@ from rlhf_interp.reward import (
 from rlhf_interp.reward.refresh import TENSORS_FILE
 from rlhf_interp.reward.synthetic import label_pair
 
+from preference_data import period_pairs as shared_period_pairs
+
 CONFIGS = Path(__file__).parent.parent / "configs"
-WORDS = ["the", "a", "dog", "cat", "ran", "sat", "on", "mat", "big", "small", "red", "blue", "house", "tree", "sky"]
 TIMING = {"seconds", "rollout_seconds", "tokens_per_second", "rm_refresh_seconds"}
 
 
-def period_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
-    """Chosen ends with 1-3 periods, rejected with a word: learnable by tiny-test."""
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(n):
-        stem = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
-        pairs.append(PreferencePair("Say", stem + "." * rng.randint(1, 3), stem + " " + rng.choice(WORDS)))
-    return pairs
+period_pairs = partial(shared_period_pairs, prompt="Say")  # the pairs this file's RMs were tuned on
 
 
 @pytest.fixture(scope="module")
