@@ -19,10 +19,12 @@ from rlhf_interp.generation import KVCacheError, check_kv_cache, generate
 PROMPTS = ["The capital of France is", "Hi", "Once upon a time, in a small village by the sea,", "2 + 2 ="]
 
 
-def _greedy_pair(model, prompts, n=8):
-    cached = generate(model, prompts, max_new_tokens=n, do_sample=False, stop_at_eos=False)
+def _greedy_pair(model, prompts, n=8, sampler="auto"):
+    """Cached greedy tokens (on the twin where it can run the edit's hooks) and the truth: the bridge itself,
+    without a cache."""
+    cached = generate(model, prompts, max_new_tokens=n, do_sample=False, stop_at_eos=False, sampler=sampler)
     uncached = generate(model, prompts, max_new_tokens=n, do_sample=False, stop_at_eos=False,
-                        use_past_kv_cache=False)
+                        use_past_kv_cache=False, sampler="bridge")
     return cached, uncached
 
 
@@ -42,13 +44,14 @@ def _edits(model):
     }
 
 
+@pytest.mark.parametrize("sampler", ["auto", "bridge"])
 @pytest.mark.parametrize("edit_name", [
     "none", "steer_all", "steer_prompt", "steer_generated", "steer_slice", "ablate_zero_layer",
     "ablate_mean_head", "direction"])
-def test_cached_equals_uncached_tiny(tiny, edit_name):
+def test_cached_equals_uncached_tiny(tiny, edit_name, sampler):
     edit = _edits(tiny)[edit_name].on(tiny)
     with edit:
-        cached, uncached = _greedy_pair(tiny, PROMPTS)
+        cached, uncached = _greedy_pair(tiny, PROMPTS, sampler=sampler)
     assert cached.tokens.shape == uncached.tokens.shape
     assert torch.equal(cached.tokens, uncached.tokens), (cached.texts, uncached.texts)
 
@@ -66,14 +69,18 @@ def test_edits_do_change_generation(tiny):
 
 @contextlib.contextmanager
 def _cache_ignored(model):
-    """Reproduce the transformers-5.24 break: attention never sees (so never updates) the KV cache."""
+    """Reproduce the transformers-5.24 break: attention never sees (so never updates) the KV cache -- in the
+    bridge's attention and in its twin's."""
+    from rlhf_interp.bridge.twin import twin_of
+
     def drop_cache(module, args, kwargs):
         kwargs = dict(kwargs)
-        for key in ("past_key_values", "layer_past", "cache"):
+        for key in ("past_key_values", "past_key_value", "layer_past", "cache"):
             kwargs.pop(key, None)
         return args, kwargs
 
-    handles = [block.attn.register_forward_pre_hook(drop_cache, with_kwargs=True) for block in model.blocks]
+    attention = [block.attn for block in model.blocks] + [layer.self_attn for layer in twin_of(model).model.model.layers]
+    handles = [module.register_forward_pre_hook(drop_cache, with_kwargs=True) for module in attention]
     try:
         yield
     finally:
@@ -81,20 +88,22 @@ def _cache_ignored(model):
             h.remove()
 
 
-def test_canary_passes_on_a_healthy_model(tiny):
-    check_kv_cache(tiny, force=True)  # raises on failure
+@pytest.mark.parametrize("sampler", ["auto", "bridge"])
+def test_canary_passes_on_a_healthy_model(tiny, sampler):
+    check_kv_cache(tiny, force=True, sampler=sampler)  # raises on failure
 
 
-def test_canary_raises_a_clear_error_on_a_broken_cache(tiny):
+@pytest.mark.parametrize("sampler", ["auto", "bridge"])
+def test_canary_raises_a_clear_error_on_a_broken_cache(tiny, sampler):
     with _cache_ignored(tiny):
-        cached, uncached = _greedy_pair(tiny, PROMPTS[:2])
+        cached, uncached = _greedy_pair(tiny, PROMPTS[:2], sampler=sampler)
         assert not torch.equal(cached.tokens, uncached.tokens)  # the simulated break is real
         with pytest.raises(KVCacheError) as err:
-            check_kv_cache(tiny, force=True)
+            check_kv_cache(tiny, force=True, sampler=sampler)
     message = str(err.value)
     for words in ("transformers", "transformer-lens", "constraints.txt", "use_past_kv_cache=False"):
         assert words in message
-    check_kv_cache(tiny, force=True)  # healthy again once the break is gone
+    check_kv_cache(tiny, force=True, sampler=sampler)  # healthy again once the break is gone
 
 
 def test_generate_runs_the_canary_once_per_model(tiny, monkeypatch):
@@ -107,7 +116,7 @@ def test_generate_runs_the_canary_once_per_model(tiny, monkeypatch):
     generate(tiny, "Hi", max_new_tokens=2, do_sample=False)
     generate(tiny, "Hi", max_new_tokens=2, do_sample=False)
     generate(tiny, "Hi", max_new_tokens=2, do_sample=False, use_past_kv_cache=False)
-    assert len(calls) == 2 and generation._KV_CHECKED.get(tiny) is True
+    assert len(calls) == 2 and generation._KV_CHECKED.get(tiny) == {"twin"}
 
 
 def test_generate_refuses_a_broken_cache(tiny, monkeypatch):

@@ -14,15 +14,20 @@ Layout of a `Generation` (``P`` = padded prompt width, ``T`` = number of new col
 
 from __future__ import annotations
 
+import functools
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from rlhf_interp.bridge.interventions import suspended
+from rlhf_interp.bridge.precision import autocast
 from rlhf_interp.bridge.tokens import tokenize
+from rlhf_interp.bridge.twin import Twin, mirrored_hooks, twin_of
 from rlhf_interp.core.masks import continuation_mask
 from rlhf_interp.core.seeding import seeded
 
@@ -64,8 +69,9 @@ class KVCacheError(RuntimeError):
     """KV-cached generation disagrees with uncached generation: the installed libraries do not fit together."""
 
 
-# Bridges already checked (weak keys: a checked model that is freed is forgotten, never kept alive).
-_KV_CHECKED: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+# Bridges already checked, with the samplers checked on each (weak keys: a freed model is forgotten).
+_KV_CHECKED: "weakref.WeakKeyDictionary[object, set[str]]" = weakref.WeakKeyDictionary()
+SAMPLERS: tuple[str, ...] = ("auto", "bridge")
 _CANARY_PROMPTS = ["The capital of France is", "Hello"]  # two lengths, so the check covers left padding
 _CANARY_TOKENS = 4
 _NEAR_TIE = 1e-3  # logit gap below which a greedy choice may legitimately differ
@@ -83,23 +89,68 @@ def _library_versions() -> str:
     return ", ".join(found)
 
 
+def _bridge_sample(bridge, tokens: Tensor, mask: Tensor, *, max_new_tokens: int, do_sample: bool,
+                   temperature: float, top_k: int | None, top_p: float | None, stop_at_eos: bool,
+                   use_past_kv_cache: bool) -> Tensor:
+    """Sampling through TransformerLens's own loop (every hook point available)."""
+    return bridge.generate(tokens, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                           temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
+                           use_past_kv_cache=use_past_kv_cache, return_type="tokens", verbose=False)
+
+
+def _twin_sample(bridge, twin: Twin, tokens: Tensor, mask: Tensor, *, max_new_tokens: int, do_sample: bool,
+                 temperature: float, top_k: int | None, top_p: float | None, stop_at_eos: bool,
+                 use_past_kv_cache: bool) -> Tensor:
+    """Sampling with Hugging Face's ``generate`` on the bridge's twin, with the bridge's conventions: the same
+    distribution (logits / temperature, optional top-k / top-p), and EOS written after a row's first EOS."""
+    from transformers import GenerationConfig
+
+    eos = bridge.tokenizer.eos_token_id if stop_at_eos else None
+    pad = eos if eos is not None else bridge.tokenizer.pad_token_id
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
+        top_k=(top_k or 0) if do_sample else None, top_p=top_p if do_sample else None,
+        eos_token_id=eos, pad_token_id=pad if pad is not None else 0, use_cache=use_past_kv_cache)
+    return twin.model.generate(tokens, attention_mask=mask, generation_config=config)
+
+
+@contextmanager
+def _sampler(bridge, sampler: str) -> Iterator[tuple[str, Callable[..., Tensor]]]:
+    """The fastest way to sample that keeps every active hook: the twin when it can run them all
+    (`rlhf_interp.bridge.twin`), otherwise the bridge. Yields its name ("twin" / "bridge") and function."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    twin = twin_of(bridge) if sampler == "auto" else None
+    if twin is None:
+        yield "bridge", functools.partial(_bridge_sample, bridge)
+        return
+    with mirrored_hooks(bridge, twin) as mirrored:
+        if mirrored:
+            yield "twin", functools.partial(_twin_sample, bridge, twin)
+        else:
+            yield "bridge", functools.partial(_bridge_sample, bridge)
+
+
 @torch.no_grad()
-def check_kv_cache(bridge, *, force: bool = False) -> None:
+def check_kv_cache(bridge, *, force: bool = False, sampler: str = "auto") -> None:
     """Raise `KVCacheError` if KV-cached greedy generation differs from the uncached model.
 
     Why: a library upgrade once broke the cache silently (transformers 5.24 renamed the cache argument
     that transformer-lens 4.3 reads, so every decode step attended to itself alone) and PPO trained on
-    garbage without an error. A few greedy tokens of two prompts are generated with the cache, then
-    teacher-forced without it: every cached choice must be the uncached argmax (up to near-ties). Edits
-    active on the bridge are suspended for the check. Runs once per bridge (~0.1-0.5 s).
+    garbage without an error. A few greedy tokens of two prompts are generated with the cache (by the sampler
+    `generate` would use: the bridge's twin or the bridge itself), then teacher-forced through the bridge
+    without it: every cached choice must be the uncached argmax (up to near-ties). So the check also proves
+    that the twin is the bridge's model. Edits active on the bridge are suspended for the check. Runs once per
+    bridge and sampler (~0.1-0.5 s).
     """
-    if not force and _KV_CHECKED.get(bridge):
-        return
     tokens, mask = tokenize(bridge, _CANARY_PROMPTS)
     prompt_len = tokens.shape[1]
-    with suspended(bridge):
-        out = bridge.generate(tokens, attention_mask=mask, max_new_tokens=_CANARY_TOKENS, do_sample=False,
-                              stop_at_eos=False, use_past_kv_cache=True, return_type="tokens", verbose=False)
+    with suspended(bridge), _sampler(bridge, sampler) as (name, sample):
+        checked = _KV_CHECKED.setdefault(bridge, set())
+        if name in checked and not force:
+            return
+        out = sample(tokens, mask, max_new_tokens=_CANARY_TOKENS, do_sample=False, temperature=1.0, top_k=None,
+                     top_p=None, stop_at_eos=False, use_past_kv_cache=True)
         full_mask = torch.cat([mask, torch.ones_like(out[:, prompt_len:])], dim=1)
         logits = bridge(out, attention_mask=full_mask, return_type="logits").float()
     predicted = logits[:, prompt_len - 1:-1]  # logits that chose each generated column
@@ -111,7 +162,7 @@ def check_kv_cache(bridge, *, force: bool = False) -> None:
         row, col = [int(i) for i in wrong.nonzero()[0]]
         decode = bridge.tokenizer.decode
         raise KVCacheError(
-            "KV-cached generation disagrees with the uncached model, so sampled text would be garbage "
+            f"KV-cached generation ({name}) disagrees with the uncached model, so sampled text would be garbage "
             f"(prompt {_CANARY_PROMPTS[row]!r}: cached greedy {decode(chosen[row])!r}, but at new token {col + 1} "
             f"the uncached model prefers {decode(predicted[row, col].argmax())!r}). Installed: "
             f"{_library_versions()}. This happens when transformers and transformer-lens disagree about the "
@@ -119,20 +170,23 @@ def check_kv_cache(bridge, *, force: bool = False) -> None:
             "`pip install -c constraints.txt -e .` (or `pip install 'transformers<5.24'`), or pass "
             "use_past_kv_cache=False (about 6x slower)."
         )
-    _KV_CHECKED[bridge] = True
+    checked.add(name)
 
 
 @torch.no_grad()
 def generate(bridge, prompts: list[str] | str, *, max_new_tokens: int = 24, do_sample: bool = True,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None, use_past_kv_cache: bool = True, stop_at_eos: bool = True
-             ) -> Generation:
+             seed: int | None = None, use_past_kv_cache: bool = True, stop_at_eos: bool = True,
+             precision: str = "fp32", sampler: str = "auto") -> Generation:
     """Sample continuations of ``prompts`` in one left-padded batch (BOS prepended, as `tokenize` does).
 
     ``seed`` makes sampling reproducible without touching the caller's global RNG (the same seed
     gives the same samples for the same logits, which keeps sweeps comparable setting to setting).
-    Hooks and edits that are active on ``bridge`` stay active during generation. The first KV-cached
-    call on a bridge runs `check_kv_cache` (raises `KVCacheError` if the cache is broken).
+    Hooks and edits that are active on ``bridge`` stay active during generation. ``sampler="auto"`` samples
+    on the bridge's plain Hugging Face twin (same weights, raw ``generate`` speed) when every active hook has
+    a place there, else through the bridge; ``"bridge"`` always through the bridge. ``precision``: "fp32" or
+    "bf16" (`rlhf_interp.bridge.precision.autocast`, frozen weights cast once). The first KV-cached call per
+    sampler runs `check_kv_cache` (raises `KVCacheError` if the cache is broken).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -141,13 +195,13 @@ def generate(bridge, prompts: list[str] | str, *, max_new_tokens: int = 24, do_s
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     if use_past_kv_cache:
-        check_kv_cache(bridge)
+        check_kv_cache(bridge, sampler=sampler)
     tokens, mask = tokenize(bridge, prompts)
     prompt_len = tokens.shape[1]
-    with seeded(seed):
-        out = bridge.generate(tokens, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                              temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
-                              use_past_kv_cache=use_past_kv_cache, return_type="tokens", verbose=False)
+    with _sampler(bridge, sampler) as (name, sample), seeded(seed), \
+            autocast(bridge, precision, cast_frozen_once=True, finite_scores=name == "bridge"):
+        out = sample(tokens, mask, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                     top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos, use_past_kv_cache=use_past_kv_cache)
     new_tokens = out[:, prompt_len:]
     eos = bridge.tokenizer.eos_token_id
     gen_mask = continuation_mask(new_tokens, [eos] if (stop_at_eos and eos is not None) else [])

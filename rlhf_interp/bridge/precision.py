@@ -111,13 +111,15 @@ def _fp32_unembed(model, device_type: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def autocast(models, precision: str = "fp32", *, cast_frozen_once: bool = False,
-             fp32_logits: bool = False) -> Iterator[None]:
+             fp32_logits: bool = False, finite_scores: bool = True) -> Iterator[None]:
     """Run ``models`` (a bridge or several) in ``precision`` inside the block.
 
     ``"fp32"``: nothing changes. ``"bf16"``: ``torch.autocast`` to bfloat16 on the models' device, finite
     attention scores in every model (see the module docstring, point 1); with ``cast_frozen_once`` (for
     no-grad code that runs a model many times, such as KV-cached sampling) frozen weights cast once (point 2);
-    with ``fp32_logits`` the unembedding in fp32 (point 4).
+    with ``fp32_logits`` the unembedding in fp32 (point 4). ``finite_scores=False`` leaves out point 1's hook,
+    for code that runs the models' weights without TransformerLens's attention (`rlhf_interp.bridge.twin`:
+    Hugging Face's sdpa masks pads with booleans and needs no fix).
     """
     check_precision(precision)
     models = _models(models)
@@ -126,7 +128,7 @@ def autocast(models, precision: str = "fp32", *, cast_frozen_once: bool = False,
         return
     device_type = next(models[0].parameters()).device.type
     with contextlib.ExitStack() as stack:
-        for model in models:
+        for model in models if finite_scores else ():
             stack.enter_context(model.hooks(fwd_hooks=[(_is_score_hook, _finite_scores)]))
         if fp32_logits:
             for model in models:

@@ -9,7 +9,8 @@ for the policy and the reference alike, so the importance ratio, the KL and the 
 text that was generated. The policy pass keeps its autograd graph for the rows of the update's first
 minibatch (``grad_rows``): the update starts from that pass instead of running it again.
 
-Work per rollout: one KV-cached sampling pass, one policy forward (values from a hook on the same pass) and one
+Work per rollout: one KV-cached sampling pass (on the policy's plain Hugging Face twin, `bridge.twin`: same
+weights, raw ``generate`` speed), one policy forward (values from a hook on the same pass) and one
 reference forward; logits are unembedded only at the columns that predict generated tokens. Nothing runs under
 ``torch.inference_mode``: it turns off autocast's weight cache (bf16 sampling would cast every weight again at
 every step), and its tensors could not be saved for the update's backward. ``precision="bf16"``: every pass
@@ -137,9 +138,8 @@ def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, pr
     "fp32" or "bf16" (`bridge.precision`); ``reference_model``: the bridge ``reference`` runs when it is not
     the policy itself, so that bf16 applies its attention-mask fix there too.
     """
-    with torch.no_grad(), autocast(policy, precision, cast_frozen_once=True):
-        sampled = generate(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                           stop_at_eos=stop_at_eos)
+    sampled = generate(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                       stop_at_eos=stop_at_eos, precision=precision)
     tokens, attention_mask, prompt_len = sampled.tokens, sampled.attention_mask, sampled.prompt_len
     gen_tokens = tokens[:, prompt_len:]
     gen_mask = sampled.generated_mask[:, prompt_len:].float()

@@ -1,0 +1,171 @@
+"""A plain Hugging Face twin of a bridge: the same weight tensors, no TransformerLens wrapping, for sampling.
+
+Why: KV-cached sampling runs one short forward per new token, and through the bridge every step pays
+TransformerLens's Python: about 4.5x the module calls of the plain model (most of them hook points) and an
+attention written in Python, a fixed cost per step that no batch size hides (`benchmarks/rollout_vs_generate.py`).
+The twin is the model's own class built around the bridge's *Parameter objects* (not copies): an optimizer step,
+a weight edit or a ``.data`` swap on the bridge is the twin's at once, and it costs no memory. It runs Hugging
+Face's ``generate`` with sdpa attention.
+
+Hooks stay on. A TransformerLens hook point that wraps the input or output of a Hugging Face module (the
+residual stream before/after each block, attention and MLP outputs, q/k/v/z, the MLP's hidden layer, norms,
+embedding, unembedding) is the same tensor in the twin at that module's boundary. While hooks are active,
+`mirrored_hooks` puts a plain PyTorch hook on the twin's module that runs the bridge's own hook point there,
+so the user's hook functions -- with their ``hook`` argument, context, shape conversions and edits' switches
+-- run on the same values as on the bridge. Hooks on points that live inside TransformerLens's own attention or
+norm code (attention scores and pattern, rotary q/k, norm scale, ``hook_mlp_in``) have no twin; then
+`mirrored_hooks` reports it and the caller samples through the bridge. Hooks that watch the decoder itself
+(`rlhf_interp.bridge.hf.watch_forward_passes`: position tracking of edits) are shared with the twin's decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from rlhf_interp.bridge.hf import _config_copy, hf_model_of, plain_param_name
+
+# How the generic TransformerLens component finds its input (`GeneralizedComponent.forward`): these keyword
+# names first, then the first positional tensor. The twin's pre-hooks look in the same places.
+_INPUT_KWARGS = ("input", "hidden_states", "input_ids", "query_input", "x", "inputs_embeds")
+# Hook points of these names, inside these components, are the component's own input / output.
+_BOUNDARY = {"hook_in": "in", "hook_out": "out"}
+# The decoder module whose hooks (forward-pass watchers) the twin shares.
+_SHARED_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                      "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+@dataclass
+class Twin:
+    """The plain model and, per bridge hook point it can mirror, the twin module and side ("in" / "out")."""
+
+    model: nn.Module
+    param_ids: tuple[int, ...]  # the bridge's parameters when the twin was built (a swap means: rebuild)
+    boundaries: dict[int, tuple[Any, nn.Module, str]]  # id(hook point) -> (hook point, twin module, side)
+
+
+_TWINS: "weakref.WeakKeyDictionary[Any, Twin | None]" = weakref.WeakKeyDictionary()
+
+
+def _param_ids(hf_model) -> tuple[int, ...]:
+    return tuple(id(p) for p in hf_model.parameters())
+
+
+def _build(bridge) -> Twin | None:
+    """The twin, or None when this model cannot be mirrored (no Hugging Face model behind it, extra
+    parameters such as LoRA adapters, or parameters the plain class does not have)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+    from transformer_lens.model_bridge.generalized_components.rotary_embedding import RotaryEmbeddingBridge
+
+    hf = hf_model_of(bridge)
+    if hf is bridge or not hasattr(hf, "config") or not hasattr(hf, "generate"):
+        return None
+    try:
+        config = _config_copy(hf)
+        with init_empty_weights(include_buffers=False):  # parameters on "meta" (replaced below), buffers real
+            twin = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    except (ValueError, KeyError, TypeError):
+        return None
+    ours = {plain_param_name(name): p for name, p in hf.named_parameters(remove_duplicate=False)}
+    theirs = dict(twin.named_parameters(remove_duplicate=False))
+    if set(theirs) - set(ours) or {id(p) for p in ours.values()} - {id(ours[n]) for n in theirs}:
+        return None  # a parameter one side lacks (LoRA, a different head): not the same model
+    for name in theirs:
+        owner, _, leaf = name.rpartition(".")
+        setattr(twin.get_submodule(owner), leaf, ours[name])
+    device = next(hf.parameters()).device
+    for owner in twin.modules():  # buffers (rotary frequencies) were built on the CPU
+        for leaf, buffer in list(owner.named_buffers(recurse=False)):
+            owner.register_buffer(leaf, buffer.to(device), persistent=leaf not in owner._non_persistent_buffers_set)
+    twin.generation_config = GenerationConfig()  # no model defaults (top_k=50, eos) merged into our arguments
+    twin.eval()
+
+    twin_modules = dict(twin.named_modules())
+    boundaries: dict[int, tuple[Any, nn.Module, str]] = {}
+    for path, component in hf.named_modules(remove_duplicate=False):
+        if not isinstance(component, GeneralizedComponent) or isinstance(component, RotaryEmbeddingBridge):
+            continue  # rotary embeddings return (cos, sin): TransformerLens hooks them inside attention
+        target = twin_modules.get(plain_param_name(path))
+        if target is None:
+            continue
+        for attr, side in _BOUNDARY.items():
+            point = component._modules.get(attr)
+            if point is not None:
+                boundaries[id(point)] = (point, target, side)
+    decoder, twin_decoder = getattr(hf, "base_model", hf), getattr(twin, "base_model", twin)
+    for attr in _SHARED_HOOK_DICTS:  # the same dict objects: watchers added later apply to both
+        setattr(twin_decoder, attr, getattr(decoder, attr))
+    return Twin(twin, _param_ids(hf), boundaries)
+
+
+def twin_of(bridge) -> Twin | None:
+    """The bridge's twin (built once, rebuilt when the bridge's parameters were replaced), or None."""
+    twin = _TWINS.get(bridge)
+    if twin is None and bridge in _TWINS:
+        return None
+    if twin is None or twin.param_ids != _param_ids(hf_model_of(bridge)):
+        twin = _build(bridge)
+        _TWINS[bridge] = twin
+    return twin
+
+
+def _hooked_points(bridge) -> list[Any]:
+    """The bridge's hook points that have a forward hook (each once, aliases folded)."""
+    found: dict[int, Any] = {}
+    for point in bridge.hook_dict.values():
+        if point._forward_hooks or point._forward_pre_hooks:
+            found[id(point)] = point
+    return list(found.values())
+
+
+def _replace_input(point, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    for name in _INPUT_KWARGS:
+        if name in kwargs:
+            return args, {**kwargs, name: point(kwargs[name])}
+    if args and isinstance(args[0], Tensor):
+        return (point(args[0]), *args[1:]), kwargs
+    return args, kwargs
+
+
+def _replace_output(point, output: Any) -> Any:
+    if isinstance(output, tuple):
+        return (point(output[0]), *output[1:])
+    if isinstance(output, Tensor):
+        return point(output)
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, Tensor):
+        output.last_hidden_state = point(hidden)
+    return output
+
+
+@contextlib.contextmanager
+def mirrored_hooks(bridge, twin: Twin) -> Iterator[bool]:
+    """Inside the block the twin runs the bridge's active hooks at the same places; yields False (and mirrors
+    nothing) when an active hook has no place in the twin -- the caller must then use the bridge."""
+    points = _hooked_points(bridge)
+    if any(id(p) not in twin.boundaries for p in points):
+        yield False
+        return
+    handles = []
+    try:
+        for point in points:
+            _, module, side = twin.boundaries[id(point)]
+            if side == "in":
+                handles.append(module.register_forward_pre_hook(
+                    lambda m, args, kwargs, p=point: _replace_input(p, args, kwargs), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(lambda m, args, out, p=point: _replace_output(p, out)))
+        yield True
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+__all__ = ["Twin", "mirrored_hooks", "twin_of"]
