@@ -7,10 +7,11 @@ The sweep: `measure.steering_sweep` over layers x coefs with one vector. Per set
 (KV cache), scores the samples with and without the edit (per-sequence k1 / k3 / exact KL, entropy, reward,
 distinct-n) and takes the per-position KL on the prompts (the unedited prompt logits are cached once per sweep).
 
-The bare loop: the same passes written by hand on the same bridge -- a plain hook adding ``coef * v`` at
-``blocks.L.hook_resid_post``, ``bridge.generate`` with the same seed and arguments, one forward with the hook
-and one without over the samples, one hooked forward over the prompts (the unhooked one once), the exact
-per-token KL and the reward. No edit objects, position tracking, content-keyed caches or DataFrames.
+The bare loop: the same passes written by hand on a plain Hugging Face model (sdpa, no bridge) -- a PyTorch
+forward hook adding ``coef * v`` to block L's output (= ``blocks.L.hook_resid_post``), Hugging Face ``generate``
+with the same seed and arguments, one forward with the hook and one without over the samples, one hooked
+forward over the prompts (the unhooked one once), the exact per-token KL and the reward. No TransformerLens,
+edit objects, position tracking, content-keyed caches or DataFrames.
 
 Cross-check at every run: both draw the same samples and give the same mean exact KL per sequence, so they
 did the same work. ratio = sweep seconds / bare seconds (medians of alternated repetitions after a warm-up);
@@ -27,39 +28,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import alternate, median, set_threads, write_result
 
 
-def bare_sweep(model, vector, layers, coefs, prompts, reward_fn, new_tokens: int, seed: int) -> list[dict]:
-    """The passes a steering sweep needs, by hand: one row (layer, coef, kl_exact_mean, kl_prompt_mean,
-    reward_mean, texts) per setting."""
+def bare_sweep(plain, tokenizer, vector, layers, coefs, tokens, mask, reward_fn, new_tokens: int, seed: int
+               ) -> list[dict]:
+    """The passes a steering sweep needs, by hand on a plain Hugging Face model (sdpa, no bridge): one row
+    (layer, coef, kl_exact_mean, kl_prompt_mean, reward_mean, texts) per setting."""
     import torch
 
-    from rlhf_interp.bridge.generation import check_kv_cache
-    from rlhf_interp.bridge.tokens import tokenize
     from rlhf_interp.core.kl import kl_from_logprobs
     from rlhf_interp.core.masks import continuation_mask
     from rlhf_interp.core.seeding import seeded
 
-    tokens, mask = tokenize(model, prompts)
     width = tokens.shape[1]
-    eos = model.tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
     rows = []
+
+    def logprobs(ids, attention):
+        return torch.log_softmax(plain(ids, attention_mask=attention).logits.float(), -1)
+
     with torch.no_grad():
-        check_kv_cache(model)  # once per bridge, as the sweep's sampling does
-        ref_prompt = torch.log_softmax(model(tokens, attention_mask=mask).float(), -1)
+        ref_prompt = logprobs(tokens, mask)
         for layer in layers:
             for coef in coefs:
-                add = [(f"blocks.{layer}.hook_resid_post", lambda resid, hook, c=coef: resid + c * vector)]
-                with model.hooks(fwd_hooks=add), seeded(seed):
-                    out = model.generate(tokens, attention_mask=mask, max_new_tokens=new_tokens, do_sample=True,
-                                         temperature=1.0, stop_at_eos=True, use_past_kv_cache=True,
-                                         return_type="tokens", verbose=False)
-                gen_mask = continuation_mask(out[:, width:], [eos])
-                full_mask = torch.cat([mask, gen_mask], dim=1)
-                with model.hooks(fwd_hooks=add):
-                    logp = torch.log_softmax(model(out, attention_mask=full_mask)[:, width - 1:-1].float(), -1)
-                    logp_prompt = torch.log_softmax(model(tokens, attention_mask=mask).float(), -1)
-                logq = torch.log_softmax(model(out, attention_mask=full_mask)[:, width - 1:-1].float(), -1)
+                def add(module, args, output, c=coef):  # resid_post of the block = the decoder layer's output
+                    return (output[0] + c * vector, *output[1:]) if isinstance(output, tuple) else output + c * vector
+
+                handle = plain.model.layers[layer].register_forward_hook(add)
+                try:
+                    with seeded(seed):
+                        out = plain.generate(tokens, attention_mask=mask, max_new_tokens=new_tokens, do_sample=True,
+                                             temperature=1.0, top_k=0, eos_token_id=eos, pad_token_id=eos)
+                    gen_mask = continuation_mask(out[:, width:], [eos])
+                    full_mask = torch.cat([mask, gen_mask], dim=1)
+                    logp = logprobs(out, full_mask)[:, width - 1:-1]
+                    logp_prompt = logprobs(tokens, mask)
+                finally:
+                    handle.remove()
+                logq = logprobs(out, full_mask)[:, width - 1:-1]
                 kl = (kl_from_logprobs(logp, logq) * gen_mask).sum(1)
-                texts = [model.tokenizer.decode(row[m.bool()], skip_special_tokens=True)
+                texts = [tokenizer.decode(row[m.bool()], skip_special_tokens=True)
                          for row, m in zip(out[:, width:], gen_mask)]
                 rows.append({"layer": layer, "coef": coef, "kl_exact_mean": float(kl.mean()),
                              "kl_prompt_mean": float(kl_from_logprobs(logp_prompt, ref_prompt)[mask.bool()].mean()),
@@ -86,11 +92,18 @@ def main() -> None:
     from rlhf_interp.measure import steering_sweep
     from rlhf_interp.reward.functions import get_reward
 
+    from rlhf_interp.bridge.loading import load_hf_model
+    from rlhf_interp.bridge.tokens import tokenize
+
     model = load_model(args.model, device="cpu")
+    plain, _, _ = load_hf_model(args.model, device="cpu")
+    plain.set_attn_implementation("sdpa")  # what a plain from_pretrained uses
+    plain.generation_config = type(plain.generation_config)()  # no model defaults (top_k=50) in the bare sampling
     layers = [min(layer, model.cfg.n_layers - 1) for layer in args.layers]
     vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)) / model.cfg.d_model ** 0.5
     prompts = load_prompts(limit=args.prompts, seed=2)
     reward = get_reward("char_count")
+    tokens, mask = tokenize(model, prompts)  # the sweep's own tokenization (BOS, left padding)
     results: dict[str, object] = {}
 
     def sweep():
@@ -98,7 +111,8 @@ def main() -> None:
                                           max_new_tokens=args.new_tokens, seed=0, keep_sequences=True)
 
     def bare():
-        results["bare"] = bare_sweep(model, vector, layers, args.coefs, prompts, reward, args.new_tokens, seed=0)
+        results["bare"] = bare_sweep(plain, model.tokenizer, vector, layers, args.coefs, tokens, mask, reward,
+                                     args.new_tokens, seed=0)
 
     times = alternate({"sweep": sweep, "bare": bare}, reps=args.reps)
     frame, sequences = results["sweep"]
