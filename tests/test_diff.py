@@ -134,6 +134,79 @@ def test_accumulator_state_stays_flat_as_prompts_grow(tiny):
     assert accumulators[1].count == accumulators[2].rows == accumulators[3].count > 24 * 2
 
 
+def _recomputed(base, tuned, prompts: list[str], hooks: tuple[str, ...], batch_size: int):
+    """Residual metrics and difference moments the plain way: both models' caches in full (run_with_cache,
+    logits and all), real tokens gathered per (layer, hook), formulas written out in float64."""
+    got: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    names = [f"blocks.{layer}.{hook}" for layer in range(base.cfg.n_layers) for hook in hooks]
+    for start in range(0, len(prompts), batch_size):
+        tokens, mask = tokenize(base, prompts[start:start + batch_size])
+        real = mask.bool().clone()
+        real[torch.arange(len(real)), mask.argmax(1)] = False  # BOS: each row's first real token
+        positions = mask.cumsum(1) - 1
+        _, b = base.run_with_cache(tokens, attention_mask=mask, names_filter=names)
+        _, t = tuned.run_with_cache(tokens, attention_mask=mask, names_filter=names)
+        for name in names:
+            layer, hook = int(name.split(".")[1]), name.split(".", 2)[2]
+            got.setdefault((layer, hook), []).append((b[name][real].double(), t[name][real].double(), positions[real]))
+    out = {}
+    for key, parts in got.items():
+        x, y, pos = (torch.cat(p) for p in zip(*parts))
+        d = y - x
+        out[key] = {"cosine_sim": torch.nn.functional.cosine_similarity(x, y, dim=-1),
+                    "rel_diff_norm": d.norm(dim=-1) / x.norm(dim=-1), "norm_ratio": y.norm(dim=-1) / x.norm(dim=-1),
+                    "diff_norm": d.norm(dim=-1), "base_norm": x.norm(dim=-1), "tuned_norm": y.norm(dim=-1),
+                    "position": pos, "mean_diff": d.mean(0), "cov": torch.cov(d.T, correction=0)}
+    return out
+
+
+def test_fused_pass_matches_a_plain_recomputation(tiny):
+    """Residual metrics and directions are computed pair by pair inside the tuned pass (no tuned cache, no
+    logits); they must equal the same statistics from two full caches, by layer, hook and position."""
+    tuned = tiny_copy(edit_q_layer=1)
+    with torch.no_grad():  # and a change in layer 0's MLP, so that both layers' directions are non-zero
+        tuned.original_model.model.layers[0].mlp.up_proj.weight.mul_(1.05)
+    prompts = load_prompts(limit=7, seed=2)
+    result = diff_models(tiny, tuned, prompts, analyses=("residual", "directions"), batch_size=3,
+                         direction_hooks=("hook_resid_post", "hook_attn_out"))
+    plain = _recomputed(tiny, tuned, prompts, RESID_HOOKS, batch_size=3)
+    for row in result.residual.itertuples():
+        want = plain[(row.layer, row.hook)]
+        assert row.n_tokens == len(want["position"])
+        for metric in ResidualAccumulator.METRICS:
+            assert getattr(row, metric) == pytest.approx(want[metric].mean().item(), rel=1e-9, abs=1e-12), (row, metric)
+    assert (result.residual.query("layer == 1 or hook == 'hook_mlp_out'")["rel_diff_norm"] > 0).all()
+    for row in result.residual_by_position.itertuples():
+        want = plain[(row.layer, row.hook)]
+        at = want["position"] == row.position
+        assert row.n_tokens == int(at.sum())
+        assert row.cosine_sim == pytest.approx(want["cosine_sim"][at].mean().item(), rel=1e-9, abs=1e-12)
+        assert row.rel_diff_norm == pytest.approx(want["rel_diff_norm"][at].mean().item(), rel=1e-9)
+    vectors = result.vectors
+    for h, hook in enumerate(vectors.hooks):
+        for layer in range(tiny.cfg.n_layers):
+            want = plain[(layer, hook)]
+            torch.testing.assert_close(vectors.mean[h, layer].double(), want["mean_diff"], rtol=1e-5, atol=1e-7)
+            top = torch.linalg.eigvalsh(want["cov"]).flip(0)[:vectors.explained_variance.shape[-1]]
+            torch.testing.assert_close(vectors.explained_variance[h, layer], top.clamp_min(0), rtol=1e-6, atol=1e-10)
+            assert vectors.total_variance[h, layer].item() == pytest.approx(want["cov"].trace().item(), rel=1e-9)
+    assert vectors.n_tokens == len(plain[(0, "hook_resid_post")]["position"])
+
+
+def test_residual_pairs_are_streamed_not_kept(tiny):
+    """With on_pair, the streamed hook points reach the handler once per batch and are gone from the
+    yielded batch; the others (attention patterns) are kept; and no pass runs the unembedding."""
+    names = [f"blocks.{layer}.{hook}" for layer in range(tiny.cfg.n_layers) for hook in RESID_HOOKS]
+    kept = ["blocks.1.attn.hook_pattern"]
+    seen: list[str] = []
+    unembeds: list[int] = []
+    with tiny.hooks(fwd_hooks=[("unembed.hook_out", lambda act, hook: unembeds.append(1))]):
+        for batch in paired_batches(tiny, tiny, PROMPTS, names + kept, batch_size=3, need_logits=False,
+                                    on_pair=lambda b, name, x, y: seen.append(name), streamed=names):
+            assert list(batch.base) == kept and list(batch.tuned) == kept and batch.tuned_logits is None
+    assert sorted(seen) == sorted(names * 2) and not unembeds
+
+
 def test_mismatched_models_are_rejected_before_any_forward(tiny):
     forwards = []
     deeper = build_tiny_model()

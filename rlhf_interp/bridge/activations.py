@@ -6,21 +6,28 @@ convention, move it to the model's device, run ``run_with_cache`` on just the ho
 early when it can), without gradients — and then the same masks. Writing that loop once keeps the
 conventions (BOS, left padding, device) identical everywhere.
 
-Hooks live only inside each call (``run_with_cache`` removes them when it returns; `recording` removes
-its own on exit, also on error). Nothing here keeps activations beyond one batch.
+Hooks live only inside each call (``run_with_cache`` removes them when it returns; `stream` and `recording`
+remove their own on exit, also on error). Nothing here keeps activations beyond one batch; `stream`
+keeps none at all, handing each to the caller as it is computed.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import re
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from rlhf_interp.bridge.tokens import tokenize
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+# Where a pass past the last block can end before the unembedding (the first of these the model has).
+_AFTER_BLOCKS = ("ln_final.hook_in", "unembed.hook_in")
 
 
 @dataclass
@@ -42,26 +49,89 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _last_block(names: Sequence[str]) -> int | None:
+    """The highest block index among ``names``; None if any name lies outside the blocks (e.g. ``ln_final``)."""
+    layers = [_BLOCK.match(name) for name in names]
+    return max(int(m.group(1)) for m in layers) if layers and all(layers) else None
+
+
+def _stop_layer(model, names: Sequence[str], stop_at_layer: int | None, logits: bool) -> int | None:
+    """How many blocks the pass must run: the caller's ``stop_at_layer``, or, when no logits are wanted and
+    every name is a block hook, just enough blocks to fire them all (the unembedding is the largest
+    matmul and its ``[batch, pos, vocab]`` output the largest tensor of a pass; neither is needed then)."""
+    if logits:
+        return None
+    if stop_at_layer is not None and stop_at_layer < 0:
+        stop_at_layer += int(model.cfg.n_layers)
+    last = _last_block(names)
+    return min((x for x in (stop_at_layer, None if last is None else last + 1) if x is not None), default=None)
+
+
+def _stopping(model, stop: int | None) -> tuple[dict, ContextManager]:
+    """The ``stop_at_layer`` argument for a pass of ``stop`` blocks, or -- when that is every block, where
+    TransformerLens's ``stop_at_layer`` would still run the unembedding -- a hook that ends the pass where
+    the final norm starts (TransformerLens's own `StopAtLayerException`, which its forward returns on)."""
+    n_layers = int(model.cfg.n_layers)
+    if stop is None:
+        return {}, nullcontext()
+    if stop < n_layers:
+        return {"stop_at_layer": stop}, nullcontext()
+    point = next((name for name in _AFTER_BLOCKS if name in model.hook_dict), None)
+    if point is None:
+        return {}, nullcontext()
+
+    def end_pass(act: Tensor, hook) -> Tensor:
+        raise StopAtLayerException(act)
+
+    return {}, model.hooks(fwd_hooks=[(point, end_pass)])
+
+
 @torch.no_grad()
 def capture(model, tokens: Tensor, attention_mask: Tensor, names: Sequence[str], *,
             stop_at_layer: int | None = None, logits: bool = False) -> Captured:
     """One forward pass of ``model`` on given tokens, keeping the activations at ``names``.
 
-    ``stop_at_layer`` ends the pass after that many blocks (faster; no logits then). With no names the
-    pass only computes logits.
+    ``stop_at_layer`` ends the pass after that many blocks (no logits then). Without logits the pass also
+    ends by itself after the last block a name lives in. With no names the pass only computes logits.
     """
     device = _device(model)
     tokens, attention_mask = tokens.to(device), attention_mask.to(device)
     names = list(dict.fromkeys(names))
-    if stop_at_layer is not None and (logits or stop_at_layer >= int(model.cfg.n_layers)):
-        stop_at_layer = None  # stop_at_layer == n_layers would return the residual, not logits
     if not names:
         out = model(tokens, attention_mask=attention_mask)
         return Captured(tokens, attention_mask, {}, out if logits else None, range(tokens.shape[0]))
-    kwargs = {"stop_at_layer": stop_at_layer} if stop_at_layer is not None else {}
-    out, cache = model.run_with_cache(tokens, attention_mask=attention_mask, names_filter=names, **kwargs)
+    kwargs, stopping = _stopping(model, _stop_layer(model, names, stop_at_layer, logits))
+    with stopping:
+        out, cache = model.run_with_cache(tokens, attention_mask=attention_mask, names_filter=names, **kwargs)
     acts = {name: cache[name] for name in names}
     return Captured(tokens, attention_mask, acts, out if logits else None, range(tokens.shape[0]))
+
+
+@torch.no_grad()
+def stream(model, tokens: Tensor, attention_mask: Tensor, names: Sequence[str],
+           on_act: Callable[[str, Tensor], None], *, logits: bool = False) -> Tensor | None:
+    """One forward pass of ``model`` that hands each activation at ``names`` to ``on_act(name, act)`` as
+    its hook fires and keeps none of them; returns the logits when asked for, else None.
+
+    Why: comparing against activations held from another pass (a model diff) then holds one model's
+    activations at a time, not two. The pass ends early as in `capture`.
+    """
+    device = _device(model)
+    tokens, attention_mask = tokens.to(device), attention_mask.to(device)
+    names = list(dict.fromkeys(names))
+    kwargs, stopping = _stopping(model, _stop_layer(model, names, None, logits))
+
+    def handler(name: str):
+        def hand_over(act: Tensor, hook) -> Tensor:
+            on_act(name, act.detach())  # by the name asked for, as in `recording`
+            return act
+
+        return hand_over
+
+    # The handlers go on first, so a stop hook on the same point (there is none today) would fire after them.
+    with model.hooks(fwd_hooks=[(name, handler(name)) for name in names]), stopping:
+        out = model(tokens, attention_mask=attention_mask, **kwargs)
+    return out if logits else None
 
 
 def capture_texts(model, texts: Sequence[str], names: Sequence[str], *, batch_size: int = 16,

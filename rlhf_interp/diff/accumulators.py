@@ -11,6 +11,9 @@ it, and the tests assert it stays flat as prompts stream in:
 - `AttentionAccumulator`: O(layers x heads) scalars.
 - `OutputAccumulator`: O(vocab) for the mean next-token probabilities; the optional per-token KL rows
   grow with the number of tokens (a handful of scalars each, not activations).
+
+`ResidualAccumulator` and `DirectionAccumulator` also take one hook point at a time (``update_pair``), so
+`diff_models` feeds them while the tuned model runs and never stores its residual activations.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ def _nbytes(*tensors: Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _stacked(cache: dict[str, Tensor], hook: str, n_layers: int, mask: Tensor) -> Float[Tensor, "layer n d"]:
-    """Activations of one hook point at every layer, real tokens only, as float64."""
-    return torch.stack([cache[block_hook(layer, hook)][mask] for layer in range(n_layers)]).to(_F64)
+def _hook_index(n_layers: int, hooks: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Full hook name -> (index in ``hooks``, layer): where a streamed pair's statistics go."""
+    return {block_hook(layer, hook): (i, layer) for i, hook in enumerate(hooks) for layer in range(n_layers)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,6 +60,7 @@ class ResidualAccumulator:
         self.counts = torch.zeros(h, n_layers, dtype=_F64)
         self.pos_sums = torch.zeros(len(self.POSITION_METRICS), h, n_layers, max_positions, dtype=_F64)
         self.pos_counts = torch.zeros(h, n_layers, max_positions, dtype=_F64)
+        self._index = _hook_index(n_layers, self.hooks)
 
     def hook_names(self) -> list[str]:
         return [block_hook(layer, hook) for layer in range(self.n_layers) for hook in self.hooks]
@@ -65,19 +69,23 @@ class ResidualAccumulator:
         return _nbytes(self.sums, self.counts, self.pos_sums, self.pos_counts)
 
     def update(self, batch: PairedBatch) -> None:
+        """A batch that holds both models' activations: `update_pair` on each of its hook points."""
+        for name in self.hook_names():
+            self.update_pair(batch, name, batch.base[name], batch.tuned[name])
+
+    def update_pair(self, batch: PairedBatch, name: str, base: Tensor, tuned: Tensor) -> None:
+        """One hook point of one batch (float64 temporaries of [tokens, d_model] only)."""
+        i, layer = self._index[name]
         mask = batch.token_mask
         positions = batch.positions[mask].cpu()
         keep = positions < self.max_positions
-        for i, hook in enumerate(self.hooks):
-            for layer in range(self.n_layers):  # one layer at a time: float64 temporaries of [tokens, d_model]
-                name = block_hook(layer, hook)
-                metrics = residual_token_metrics(batch.base[name][mask].to(_F64), batch.tuned[name][mask].to(_F64))
-                for m, metric in enumerate(self.METRICS):
-                    self.sums[m, i, layer] += metrics[metric].sum().cpu()
-                for m, metric in enumerate(self.POSITION_METRICS):
-                    self.pos_sums[m, i, layer].index_add_(0, positions[keep], metrics[metric].cpu()[keep])
-            self.counts[i] += positions.numel()
-            self.pos_counts[i].index_add_(1, positions[keep], torch.ones(self.n_layers, int(keep.sum()), dtype=_F64))
+        metrics = residual_token_metrics(base[mask].to(_F64), tuned[mask].to(_F64))
+        for m, metric in enumerate(self.METRICS):
+            self.sums[m, i, layer] += metrics[metric].sum().cpu()
+        for m, metric in enumerate(self.POSITION_METRICS):
+            self.pos_sums[m, i, layer].index_add_(0, positions[keep], metrics[metric].cpu()[keep])
+        self.counts[i, layer] += positions.numel()
+        self.pos_counts[i, layer].index_add_(0, positions[keep], torch.ones(int(keep.sum()), dtype=_F64))
 
     def result(self) -> pd.DataFrame:
         """One row per (layer, hook): token-mean metrics and ``n_tokens``."""
@@ -190,7 +198,8 @@ class DirectionAccumulator:
         self.n_components = min(n_components, d_model)
         self.total = torch.zeros(len(self.hooks), n_layers, d_model, dtype=_F64)
         self.second = torch.zeros(len(self.hooks), n_layers, d_model, d_model, dtype=_F64)
-        self.count = 0
+        self.counts = torch.zeros(len(self.hooks), n_layers, dtype=torch.int64)  # tokens per hook point
+        self._index = _hook_index(n_layers, self.hooks)
 
     def hook_names(self) -> list[str]:
         return [block_hook(layer, hook) for layer in range(self.n_layers) for hook in self.hooks]
@@ -198,14 +207,24 @@ class DirectionAccumulator:
     def state_nbytes(self) -> int:
         return _nbytes(self.total, self.second)
 
+    @property
+    def count(self) -> int:
+        """Tokens seen (the same at every hook point once a batch is complete)."""
+        return int(self.counts.max())
+
     def update(self, batch: PairedBatch) -> None:
+        """A batch that holds both models' activations: `update_pair` on each of its hook points."""
+        for name in self.hook_names():
+            self.update_pair(batch, name, batch.base[name], batch.tuned[name])
+
+    def update_pair(self, batch: PairedBatch, name: str, base: Tensor, tuned: Tensor) -> None:
+        """One hook point of one batch: add d and d d^T over its real tokens."""
+        i, layer = self._index[name]
         mask = batch.token_mask
-        for i, hook in enumerate(self.hooks):
-            diff = (_stacked(batch.tuned, hook, self.n_layers, mask)
-                    - _stacked(batch.base, hook, self.n_layers, mask)).cpu()
-            self.total[i] += diff.sum(1)
-            self.second[i] += second_moment(diff)
-        self.count += int(mask.sum().item())
+        diff = (tuned[mask].to(_F64) - base[mask].to(_F64)).cpu()
+        self.total[i, layer] += diff.sum(0)
+        self.second[i, layer] += second_moment(diff)
+        self.counts[i, layer] += diff.shape[0]
 
     def result(self) -> DifferenceDirections:
         h, k = len(self.hooks), self.n_components
@@ -215,9 +234,10 @@ class DirectionAccumulator:
         total_var = torch.zeros(h, self.n_layers, dtype=_F64)
         for i in range(h):
             for layer in range(self.n_layers):
-                m, v, c, t = principal_directions(self.total[i, layer], self.second[i, layer], self.count, k)
+                m, v, c, t = principal_directions(self.total[i, layer], self.second[i, layer],
+                                                  int(self.counts[i, layer]), k)
                 mean[i, layer], var[i, layer], comps[i, layer], total_var[i, layer] = m, v, c, t
-        mean_sq = torch.diagonal(self.second, dim1=-2, dim2=-1).sum(-1) / max(self.count, 1)
+        mean_sq = torch.diagonal(self.second, dim1=-2, dim2=-1).sum(-1) / self.counts.clamp_min(1).to(_F64)
         return DifferenceDirections(hooks=self.hooks, mean=mean.float(), components=comps.float(),
                                     explained_variance=var, total_variance=total_var, mean_sq_norm=mean_sq,
                                     n_tokens=self.count)

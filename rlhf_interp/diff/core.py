@@ -29,6 +29,7 @@ from rlhf_interp.diff.stream import RESID_HOOKS, paired_batches, validate_hooks
 from rlhf_interp.diff.weights import summarize_weight_diff, weight_diff
 
 ANALYSES: tuple[str, ...] = ("residual", "directions", "attention", "output", "weights")
+PAIRWISE: tuple[str, ...] = ("residual", "directions")  # analyses fed one hook point at a time (`update_pair`)
 
 
 @dataclass
@@ -139,11 +140,7 @@ def diff_models(base, tuned, prompts: Sequence[str], *, analyses: Iterable[str] 
               "max_positions": max_positions, "watch_tokens": list(watch_tokens)}
 
     if accumulators:
-        hook_names = [name for acc in accumulators.values() for name in acc.hook_names()]
-        for batch in paired_batches(base, tuned, prompts, hook_names, batch_size=batch_size,
-                                    include_bos=include_bos, need_logits="output" in accumulators):
-            for acc in accumulators.values():
-                acc.update(batch)
+        _run_pass(base, tuned, prompts, accumulators, batch_size=batch_size, include_bos=include_bos)
 
     result = ModelDiff(config=config)
     if "residual" in accumulators:
@@ -171,6 +168,31 @@ def diff_models(base, tuned, prompts: Sequence[str], *, analyses: Iterable[str] 
         result.weights = weight_diff(base, tuned)
         result.weights_summary = summarize_weight_diff(result.weights)
     return result
+
+
+def _run_pass(base, tuned, prompts: Sequence[str], accumulators: dict[str, Any], *, batch_size: int,
+              include_bos: bool) -> None:
+    """Feed every accumulator from one pass over ``prompts``.
+
+    Residual metrics and directions take each hook point's (base, tuned) pair as the tuned model computes
+    it (`paired_batches` with ``on_pair``), so a batch never holds both models' residual activations;
+    attention patterns and logits, needed whole, come with the yielded batch.
+    """
+    listeners: dict[str, list[Any]] = {}  # hook name -> the accumulators that take its pairs
+    for key in PAIRWISE:
+        for name in accumulators[key].hook_names() if key in accumulators else ():
+            listeners.setdefault(name, []).append(accumulators[key])
+
+    def on_pair(batch, name: str, base_act, tuned_act) -> None:
+        for acc in listeners[name]:
+            acc.update_pair(batch, name, base_act, tuned_act)
+
+    hook_names = [name for acc in accumulators.values() for name in acc.hook_names()]
+    whole = [acc for key, acc in accumulators.items() if key not in PAIRWISE]
+    for batch in paired_batches(base, tuned, prompts, hook_names, batch_size=batch_size, include_bos=include_bos,
+                                need_logits="output" in accumulators, on_pair=on_pair, streamed=listeners):
+        for acc in whole:
+            acc.update(batch)
 
 
 # ----------------------------------------------------------------------------------------------

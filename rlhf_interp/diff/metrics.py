@@ -57,9 +57,9 @@ def pattern_js(base: Float[Tensor, "batch head query key"], tuned: Float[Tensor,
     return js_divergence_probs(mask_keys(base, key_mask), mask_keys(tuned, key_mask))
 
 
-def second_moment(x: Float[Tensor, "layer n d"]) -> Float[Tensor, "layer d d"]:
-    """Sum over samples of the outer product x x^T, per layer."""
-    return torch.einsum("lnd,lne->lde", x, x)
+def second_moment(x: Float[Tensor, "... n d"]) -> Float[Tensor, "... d d"]:
+    """Sum over samples of the outer product x x^T (per leading index, e.g. per layer)."""
+    return x.mT @ x
 
 
 def principal_directions(total: Float[Tensor, "d"], second: Float[Tensor, "d d"], count: int, k: int
