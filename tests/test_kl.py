@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from rlhf_interp.kl import (AdaptiveKLController, entropy, js_divergence, kl_divergence, kl_estimate,
-                            kl_estimate_reverse, penalty_kl)
+from rlhf_interp.core.finite import all_finite
+from rlhf_interp.kl import (AdaptiveKLController, entropy, js_divergence, kl_both_ways_and_entropy, kl_divergence,
+                            kl_estimate, kl_estimate_reverse, penalty_kl, sampling_logprobs)
 
 
 def _reference_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -28,6 +29,34 @@ def test_kl_js_entropy_match_float64():
     torch.testing.assert_close(entropy(a).double(), -(pa * pa.log()).sum(-1), atol=1e-5, rtol=1e-5)
     assert kl_divergence(a, a).abs().max() == 0 and js_divergence(a, a).abs().max() == 0 and (js_divergence(a, b) <= math.log(2) + 1e-6).all()
     assert not torch.allclose(kl_divergence(a, b), kl_divergence(b, a))  # KL is not symmetric
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_kl_both_ways_and_entropy_in_one_sweep_match_float64(top_k):
+    """The rollout's fused statistics, with full-support distributions and with tokens excluded by top-k
+    (probability 0: the slow, 0 * log 0 = 0 path, where the reverse KL is infinite)."""
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 6, 13, generator=g) * 3, torch.randn(4, 6, 13, generator=g)
+    logp, logq = sampling_logprobs(a, 0.7, top_k=top_k), sampling_logprobs(b, 0.7)
+    forward, reverse, ent = kl_both_ways_and_entropy(logp, logq)
+    p, q = logp.double().exp(), logq.double().exp()
+    lp = torch.where(p > 0, logp.double(), 0.0)
+    torch.testing.assert_close(forward.double(), (p * (lp - torch.where(p > 0, logq.double(), 0.0))).sum(-1),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent.double(), -(p * lp).sum(-1), atol=1e-5, rtol=1e-5)
+    if top_k is None:
+        torch.testing.assert_close(reverse.double(), (q * (logq.double() - logp.double())).sum(-1), atol=1e-5, rtol=1e-5)
+    else:
+        assert torch.isinf(reverse).all()  # Q puts mass where P has none
+
+
+def test_all_finite_sees_nan_and_both_infinities():
+    x = torch.randn(3, 7, 50)
+    assert all_finite(x) and all_finite(torch.empty(0))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[1, 2, 3] = bad
+        assert not all_finite(y), bad
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])

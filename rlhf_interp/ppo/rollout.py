@@ -29,8 +29,8 @@ from torch import Tensor
 from rlhf_interp.bridge.generation import generate
 from rlhf_interp.bridge.heads import ValueHead, forward_with_values
 from rlhf_interp.bridge.precision import autocast
-from rlhf_interp.kl import (entropy_from_logprobs, kl_from_logprobs, kl_reward_terms, penalty_kl,
-                            sampling_logprobs)
+from rlhf_interp.core.finite import all_finite
+from rlhf_interp.kl import kl_both_ways_and_entropy, kl_reward_terms, penalty_kl, sampling_logprobs
 from rlhf_interp.reward.functions import RewardFn, score
 
 RefForward = Callable[[Tensor, Tensor], Tensor]  # (tokens, attention_mask) -> logits
@@ -149,7 +149,7 @@ def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, pr
     with torch.no_grad():
         with autocast([policy, reference_model], precision, fp32_logits=True):
             ref_logits = reference(tokens, attention_mask)[:, prompt_len - 1:tokens.shape[1] - 1].float()
-        if not (torch.isfinite(logits).all() and torch.isfinite(ref_logits).all()):
+        if not (all_finite(logits) and all_finite(ref_logits)):
             raise FloatingPointError("Non-finite logits in the rollout (policy or reference): training has diverged.")
         logp_all = sampling_logprobs(logits, temperature)
         ref_logp_all = sampling_logprobs(ref_logits, temperature)
@@ -162,18 +162,17 @@ def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, pr
             kl_value = penalty_kl(logprobs, ref_logprobs, direction=kl_direction, estimator=kl_estimator,
                                   logits_policy=logp_all, logits_ref=ref_logp_all)
             kl_score = kl_value
+        kl_forward, kl_reverse, entropy = kl_both_ways_and_entropy(logp_all, ref_logp_all)
         rollout = Rollout(
             prompts=list(prompts), completions=sampled.texts, tokens=tokens, attention_mask=attention_mask,
             prompt_len=prompt_len, gen_mask=gen_mask, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
             kl_value=kl_value * gen_mask, kl_score=kl_score * gen_mask,
-            kl_forward=kl_from_logprobs(logp_all, ref_logp_all) * gen_mask,
-            kl_reverse=kl_from_logprobs(ref_logp_all, logp_all) * gen_mask,
-            entropy=entropy_from_logprobs(logp_all) * gen_mask,
+            kl_forward=kl_forward * gen_mask, kl_reverse=kl_reverse * gen_mask, entropy=entropy * gen_mask,
             scores=score(reward, sampled.texts).to(tokens.device),
             ref_logp_all=ref_logp_all if (kl_placement == "loss" and kl_estimator == "exact") else None,
             live=live, precision=precision,
         )
     for name in ("values", "kl_value", "kl_score"):
-        if not torch.isfinite(getattr(rollout, name)).all():
+        if not all_finite(getattr(rollout, name)):
             raise FloatingPointError(f"Non-finite {name} in the rollout: training has diverged.")
     return rollout

@@ -57,7 +57,8 @@ def ppo_update(policy, head, optimizer: torch.optim.Optimizer, scheduler: Any, p
             pg_loss, clip_fraction, approx_kl = losses.policy_loss(logprobs, old_logprobs, advantages[idx], mask,
                                                                    cfg.clip_range)
             v_loss = losses.value_loss(values, rollout.values[idx], returns[idx], mask, cfg.clip_range_value)
-            ent = masked_mean(entropy_from_logprobs(logp_all), mask)
+            with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):  # else: logged only
+                ent = masked_mean(entropy_from_logprobs(logp_all), mask)
             kl_loss = torch.zeros((), device=logits.device)
             if cfg.kl_placement == "loss":
                 kl_tokens = kl_loss_terms(
