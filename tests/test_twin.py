@@ -95,6 +95,37 @@ def test_hooks_the_twin_cannot_run_send_sampling_through_the_bridge(own_tiny):
 
 
 @torch.no_grad()
+def test_sampling_stays_on_the_twin_after_bridge_passes_with_a_mirrored_hook(own_tiny):
+    """TransformerLens wires capture hooks of its own into a block on its first pass; they must not be taken
+    for a user's hook (which would silently send all sampling back through the bridge)."""
+    from rlhf_interp.bridge.generation import _sampler
+    from rlhf_interp.edits import Steering
+
+    bridge = own_tiny
+    tokens, mask = tokenize(bridge, PROMPTS)
+    bridge(tokens, attention_mask=mask)
+    bridge.run_with_cache(tokens, attention_mask=mask, names_filter=["blocks.0.hook_mlp_in"])
+    with Steering(torch.ones(bridge.cfg.d_model), layers=1).on(bridge), _sampler(bridge, "auto") as (name, _):
+        assert name == "twin"
+
+
+@torch.no_grad()
+def test_a_pytorch_hook_on_a_bridge_module_sends_sampling_through_the_bridge(own_tiny):
+    bridge = own_tiny
+    calls: list[int] = []
+    handle = bridge.blocks[0].mlp.register_forward_hook(lambda module, args, out: calls.append(1) or out * 0.5)
+    try:
+        with mirrored_hooks(bridge, twin_of(bridge)) as mirrored:
+            assert not mirrored
+        auto = generate(bridge, PROMPTS, max_new_tokens=4, do_sample=False, stop_at_eos=False)
+        assert calls
+        via_bridge = generate(bridge, PROMPTS, max_new_tokens=4, do_sample=False, stop_at_eos=False, sampler="bridge")
+    finally:
+        handle.remove()
+    assert torch.equal(auto.tokens, via_bridge.tokens)
+
+
+@torch.no_grad()
 def test_twin_and_bridge_draw_the_same_samples(own_tiny):
     kwargs = dict(max_new_tokens=10, seed=7, stop_at_eos=True, temperature=0.8)
     twin = generate(own_tiny, PROMPTS, **kwargs)

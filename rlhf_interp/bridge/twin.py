@@ -14,7 +14,8 @@ embedding, unembedding) is the same tensor in the twin at that module's boundary
 so the user's hook functions -- with their ``hook`` argument, context, shape conversions and edits' switches
 -- run on the same values as on the bridge. Hooks on points that live inside TransformerLens's own attention or
 norm code (attention scores and pattern, rotary q/k, norm scale, ``hook_mlp_in``) have no twin; then
-`mirrored_hooks` reports it and the caller samples through the bridge. Hooks that watch the decoder itself
+`mirrored_hooks` reports it and the caller samples through the bridge; so it does for a plain PyTorch hook on
+one of the bridge's own modules (it would not run in the twin). Hooks that watch the decoder itself
 (`rlhf_interp.bridge.hf.watch_forward_passes`: position tracking of edits) are shared with the twin's decoder.
 """
 
@@ -35,6 +36,8 @@ from rlhf_interp.bridge.hf import _config_copy, hf_model_of, plain_param_name
 _INPUT_KWARGS = ("input", "hidden_states", "input_ids", "query_input", "x", "inputs_embeds")
 # Hook points of these names, inside these components, are the component's own input / output.
 _BOUNDARY = {"hook_in": "in", "hook_out": "out"}
+# Packages whose own forward hooks on the bridge's modules are wiring, not a user's intervention.
+_LIBRARY_HOOKS = ("transformer_lens.", "transformers.")
 # The decoder module whose hooks (forward-pass watchers) the twin shares.
 _SHARED_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                       "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
@@ -47,6 +50,7 @@ class Twin:
     model: nn.Module
     param_ids: tuple[int, ...]  # the bridge's parameters when the twin was built (a swap means: rebuild)
     boundaries: dict[int, tuple[Any, nn.Module, str]]  # id(hook point) -> (hook point, twin module, side)
+    bridge_modules: list[nn.Module]  # the bridge's own modules other than hook points and the shared decoder
 
 
 _TWINS: "weakref.WeakKeyDictionary[Any, Twin | None]" = weakref.WeakKeyDictionary()
@@ -63,6 +67,7 @@ def _build(bridge) -> Twin | None:
     from transformers import AutoModelForCausalLM, GenerationConfig
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
     from transformer_lens.model_bridge.generalized_components.rotary_embedding import RotaryEmbeddingBridge
+    from transformer_lens.hook_points import HookPoint
 
     hf = hf_model_of(bridge)
     if hf is bridge or not hasattr(hf, "config") or not hasattr(hf, "generate"):
@@ -102,7 +107,8 @@ def _build(bridge) -> Twin | None:
     decoder, twin_decoder = getattr(hf, "base_model", hf), getattr(twin, "base_model", twin)
     for attr in _SHARED_HOOK_DICTS:  # the same dict objects: watchers added later apply to both
         setattr(twin_decoder, attr, getattr(decoder, attr))
-    return Twin(twin, _param_ids(hf), boundaries)
+    others = [m for m in hf.modules() if m is not decoder and not isinstance(m, HookPoint)]
+    return Twin(twin, _param_ids(hf), boundaries, others)
 
 
 def twin_of(bridge) -> Twin | None:
@@ -116,13 +122,22 @@ def twin_of(bridge) -> Twin | None:
     return twin
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _has_user_hooks(module: nn.Module) -> bool:
+    """A forward hook on a bridge module that is not the libraries' own wiring: TransformerLens's blocks put
+    capture hooks on their norms that feed its internal hook points (e.g. ``hook_mlp_in``, whose use
+    `mirrored_hooks` checks itself), and Hugging Face's output capturing (attentions, hidden states) hooks
+    its layers, which it does for the twin's own layers as well."""
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    return any(not getattr(h, "__module__", "").startswith(_LIBRARY_HOOKS) for h in hooks)
+
+
 def _hooked_points(bridge) -> list[Any]:
     """The bridge's hook points that have a forward hook (each once, aliases folded)."""
-    found: dict[int, Any] = {}
-    for point in bridge.hook_dict.values():
-        if point._forward_hooks or point._forward_pre_hooks:
-            found[id(point)] = point
-    return list(found.values())
+    return list({id(p): p for p in bridge.hook_dict.values() if _has_hooks(p)}.values())
 
 
 def _replace_input(point, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -150,7 +165,7 @@ def mirrored_hooks(bridge, twin: Twin) -> Iterator[bool]:
     """Inside the block the twin runs the bridge's active hooks at the same places; yields False (and mirrors
     nothing) when an active hook has no place in the twin -- the caller must then use the bridge."""
     points = _hooked_points(bridge)
-    if any(id(p) not in twin.boundaries for p in points):
+    if any(id(p) not in twin.boundaries for p in points) or any(_has_user_hooks(m) for m in twin.bridge_modules):
         yield False
         return
     handles = []
