@@ -21,6 +21,7 @@ from rlhf_interp.bridge.heads import ValueHead
 from rlhf_interp.bridge.loading import bridge_from_hf, load_hf_model, model_source
 from rlhf_interp.bridge.run_dirs import latest_checkpoint, read_meta
 from rlhf_interp.bridge.tokens import check_context
+from rlhf_interp.core.allocator import reuse_freed_memory
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.kl import AdaptiveKLController, FixedKLController, masked_mean
 from rlhf_interp.ppo import losses
@@ -63,6 +64,7 @@ class PPOTrainer:
         self.resumed = False  # set by load_state: a resumed run continues its directory instead of claiming it
         self._mid_phase = False  # True from the first change of state in a phase until its logs are written
         self.device = self.dist.device
+        reuse_freed_memory()  # phases free and reallocate the same [batch, gen, vocab] tensors (core/allocator.py)
         self.reward = reward or get_reward(config.reward, **config.reward_kwargs)
         if not callable(self.reward):
             raise ValueError(f"The reward {config.reward!r} is a {type(self.reward).__name__}, not a function "
