@@ -31,6 +31,9 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # name -> (results file stem, command). Order = the table's order.
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "ppo_phase": ("ppo_phase", ["trl_ppo_phase.py", "--rounds", "3", "--updates", "3"]),
+    "ppo_phase_trl_malloc": ("ppo_phase_trl_malloc", ["trl_ppo_phase.py", "--rounds", "3", "--updates", "3",
+                                                     "--trl-malloc"]),
+    "allocator": ("allocator", ["allocator.py"]),
     "rollout": ("rollout", ["rollout_vs_generate.py"]),
     "rollout_bf16": ("rollout_bf16", ["rollout_vs_generate.py", "--precision", "bf16"]),
     "learn_step": ("learn_step", ["learn_step.py"]),

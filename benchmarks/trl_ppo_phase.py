@@ -14,6 +14,8 @@ token, tests/test_precision.py); TRL ``--trl-precision`` (default fp32, its CPU 
 ``bf16=True``, accelerate's autocast). Each side runs in its own subprocess (memory does not leak across), the
 two alternate ``--rounds`` times, and the first update/phase of each process is dropped as warm-up.
 Absolute times drift on a shared machine; the ratio of medians measured in the same run is what holds.
+``--trl-malloc`` hands TRL's process the glibc malloc settings this toolkit's trainer sets for itself
+(`rlhf_interp.core.allocator`), to show how much of the gap that alone is (``ppo_phase_trl_malloc.json``).
 Writes ``benchmarks/results/ppo_phase.json`` with ``{"ppo_phase": {"trl_ratio": ...}}`` (TRL seconds per
 update / ours per phase: > 1 means ours is faster).
 """
@@ -132,6 +134,8 @@ def child(args: argparse.Namespace) -> None:
 
 def spawn(which: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
+    if which == "trl" and args.trl_malloc:  # the glibc settings our trainer makes itself (core/allocator.py)
+        env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
     flags = ["--updates", str(args.updates), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
              "--precision", args.precision, "--trl-precision", args.trl_precision]
     if args.threads:
@@ -153,6 +157,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="ours")
     parser.add_argument("--trl-precision", choices=["fp32", "bf16"], default="fp32", help="TRL's (bf16=True)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    parser.add_argument("--trl-malloc", action="store_true",
+                        help="give TRL the glibc malloc settings our trainer sets for itself (freed memory reused); "
+                             "writes ppo_phase_trl_malloc.json")
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.batch % MINIBATCHES:
@@ -181,13 +188,15 @@ def main() -> None:
                  "kl": "forward k1 in reward", "model": "smollm2-135m", "trained": "every policy weight",
                  "ours_precision": args.precision, "trl_precision": args.trl_precision, "rounds": args.rounds,
                  "updates_per_process": args.updates},
+        "trl_malloc": args.trl_malloc,
         "headline": {"what": f"PPO phase vs TRL 1.12 (batch {args.batch} x {args.new_tokens} tokens, 2 epochs x 2 "
-                             f"minibatches; ours {args.precision}, TRL {args.trl_precision})",
+                             f"minibatches; ours {args.precision}, TRL {args.trl_precision}"
+                             f"{', TRL with our malloc settings' if args.trl_malloc else ''})",
                      "result": f"{ratio:.2f}x TRL's throughput (TRL {trl:.1f} s / ours {ours:.1f} s per update)",
                      "target": ">= 2x", "met": bool(ratio >= 2.0 and quoted)}}}
     print(f"\nmedian seconds per update: ours {ours:.2f} (rollout {median(rollout):.2f}), TRL {trl:.2f} -> "
           f"TRL/ours = {ratio:.2f}x")
-    write_result("ppo_phase", result)
+    write_result("ppo_phase_trl_malloc" if args.trl_malloc else "ppo_phase", result)
 
 
 if __name__ == "__main__":
