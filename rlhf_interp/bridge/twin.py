@@ -26,7 +26,6 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import torch
 from torch import Tensor, nn
 
 from rlhf_interp.bridge.hf import _config_copy, hf_model_of, plain_param_name
