@@ -176,3 +176,28 @@ def test_bf16_on_the_twin_stays_as_close_to_fp32_as_the_bridge_with_left_padding
     assert twin_drift["kl_per_token"] <= 1.5 * bridge_drift["kl_per_token"] + 1e-4, (twin_drift, bridge_drift)
     out = generate(smol, PROMPTS, max_new_tokens=8, seed=0, stop_at_eos=False, precision="bf16")
     assert out.tokens.shape[1] == tokens.shape[1] + 8 and all(out.texts)
+
+
+@torch.no_grad()
+def test_a_lora_policy_samples_on_the_twin_with_its_adapters_and_without_them(tiny):
+    """PEFT's LoRA layers are the bridge's leaf modules: the twin holds the same objects, so it samples with the
+    adapters, and without them inside ``disable_adapter()`` (the PPO reference under LoRA), like the bridge."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhf_interp.bridge.embedded import build_tiny_model
+    from rlhf_interp.bridge.loading import bridge_from_hf
+
+    peft_model = get_peft_model(build_tiny_model(seed=3), LoraConfig(
+        r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    bridge = bridge_from_hf(peft_model.base_model.model, tiny.tokenizer, name="tiny-lora")
+    twin = twin_of(bridge)
+    assert twin is not None
+    assert {id(p) for p in twin.model.parameters()} == {id(p) for p in bridge.original_model.parameters()}
+    kwargs = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False)
+    adapted = generate(bridge, PROMPTS, **kwargs)
+    assert torch.equal(adapted.tokens, generate(bridge, PROMPTS, sampler="bridge", **kwargs).tokens)
+    with peft_model.disable_adapter():
+        plain = generate(bridge, PROMPTS, **kwargs)
+        assert torch.equal(plain.tokens, generate(bridge, PROMPTS, sampler="bridge", **kwargs).tokens)
+    assert not torch.equal(plain.tokens, adapted.tokens)  # the adapters act, so both comparisons mean something
+

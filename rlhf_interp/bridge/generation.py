@@ -145,12 +145,14 @@ def check_kv_cache(bridge, *, force: bool = False, sampler: str = "auto") -> Non
     """
     tokens, mask = tokenize(bridge, _CANARY_PROMPTS)
     prompt_len = tokens.shape[1]
-    with suspended(bridge), _sampler(bridge, sampler) as (name, sample):
-        checked = _KV_CHECKED.setdefault(bridge, set())
-        if name in checked and not force:
-            return
-        out = sample(tokens, mask, max_new_tokens=_CANARY_TOKENS, do_sample=False, temperature=1.0, top_k=None,
-                     top_p=None, stop_at_eos=False, use_past_kv_cache=True)
+    with suspended(bridge):
+        with _sampler(bridge, sampler) as (name, sample):
+            checked = _KV_CHECKED.setdefault(bridge, set())
+            if name in checked and not force:
+                return
+            out = sample(tokens, mask, max_new_tokens=_CANARY_TOKENS, do_sample=False, temperature=1.0, top_k=None,
+                         top_p=None, stop_at_eos=False, use_past_kv_cache=True)
+        # Outside the sampler: the twin shares the bridge's leaf modules, and its mirrored hooks are gone now.
         full_mask = torch.cat([mask, torch.ones_like(out[:, prompt_len:])], dim=1)
         logits = bridge(out, attention_mask=full_mask, return_type="logits").float()
     predicted = logits[:, prompt_len - 1:-1]  # logits that chose each generated column

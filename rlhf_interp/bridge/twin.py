@@ -3,8 +3,9 @@
 Why: KV-cached sampling runs one short forward per new token, and through the bridge every step pays
 TransformerLens's Python: about 4.5x the module calls of the plain model (most of them hook points) and an
 attention written in Python, a fixed cost per step that no batch size hides (`benchmarks/rollout_vs_generate.py`).
-The twin is the model's own class built around the bridge's *Parameter objects* (not copies): an optimizer step,
-a weight edit or a ``.data`` swap on the bridge is the twin's at once, and it costs no memory. It runs Hugging
+The twin is the model's own class built around the bridge's own leaf modules (its Linear, Embedding and norm
+objects, or PEFT's LoRA layers around them; not copies): an optimizer step, a weight edit, a ``.data`` swap or an
+adapter switched off on the bridge is the twin's at once, and it costs no memory. It runs Hugging
 Face's ``generate`` with sdpa attention.
 
 Hooks stay on. A TransformerLens hook point that wraps the input or output of a Hugging Face module (the
@@ -60,8 +61,8 @@ def _param_ids(hf_model) -> tuple[int, ...]:
 
 
 def _build(bridge) -> Twin | None:
-    """The twin, or None when this model cannot be mirrored (no Hugging Face model behind it, extra
-    parameters such as LoRA adapters, or parameters the plain class does not have)."""
+    """The twin, or None when this model cannot be mirrored (no Hugging Face model behind it, or parameters
+    the plain class has no place for)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, GenerationConfig
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
@@ -77,19 +78,29 @@ def _build(bridge) -> Twin | None:
             twin = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     except (ValueError, KeyError, TypeError):
         return None
-    ours = {plain_param_name(name): p for name, p in hf.named_parameters(remove_duplicate=False)}
-    theirs = dict(twin.named_parameters(remove_duplicate=False))
-    if set(theirs) - set(ours) or {id(p) for p in ours.values()} - {id(ours[n]) for n in theirs}:
-        return None  # a parameter one side lacks (LoRA, a different head): not the same model
-    for name in theirs:
-        owner, _, leaf = name.rpartition(".")
-        setattr(twin.get_submodule(owner), leaf, ours[name])
+    # The bridge's leaf modules themselves (Linear, Embedding, norms -- or PEFT's LoRA layers around them) go into
+    # the twin at their Hugging Face paths: same objects, so same weights, adapters and adapter switches.
+    twin_paths = dict(twin.named_modules())
+    for path, component in hf.named_modules(remove_duplicate=False):
+        original = component._modules.get("_original_component") if isinstance(component, GeneralizedComponent) \
+            else None
+        plain = plain_param_name(path)
+        if original is None or plain not in twin_paths or plain == "" or \
+                any(isinstance(m, GeneralizedComponent) for m in original.modules()):
+            continue  # not a leaf: its children are swapped one by one
+        owner, _, leaf = plain.rpartition(".")
+        setattr(twin.get_submodule(owner), leaf, original)
+    if {id(p) for p in twin.parameters()} != {id(p) for p in hf.parameters()}:
+        return None  # a parameter one side lacks (a different head, an unplaced module): not the same model
     device = next(hf.parameters()).device
     for owner in twin.modules():  # buffers (rotary frequencies) were built on the CPU
         for leaf, buffer in list(owner.named_buffers(recurse=False)):
             owner.register_buffer(leaf, buffer.to(device), persistent=leaf not in owner._non_persistent_buffers_set)
     twin.generation_config = GenerationConfig()  # no model defaults (top_k=50, eos) merged into our arguments
-    twin.eval()
+    shared = {id(m) for m in hf.modules()}
+    for module in twin.modules():  # inference mode for the twin's own containers; the bridge's modules keep theirs
+        if id(module) not in shared:
+            module.training = False
 
     twin_modules = dict(twin.named_modules())
     boundaries: dict[int, tuple[Any, nn.Module, str]] = {}
