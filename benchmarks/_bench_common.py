@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -94,3 +95,24 @@ def alternate(runs: dict[str, Callable[[], object]], reps: int, warmup: int = 1)
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+_RESULT = "RESULT "
+
+
+def report_to_parent(result: dict) -> None:
+    """A child process's result, as the one line `run_child` reads back."""
+    print(_RESULT + json.dumps(result), flush=True)
+
+
+def run_child(script: str, which: str, flags: list[str], extra_env: dict[str, str] | None = None) -> dict:
+    """Run ``script --child which *flags`` in a fresh process (offline, its own memory and page faults) and
+    return the dict it reported; exit with its stderr's tail if it failed."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(extra_env or {}))
+    proc = subprocess.run([sys.executable, script, "--child", which, *flags], capture_output=True, text=True,
+                          env=env, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{which} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(_RESULT):])
+

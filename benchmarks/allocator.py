@@ -13,15 +13,12 @@ warm-up. Reports medians per phase, the ratio, and the minor page faults per pha
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import median, set_threads, write_result
+from _bench_common import median, report_to_parent, run_child, set_threads, write_result
 from trl_ppo_phase import EPOCHS, MINIBATCHES, KL_COEF, LR
 
 
@@ -49,18 +46,12 @@ def child(args: argparse.Namespace) -> None:
         start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         history = trainer.train()
     per_phase = [b - a for a, b in zip([start, *faults[:-1]], faults)]
-    print("RESULT " + json.dumps({"seconds": [m["seconds"] for m in history], "faults": per_phase}))
+    report_to_parent({"seconds": [m["seconds"] for m in history], "faults": per_phase})
 
 
 def spawn(which: str, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     flags = ["--phases", str(args.phases)] + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.run([sys.executable, __file__, "--child", which, *flags], capture_output=True, text=True,
-                          env=env, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{which} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_child(__file__, which, flags)
 
 
 def main() -> None:

@@ -20,16 +20,14 @@ peak <= those bytes + 1 GiB. Writes ``benchmarks/results/diff_memory.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import set_threads, write_result
+from _bench_common import report_to_parent, run_child, set_threads, write_result
 
 GIB = 1024 ** 3
 
@@ -117,19 +115,13 @@ def child(args: argparse.Namespace) -> None:
         sampler.join()
         out.update({"texts": len(texts), "tokens": real, "rows": len(table), "rss_samples": samples})
     out["peak_rss"] = _peak_rss_bytes()
-    print("RESULT " + json.dumps(out))
+    report_to_parent(out)
 
 
 def spawn(which: str, args: argparse.Namespace) -> dict:
     flags = ["--model", args.model, "--tokens", str(args.tokens), "--seq", str(args.seq),
              "--batch-size", str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, __file__, "--child", which, *flags], capture_output=True, text=True,
-                          env=env, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{which} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_child(__file__, which, flags)
 
 
 def main() -> None:

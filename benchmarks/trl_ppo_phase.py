@@ -23,9 +23,6 @@ update / ours per phase: > 1 means ours is faster).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _bench_common import median, set_threads, write_result
+from _bench_common import median, report_to_parent, run_child, set_threads, write_result
 
 EPOCHS, MINIBATCHES, KL_COEF, LR = 2, 2, 0.05, 1e-5
 
@@ -129,23 +126,18 @@ def child(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     run = run_ours if args.child == "ours" else run_trl
     precision = args.precision if args.child == "ours" else args.trl_precision
-    print("RESULT " + json.dumps(run(args.updates, args.batch, args.new_tokens, precision)))
+    report_to_parent(run(args.updates, args.batch, args.new_tokens, precision))
 
 
 def spawn(which: str, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
+    env = {"TRL_EXPERIMENTAL_SILENCE": "1"}
     if which == "trl" and args.trl_malloc:  # the glibc settings our trainer makes itself (core/allocator.py)
         env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
     flags = ["--updates", str(args.updates), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
              "--precision", args.precision, "--trl-precision", args.trl_precision]
     if args.threads:
         flags += ["--threads", str(args.threads)]
-    proc = subprocess.run([sys.executable, __file__, "--child", which, *flags], capture_output=True, text=True,
-                          env=env, check=False)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{which} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][7:])
+    return run_child(__file__, which, flags, env)
 
 
 def main() -> None:
