@@ -143,13 +143,13 @@ def check_kv_cache(bridge, *, force: bool = False, sampler: str = "auto") -> Non
     that the twin is the bridge's model. Edits active on the bridge are suspended for the check. Runs once per
     bridge and sampler (~0.1-0.5 s).
     """
-    tokens, mask = tokenize(bridge, _CANARY_PROMPTS)
-    prompt_len = tokens.shape[1]
     with suspended(bridge):
         with _sampler(bridge, sampler) as (name, sample):
             checked = _KV_CHECKED.setdefault(bridge, set())
             if name in checked and not force:
                 return
+            tokens, mask = tokenize(bridge, _CANARY_PROMPTS)
+            prompt_len = tokens.shape[1]
             out = sample(tokens, mask, max_new_tokens=_CANARY_TOKENS, do_sample=False, temperature=1.0, top_k=None,
                          top_p=None, stop_at_eos=False, use_past_kv_cache=True)
         # Outside the sampler: the twin shares the bridge's leaf modules, and its mirrored hooks are gone now.

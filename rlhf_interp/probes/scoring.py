@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from rlhf_interp.kl import entropy_from_logprobs, kl_from_logprobs, sampling_logprobs
+from rlhf_interp.kl import entropy_from_logprobs, kl_both_ways_and_entropy, sampling_logprobs
 
 Forward = Callable[[Tensor, Tensor], Tensor]  # (tokens, attention_mask) -> logits [batch, seq, vocab]
 
@@ -96,11 +96,14 @@ def score_tokens(model: Forward, tokens: Tensor, attention_mask: Tensor, generat
         mask = generated_mask[start:start + batch_size, prompt_len:].float().cpu()
         logp_all = sampling_logprobs(model(t, m)[:, predicting], temperature, top_k, top_p)
         logp = logp_all.gather(-1, gen[..., None]).squeeze(-1)
-        part = {"mask": mask, "logp": logp, "entropy": entropy_from_logprobs(logp_all)}
-        if reference is not None:
+        part = {"mask": mask, "logp": logp}
+        if reference is None:
+            part["entropy"] = entropy_from_logprobs(logp_all)
+        else:
             ref_all = sampling_logprobs(reference(t, m)[:, predicting], temperature, top_k, top_p)
-            part.update(logp_ref=ref_all.gather(-1, gen[..., None]).squeeze(-1),
-                        kl_forward=kl_from_logprobs(logp_all, ref_all), kl_reverse=kl_from_logprobs(ref_all, logp_all))
+            kl_forward, kl_reverse, entropy = kl_both_ways_and_entropy(logp_all, ref_all)
+            part.update(entropy=entropy, logp_ref=ref_all.gather(-1, gen[..., None]).squeeze(-1),
+                        kl_forward=kl_forward, kl_reverse=kl_reverse)
             del ref_all
         del logp_all
         real = mask.bool()  # where, not multiply: a truncated (-inf) log-prob off the mask must not become NaN
