@@ -13,6 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
+import plotly.io as pio
+
 ASSETS_DIR = "assets"  # under the reports root: JS libraries shared by every page (one copy each)
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -101,7 +103,14 @@ def plotly_snippet(fig, element_id: str, *, height: int = 460) -> str:
     """A Plotly figure as a closed ``<div>`` + script; the page loads the shared ``plotly.min.js``."""
     if fig.layout.height is None:
         fig.update_layout(height=height)
-    snippet = fig.to_html(full_html=False, include_plotlyjs=False, div_id=element_id,
-                          default_height=f"{fig.layout.height}px",
-                          config={"displaylogo": False, "responsive": True})
+    # One JSON encoding whatever is installed: plotly's default engine is orjson when importable (raw UTF-8)
+    # and json otherwise (ASCII escapes), which made pages differ byte for byte between machines.
+    engine = pio.json.config.default_engine
+    pio.json.config.default_engine = "json"
+    try:
+        snippet = fig.to_html(full_html=False, include_plotlyjs=False, div_id=element_id,
+                              default_height=f"{fig.layout.height}px",
+                              config={"displaylogo": False, "responsive": True})
+    finally:
+        pio.json.config.default_engine = engine
     return f'<div class="chart">{snippet}</div>'
