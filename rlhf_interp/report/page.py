@@ -70,6 +70,7 @@ class Report:
     source: str | Path | None = None
     config: dict[str, Any] | None = None
     blocks: list[_Block] = field(default_factory=list)
+    claims: list[Any] = field(default_factory=list)
 
     @classmethod
     def at(cls, report_dir: str | Path, title: str, **kwargs: Any) -> "Report":
@@ -80,6 +81,14 @@ class Report:
     @property
     def out_dir(self) -> Path:
         return Path(self.root) / self.name
+
+    # -- claims ---------------------------------------------------------------------------------
+
+    def claim(self, *claims: Any) -> "Report":
+        """Add `rlhf_interp.report.claims.Claim` objects: checked on save, listed in ``report.json`` and in a
+        table on the page; the headline is generated from those marked ``headline``."""
+        self.claims.extend(claims)
+        return self
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -132,6 +141,11 @@ class Report:
 
         from rlhf_interp.core.io import atomic_path, atomic_write_json, atomic_write_text
 
+        from rlhf_interp.report import claims as C
+
+        claims = C.check_claims(self.claims)
+        if claims:  # the headline is generated from the claims, never written beside them
+            self.headline = C.headline(claims)
         out = self.out_dir
         out.mkdir(parents=True, exist_ok=True)
         md: list[str] = [f"# {self.title}", ""]
@@ -139,6 +153,13 @@ class Report:
         if self.headline:
             md += [f"**{self.headline}**", ""]
             body.append(f"<p class=\"headline\">{_inline_md(self.headline)}</p>")
+        if claims:
+            table = C.claims_table(claims)
+            note = ("*What this page claims (`report.json` lists them as data): each value with its 95% interval "
+                    "and n; comparisons with their verdict.*")
+            md += [note, "", table.to_markdown(index=False, disable_numparse=True), ""]
+            body.append(f"<p class=\"caption\">{_inline_md(note)}</p><div class=\"table-wrap\">"
+                        + table.to_html(index=False, border=0, classes="tbl claims", na_rep="") + "</div>")
         sections: list[str] = []
         written: list[str] = []
         assets: set[str] = set()
@@ -223,9 +244,12 @@ class Report:
         if self.config is not None:
             atomic_write_json(out / "config.json", self.config)
         self._prune(out, ["README.md", "index.html", *written])
-        atomic_write_json(out / MANIFEST, {"name": self.name, "title": self.title, "headline": self.headline,
-                                           "source": self._source(), "sections": sections,
-                                           "files": ["README.md", "index.html", *written]})
+        manifest = {"name": self.name, "title": self.title, "headline": self.headline,
+                    "source": self._source(), "sections": sections,
+                    "files": ["README.md", "index.html", *written]}
+        if claims:
+            manifest["claims"] = [c.to_dict() for c in claims]
+        atomic_write_json(out / MANIFEST, manifest)
         return out
 
     @staticmethod

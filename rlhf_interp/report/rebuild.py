@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable
 
+from rlhf_interp.report.claims import write_findings
 from rlhf_interp.report.index import report_dirs, write_index
 from rlhf_interp.report.page import read_manifest
 
@@ -62,7 +63,8 @@ def rerender(render: Callable[[Path], "Report"], report_dir: str | Path) -> int:
 
 
 def rebuild_all(root: str | Path, only: list[str] | None = None) -> dict[str, float]:
-    """Re-render every report under ``root`` (or the ``only`` ones) and rewrite the index; seconds per report."""
+    """Re-render every report under ``root`` (or the ``only`` ones), rewrite the index and the findings table of
+    the README beside ``root`` (between its ``<!-- findings:start/end -->`` markers); seconds per report."""
     dirs = report_dirs(root)
     if only:
         unknown = sorted(set(only) - {d.name for d in dirs})
@@ -71,4 +73,5 @@ def rebuild_all(root: str | Path, only: list[str] | None = None) -> dict[str, fl
         dirs = [d for d in dirs if d.name in only]
     seconds = {d.name: rebuild(d) for d in dirs}
     write_index(root)
+    write_findings(Path(root).resolve().parent / "README.md", root)  # its findings table, if it has the markers
     return seconds
