@@ -55,6 +55,18 @@ def test_welch_matches_scipy():
     assert (iv.low, iv.high) == pytest.approx((res.low, res.high))
 
 
+def test_summary_forms_match_the_per_unit_ones():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(1, 1, 12), rng.normal(0, 2, 9)
+    se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
+    one = stats.summary_interval(a.mean(), se(a), 12)
+    ref = stats.mean_interval(a)
+    assert (one.low, one.high) == pytest.approx((ref.low, ref.high))
+    two = stats.summary_difference(a.mean(), se(a), 12, b.mean(), se(b), 9)
+    ref = stats.welch_difference(a, b)
+    assert (two.low, two.high) == pytest.approx((ref.low, ref.high))
+
+
 def test_wilson_interval_closed_form():
     iv = stats.proportion_interval(3, 32)
     assert iv.value == pytest.approx(3 / 32)

@@ -14,6 +14,8 @@ interval is too narrow; average them per prompt first (`unit_means`).
 - `paired_difference(a, b)`: A - B measured on the same prompts (and seeds): the interval of the mean of the
   per-unit differences, far narrower than two separate intervals when the units are correlated.
 - `welch_difference(a, b)`: A - B on different units (e.g. runs with different seeds), Welch's t interval.
+- `summary_interval` / `summary_difference`: the same from stored means and standard errors when a table kept
+  no per-unit rows (the difference then unpaired, so conservative for the same prompts).
 - `proportion_interval(k, n)`: a rate with its Wilson interval (3 of 32 is not "9%" without it).
 - `select_on_holdout(...)`: the best of several candidates chosen on one split of the prompts and reported on
   the other, beside the in-sample best (how much choosing inflated it).
@@ -214,6 +216,39 @@ def welch_difference(a: Sequence[float], b: Sequence[float], *, level: float = L
     q = float(stats.t.ppf(0.5 + level / 2, df=df))
     return Interval(diff, diff - q * se, diff + q * se, level, "welch t",
                     dict(n or {"a": int(a.size), "b": int(b.size)}), note)
+
+
+def summary_interval(mean: float, se: float, n: int, *, level: float = LEVEL, units: dict[str, int] | None = None,
+                     note: str = "") -> Interval:
+    """A t interval (df = n - 1) from a stored mean and standard error over ``n`` units, for tables that kept
+    only the summary (no per-unit rows)."""
+    from scipy import stats
+
+    if n < 2 or not np.isfinite(se):
+        return Interval(float(mean), -np.inf, np.inf, level, "t from mean and s.e.", dict(units or {"prompts": n}),
+                        note)
+    q = float(stats.t.ppf(0.5 + level / 2, df=n - 1))
+    return Interval(float(mean), float(mean - q * se), float(mean + q * se), level, "t from mean and s.e.",
+                    dict(units or {"prompts": int(n)}), note)
+
+
+def summary_difference(mean_a: float, se_a: float, n_a: int, mean_b: float, se_b: float, n_b: int, *,
+                       level: float = LEVEL, units: dict[str, int] | None = None, note: str = "") -> Interval:
+    """A - B from two stored means and standard errors, treated as independent (Welch-Satterthwaite df). When A
+    and B were measured on the same prompts this is conservative: pairing needs the per-prompt rows."""
+    from scipy import stats
+
+    diff = float(mean_a - mean_b)
+    va, vb = float(se_a) ** 2, float(se_b) ** 2
+    units = dict(units or {"prompts": int(min(n_a, n_b))})
+    if n_a < 2 or n_b < 2 or not np.isfinite(va + vb):
+        return Interval(diff, -np.inf, np.inf, level, "welch t from means and s.e.", units, note)
+    if va + vb == 0:
+        return Interval(diff, diff, diff, level, "welch t from means and s.e.", units, note)
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    q = float(stats.t.ppf(0.5 + level / 2, df=df))
+    se = float(np.sqrt(va + vb))
+    return Interval(diff, diff - q * se, diff + q * se, level, "welch t from means and s.e.", units, note)
 
 
 def proportion_interval(k: int, total: int, *, level: float = LEVEL, n: dict[str, int] | None = None,
