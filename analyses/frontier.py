@@ -50,11 +50,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from rlhf_interp.core.stats import FIT_R2_MIN
 from rlhf_interp.frontier.plot import frontier_figure, is_true, series_label
 
 REPORT_DIR = Path("reports/edit_vs_finetune")
 PARTS = ("base", "best_of_n", "steering", "layer_scan", "rank_one", "ablation", "finetune", "search")
 TITLE = "Editing vs fine-tuning: reward bought per nat of KL, every method on one axis"
+SAMPLES_NOTE = ("Intervals are 95% t intervals over the 16 held-out prompts (one sample each for edits and PPO "
+                "checkpoints; best-of-n from a pool per prompt); differences between methods are unpaired (the "
+                "per-prompt rows of the edits were not stored), so conservative. Each edit family's layer is chosen "
+                "on the prompts it is reported on, and each PPO run is one training seed: re-measuring with held-out "
+                "selection, more prompts and seeds is issue 31.")
 
 
 # ==============================================================================================
@@ -461,7 +467,8 @@ def tidy_points(points: pd.DataFrame) -> pd.DataFrame:
 
 def interpolate_at(points: pd.DataFrame, budget: float) -> dict[str, Any] | None:
     """Reward gain at ``budget`` between the two measured points around it (linear in d = sqrt(KL), Gao's axis;
-    a KL-0 point anchors the low end); None outside the measured range (no extrapolation)."""
+    a KL-0 point anchors the low end); None outside the measured range (no extrapolation). Only for a curve whose
+    KL rises with its parameter (best-of-n's n), never for a training trajectory."""
     pts = points[points["kl_exact_mean"] >= 0].sort_values("kl_exact_mean")
     d = np.sqrt(pts["kl_exact_mean"].to_numpy())
     target = math.sqrt(budget)
@@ -472,20 +479,52 @@ def interpolate_at(points: pd.DataFrame, budget: float) -> dict[str, Any] | None
     t = 0.0 if i == j else (target - d[i]) / (d[j] - d[i])
     g, s = pts["reward_gain"].to_numpy(), pts["reward_stderr"].to_numpy()
     return {"reward_gain": (1 - t) * g[i] + t * g[j], "reward_stderr": (1 - t) * s[i] + t * s[j],
-            "from": f"{pts['setting'].iloc[i]} .. {pts['setting'].iloc[j]}"}
+            "from": f"{pts['setting'].iloc[i]} .. {pts['setting'].iloc[j]}", "i": pts.index[i], "j": pts.index[j],
+            "t": t}
 
 
-def budget_table(points: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
-    """Reward at each budget per method: edit families at their bisected strength (the method's best layer),
-    best-of-n and the PPO trajectory interpolated between measured points. Methods are compared by their gain
-    over their own KL-0 point; reward_mean = base model reward + gain."""
+def bon_at_budget(points: pd.DataFrame, bon_prompts: pd.DataFrame | None, budget: float):
+    """Best-of-n's measured reward at ``budget`` with its interval over prompts: each prompt's best-of-n reward
+    interpolated in sqrt(KL) between the two n whose mean KL brackets the budget (KL rises with n), then a t
+    interval over the prompts. None outside the measured range."""
+    from rlhf_interp.core import stats
+
+    bon = points[points["kind"] == "best-of-n"]
+    got = interpolate_at(bon, budget) if len(bon) else None
+    if got is None:
+        return None, got
+    n_i, n_j = bon.loc[got["i"], "n"], bon.loc[got["j"], "n"]
+    if bon_prompts is None or not len(bon_prompts):
+        mean = float(bon.loc[got["i"], "reward_mean"] * (1 - got["t"]) + bon.loc[got["j"], "reward_mean"] * got["t"])
+        return stats.summary_interval(mean, got["reward_stderr"], 16), got
+    a = bon_prompts[bon_prompts["n"] == n_i].set_index("prompt_idx")["reward"]
+    b = bon_prompts[bon_prompts["n"] == n_j].set_index("prompt_idx")["reward"]
+    per_prompt = (1 - got["t"]) * a + got["t"] * b.reindex(a.index)
+    pool = int(bon_prompts["pool_size"].max())
+    return stats.mean_interval(per_prompt.to_numpy(), n={"prompts": len(per_prompt), "samples_per_prompt": pool,
+                                                         "seeds": 1}), got
+
+
+def _se(iv) -> float:
+    """The standard error behind a t interval (half-width / t quantile)."""
+    from scipy import stats as sps
+
+    n = int(iv.n.get("prompts", 2))
+    return float(iv.half_width / sps.t.ppf(0.5 + iv.level / 2, max(1, n - 1)))
+
+
+def budget_table(points: pd.DataFrame, budgets: list[float], bon_prompts: pd.DataFrame | None = None
+                 ) -> pd.DataFrame:
+    """Reward at each budget per method, each with its 95% interval over prompts: edit families at their bisected
+    strength (the best of their layers, chosen on the same prompts it is reported on: marked as a selection),
+    best-of-n interpolated between its measured n. The PPO trajectory is not interpolated: its KL is not monotone
+    in the training step, so no point between two checkpoints was measured."""
+    from rlhf_interp.core import stats
+
     rows = []
     base = points[points["kind"] == "base"].iloc[0]
     base_reward = float(base["reward_mean"])
     traj = points[(points["kind"] == "fine-tuning") & is_true(points["trajectory"])]
-    curves = [("best-of-n", points[points["kind"] == "best-of-n"])]
-    if len(traj):
-        curves.append((f"{traj['method'].iloc[0]} (trajectory)", pd.concat([points[points["kind"] == "base"], traj])))
     for budget in budgets:
         fam = points[points["kind"].isin(["steering", "rank-one"]) & (points["budget"] == budget)]
         for method, g in fam.groupby("method", sort=False):
@@ -493,19 +532,29 @@ def budget_table(points: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
             if hit.empty:
                 rows.append({"budget": budget, "method": method, "how": "budget not reached at any layer"})
                 continue
-            best = hit.loc[hit["reward_gain"].idxmax()]
-            rows.append({"budget": budget, "method": method, "reward_gain": best["reward_gain"],
-                         "reward_stderr": best["reward_stderr"], "kl_exact_mean": best["kl_exact_mean"],
-                         "how": f"bisected; best of {len(hit)} layer(s)", "setting": best["setting"]})
-        for method, g in curves:
-            got = interpolate_at(g, budget) if len(g) else None
-            rows.append({"budget": budget, "method": method, **({"reward_gain": got["reward_gain"],
-                         "reward_stderr": got["reward_stderr"], "kl_exact_mean": budget,
-                         "how": "interpolated in sqrt(KL)", "setting": got["from"]} if got else
-                         {"how": "outside the measured KL range"})})
-    df = pd.DataFrame(rows, columns=["budget", "method", "reward_gain", "reward_stderr", "kl_exact_mean", "how",
+            best = hit.loc[hit["reward_mean"].idxmax()]
+            n = int(best["n_sequences"]) if pd.notna(best.get("n_sequences")) else 16
+            iv = stats.summary_interval(best["reward_mean"], best["reward_stderr"], n)
+            rows.append({"budget": budget, "method": method, "reward_mean": best["reward_mean"],
+                         "reward_low": iv.low, "reward_high": iv.high, "reward_stderr": best["reward_stderr"],
+                         "kl_exact_mean": best["kl_exact_mean"], "n_prompts": n, "samples_per_prompt": 1,
+                         "selected_from": len(hit),
+                         "how": f"bisected; best of {len(hit)} layer(s), chosen on the same {n} prompts it is "
+                                f"reported on (selection not held out: optimistic)", "setting": best["setting"]})
+        iv, got = bon_at_budget(points, bon_prompts, budget)
+        rows.append({"budget": budget, "method": "best-of-n", **({
+            "reward_mean": iv.value, "reward_low": iv.low, "reward_high": iv.high,
+            "reward_stderr": _se(iv), "kl_exact_mean": budget,
+            "n_prompts": iv.n.get("prompts"), "samples_per_prompt": iv.n.get("samples_per_prompt"), "selected_from": 1,
+            "how": "measured reward per prompt interpolated in sqrt(KL) between two n", "setting": got["from"]}
+            if iv is not None else {"how": "outside the measured KL range"})})
+        if len(traj):
+            rows.append({"budget": budget, "method": f"{traj['method'].iloc[0]} (trajectory)",
+                         "how": "not interpolated: the checkpoints' KL is not monotone in the training step"})
+    df = pd.DataFrame(rows, columns=["budget", "method", "reward_mean", "reward_low", "reward_high", "reward_stderr",
+                                     "kl_exact_mean", "n_prompts", "samples_per_prompt", "selected_from", "how",
                                      "setting"])
-    df.insert(2, "reward_mean", base_reward + df["reward_gain"])
+    df.insert(3, "reward_gain", df["reward_mean"] - base_reward)
     df["reward_per_nat"] = df["reward_gain"] / df["budget"]
     return df
 
@@ -530,7 +579,16 @@ def fits_table(points: pd.DataFrame) -> pd.DataFrame:
         kl = traj["kl_exact_mean"]
         rows.append({"method": f"{traj['method'].iloc[0]} (trajectory)", "offset": offset,
                      "kl_min": kl[kl > 0].min(), "kl_max": kl.max(), **fit_gao(traj["kl_exact_mean"], traj["reward_mean"] - offset, "rl", traj["reward_stderr"])})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if len(out):  # the one criterion for drawing a fit (rlhf_interp.core.stats.FIT_R2_MIN)
+        out["drawn"] = [stats_fit_is_drawn(r) for r in out["r2"]]
+    return out
+
+
+def stats_fit_is_drawn(r2: float) -> bool:
+    from rlhf_interp.core.stats import fit_is_drawn
+
+    return fit_is_drawn(r2)
 
 
 def layer_scan_figure(scan: pd.DataFrame, reward_label: str):
@@ -624,40 +682,100 @@ def collateral_figure(points: pd.DataFrame):
     return fig
 
 
-def headline(points: pd.DataFrame, table: pd.DataFrame, scan: pd.DataFrame | None, headline_budgets) -> list[str]:
-    """Sentences with the numbers: the cheapest method per nat at each budget, and the layer question."""
+def _row_interval(row: pd.Series):
+    from rlhf_interp.core import stats
+
+    n = int(row["n_prompts"]) if pd.notna(row.get("n_prompts")) else 16
+    return stats.Interval(float(row["reward_mean"]), float(row["reward_low"]), float(row["reward_high"]),
+                          n={"prompts": n})
+
+
+def frontier_claims(points: pd.DataFrame, table: pd.DataFrame, scan: pd.DataFrame | None, freezing: pd.DataFrame,
+                    headline_budgets, tokens: int = 24) -> list:
+    """The page's claims: at each headline budget the method with the most reward and its difference from the
+    runner-up (with a verdict); the PPO trajectory's non-monotone KL; the freezing and layer questions."""
+    from rlhf_interp.core import stats
+    from rlhf_interp.report.claims import Claim
+
     out = []
-    parts = []
+    base = points[points["kind"] == "base"].iloc[0]
+    n_base = int(base["n_sequences"]) if pd.notna(base.get("n_sequences")) else 16
+    edit_n = {"prompts": n_base, "samples_per_prompt": 1, "seeds": 1}
     for budget in headline_budgets:
-        g = table[(table["budget"] == budget) & (table["method"] != "base model") & table["reward_mean"].notna()]
-        if g.empty:
+        g = table[(table["budget"] == budget) & table["reward_mean"].notna()]
+        if len(g) < 2:
             continue
-        ranked = g.sort_values("reward_gain", ascending=False)
-        best = ranked.iloc[0]
-        text = (f"at {budget:g} nat{'' if budget == 1 else 's'} {best['method']} (reward {best['reward_mean']:.2f} ± "
-                f"{best['reward_stderr']:.2f}, {best['reward_per_nat']:+.2f} per nat")
-        if len(ranked) > 1:  # is the winner told apart from the runner-up by more than their standard errors?
-            second = ranked.iloc[1]
-            gap_se = math.hypot(best["reward_stderr"], second["reward_stderr"])
-            text += (f"; {'ahead of' if best['reward_gain'] - second['reward_gain'] > 2 * gap_se else 'within 2 s.e. of'} "
-                     f"{second['method']} at {second['reward_mean']:.2f} ± {second['reward_stderr']:.2f}")
-        parts.append(text + ")")
-    if parts:
-        base = points[points["kind"] == "base"].iloc[0]
-        out.append(f"Cheapest per nat (most reward at the budget; base model {base['reward_mean']:.2f}): "
-                   + "; ".join(parts) + ".")
-    if scan is not None and len(scan[is_true(scan["hit"])]) >= 3:
+        ranked = g.sort_values("reward_mean", ascending=False)
+        best, second = ranked.iloc[0], ranked.iloc[1]
+        tag = f"{budget:g}".replace(".", "_")
+
+        def sel(row):
+            k = int(row["selected_from"]) if pd.notna(row.get("selected_from")) else 1
+            return (f" (the best of {k} layers, chosen on the same prompts: optimistic)" if k > 1 else "")
+
+        def n_of(row):
+            return {"prompts": int(row["n_prompts"]), "samples_per_prompt": int(row["samples_per_prompt"]), "seeds": 1}
+
+        iv = _row_interval(best)
+        out.append(Claim.estimate(
+            f"most_reward_at_{tag}_nats", "At {budget} {nats} of KL per sequence the most reward is {method}'s: "
+            "{value} {ci} periods per {tokens} tokens{selection}.", iv, n=n_of(best),
+            params={"tokens": tokens, "budget": f"{budget:g}", "nats": "nat" if budget == 1 else "nats", "method": best["method"], "selection": sel(best)}))
+        diff = stats.summary_difference(best["reward_mean"], best["reward_stderr"], iv.n["prompts"],
+                                        second["reward_mean"], second["reward_stderr"], int(second["n_prompts"]),
+                                        note="unpaired: per-prompt rows of the edits are not stored")
+        out.append(Claim.compare(
+            f"top_two_at_{tag}_nats", "Its lead over {second}{selection}: {value} {ci}; {verdict}.", diff,
+            best["method"], second["method"], n={"prompts": min(int(best["n_prompts"]), int(second["n_prompts"])),
+                                                 "seeds": 1},
+            params={"second": second["method"], "selection": sel(second)}))
+    traj = points[(points["kind"] == "fine-tuning") & is_true(points["trajectory"])].sort_values("step")
+    if len(traj) >= 2:
+        peak = traj.loc[traj["reward_mean"].idxmax()]
+        last = traj.iloc[-1]
+        if peak.name != last.name:
+            diff = stats.summary_difference(peak["reward_mean"], peak["reward_stderr"], 16, last["reward_mean"],
+                                            last["reward_stderr"], 16)
+            out.append(Claim.compare(
+                "trajectory_not_monotone", "The PPO trajectory is not interpolated between checkpoints: step "
+                "{peak_step} ({peak_kl} nats) minus step {last_step} ({last_kl} nats, less KL): {value} {ci} "
+                "periods; {verdict}.", diff, f"step {int(peak['step'])}", f"step {int(last['step'])}", n=edit_n,
+                params={"peak_step": int(peak["step"]), "last_step": int(last["step"]),
+                        "peak_kl": f"{peak['kl_exact_mean']:.2f}", "last_kl": f"{last['kl_exact_mean']:.2f}"},
+                headline=False))
+    if len(freezing) >= 2:
+        fr = freezing.dropna(subset=["reward_per_nat"])
+        top = fr.loc[fr["reward_per_nat"].idxmax()]
+        kl, kl_se = float(top["kl_exact_mean"]), float(top["kl_exact_stderr"])
+        gain_se = math.hypot(float(top["reward_stderr"]), float(base["reward_stderr"]))
+        ratio = float(top["reward_gain"]) / kl
+        se = math.hypot(gain_se / kl, ratio * kl_se / kl)  # delta method
+        iv = stats.summary_interval(ratio, se, 16, units={"prompts": 16, "samples_per_prompt": 1, "seeds": 1},
+                                    note="one training seed per run: seed-to-seed variation not included")
+        out.append(Claim.estimate(
+            "freezing_top_per_nat", "Among the short PPO runs ({runs} runs, one seed each) {method} has the highest "
+            "reward gain per nat, {value} {ci} (delta-method interval).", iv,
+            params={"runs": len(fr), "method": top["method"]}, headline=False))
+        out.append(Claim.not_measured(
+            "freezing_ranking", "Which number of frozen layers buys the most reward per nat: not yet measured with "
+            "enough samples (one training seed per run; the top run's interval is wider than the spread between runs).",
+            n={"runs": len(fr), "seeds": 1, "prompts": 16}))
+    if scan is not None and len(scan[is_true(scan["hit"])]) >= 2:
         hit = scan[is_true(scan["hit"])].sort_values("layer")
-        rho = float(pd.Series(hit["layer"].to_numpy()).corr(pd.Series(hit["reward_mean"].to_numpy()), method="spearman"))
         first, last = hit.iloc[0], hit.iloc[-1]
-        best = hit.loc[hit["reward_mean"].idxmax()]
-        verdict = ("yes: later layers buy more reward for the same KL" if rho > 0.3 else
-                   "no: earlier layers buy more reward for the same KL" if rho < -0.3 else
-                   "not clearly: reward at equal KL does not trend with depth")
-        out.append(f"Does a later layer cost less KL for the same reward? {verdict[0].upper() + verdict[1:]}: steering with the "
-                   f"{hit['vector'].iloc[0]} vector at {hit['budget'].iloc[0]:g} nats: layer {int(first['layer'])} "
-                   f"{first['reward_mean']:.2f}, layer {int(last['layer'])} {last['reward_mean']:.2f}, best layer "
-                   f"{int(best['layer'])} {best['reward_mean']:.2f} (Spearman rho over {len(hit)} layers {rho:+.2f}).")
+        diff = stats.summary_difference(last["reward_mean"], last["reward_stderr"], int(last["n_sequences"]),
+                                        first["reward_mean"], first["reward_stderr"], int(first["n_sequences"]))
+        out.append(Claim.compare(
+            "later_layer", "Does a later steering layer buy more reward at equal KL? At {budget} nats the "
+            "{vector} vector at layer {late} minus layer {early}: {value} {ci}; {verdict} (the best of the "
+            "{layers} scanned layers is not reported: chosen on the same prompts).", diff,
+            f"layer {int(last['layer'])}", f"layer {int(first['layer'])}", n=edit_n,
+            params={"budget": f"{hit['budget'].iloc[0]:g}", "vector": hit["vector"].iloc[0],
+                    "late": int(last["layer"]), "early": int(first["layer"]), "layers": len(hit)}))
+    out.append(Claim.not_measured(
+        "editing_vs_finetuning", "Whether editing buys more reward per nat than fine-tuning: not yet measured with "
+        "enough samples (one sample per prompt, one seed per run, layers chosen on the prompts they are reported on).",
+        n=edit_n))
     return out
 
 
@@ -682,14 +800,17 @@ def render(report_dir: Path):
     budgets = [float(b) for b in config.get("budgets", sorted(points["budget"].dropna().unique()))]
     reward_label = f"reward ({config.get('reward', 'reward')}) per continuation"
     fits = fits_table(points)
-    table = budget_table(points, budgets)
-    lines = headline(points, table, scan, [b for b in (1.0, 2.0, 4.0) if b in budgets] or budgets[:3])
+    table = budget_table(points, budgets, optional_table(report_dir, "bon_prompts"))
+    freezing = freezing_table(points)
+    claims = frontier_claims(points, table, scan, freezing,
+                             [b for b in (1.0, 2.0, 4.0) if b in budgets] or budgets[:3],
+                             tokens=int(config.get("max_new_tokens", 24)))
+    lines = [c.sentence() for c in claims]
     wall_min = config.get("wall_seconds_total", float("nan")) / 60
     cpu_min = config.get("cpu_seconds_total", float("nan")) / 60
-    report = Report.at(report_dir, TITLE, headline=" ".join(lines) or "No points measured yet.",
-                       source=Path(__file__))
+    report = Report.at(report_dir, TITLE, source=Path(__file__), claims=claims)
     report.text(__doc__.split("\n\n", 2)[2].split("Compute is split")[0])
-    report.section("Answer", "\n\n".join(lines))
+    report.section("Answer", "\n\n".join(lines) + "\n\n" + SAMPLES_NOTE)
     missing = notes[notes["part"].isin(["finetune", "ablation"]) | notes["note"].str.contains("not computed")] \
         if notes is not None and len(notes) else None
     if missing is not None and len(missing):
@@ -700,23 +821,29 @@ def render(report_dir: Path):
                                                    "collateral_kl_mean"],
                      xlabel="KL per sequence (nats)", ylabel=reward_label, mode="lines+markers", log_x=True)
     report.section("The frontier")
-    report.figure("frontier", frontier_figure(points, fits, reward_label), chart=chart,
+    drawn = fits[fits["drawn"]] if len(fits) else fits
+    report.figure("frontier", frontier_figure(points, drawn, reward_label), chart=chart,
                   caption="Reward against KL(changed || base) per sequence, log KL axis; bars are standard errors over "
                           "prompts (both axes). Lines join one edit family's points at the KL budgets "
                           f"{', '.join(f'{b:g}' for b in budgets)} nats (red rings: the search ended outside 5% of the "
-                          "budget; dashed: rank-one edits); stars: PPO checkpoints; diamonds: best-of-n at its measured KL; "
-                          "X: ablations; dotted: Gao et al. fits, drawn from half to twice the KL range they were fitted "
-                          "on (grey best-of-n, "
-                          "black PPO). Points at KL 0 (the base model, best-of-1, an unchanged model) sit on the left "
+                          "budget; dashed: rank-one edits); stars: PPO checkpoints, not joined (their KL is not "
+                          "monotone in the training step); diamonds: best-of-n at its measured KL; "
+                          "X: ablations; dotted: Gao et al. fits, drawn only where they fit (R² ≥ "
+                          f"{FIT_R2_MIN:g}; drawn: {', '.join(fits.loc[fits['drawn'], 'method']) if len(fits) else 'none'}; "
+                          f"not drawn: {', '.join(f'{m} (R² {r:.2f})' for m, r in fits.loc[~fits['drawn'], ['method', 'r2']].itertuples(index=False)) if len(fits) else 'none'}) "
+                          "from half to twice the KL range they were fitted on. Points at KL 0 (the base model, best-of-1, an unchanged model) sit on the left "
                           "edge: KL 0 cannot be drawn on a log axis.")
-    report.table("reward_at_budget", table, caption="Reward at each KL budget per method (edit families: the best "
-                 "layer whose strength was bisected to within 5% of the budget; best-of-n and the PPO trajectory: "
-                 "linear interpolation in sqrt(KL) between measured points, never extrapolated). reward_gain is over "
-                 "the method's own KL-0 point (best-of-n: its n = 1, from the same samples; the rest: the base "
-                 "model), reward_mean = base model reward + reward_gain, reward_per_nat = reward_gain / budget.",
-                 show=60)
+    report.table("reward_at_budget", table, caption="Reward at each KL budget per method, measured, with its 95% "
+                 "interval over prompts (reward_low, reward_high). Edit families: the best of their layers whose "
+                 "strength was bisected to within 5% of the budget, **chosen on the same prompts it is reported on** "
+                 "(selected_from: how many layers it is the best of; an optimistic number). Best-of-n: each prompt's "
+                 "measured best-of-n reward interpolated linearly in sqrt(KL) between the two n around the budget "
+                 "(its KL rises with n), never extrapolated. The PPO trajectory is not interpolated: its KL is not "
+                 "monotone in the training step. reward_gain = reward_mean - the base model's reward; reward_per_nat = "
+                 "reward_gain / budget.", show=60)
     report.table("fits", fits, caption="Gao et al. (2022) forms fitted by weighted least squares to the reward gain "
-                 "over the base model, d = sqrt(KL): best-of-n R = d (alpha - beta d), PPO R = d (alpha - beta log d).")
+                 "over the base model, d = sqrt(KL): best-of-n R = d (alpha - beta d), PPO R = d (alpha - beta log d). "
+                 f"drawn: R² ≥ {FIT_R2_MIN:g}, the one criterion for drawing a fit on the figure.")
     report.table("points", points, caption="Every point (one row per model or edit setting).", show=25)
     if scan is not None and len(scan):
         report.section("Does a later layer cost less KL for the same reward?")
@@ -733,7 +860,6 @@ def render(report_dir: Path):
                               f"{max(budgets):g} nats.")
         report.table("search_trials", trials.sort_values("number"), caption="All trials; pareto marks the front.",
                      show=0)
-    freezing = freezing_table(points)
     report.section("Freezing study")
     if len(freezing):
         report.figure("freezing", freezing_figure(freezing),

@@ -69,7 +69,8 @@ def frontier_figure(points: pd.DataFrame, fits: pd.DataFrame | None = None, rewa
         ax.errorbar(g["kl_exact_mean"].where(g["kl_exact_mean"] > 0, floor_x), g["reward_mean"],
                     xerr=g["kl_exact_stderr"].fillna(0), yerr=g["reward_stderr"].fillna(0),
                     color=colors[g["method"].iloc[0]], marker=marker, ms=12 if kind == "fine-tuning" else 6,
-                    lw=0 if kind == "ablation" else 1, elinewidth=0.8, capsize=2, label=lab,
+                    lw=0 if kind in ("ablation", "fine-tuning") else 1,  # checkpoints: not joined (KL not monotone)
+                    elinewidth=0.8, capsize=2, label=lab,
                     ls="--" if kind == "rank-one" else "-")
         misses = g[g["hit"].notna() & (g["hit"].astype(str) != "") & ~is_true(g["hit"])]
         if len(misses):
