@@ -12,9 +12,12 @@ kl_exact_mean, reward_mean; optional: kl_exact_stderr, reward_stderr, layer, hit
 
 from __future__ import annotations
 
+import os
+
 import matplotlib
 
-matplotlib.use("Agg")
+if not os.environ.get("MPLBACKEND"):  # a Jupyter kernel sets its inline backend here: keep it, figures show inline
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -49,6 +52,7 @@ def frontier_figure(points: pd.DataFrame, fits: pd.DataFrame | None = None, rewa
         if col not in points:
             points[col] = np.nan
     fig, ax = plt.subplots(figsize=(10.5, 6))
+    plt.close(fig)  # returned, not kept by pyplot: a notebook shows it once
     base = points[points["kind"] == "base"]
     shown = points[points["kind"] != "base"].copy()
     if shown.empty and base.empty:

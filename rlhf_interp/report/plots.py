@@ -1,4 +1,5 @@
-"""Static figures: tidy DataFrames in, matplotlib Figures out (Agg backend, no display needed).
+"""Static figures: tidy DataFrames in, matplotlib Figures out (Agg backend, no display needed; in a notebook
+the kernel's inline backend, and a returned figure is shown once).
 
 Rules every figure here keeps, because a reader trusts what a figure shows: both axes are labelled with
 their unit (`label` maps a column name to its axis label), no data point falls outside the axes (limits
@@ -8,11 +9,13 @@ palette *and* a marker, not by neighbouring shades of one colour map.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if not os.environ.get("MPLBACKEND"):  # a Jupyter kernel sets its inline backend here: keep it, figures show inline
+    matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -25,6 +28,15 @@ __all__ = [
     "plot_sweep_curves", "plot_steering_sweep", "plot_ablation_sweep", "plot_reward_model_training",
     "plot_learned_vs_true", "plot_reward_hacking", "nonneg_symlog",
 ]
+
+
+def _subplots(*args, **kwargs):
+    """``plt.subplots`` for a figure that is returned, not kept by pyplot: a notebook shows it once (as the
+    cell's value, not again when the cell ends), and a loop drawing many does not accumulate them."""
+    fig, axes = plt.subplots(*args, **kwargs)
+    plt.close(fig)
+    return fig, axes
+
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG atomically and close it (a CLI that plots in a loop must not keep every figure)."""
@@ -110,7 +122,7 @@ def plot_diff_by_layer(df: pd.DataFrame, metric: str = "rel_diff_norm", *, hue: 
     after filtering it to one hook.
     """
     _require(df, ["layer", metric, hue])
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = _subplots(figsize=(7.5, 4.2))
     for i, (value, group) in enumerate(df.groupby(hue, sort=pd.api.types.is_numeric_dtype(df[hue]))):
         series = group.groupby("layer")[metric].mean()
         ax.plot(series.index, series.values, markersize=3.5, lw=1.4, label=str(value), **series_style(i))
@@ -132,7 +144,7 @@ def plot_diff_heatmap(df: pd.DataFrame, *, row: str, col: str, value: str, title
     step x layer relative difference norm, layer x position, layer x component weight change."""
     _require(df, [row, col, value])
     grid = df.pivot_table(index=row, columns=col, values=value, aggfunc="mean")
-    fig, ax = plt.subplots(figsize=(min(14, 3 + 0.35 * grid.shape[1]), min(10, 2 + 0.3 * grid.shape[0])))
+    fig, ax = _subplots(figsize=(min(14, 3 + 0.35 * grid.shape[1]), min(10, 2 + 0.3 * grid.shape[0])))
     image = ax.imshow(grid.values, aspect="auto", cmap=cmap, interpolation="nearest")
     ax.set_yticks(range(grid.shape[0]), [str(v) for v in grid.index], fontsize=7)
     step = max(1, grid.shape[1] // 40)
@@ -155,7 +167,7 @@ def plot_token_shifts(token_shifts: pd.DataFrame, *, value: str = "prob_diff", k
         token_shifts = token_shifts[token_shifts["step"] == token_shifts["step"].max()]
     shown = pd.concat([token_shifts[token_shifts["direction"] == "up"].nsmallest(k, "rank"),
                        token_shifts[token_shifts["direction"] == "down"].nsmallest(k, "rank").iloc[::-1]])
-    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(shown) + 1.4))
+    fig, ax = _subplots(figsize=(6.5, 0.25 * len(shown) + 1.4))
     colors = ["tab:green" if v >= 0 else "tab:red" for v in shown[value]]
     ax.barh(range(len(shown)), shown[value], color=colors)
     ax.set_yticks(range(len(shown)), [repr(t) for t in shown["token"]], fontsize=8)
@@ -236,8 +248,7 @@ def plot_sweep_curves(df: pd.DataFrame, y: str, *, x: str = "coef", hue: str = "
     """One line per ``hue`` value of ``y`` against ``x`` (e.g. KL vs steering coefficient per layer),
     with ``err`` (a standard-error column) as error bars when given. ``logy``: a non-negative symlog axis."""
     _require(df, [x, y, hue] + ([err] if err else []))
-    fig = ax.figure if ax is not None else plt.figure(figsize=(6.5, 4.2))
-    ax = ax if ax is not None else fig.add_subplot(111)
+    fig, ax = (ax.figure, ax) if ax is not None else _subplots(figsize=(6.5, 4.2))
     values = sorted(df[hue].unique(), key=lambda v: (str(type(v)), v))
     for i, value in enumerate(values):
         group = df[df[hue] == value].sort_values(x)
@@ -259,7 +270,7 @@ def plot_steering_sweep(df: pd.DataFrame, *, reward_label: str = "reward", hue: 
     """Three panels from a steering sweep: KL per sequence vs coefficient (symlog: linear below 0.1 nats,
     so coefficient 0 at exactly 0 is drawn, no negative half), reward vs coefficient, and reward against KL."""
     _require(df, ["coef", hue, f"{kl}_mean", "reward_mean"])
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = _subplots(1, 3, figsize=(16, 4.6))
     err_kl = f"{kl}_stderr" if f"{kl}_stderr" in df else None
     err_r = "reward_stderr" if "reward_stderr" in df else None
     kl_label = "KL(steered ‖ unsteered) per sequence (nats)"
@@ -285,7 +296,7 @@ def plot_steering_sweep(df: pd.DataFrame, *, reward_label: str = "reward", hue: 
 def plot_ablation_sweep(df: pd.DataFrame, *, target: str = "target", kl: str = "kl_exact") -> Figure:
     """Bars per ablation target: KL per sequence (with standard errors) and mean reward."""
     _require(df, [target, f"{kl}_mean", "reward_mean"])
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(df) + 2), 6), sharex=True)
+    fig, axes = _subplots(2, 1, figsize=(max(6, 0.35 * len(df) + 2), 6), sharex=True)
     labels = df[target].astype(str).tolist()
     err = df[f"{kl}_stderr"].fillna(0) if f"{kl}_stderr" in df else None
     axes[0].bar(labels, df[f"{kl}_mean"], yerr=err, color="#4c72b0", capsize=2)
@@ -309,7 +320,7 @@ def plot_ablation_sweep(df: pd.DataFrame, *, target: str = "target", kl: str = "
 def plot_reward_model_training(metrics: pd.DataFrame) -> Figure:
     """Bradley-Terry loss and pair accuracy per epoch, train and validation (``train_reward_model``'s frame)."""
     _require(metrics, ["epoch", "split", "loss", "accuracy"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = _subplots(1, 2, figsize=(10, 3.8))
     for split, style in (("train", "o-"), ("val", "s--")):
         group = metrics[metrics.split == split].sort_values("epoch")
         axes[0].plot(group.epoch, group.loss, style, label=split)
@@ -330,7 +341,7 @@ def plot_learned_vs_true(df: pd.DataFrame, *, true: str = "true_reward", learned
                          title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """Learned reward against the true reward it imitates: jittered points and the mean per true value."""
     _require(df, [true, learned])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = _subplots(figsize=(6.5, 4.2))
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(df))
     ax.scatter(df[true] + jitter, df[learned], s=8, alpha=0.35, color="#4c72b0", label="texts (x jittered ±0.15)")
     means = df.groupby(true)[learned].agg(["mean", "count"]).reset_index()
@@ -350,7 +361,7 @@ def plot_reward_hacking(phases: pd.DataFrame, *, true: str = "true_reward_z", le
     and optionally their per-phase rank correlation: where the curves part, the policy exploits the RM."""
     _require(phases, ["phase", true, learned] + ([corr] if corr else []))
     panels = 2 if corr else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4), squeeze=False)
+    fig, axes = _subplots(1, panels, figsize=(6.2 * panels, 4), squeeze=False)
     ax = axes[0, 0]
     ax.plot(phases.phase, phases[true], "o-", label=f"true period count ({true})", color="#55a868")
     ax.plot(phases.phase, phases[learned], "s-", label=f"reward model ({learned})", color="#c44e52")
