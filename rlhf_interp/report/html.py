@@ -27,9 +27,44 @@ div.table-wrap{overflow-x:auto}"""
 
 
 def markdown_to_html(text: str) -> str:
+    """Markdown -> HTML with raw HTML off: ``<script>``, ``<img onerror=...>`` and every other tag in the text
+    come out as text (escaped), and links or images whose URL is not http(s), a relative path, an anchor or
+    ``mailto:`` lose it (``javascript:`` / ``data:`` URLs run code when clicked). Report text can hold what a model
+    generated or a user typed; none of it may become markup."""
     import markdown
 
-    return markdown.markdown(text, extensions=["fenced_code", "tables"])
+    return markdown.markdown(text, extensions=["fenced_code", "tables", _NoRawHtml()])
+
+
+_SAFE_URL = re.compile(r"^(?:https?://|mailto:|#|\.{0,2}/|[^:/?#]+(?:[/?#]|$))", re.I)
+
+
+def _markdown_extension_base():
+    from markdown.extensions import Extension
+
+    return Extension
+
+
+class _NoRawHtml(_markdown_extension_base()):
+    """A Python-Markdown extension: no raw HTML blocks or inline tags (they are escaped as text), and only safe
+    link / image URLs."""
+
+    def extendMarkdown(self, md):  # noqa: N802 - Python-Markdown's name
+        from markdown.treeprocessors import Treeprocessor
+
+        md.preprocessors.deregister("html_block")
+        md.inlinePatterns.deregister("html")
+
+        class SafeUrls(Treeprocessor):
+            def run(self, root):
+                for element in root.iter():
+                    for attr in ("href", "src"):
+                        value = element.get(attr)
+                        if value is not None and not _SAFE_URL.match(value.strip()):
+                            element.set(attr, "")
+                return None
+
+        md.treeprocessors.register(SafeUrls(md), "rlhf_interp_safe_urls", 1)
 
 
 def slug(text: str) -> str:
@@ -96,7 +131,35 @@ def circuitsvis_snippet(rendered, element_id: str) -> str:
         raise ValueError("circuitsvis output has no container <div id=\"circuits-vis-...\">: unsupported version?")
     src = src.replace(match.group(0), f'<div id="{element_id}" class="circuitsvis"{match.group(2)}></div>', 1)
     src = src.replace(match.group(1), element_id)
-    return src.replace("<script crossorigin type=\"module\">", "<script type=\"module\">")
+    src = src.replace("<script crossorigin type=\"module\">", "<script type=\"module\">")
+    return _escape_render_data(src)
+
+
+def script_safe_json(text: str) -> str:
+    """JSON text made safe inside ``<script>``: ``<``, ``>``, ``&``, U+2028 and U+2029 written as ``\\uXXXX``
+    escapes (the same value to a JSON parser), so no string in it can close the script (``</script>``) or open
+    an HTML comment. Outside strings JSON has none of these characters, so replacing them everywhere is exact."""
+    for char, escape in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+def _escape_render_data(src: str) -> str:
+    """The data of circuitsvis' ``CircuitsVis.render(id, Component, {...})`` call made safe twice over. Tokens are
+    text a model generated, and circuitsvis (1) writes them with ``json.dumps``, which leaves ``</script>`` as it
+    is, so a token could end the script and put its own markup into the page; (2) draws them with React's
+    ``dangerouslySetInnerHTML``, so a token ``<img src=x onerror=...>`` would run. Hence every string is
+    HTML-escaped (``&`` ``<`` ``>``; circuitsvis' innerHTML shows them as the characters again) and the JSON is
+    then written script-safe. (Chart axes drawn on a canvas show such a token escaped: a small price.)"""
+    match = re.search(r'(CircuitsVis\.render\(\s*"[^"]*",\s*CircuitsVis\.\w+,\s*)(.*)(\)\s*</script>)', src, re.S)
+    if match is None:
+        raise ValueError("circuitsvis output has no CircuitsVis.render(...) call to escape: unsupported version? "
+                         "(its data is not embedded unescaped)")
+    # In JSON text these characters occur only inside strings, so plain replacement escapes exactly the strings.
+    data = match.group(2).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    data = script_safe_json(data)
+    return src[:match.start(2)] + data + src[match.end(2):]
 
 
 def plotly_snippet(fig, element_id: str, *, height: int = 460) -> str:

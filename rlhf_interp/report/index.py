@@ -72,11 +72,12 @@ def write_index(root: str | Path) -> Path:
         md.append(f"| [{m['title']}]({name}/README.md) (`{name}`) | {m['headline'].replace('|', '/')} |")
         source = (f" · made by <code>{html.escape(m['source'])}</code>" if m.get("source") else "")
         csvs = sum(1 for f in (root / name).glob("*.csv"))
-        body.append(f"<section><h2 id=\"{H.slug(name)}\"><a href=\"{name}/index.html\">{html.escape(m['title'])}</a>"
+        href = html.escape(name)  # a directory name: escaped like every other text on the page
+        body.append(f"<section><h2 id=\"{H.slug(name)}\"><a href=\"{href}/index.html\">{html.escape(m['title'])}</a>"
                     f"</h2><p class=\"headline\">{_inline_md(m['headline'])}</p>"
-                    f"<p class=\"caption\"><a href=\"{name}/index.html\">page</a> · "
-                    f"<a href=\"{name}/README.md\">markdown</a> · {csvs} CSV table{'s' if csvs != 1 else ''} in "
-                    f"<code>{name}/</code>"
+                    f"<p class=\"caption\"><a href=\"{href}/index.html\">page</a> · "
+                    f"<a href=\"{href}/README.md\">markdown</a> · {csvs} CSV table{'s' if csvs != 1 else ''} in "
+                    f"<code>{href}/</code>"
                     f"{source}</p></section>")
     md += ["", HOW_TO_ADD, ""]
     body.append(H.markdown_to_html(HOW_TO_ADD))
