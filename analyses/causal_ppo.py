@@ -310,24 +310,50 @@ def figure_trajectory(parts: pd.DataFrame, traj: pd.DataFrame):
     return fig
 
 
-def headline(tables: dict[str, pd.DataFrame]) -> str:
-    """One or two sentences with the main numbers (also on reports/index.html)."""
+def causal_claims(tables: dict[str, pd.DataFrame], config: dict) -> list:
+    """The page's claims. Patching fractions have no interval (they were measured on a few fixed texts and no
+    per-text values were stored), so where the change lives is stated as not yet measured; the sampled rewards
+    have standard errors over prompts and are compared with their verdicts."""
+    from rlhf_interp.core import stats
+    from rlhf_interp.report.claims import Claim
+
+    out = []
     act = tables["activation_patching"]
-    into = act[(act["direction"] == "into_base") & act["component"].isin(SUBLAYERS)]
-    best = into.loc[into["fraction_recovered"].idxmax()]
+    n_texts = int(config.get("n_texts", len(tables["texts"])))
+    positions = int(act["n_tokens"].iloc[0])
+    samples = int(config.get("samples", 0) or 0)
+    where = ("bare prompts, not the policy's generated continuations where its behaviour changed" if samples == 0
+             else "prompts with the policy's own continuations")
+    out.append(Claim.not_measured(
+        "where_the_change_lives", "Whether one sublayer carries the change: not yet measured with enough samples "
+        "(activation patching ran on {texts} {where}, {positions} positions, with no per-text values for an "
+        "interval; the per-patch fractions below are descriptive).",
+        n={"prompts": n_texts, "positions": positions},
+        params={"texts": n_texts, "where": where, "positions": positions}))
     undo = tables["undo"]
-    edits = undo[(undo["model"] == "tuned") & (undo["method"] != "none")]
-    text = (f"Patching one sublayer output of the tuned model into the base recovers at most "
-            f"{best.fraction_recovered:.0%} of KL(base‖tuned) ({best.kl_clean:.3g} nats/token), at layer "
-            f"{int(best.layer)}'s {best.component}")
-    if len(edits):
-        r = edits.loc[edits["kl_removed"].idxmax()]
-        text += (f"; the best one-direction undo ({r.method}, layer {int(r.layer)}) leaves KL {r.kl_tf_base:.3g} "
-                 f"nats/token to base ({r.kl_removed:.0%} of KL(tuned‖base) removed")
-        if "reward_gain_removed" in undo and pd.notna(r.reward_gain_removed):
-            text += f", {r.reward_gain_removed:.0%} of the sampled reward gain"
-        text += ")"
-    return text + "."
+    if "reward_mean" in undo:
+        n_prompts = int(config.get("undo_prompts", 8))
+        n = {"prompts": n_prompts, "samples_per_prompt": 1, "seeds": 1}
+        tuned = undo[(undo["model"] == "tuned") & (undo["method"] == "none")].iloc[0]
+        base = undo[(undo["model"] == "base") & (undo["method"] == "none")].iloc[0]
+        diff = stats.summary_difference(tuned.reward_mean, tuned.reward_stderr, n_prompts, base.reward_mean,
+                                        base.reward_stderr, n_prompts)
+        out.append(Claim.compare(
+            "tuned_vs_base_reward", "Sampled reward of checkpoint {step} minus the base model ({tokens} tokens per "
+            "prompt): {value} {ci} periods; {verdict}.", diff, "tuned", "base", n=n,
+            params={"step": int(str(config.get("tuned_checkpoint", "0")).rsplit("-", 1)[-1] or 0),
+                    "tokens": int(config.get("undo_tokens", 16))}, headline=False))
+        edits = undo[(undo["model"] == "tuned") & (undo["method"] == "subtract_mean")]
+        if len(edits):
+            r = edits.loc[edits["kl_removed"].idxmax()]
+            diff = stats.summary_difference(r.reward_mean, r.reward_stderr, n_prompts, tuned.reward_mean,
+                                            tuned.reward_stderr, n_prompts)
+            out.append(Claim.compare(
+                "undo_reward", "Subtracting layer {layer}'s mean tuned-minus-base difference from the tuned model "
+                "changed its sampled reward by {value} {ci} periods per continuation; {verdict}. The share of the "
+                "reward gain it removes is not yet measured with enough samples.", diff, "undone", "tuned", n=n,
+                params={"layer": int(r.layer)}))
+    return out
 
 
 def render(report_dir: str | Path) -> Report:
@@ -339,19 +365,26 @@ def render(report_dir: str | Path) -> Report:
     config = read_config(report_dir)
     tables = read_tables(report_dir)
     lines = findings(tables, config)
-    report = Report.at(report_dir, "Where PPO fine-tuning lives, causally: patching, weight swaps, undoing RLHF",
-                       headline=headline(tables), source=__file__)
+    swaps = "weight_patching" in tables
+    title = ("Where PPO fine-tuning lives, causally: patching, weight swaps, undoing RLHF" if swaps else
+             "Where PPO fine-tuning lives, causally: activation patching and undoing RLHF")
+    report = Report.at(report_dir, title, source=__file__, claims=causal_claims(tables, config))
+    samples = int(config.get("samples", 0) or 0)
+    texts = (f"the tuned policy's own samples ({samples} sampled tokens after each prompt)" if samples else
+             "the bare prompts alone (`samples: 0`: no sampled continuations, so the positions patched are the "
+             "prompts' own, not where the policy's behaviour changed)")
     report.text(
         f"Base `{config.get('base', '?')}` vs tuned `{config.get('tuned_checkpoint', '?')}`, on "
-        f"{config.get('n_texts', '?')} texts: the tuned policy's own samples ({config.get('samples', '?')} sampled "
-        "tokens after each prompt). Every statistic counts each real, non-pad, non-BOS position's next-token "
+        f"{config.get('n_texts', '?')} texts: {texts}. "
+        + ("" if swaps else "Weight swaps were not run (`no_weights`). ") + "Every statistic counts each real, non-pad, non-BOS position's next-token "
         "distribution once. **Directions:** `into_base` runs the base model with one activation (or one layer's "
         "weights) of the tuned model on the same tokens; `into_tuned` the reverse. **Fraction recovered** = "
         "1 - KL(patched || donor) / KL(receiver || donor), a ratio of means over positions: into base, "
         "1 - KL(patched||tuned) / KL(base||tuned). **Reward proxy** = mean log P(next token contains "
         f"{config.get('reward_substring', '.')!r}); `reward_proxy_recovered` is the patch's share of the gap "
         "between receiver and donor. KL in nats (`rlhf_interp.kl.kl_divergence`, exact over the vocabulary).")
-    report.section("Findings", "\n".join(f"- {line}" for line in lines))
+    report.section("Findings", f"Descriptive, on these {config.get('n_texts', '?')} texts (no intervals: per-text "
+                   "values were not stored):\n\n" + "\n".join(f"- {line}" for line in lines))
 
     act = tables["activation_patching"]
     report.section("Activation patching", "One patch at a time, at every position. A sublayer-output patch "

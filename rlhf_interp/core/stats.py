@@ -19,7 +19,8 @@ interval is too narrow; average them per prompt first (`unit_means`).
 - `proportion_interval(k, n)`: a rate with its Wilson interval (3 of 32 is not "9%" without it).
 - `select_on_holdout(...)`: the best of several candidates chosen on one split of the prompts and reported on
   the other, beside the in-sample best (how much choosing inflated it).
-- `verdict(diff)`: "A > B, decided at 95%", or "|A - B| < x" with x the largest difference not ruled out.
+- `verdict(diff)`: "A > B, decided at 95%", or "A - B within ±x" (|A - B| < x) with x the largest difference
+  not ruled out.
 - `r_squared` / `fit_is_drawn`: a fitted curve is drawn only when R^2 >= `FIT_R2_MIN`.
 """
 
@@ -283,8 +284,8 @@ class Verdict:
 
 
 def verdict(diff: Interval, a: str = "A", b: str = "B", *, fmt: str = ".2g") -> Verdict:
-    """"A > B, decided at 95%" when the interval of A - B excludes 0, else "|A - B| < x, the largest
-    difference not ruled out" (x = the interval's farther end from 0)."""
+    """"A > B, decided at 95%" when the interval of A - B excludes 0, else "undecided at 95%: A - B within ±x,
+    the largest difference not ruled out" (|A - B| < x; x = the interval's farther end from 0)."""
     pct = f"{diff.level * 100:g}%"
     if not (np.isfinite(diff.low) and np.isfinite(diff.high)):
         return Verdict(False, f"{a} vs {b}: undecided (too few units for an interval)", float("inf"))
@@ -293,8 +294,9 @@ def verdict(diff: Interval, a: str = "A", b: str = "B", *, fmt: str = ".2g") -> 
     if diff.high < 0:
         return Verdict(True, f"{b} > {a}, decided at {pct}", float(-diff.high))
     bound = float(max(abs(diff.low), abs(diff.high)))
-    return Verdict(False, f"undecided at {pct}: |{a} - {b}| < {bound:{fmt}}, the largest difference not ruled out",
-                   bound)
+    # "|A - B| < x", written without "|" so that it can stand in a markdown table cell
+    return Verdict(False, f"undecided at {pct}: {a} - {b} within ±{bound:{fmt}}, the largest difference not ruled "
+                          f"out", bound)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -157,7 +157,8 @@ class Report:
             table = C.claims_table(claims)
             note = ("*What this page claims (`report.json` lists them as data): each value with its 95% interval "
                     "and n; comparisons with their verdict.*")
-            md += [note, "", table.to_markdown(index=False, disable_numparse=True), ""]
+            escaped = table.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)  # a cell's own "|"
+            md += [note, "", escaped.to_markdown(index=False, disable_numparse=True), ""]
             body.append(f"<p class=\"caption\">{_inline_md(note)}</p><div class=\"table-wrap\">"
                         + table.to_html(index=False, border=0, classes="tbl claims", na_rep="") + "</div>")
         sections: list[str] = []
