@@ -136,3 +136,47 @@ def test_cached_equals_uncached_smollm2(smol, edit_name):
     assert torch.equal(cached.tokens, uncached.tokens), (cached.texts, uncached.texts)
     if edit_name == "none":
         assert cached.texts[0].startswith(" Paris")
+
+
+@contextlib.contextmanager
+def _cache_renamed(model):
+    """Reproduce transformers >= 5.24 on an older transformers: each decoder layer hands its attention the KV
+    cache as ``cache=`` instead of ``past_key_values=`` (a no-op where the layer already does so)."""
+    def rename(module, args, kwargs):
+        if kwargs.get("past_key_values") is None:
+            return None
+        kwargs = dict(kwargs)
+        kwargs["cache"] = kwargs.pop("past_key_values")
+        return args, kwargs
+
+    handles = [layer.register_forward_pre_hook(rename, with_kwargs=True)
+               for layer in model.original_model.model.layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_renamed_cache_argument_reaches_the_bridge_attention(tiny):
+    """The cache-name adapter keeps bridge sampling right when transformers passes ``cache=``; without it the
+    simulated rename breaks cached decoding exactly as transformers 5.24/5.25 do (so the test can fail)."""
+    from rlhf_interp.bridge.cache_compat import ADAPTER_ATTRIBUTE, adapt_cache_argument
+
+    with _cache_renamed(tiny):
+        cached, uncached = _greedy_pair(tiny, PROMPTS, sampler="bridge")
+        assert torch.equal(cached.tokens, uncached.tokens)
+        check_kv_cache(tiny, force=True, sampler="bridge")
+        adapters = [m for m in tiny.modules() if getattr(m, ADAPTER_ATTRIBUTE, None) is not None]
+        assert len(adapters) == len(tiny.blocks)
+        for module in adapters:
+            getattr(module, ADAPTER_ATTRIBUTE).remove()
+            setattr(module, ADAPTER_ATTRIBUTE, None)
+        try:
+            cached, uncached = _greedy_pair(tiny, PROMPTS, sampler="bridge")
+            assert not torch.equal(cached.tokens, uncached.tokens)
+            with pytest.raises(KVCacheError):
+                check_kv_cache(tiny, force=True, sampler="bridge")
+        finally:
+            assert adapt_cache_argument(tiny) == len(tiny.blocks)
+    check_kv_cache(tiny, force=True, sampler="bridge")

@@ -130,12 +130,15 @@ def bridge_from_hf(hf_model, tokenizer, name: str = "model"):
     """Boot a TransformerBridge around an already-loaded HF model (no Hub access)."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    from .cache_compat import adapt_cache_argument
+
     tokenizer.padding_side = "left"
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=str(next(hf_model.parameters()).device),
         dtype=next(hf_model.parameters()).dtype,
     )
     bridge.eval()
+    adapt_cache_argument(bridge)  # transformers >= 5.24 passes the KV cache under a name TL 4.3 does not read
     bridge.rlhf_interp_source = str(name)
     return bridge
 

@@ -36,8 +36,8 @@ from rlhf_interp.bridge.hf import _config_copy, hf_model_of, plain_param_name
 _INPUT_KWARGS = ("input", "hidden_states", "input_ids", "query_input", "x", "inputs_embeds")
 # Hook points of these names, inside these components, are the component's own input / output.
 _BOUNDARY = {"hook_in": "in", "hook_out": "out"}
-# Packages whose own forward hooks on the bridge's modules are wiring, not a user's intervention.
-_LIBRARY_HOOKS = ("transformer_lens.", "transformers.")
+# Packages (and our cache-name adapter) whose forward hooks on the bridge's modules are wiring, not a user's hook.
+_LIBRARY_HOOKS = ("transformer_lens.", "transformers.", "rlhf_interp.bridge.cache_compat")
 # The decoder module whose hooks (forward-pass watchers) the twin shares.
 _SHARED_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                       "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
