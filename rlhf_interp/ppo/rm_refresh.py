@@ -20,7 +20,7 @@ Layout, beside the checkpoints::
     RUN/reward_models/pairs.jsonl   # every pair the RM was trained on: its original data (phase 0), then each
                                     # refresh's, tagged with "version" and "phase" (the first phase it scored)
 
-Resume: the checkpoint's trainer state holds the RM version; `restore` puts exactly that version back onto
+Resume: the checkpoint's `TrainerState` holds the RM version; `RMRefresher.load_state_dict` puts exactly that version back onto
 the RM, deletes later versions and trims ``pairs.jsonl`` like the logs, so the resumed run repeats any
 refresh after the checkpoint bit for bit (each refresh is seeded by ``(seed, phase)``).
 """
@@ -32,7 +32,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rlhf_interp.core.io import append_jsonl, read_jsonl, trim_jsonl, write_jsonl
 from rlhf_interp.core.seeding import mix_seed
@@ -48,7 +48,18 @@ from rlhf_interp.reward.refresh import (
 )
 from rlhf_interp.reward.synthetic import synthesize_pairs
 
-PPOTrainer = Any  # rlhf_interp.ppo.trainer.PPOTrainer (the trainer imports this module, not the reverse)
+
+
+class RefreshingTrainer(Protocol):
+    """What a refresh reads of the run (`PPOTrainer` is one): its config, reward, policy, prompts, place and phase."""
+
+    config: Any
+    run_dir: Path
+    reward: Any
+    policy: Any
+    prompts: list[str]
+    phase: int
+    dist: Any
 
 VERSIONS_DIR = "reward_models"
 PAIRS_FILE = "pairs.jsonl"
@@ -69,7 +80,7 @@ def list_versions(run_dir: str | Path) -> list[int]:
 class RMRefresher:
     """The refresh schedule and state of one run: which RM version scores, and when the next one is made."""
 
-    def __init__(self, trainer: PPOTrainer):
+    def __init__(self, trainer: RefreshingTrainer):
         cfg = trainer.config
         dist = getattr(trainer, "dist", None)
         if dist is not None and dist.active:  # every rank would sample, fine-tune and write the versions
@@ -190,18 +201,8 @@ class RMRefresher:
                                     f"with the RM it had. Start it again with --overwrite.")
 
 
-def from_trainer(trainer: PPOTrainer) -> RMRefresher | None:
+def from_trainer(trainer: RefreshingTrainer) -> RMRefresher | None:
     """The run's refresher, or None when ``rm_refresh_every`` is not set (the RM stays frozen)."""
     return RMRefresher(trainer) if trainer.config.rm_refresh_every else None
 
 
-def restore(trainer: PPOTrainer, state: dict[str, int] | None) -> None:
-    """Resume: put the RM version of the checkpoint's trainer state (``state``, None if it had none) back."""
-    refresher = getattr(trainer, "rm_refresh", None)
-    if refresher is None:
-        if state and state.get("version", 0) > 0:
-            raise ValueError(f"This run refreshed its reward model (version {state['version']} at the checkpoint), "
-                             f"but rm_refresh_every is off now: resume without --set rm_refresh_every=null, so the "
-                             f"run continues with the RM it had.")
-        return
-    refresher.load_state_dict(state or {"version": 0, "refreshed_at": 0})
