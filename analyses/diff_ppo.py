@@ -134,7 +134,7 @@ def findings(t: dict[str, pd.DataFrame], watch: list[str]) -> list[str]:
         + (f"; the change first reaches 10% of its maximum at layer {first}." if first is not None else "."),
         "Sublayer outputs that changed most in absolute terms (diff_norm): "
         + ", ".join(f"L{r.layer} {r.hook} ({r.diff_norm:.3g})" for r in writes.itertuples()) + ".",
-        f"Mean KL per token: forward KL(tuned||base) = {out.kl_forward:.4g}, reverse = {out.kl_reverse:.4g} "
+        f"Mean KL per token: forward KL(tuned||base) = {out.kl_pi_ref:.4g}, reverse = {out.kl_ref_pi:.4g} "
         f"(over {int(out.n_tokens)} tokens).",
         "Next-token probability (mean over those tokens) rose most for "
         + ", ".join(f"{tok!r} ({d:+.3g})" for tok, d in zip(up.token, up.prob_diff))
@@ -170,8 +170,8 @@ def trajectory_summary(t: dict[str, pd.DataFrame], watch: list[str]) -> pd.DataF
         peak = group.loc[group["rel_diff_norm"].idxmax()]
         out = output[output["step"] == step].iloc[0]
         row = {"step": step, "peak_layer": int(peak["layer"]), "peak_rel_diff_norm": peak["rel_diff_norm"],
-               "mean_rel_diff_norm": group["rel_diff_norm"].mean(), "kl_forward": out["kl_forward"],
-               "kl_reverse": out["kl_reverse"]}
+               "mean_rel_diff_norm": group["rel_diff_norm"].mean(), "kl_pi_ref": out["kl_pi_ref"],
+               "kl_ref_pi": out["kl_ref_pi"]}
         if weights is not None and not weights.empty:
             w = weights[weights["step"] == step]
             row["weights_rel_diff_norm"] = (w["diff_norm"] ** 2).sum() ** 0.5 / (w["base_norm"] ** 2).sum() ** 0.5
@@ -308,7 +308,7 @@ def render(report_dir: Path) -> Report:
     n_texts = int(config.get("n_texts", config.get("n_prompts", 0)))
     headline = (f"The PPO policy's {HOOK} differs from the base model's from layer "
                 f"{int(post[post > 0].index.min())} on, growing to a peak at layer {int(post.idxmax())} "
-                f"(‖Δ‖/‖x‖ = {post.max():.2f}); mean KL(tuned‖base) {out.kl_forward:.3f} nats per token; "
+                f"(‖Δ‖/‖x‖ = {post.max():.2f}); mean KL(tuned‖base) {out.kl_pi_ref:.3f} nats per token; "
                 f"{up.token!r} gained the most next-token probability ({up.prob_diff:+.3f}).")
     report = Report.at(report_dir, "Model diff: PPO policy vs base model", headline=headline, source=__file__)
     if config.get("demo_tuned"):
@@ -396,10 +396,10 @@ def render(report_dir: Path) -> Report:
         "that fell most (red): tuned minus base."))
     report.table("token_shifts", t["token_shifts"], show=20)
     tokens_df = t["output_tokens"]
-    by_pos_kl = (tokens_df.groupby("position", as_index=False)[["kl_forward", "kl_reverse"]].mean()
+    by_pos_kl = (tokens_df.groupby("position", as_index=False)[["kl_pi_ref", "kl_ref_pi"]].mean()
                  .assign(n_tokens=tokens_df.groupby("position").size().values))
     report.table("kl_by_position", by_pos_kl, title="Mean KL by token position", show=15)
-    report.table("output_tokens", tokens_df, preview=_largest(tokens_df, "kl_forward"),
+    report.table("output_tokens", tokens_df, preview=_largest(tokens_df, "kl_pi_ref"),
                  caption="Per scored token; the 10 with the largest KL(tuned‖base) shown.")
 
     report.section("Attention patterns")

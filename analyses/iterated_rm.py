@@ -20,7 +20,7 @@ Steps (kept in ``--work-dir``; with ``--reuse`` finished steps are not redone, a
 Tables (tidy; ``setting`` is frozen / refreshed):
 - ``phases``: setting, seed, phase, rm_version, true_reward, rm_reward, rm0_reward, true_z, rm_z, rm0_z, gap
   (rm_z - true_z), gap_rm0, accuracy (the scoring RM on the phase's own samples), accuracy_rm0,
-  kl_forward_per_token, entropy, seconds, rm_refresh_seconds;
+  kl_pi_ref_per_token, entropy, seconds, rm_refresh_seconds;
 - ``end``: the same per run, averaged over the last ``--late`` phases; ``summary``: setting, quantity, mean, sd,
   seeds (mean and sample std over seeds of ``end``);
 - ``versions``: setting, seed, version, phase, heldout_mean, heldout_std, heldout_spearman, refresh figures;
@@ -237,12 +237,12 @@ def phase_table(samples: pd.DataFrame, metrics: pd.DataFrame, versions: pd.DataF
                      "gap": rm_z - true_z, "gap_rm0": rm0_z - true_z,
                      "accuracy": pairwise_accuracy(group.true_reward, group.rm_reward),
                      "accuracy_rm0": pairwise_accuracy(group.true_reward, group.rm0_reward),
-                     "kl_forward_per_token": m.kl_forward_per_token, "entropy": m.entropy, "seconds": m.seconds,
+                     "kl_pi_ref_per_token": m.kl_pi_ref_per_token, "entropy": m.entropy, "seconds": m.seconds,
                      "rm_refresh_seconds": float(m.get("rm_refresh_seconds", 0.0) or 0.0)})
     return pd.DataFrame(rows).sort_values(["setting", "seed", "phase"], ignore_index=True)
 
 
-END_COLUMNS = ["true_reward", "true_z", "rm_z", "gap", "gap_rm0", "accuracy", "accuracy_rm0", "kl_forward_per_token",
+END_COLUMNS = ["true_reward", "true_z", "rm_z", "gap", "gap_rm0", "accuracy", "accuracy_rm0", "kl_pi_ref_per_token",
                "entropy"]
 
 
@@ -427,8 +427,8 @@ def render(report_dir: Path) -> Report:
                 f"phases {late_phases}) was {_pm(summary, 'frozen', 'gap')} with the frozen RM and "
                 f"{_pm(summary, 'refreshed', 'gap')} with the RM refreshed every {config.get('refresh_every')} phases "
                 f"({'smaller' if closes else 'not smaller'} in size); true count {_pm(summary, 'frozen', 'true_reward')} "
-                f"vs {_pm(summary, 'refreshed', 'true_reward')} per sample, KL {_pm(summary, 'frozen', 'kl_forward_per_token', '.3f')}"
-                f" vs {_pm(summary, 'refreshed', 'kl_forward_per_token', '.3f')} nats/token; refreshing cost "
+                f"vs {_pm(summary, 'refreshed', 'true_reward')} per sample, KL {_pm(summary, 'frozen', 'kl_pi_ref_per_token', '.3f')}"
+                f" vs {_pm(summary, 'refreshed', 'kl_pi_ref_per_token', '.3f')} nats/token; refreshing cost "
                 f"{labels // max(1, n_seeds)} labelled pairs and {100 * cost:.0f}% more time per run.")
     report = Report.at(report_dir, "Iterated online RLHF: a frozen vs a refreshed reward model under PPO",
                        headline=headline, source=__file__)
@@ -453,8 +453,8 @@ rates the policy's samples as highly as the truth does, relative to base text.
   (refreshed) `{char}` per sample; base texts {heldout.true_reward.mean():.2f}.
 - **The RM as a judge of the policy's current samples** (share of sample pairs with different true counts it
   orders right): frozen {_pm(summary, 'frozen', 'accuracy')}, refreshed {_pm(summary, 'refreshed', 'accuracy')}.
-- **Cost**: KL to the base {_pm(summary, 'frozen', 'kl_forward_per_token', '.3f')} vs
-  {_pm(summary, 'refreshed', 'kl_forward_per_token', '.3f')} nats per token; refreshing took
+- **Cost**: KL to the base {_pm(summary, 'frozen', 'kl_pi_ref_per_token', '.3f')} vs
+  {_pm(summary, 'refreshed', 'kl_pi_ref_per_token', '.3f')} nats per token; refreshing took
   {q('refreshed', 'refresh_seconds'):.0f} s per run beside {q('refreshed', 'ppo_seconds'):.0f} s of PPO phases
   ({100 * cost:.0f}%), and {labels // max(1, n_seeds)} labelled pairs per run.
 
@@ -467,7 +467,7 @@ rates the policy's samples as highly as the truth does, relative to base text.
     panels = [("true_reward", f"true count of '{char}' per sample"),
               ("gap", "RM − true (held-out std units)"),
               ("accuracy", "RM accuracy on the phase's samples")]
-    mean = phases.groupby(["setting", "phase"], as_index=False)[[c for c, _ in panels] + ["kl_forward_per_token"]].mean()
+    mean = phases.groupby(["setting", "phase"], as_index=False)[[c for c, _ in panels] + ["kl_pi_ref_per_token"]].mean()
     report.figure("curves", plot_curves(phases, panels, "frozen vs refreshed RM (thin: seeds; thick: their mean)"),
                   chart=facet_lines(mean, "phase", panels, series="setting", xlabel="PPO phase",
                                     title="frozen vs refreshed RM (mean over seeds)"),
@@ -475,7 +475,7 @@ rates the policy's samples as highly as the truth does, relative to base text.
                           "reward and the true reward, each in held-out std units (0: the RM rates the samples as "
                           "the truth does); the share of the batch's sample pairs with different true counts that the "
                           "scoring RM orders right (0.5: chance).")
-    report.figure("cost", plot_curves(phases, [("kl_forward_per_token", "KL(π‖base) per token (nats)"),
+    report.figure("cost", plot_curves(phases, [("kl_pi_ref_per_token", "KL(π‖base) per token (nats)"),
                                                ("gap_rm0", "v0 RM − true (held-out std units)")],
                                       "what the refresh costs, and how the starting RM sees each policy"),
                   caption="Left: the exact forward KL to the base model per generated token. Right: the gap measured "

@@ -148,9 +148,10 @@ def ppo_config(study: Study, task: str, penalty: str, seed: int, behaviour: Beha
     else:
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
     if penalty == "none":
-        kl = {"kl_coef": 0.0, "kl_direction": "forward", "kl_estimator": "k1", "kl_placement": "reward"}
-    elif penalty in ("forward", "reverse"):
-        kl = {"kl_coef": study.kl_coef, "kl_direction": penalty, "kl_estimator": "exact", "kl_placement": "loss"}
+        kl = {"kl_coef": 0.0, "kl_direction": "pi_ref", "kl_estimator": "k1", "kl_placement": "reward"}
+    elif penalty in ("forward", "reverse"):  # interim: the study's own names are rewritten with issue 29's re-run
+        kl = {"kl_coef": study.kl_coef, "kl_direction": {"forward": "pi_ref", "reverse": "ref_pi"}[penalty],
+              "kl_estimator": "exact", "kl_placement": "loss"}
     else:
         raise ValueError(f"Unknown penalty {penalty!r}; use one of {PENALTIES}.")
     fields = {"model": study.model, "seed": seed, **reward, **kl, "adaptive_kl": False, "normalize_reward": True,
@@ -274,9 +275,9 @@ def evaluate(policy, reference_forward, refs, study: Study, behaviour: Behaviour
     summary = {
         "updates": updates, "n_samples": len(gen.texts), "x_rate": behaviour.rate(gen.texts),
         **{f"reward_{task}": float(fn(gen.texts).float().mean()) for task, fn in rewards.items()},
-        "kl_forward_per_token": scores.per_token("kl_forward"), "kl_reverse_per_token": scores.per_token("kl_reverse"),
-        "kl_forward_seq": float(scores.sums("kl_forward").mean()),
-        "kl_reverse_seq_policy_states": float(scores.sums("kl_reverse").mean()),
+        "kl_pi_ref_per_token": scores.per_token("kl_pi_ref"), "kl_ref_pi_per_token": scores.per_token("kl_ref_pi"),
+        "kl_pi_ref_seq": float(scores.sums("kl_pi_ref").mean()),
+        "kl_ref_pi_seq_policy_states": float(scores.sums("kl_ref_pi").mean()),
         "entropy": scores.per_token("entropy"),
         **token_distinct(gen.tokens[:, gen.prompt_len:], gen.generated_mask[:, gen.prompt_len:], exclude=[eos]),
         **coverage_summary(coverage),
@@ -307,8 +308,8 @@ class StudyProbe:
         eos = trainer.policy.tokenizer.eos_token_id
         append_jsonl(self.run_dir / "probes.jsonl", {
             "phase": metrics["phase"], "updates": metrics["phase"] - 1, "x_rate": self.behaviour.rate(rollout.completions),
-            "kl_forward_seq": float((rollout.kl_forward * mask).sum(-1).mean()),
-            "kl_reverse_seq_policy_states": float((rollout.kl_reverse * mask).sum(-1).mean()),
+            "kl_pi_ref_seq": float((rollout.kl_pi_ref * mask).sum(-1).mean()),
+            "kl_ref_pi_seq_policy_states": float((rollout.kl_ref_pi * mask).sum(-1).mean()),
             **token_distinct(rollout.gen_tokens, mask, exclude=[eos])})
         if trainer.phase % self.study.eval_every == 0 or trainer.phase == trainer.config.phases:
             self.evaluate(trainer)
@@ -384,7 +385,7 @@ def collect_tables(study: Study, study_dir: Path) -> dict[str, pd.DataFrame]:
         scale = float(yaml.safe_load((run_dir / "config.yaml").read_text())["reward_scale"])  # as optimised
         metrics = _read_jsonl(run_dir / "metrics.jsonl")
         probes = _read_jsonl(run_dir / "probes.jsonl")
-        traj = metrics[["phase", "reward_mean", "kl_forward_per_token", "kl_reverse_per_token", "entropy",
+        traj = metrics[["phase", "reward_mean", "kl_pi_ref_per_token", "kl_ref_pi_per_token", "entropy",
                         "kl_coef", "seconds"]].merge(probes, on="phase", how="inner")
         traj["reward"] = traj.pop("reward_mean") * scale
         trajectories.append(traj.assign(**keys))
@@ -411,8 +412,8 @@ def collect_tables(study: Study, study_dir: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
-EVAL_METRICS = ["reward", "x_rate", "kl_forward_per_token", "kl_reverse_per_token", "kl_forward_seq",
-                "kl_reverse_seq_policy_states", "kl_reverse_seq_k1", "kl_reverse_seq_exact", "entropy", "distinct_1",
+EVAL_METRICS = ["reward", "x_rate", "kl_pi_ref_per_token", "kl_ref_pi_per_token", "kl_pi_ref_seq",
+                "kl_ref_pi_seq_policy_states", "kl_ref_pi_seq_k1", "kl_ref_pi_seq_exact", "entropy", "distinct_1",
                 "distinct_2", "distinct_3", "lost_10x", "lost_100x", "lost_1000x", "delta_median", "greedy_delta",
                 "greedy_logprob_policy"]
 RUN_KEYS = ["task", "penalty", "seed"]
@@ -424,7 +425,7 @@ def matched_tables(evals: pd.DataFrame) -> dict[str, pd.DataFrame]:
     per_run, summary = [], []
     for task, g in evals.groupby("task", sort=False):
         base_reward = float(g.loc[g["updates"] == 0, "reward"].mean())
-        for match_on, start in (("kl_forward_per_token", 0.0), ("reward", base_reward)):
+        for match_on, start in (("kl_pi_ref_per_token", 0.0), ("reward", base_reward)):
             level = common_level(g, RUN_KEYS, match_on, start=start)
             if math.isnan(level):
                 continue
@@ -524,7 +525,7 @@ def headline(config: dict, end: pd.DataFrame, matched_summary: pd.DataFrame) -> 
     for task in ("suppress", "periods"):
         m = matched_summary
         if not m.empty:
-            m = m[(m["task"] == task) & (m["match_on"] == "kl_forward_per_token")]
+            m = m[(m["task"] == task) & (m["match_on"] == "kl_pi_ref_per_token")]
         if not m.empty:
             table, where = m, f"at equal KL(π‖ref) = {float(m['level'].iloc[0]):.3g} nats/token"
         else:
@@ -553,13 +554,13 @@ def figure_trajectories(trajectory: pd.DataFrame, evals: pd.DataFrame):
             runs = trajectory[(trajectory["task"] == task) & (trajectory["penalty"] == penalty)]
             for seed, g in runs.groupby("seed"):
                 g = g.sort_values("phase")
-                ax.plot(g["kl_forward_per_token"].rolling(3, min_periods=1).mean(),
+                ax.plot(g["kl_pi_ref_per_token"].rolling(3, min_periods=1).mean(),
                         g["reward"].rolling(3, min_periods=1).mean(), color=style["color"], lw=0.8, alpha=0.35)
             ev = evals[(evals["task"] == task) & (evals["penalty"] == penalty)]
             if ev.empty:
                 continue
-            stats = ev.groupby("updates")[["kl_forward_per_token", "reward"]].agg(["mean", "min", "max"])
-            x, y = stats["kl_forward_per_token"], stats["reward"]
+            stats = ev.groupby("updates")[["kl_pi_ref_per_token", "reward"]].agg(["mean", "min", "max"])
+            x, y = stats["kl_pi_ref_per_token"], stats["reward"]
             ax.errorbar(x["mean"], y["mean"], xerr=[x["mean"] - x["min"], x["max"] - x["mean"]],
                         yerr=[y["mean"] - y["min"], y["max"] - y["mean"]], color=style["color"],
                         marker=style["marker"], lw=2, capsize=2, label=PENALTY_LABEL[penalty])
@@ -625,7 +626,7 @@ def figure_coverage(coverage: pd.DataFrame):
 
 def figure_matched(matched_summary: pd.DataFrame, match_on: str):
     metrics = [("reward", "reward"), ("x_rate", "rate of X"), ("lost_100x", "share of ref. samples 100× less likely"),
-               ("kl_reverse_seq_k1", "sequence KL(ref‖π) (nats)"), ("distinct_2", "distinct-2 (token ids)")]
+               ("kl_ref_pi_seq_k1", "sequence KL(ref‖π) (nats)"), ("distinct_2", "distinct-2 (token ids)")]
     m = matched_summary[matched_summary["match_on"] == match_on]
     tasks = list(dict.fromkeys(m["task"]))
     fig, axes = plt.subplots(len(tasks), len(metrics), figsize=(3.0 * len(metrics), 2.8 * len(tasks)), squeeze=False)
@@ -642,7 +643,7 @@ def figure_matched(matched_summary: pd.DataFrame, match_on: str):
             ax.set_title(f"{task}: {title}", fontsize=8)
         level = m.loc[m["task"] == task, "level"]
         if len(level):
-            what = "KL(π‖ref)/token" if match_on == "kl_forward_per_token" else match_on
+            what = "KL(π‖ref)/token" if match_on == "kl_pi_ref_per_token" else match_on
             axes[r][0].set_ylabel(f"at {what} = {float(level.iloc[0]):.3g}", fontsize=8)
     fig.tight_layout()
     return fig
@@ -688,7 +689,7 @@ def render(report_dir: Path) -> Report:
                           f"{study['eval_every']} phases, mean over seeds, whiskers min-max; thin: every phase's rollout "
                           "per run (3-phase rolling means).")
     report.section("Matched comparisons")
-    for match_on, what in (("kl_forward_per_token", "equal exact KL(π‖ref) per token"), ("reward", "equal reward")):
+    for match_on, what in (("kl_pi_ref_per_token", "equal exact KL(π‖ref) per token"), ("reward", "equal reward")):
         if not matched_summary.empty and (matched_summary["match_on"] == match_on).any():
             report.figure(f"matched_{match_on}", figure_matched(matched_summary, match_on),
                           caption=f"Matched at {what}: each run read where it first reaches the level (0.8 × the "
@@ -713,8 +714,8 @@ def render(report_dir: Path) -> Report:
                           "in the table below).")
     end_view = end.pivot_table(index=["task", "penalty"], columns="metric", values="mean").reset_index()
     report.table("end", end, title="End of training (mean, min, max over seeds)",
-                 preview=end_view[["task", "penalty", "reward", "x_rate", "kl_forward_per_token", "kl_reverse_per_token",
-                                   "kl_forward_seq", "kl_reverse_seq_k1", "lost_100x", "greedy_delta", "entropy",
+                 preview=end_view[["task", "penalty", "reward", "x_rate", "kl_pi_ref_per_token", "kl_ref_pi_per_token",
+                                   "kl_pi_ref_seq", "kl_ref_pi_seq_k1", "lost_100x", "greedy_delta", "entropy",
                                    "distinct_2"]])
     report.section("Mode collapse")
     report.figure("diversity", figure_over_training(evals, "distinct_2", "distinct-2 of eval samples (token ids)"),

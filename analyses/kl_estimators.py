@@ -63,7 +63,7 @@ def load_tokens(study_dir: Path) -> pd.DataFrame:
 
 
 def long_estimates(tokens: pd.DataFrame) -> pd.DataFrame:
-    keep = ["task", "penalty", "seed", "updates", "row", "pos", "logp", "logp_ref", "kl_forward", "kl_reverse"]
+    keep = ["task", "penalty", "seed", "updates", "row", "pos", "logp", "logp_ref", "kl_pi_ref", "kl_ref_pi"]
     return pd.concat([estimates(tokens.loc[tokens["sampling"] == s, keep], s) for s in ("policy", "reference")],
                      ignore_index=True)
 

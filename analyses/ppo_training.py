@@ -99,7 +99,7 @@ def summary_table(metrics: pd.DataFrame, window: int = END_WINDOW) -> pd.DataFra
                      "end_phases": f"{int(last['phase'].min())}-{int(last['phase'].max())}",
                      "reward_start": g["reward_mean"].iloc[0], "reward_end": last["reward_mean"].mean(),
                      "reward_max": g["reward_mean"].max(),
-                     "kl_per_token_end": last["kl_forward_per_token"].mean(),
+                     "kl_per_token_end": last["kl_pi_ref_per_token"].mean(),
                      "entropy_start": g["entropy"].iloc[0], "entropy_end": last["entropy"].mean(),
                      "seconds_per_phase_median": g["seconds"].median(), "seconds_per_phase_min": g["seconds"].min(),
                      "seconds_per_phase_max": g["seconds"].max()})
@@ -122,7 +122,7 @@ def curves_figure(metrics: pd.DataFrame):
         ax.set_title(f"reward: {run.split(' (')[0]}", fontsize=10)
         ax.set_ylabel("mean reward (periods per 24-token sample)")
         ax.legend(fontsize=7, loc="upper left")
-    panels = [("kl_forward_per_token", "exact KL(π ‖ ref) per token (nats)"),
+    panels = [("kl_pi_ref_per_token", "exact KL(π ‖ ref) per token (nats)"),
               ("entropy", "policy entropy per token (nats)"), ("kl_coef", "KL coefficient β")]
     for ax, (column, ylabel) in zip(axes[len(runs):], panels):
         for run in runs:
@@ -132,7 +132,7 @@ def curves_figure(metrics: pd.DataFrame):
         ax.set_ylim(bottom=0, top=max(float(metrics[column].max()) * 1.12, 1e-3))
         ax.legend(fontsize=7)
     kl_ax = axes[len(runs)]
-    nonneg_symlog(kl_ax, "y", linthresh=0.01, top=float(metrics["kl_forward_per_token"].max()) * 1.6)
+    nonneg_symlog(kl_ax, "y", linthresh=0.01, top=float(metrics["kl_pi_ref_per_token"].max()) * 1.6)
     kl_ax.axhline(KL_BUDGET, color="grey", ls="--", lw=0.8)
     kl_ax.text(1, KL_BUDGET * 1.15, f"{KL_BUDGET} nats/token budget", fontsize=7, color="grey")
     for ax in axes:
@@ -205,7 +205,7 @@ def render(report_dir: Path) -> Report:
                  f"0.01; dashed: the {KL_BUDGET} nats/token budget), policy entropy per token, and the KL "
                  f"coefficient (phase 1: {', '.join(f'{v:g}' for v in first_seen['kl_coef'])})."),
         chart=facet_lines(metrics, "phase", [("reward_mean", "mean reward (periods per sample)"),
-                                             ("kl_forward_per_token", "KL(π ‖ ref) per token (nats)"),
+                                             ("kl_pi_ref_per_token", "KL(π ‖ ref) per token (nats)"),
                                              ("entropy", "entropy per token (nats)"), ("kl_coef", "KL coefficient")],
                           series="run", hover=["seconds"], xlabel="PPO phase",
                           title="Training curves (click a run in the legend to hide it)"),

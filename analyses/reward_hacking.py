@@ -16,7 +16,7 @@ Writes ``reports/<name>/`` (markdown + HTML + PNG + CSV). Tables (tidy):
 - ``rm_training``: epoch, split, loss, accuracy, seconds;
 - ``heldout``: text, true_reward, rm_reward (one row per held-out text);
 - ``ppo_samples``: phase, sample, completion, true_reward, rm_reward (one row per rollout sample);
-- ``ppo_phases``: phase, true_reward, rm_reward, true_reward_z, rm_reward_z, spearman, kl_forward_per_token;
+- ``ppo_phases``: phase, true_reward, rm_reward, true_reward_z, rm_reward_z, spearman, kl_pi_ref_per_token;
 - ``probes``: suffix, true_delta, rm_delta, rm_delta_stderr (what appending a string is worth to each reward);
 - ``proxy_counts``: phase (0 = base texts), feature (period, question, ...), mean_count (per sample);
 - ``exploits``: the late samples the RM overrates most;
@@ -177,7 +177,7 @@ def phase_table(samples: pd.DataFrame, metrics: pd.DataFrame, heldout: pd.DataFr
                      "rm_reward_z": (group.rm_reward.mean() - r_mean) / r_std,
                      "spearman": spearman(group.true_reward, group.rm_reward)})
     table = pd.DataFrame(rows)
-    keep = [c for c in ("phase", "kl_forward_per_token", "entropy", "kl_coef") if c in metrics]
+    keep = [c for c in ("phase", "kl_pi_ref_per_token", "entropy", "kl_coef") if c in metrics]
     return table.merge(metrics[keep], on="phase", how="left")
 
 
@@ -383,7 +383,7 @@ outside that distribution, which is where a learned reward can be exploited.
     long = pd.concat([phases.assign(reward="true period count", z=phases.true_reward_z, raw=phases.true_reward),
                       phases.assign(reward="reward model", z=phases.rm_reward_z, raw=phases.rm_reward)])
     report.figure("hacking", plot_reward_hacking(phases), chart=xy_chart(
-        long, "phase", "z", series="reward", hover=["raw", "spearman", "kl_forward_per_token"], xlabel="PPO phase",
+        long, "phase", "z", series="reward", hover=["raw", "spearman", "kl_pi_ref_per_token"], xlabel="PPO phase",
         ylabel="mean reward (held-out base-text std units)", title="True vs learned reward of the policy's samples"),
         caption=("Left: mean true period count and mean RM score of each phase's samples, both in standard units of "
                  "the held-out base-model texts (0 = the base model's mean, 1 = one standard deviation), so they "

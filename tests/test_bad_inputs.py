@@ -345,7 +345,7 @@ CLI_CASES = [
     C("steer-out-is-file", f"steer {TINY} {VEC} --out {{d}}/afile", 2, ("is a file",), early=True),
     C("steer-into-ablate-out", f"steer {TINY} {VEC} --out {{d}}/ablate_out", 2, ("already holds", "ablate"),
       early=True),
-    C("steer-save-vector-exists", f"steer {TINY} {VEC} --save-vector {{d}}/vec_ok.safetensors --out {{o}}", 2,
+    C("steer-save-vector-exists", f"steer {TINY} {VEC} --save-vector {{d}}/vec_two.safetensors --out {{o}}", 2,
       ("already exists", "--overwrite"), early=True),
     C("steer-save-vector-directory", f"steer {TINY} {VEC} --save-vector {{d}} --out {{o}}", 2, ("is a directory",),
       early=True),

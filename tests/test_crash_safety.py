@@ -174,7 +174,7 @@ def test_sweep_removes_what_killed_writers_left_and_nothing_else(tmp_path):
 
 
 def test_overwrite_deletes_only_what_the_earlier_run_wrote(tmp_path):
-    from rlhf_interp.core.outdir import MARKER, OutputError, claim_dir, read_marker
+    from rlhf_interp.core.outdir import LOCK, MARKER, OutputError, claim_dir, read_marker
 
     out = tmp_path / "out"
     claim_dir(out, "ablate", ["ablation_sweep.csv", "ablation_sweep.png", "config.json"])
@@ -183,6 +183,8 @@ def test_overwrite_deletes_only_what_the_earlier_run_wrote(tmp_path):
         (out / name).write_text(name)
     with pytest.raises(OutputError, match="already holds the output of `ablate`"):
         claim_dir(out, "steer", ["steering_sweep.csv", "config.json"])
-    claim_dir(out, "steer", ["steering_sweep.csv", "config.json"], overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == [MARKER, "my_notes.txt"]
-    assert read_marker(out)["command"] == "steer"
+    with pytest.raises(OutputError, match="replaces only an earlier `steer`"):  # never another command's run
+        claim_dir(out, "steer", ["steering_sweep.csv", "config.json"], overwrite=True)
+    claim_dir(out, "ablate", ["ablation_sweep.csv", "config.json"], overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, MARKER, "my_notes.txt"])
+    assert read_marker(out)["command"] == "ablate"

@@ -57,8 +57,8 @@ def test_self_diff_is_exactly_zero(tiny):
     assert (result.residual_by_position["cosine_sim"] == 1.0).all()
     assert (result.directions["mean_diff_norm"] == 0.0).all() and (result.directions["rms_diff_norm"] == 0.0).all()
     assert (result.attention["js_divergence"] == 0.0).all()
-    assert (result.output_tokens[["kl_forward", "kl_reverse"]] == 0.0).all().all()
-    assert result.output_summary["kl_forward"].item() == 0.0 and (result.token_shifts["prob_diff"] == 0.0).all()
+    assert (result.output_tokens[["kl_pi_ref", "kl_ref_pi"]] == 0.0).all().all()
+    assert result.output_summary["kl_pi_ref"].item() == 0.0 and (result.token_shifts["prob_diff"] == 0.0).all()
     assert (result.weights["diff_norm"] == 0.0).all()
     assert result.logit_lens_tokens["rank"].isna().all()  # a zero direction ranks nothing
 
@@ -111,7 +111,7 @@ def test_weight_edit_is_found_in_weights_attention_and_residuals(tiny):
     assert most_changed_heads(result.attention, 2)[0][0] == 1
     res = result.residual.set_index(["layer", "hook"])["rel_diff_norm"]
     assert (res.loc[0] == 0).all() and res.loc[(1, "hook_resid_pre")] == 0 and res.loc[(1, "hook_attn_out")] > 0
-    assert result.output_summary["kl_forward"].item() > 0 and result.output_summary["kl_reverse"].item() > 0
+    assert result.output_summary["kl_pi_ref"].item() > 0 and result.output_summary["kl_ref_pi"].item() > 0
     view = attention_diff_view(tiny, tuned, PROMPTS[0], [(1, 0), (1, 2)])
     assert "L1H0 base" in str(view) and "L1H2 tuned" in str(view)
 
@@ -313,6 +313,6 @@ def test_embedded_planted_change_found_at_its_layer(smol):
         result = diff_models(smol, tuned, PROMPTS[:4], analyses=("residual", "output"), hooks=["hook_resid_post"])
     post = result.residual.set_index("layer")["rel_diff_norm"]
     assert (post.loc[:11] == 0).all() and (post.loc[12:] > 0).all()
-    assert result.output_summary["kl_forward"].item() > 0
+    assert result.output_summary["kl_pi_ref"].item() > 0
     same = diff_models(smol, tuned, PROMPTS[:2], analyses=("residual", "output"), hooks=["hook_resid_post"])
-    assert (same.residual["cosine_sim"] == 1.0).all() and same.output_summary["kl_forward"].item() == 0.0
+    assert (same.residual["cosine_sim"] == 1.0).all() and same.output_summary["kl_pi_ref"].item() == 0.0

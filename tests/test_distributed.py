@@ -76,7 +76,7 @@ def _equality_worker(out: Path, models: Path) -> None:
     keep = torch.arange(rollout.gen_mask.shape[1])[None] < torch.tensor([6, 2, 5, 3, 6, 6, 4, 5])[:, None]
     mask = rollout.gen_mask * keep
     rollout = dataclasses.replace(rollout, gen_mask=mask, **{k: getattr(rollout, k) * mask for k in (
-        "kl_value", "kl_score", "kl_forward", "kl_reverse", "entropy")})
+        "kl_value", "kl_score", "kl_pi_ref", "kl_ref_pi", "entropy")})
 
     def step(policy, head, part, advantages, returns, config, run_dist):
         params = [p for p in policy.parameters() if p.requires_grad] + list(head.parameters())

@@ -9,7 +9,7 @@ import torch
 
 from rlhf_interp.core.finite import all_finite
 from rlhf_interp.kl import (AdaptiveKLController, entropy, js_divergence, kl_both_ways_and_entropy, kl_divergence,
-                            kl_estimate, kl_estimate_reverse, penalty_kl, sampling_logprobs)
+                            kl_estimate, kl_estimate_importance_weighted, penalty_kl, sampling_logprobs)
 
 
 def _reference_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -77,13 +77,13 @@ def test_estimators_within_three_standard_errors(estimator):
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
-def test_reverse_estimators_by_importance_weights(estimator):
+def test_swapped_kl_estimators_by_importance_weights(estimator):
     g = torch.Generator().manual_seed(2)
     p_logits, q_logits = torch.randn(15, generator=g), torch.randn(15, generator=g) * 0.5
     exact_reverse = _reference_kl(q_logits, p_logits).item()
     logp, logq = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
     x = torch.multinomial(logp.exp(), 400_000, replacement=True, generator=g)
-    samples = kl_estimate_reverse(logp[x], logq[x], estimator).double()
+    samples = kl_estimate_importance_weighted(logp[x], logq[x], estimator).double()
     se = samples.std().item() / math.sqrt(len(samples))
     assert abs(samples.mean().item() - exact_reverse) < 3 * se
 
@@ -93,14 +93,27 @@ def test_penalty_kl_exact_directions_and_errors():
     pi, ref = torch.randn(2, 4, 9, generator=g), torch.randn(2, 4, 9, generator=g)
     lp, lr = torch.zeros(2, 4), torch.zeros(2, 4)
     torch.testing.assert_close(penalty_kl(lp, lr, estimator="exact", logits_policy=pi, logits_ref=ref), kl_divergence(pi, ref))
-    torch.testing.assert_close(penalty_kl(lp, lr, direction="reverse", estimator="exact", logits_policy=pi,
+    torch.testing.assert_close(penalty_kl(lp, lr, direction="ref_pi", estimator="exact", logits_policy=pi,
                                           logits_ref=ref), kl_divergence(ref, pi))
     with pytest.raises(ValueError, match="k2"):
-        penalty_kl(lp, lr, direction="reverse", estimator="k2")
+        penalty_kl(lp, lr, direction="ref_pi", estimator="k2")
     with pytest.raises(ValueError, match="direction"):
         penalty_kl(lp, lr, direction="sideways")
+    with pytest.raises(ValueError, match="'forward' meant KL\\(pi\\|\\|ref\\)"):
+        penalty_kl(lp, lr, direction="forward")
     with pytest.raises(ValueError, match="logits"):
         penalty_kl(lp, lr, estimator="exact")
+
+
+def test_old_metric_names_and_recorded_values_are_mapped():
+    from rlhf_interp.kl import upgrade_kl_name, upgrade_kl_record
+
+    assert upgrade_kl_name("kl_forward_per_token") == "kl_pi_ref_per_token"
+    assert upgrade_kl_name("kl_reverse_k3_per_token") == "kl_ref_pi_k3_per_token"
+    assert upgrade_kl_name("kl_reverse_seq_k1") == "kl_ref_pi_seq_k1"
+    assert upgrade_kl_name("reward_mean") == "reward_mean" and upgrade_kl_name("kl_coef") == "kl_coef"
+    assert upgrade_kl_record({"kl_direction": "forward", "kl_forward_per_token": 0.1, "phase": 3}) == {
+        "kl_direction": "pi_ref", "kl_pi_ref_per_token": 0.1, "phase": 3}
 
 
 def test_adaptive_controller_moves_toward_target():

@@ -67,19 +67,19 @@ def test_kl_shift_matches_float64_reference(tiny, vector):
     m = (p + q) / 2
     js = (0.5 * (p * (p.log() - m.log())).sum(-1) + 0.5 * (q * (q.log() - m.log())).sum(-1))[real]
     assert len(df) == int(mask.sum())
-    assert list(df.columns) == ["prompt_idx", "position", "token", "generated", "kl_forward", "kl_reverse", "js",
+    assert list(df.columns) == ["prompt_idx", "position", "token", "generated", "kl_pi_ref", "kl_ref_pi", "js",
                                 "entropy_edited", "entropy_reference"]
-    torch.testing.assert_close(torch.tensor(df.kl_forward.to_numpy()).double(), forward, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(torch.tensor(df.kl_reverse.to_numpy()).double(), reverse, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(df.kl_pi_ref.to_numpy()).double(), forward, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(df.kl_ref_pi.to_numpy()).double(), reverse, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(torch.tensor(df.js.to_numpy()).double(), js, atol=1e-5, rtol=1e-4)
-    assert (df.kl_forward > 0).all()
+    assert (df.kl_pi_ref > 0).all()
     assert df[df.prompt_idx == 1].position.tolist() == [0, 1]  # "Hi": BOS + one token, pads dropped
 
 
 def test_zero_edits_give_exactly_zero_kl(tiny, vector):
     for edit in (Steering(vector, "all", 0.0), Ablation([])):
         df = kl_shift(tiny, edit, PROMPTS)
-        assert (df.kl_forward == 0).all() and (df.kl_reverse == 0).all()
+        assert (df.kl_pi_ref == 0).all() and (df.kl_ref_pi == 0).all()
         assert (df.js == 0).all()
         seqs = sequence_kl(tiny, edit, PROMPTS, max_new_tokens=4)
         assert (seqs[["kl_k1", "kl_k3", "kl_exact"]].to_numpy() == 0).all()
@@ -94,7 +94,7 @@ def test_reference_cache_and_other_model(tiny, vector):
     with torch.no_grad():
         other.original_model.model.layers[0].mlp.down_proj.weight.mul_(2.0)
     vs_other = kl_shift(tiny, None, PROMPTS, reference=other)  # no edit: KL between two models
-    assert (vs_other.kl_forward > 0).all()
+    assert (vs_other.kl_pi_ref > 0).all()
 
 
 def test_sequence_estimators_agree_on_average(tiny, vector):
@@ -178,7 +178,7 @@ def test_cli_steer_ablate_measure(tiny, tmp_path, capsys):
     assert cli_main(["measure", "--model", "tiny-test", "--steer", str(vec_path), "--layers", "1", "--coef", "2",
                      "--n-prompts", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "measure")]) == 0
     out = capsys.readouterr().out
-    assert "kl_forward" in out and (tmp_path / "measure" / "kl_shift.csv").exists()
+    assert "kl_pi_ref" in out and (tmp_path / "measure" / "kl_shift.csv").exists()
     assert cli_main(["measure", "--model", "tiny-test", "--ablate", "0.9", "--n-prompts", "2",
                      "--out", str(tmp_path / "bad")]) == 2
     assert "4 attention (query) heads" in capsys.readouterr().err
@@ -238,7 +238,7 @@ def test_kl_shift_reference_follows_the_active_vector(tiny):
         kl_shift(tiny, NoEdit(), PROMPTS, cache=cache)
     with b.on(tiny):  # reference = the model with b on, edited = the same: KL exactly 0, not a's stale logits
         df = kl_shift(tiny, NoEdit(), PROMPTS, cache=cache)
-    assert (df["kl_forward"] == 0).all()
+    assert (df["kl_pi_ref"] == 0).all()
 
 
 def test_sweep_hook_column_names_the_hook_that_was_steered(tiny):

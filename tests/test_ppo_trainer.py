@@ -12,7 +12,8 @@ import torch
 from rlhf_interp.bridge import build_tiny_model, load_tokenizer
 from rlhf_interp.bridge.generation import generate
 from rlhf_interp.cli import main as cli_main
-from rlhf_interp.kl import kl_from_logprobs, kl_options, masked_mean, sampling_logprobs
+from rlhf_interp.kl import kl_from_logprobs, masked_mean, sampling_logprobs
+from rlhf_interp.ppo.kl_penalty import kl_options
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -64,11 +65,11 @@ def test_two_phase_run_writes_metrics_and_loadable_checkpoint(tmp_path):
     assert cli_main(["train", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     metrics = _metrics(tmp_path / "run")
     assert [m["phase"] for m in metrics] == [1, 2]
-    for key in ("reward_mean", "reward_std", "kl_forward_per_token", "kl_reverse_per_token", "kl_forward_k3_per_token",
+    for key in ("reward_mean", "reward_std", "kl_pi_ref_per_token", "kl_ref_pi_per_token", "kl_pi_ref_k3_per_token",
                 "non_score_reward", "entropy", "policy_loss", "value_loss", "clip_fraction", "approx_kl",
                 "explained_variance", "lr", "kl_coef", "seconds", "tokens_per_second"):
         assert key in metrics[0] and metrics[0][key] == metrics[0][key], key  # present and not NaN
-    assert metrics[1]["kl_forward_per_token"] > 0  # the policy moved away from the reference
+    assert metrics[1]["kl_pi_ref_per_token"] > 0  # the policy moved away from the reference
     ckpt = tmp_path / "run" / "checkpoint-000002"
     hf = AutoModelForCausalLM.from_pretrained(ckpt)
     meta = json.loads((ckpt / "meta.json").read_text())
@@ -99,7 +100,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     resumed.train()
     a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "resumed")
     assert len(a) == len(b) == 3
-    for key in ("reward_mean", "kl_forward_per_token", "entropy", "policy_loss", "value_loss"):
+    for key in ("reward_mean", "kl_pi_ref_per_token", "entropy", "policy_loss", "value_loss"):
         assert a[2][key] == pytest.approx(b[2][key], rel=1e-5, abs=1e-7), key
 
 
@@ -130,7 +131,7 @@ def test_config_rejects_bad_values_with_field_and_range():
 
 @pytest.mark.parametrize("overrides", [
     {"kl_estimator": "exact", "kl_placement": "loss"},
-    {"kl_direction": "reverse", "kl_estimator": "k3", "adaptive_kl": True},
+    {"kl_direction": "ref_pi", "kl_estimator": "k3", "adaptive_kl": True},
     {"lora_r": 4, "lora_targets": "[q_proj,v_proj]", "entropy_coef": 0.01},
     {"freeze_layers": 1, "stop_at_eos": True, "missing_eos_penalty": 1.0, "gae_lambda": 1.0},
 ])
@@ -173,7 +174,7 @@ def _exact_kl_on_own_samples(trainer: PPOTrainer, prompts: list[str], direction:
     with torch.no_grad():
         logp = sampling_logprobs(trainer.policy(sampled.tokens, attention_mask=sampled.attention_mask)[:, cols])
         logq = sampling_logprobs(trainer.reference(sampled.tokens, attention_mask=sampled.attention_mask)[:, cols])
-    kl = kl_from_logprobs(logp, logq) if direction == "forward" else kl_from_logprobs(logq, logp)
+    kl = kl_from_logprobs(logp, logq) if direction == "pi_ref" else kl_from_logprobs(logq, logp)
     return masked_mean(kl, sampled.generated_mask[:, sampled.prompt_len:].float()).item()
 
 
@@ -217,8 +218,8 @@ def test_tempered_rollout_logs_the_exact_tempered_kl(tmp_path, ref_and_policy):
         return tuple(((x * mask).sum() / mask.sum()).item() for x in per_token)
 
     forward, reverse, entropy = logged_kind(0.7)
-    assert metrics["kl_forward_per_token"] == pytest.approx(forward, rel=1e-4)
-    assert metrics["kl_reverse_per_token"] == pytest.approx(reverse, rel=1e-4)
+    assert metrics["kl_pi_ref_per_token"] == pytest.approx(forward, rel=1e-4)
+    assert metrics["kl_ref_pi_per_token"] == pytest.approx(reverse, rel=1e-4)
     assert metrics["entropy"] == pytest.approx(entropy, rel=1e-4)
     assert abs(logged_kind(1.0)[0] - forward) > 0.05 * forward  # the temperature matters here: the test can fail
 

@@ -105,12 +105,12 @@ def test_score_tokens_matches_unpadded_single_rows(tiny, other, refs):
         new = ids[0, -6:]
         assert torch.allclose(scores.logp[row].double(), lp.gather(-1, new[:, None]).squeeze(-1), atol=2e-4)
         assert torch.allclose(scores.logp_ref[row].double(), lq.gather(-1, new[:, None]).squeeze(-1), atol=2e-4)
-        assert torch.allclose(scores.kl_forward[row].double(), kl_divergence(lp, lq), atol=2e-4)
-        assert torch.allclose(scores.kl_reverse[row].double(), kl_divergence(lq, lp), atol=2e-4)
+        assert torch.allclose(scores.kl_pi_ref[row].double(), kl_divergence(lp, lq), atol=2e-4)
+        assert torch.allclose(scores.kl_ref_pi[row].double(), kl_divergence(lq, lp), atol=2e-4)
         assert torch.allclose(scores.entropy[row].double(), entropy(lp), atol=2e-4)
     frame = scores.to_frame(run="x")
-    assert len(frame) == 72 and set(frame.columns) >= {"row", "pos", "logp", "logp_ref", "kl_forward", "run"}
-    assert scores.per_token("kl_forward") == pytest.approx(float(scores.kl_forward.mean()), rel=1e-5)
+    assert len(frame) == 72 and set(frame.columns) >= {"row", "pos", "logp", "logp_ref", "kl_pi_ref", "run"}
+    assert scores.per_token("kl_pi_ref") == pytest.approx(float(scores.kl_pi_ref.mean()), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_coverage_of_a_model_against_itself_loses_nothing(tiny, refs, tmp_path):
     assert table["delta"].abs().max() < 1e-4
     summary = coverage_summary(table)
     assert summary["lost_10x"] == 0.0 and summary["lost_100x"] == 0.0
-    assert abs(summary["kl_reverse_seq_k1"]) < 1e-4 and abs(summary["kl_reverse_seq_exact"]) < 1e-5
+    assert abs(summary["kl_ref_pi_seq_k1"]) < 1e-4 and abs(summary["kl_ref_pi_seq_exact"]) < 1e-5
     assert abs(summary["greedy_delta"]) < 1e-4
     # The greedy continuation is the reference's argmax path: each of its tokens beats any sampled one on average.
     assert summary["greedy_logprob_ref"] / 6 > table.loc[table.kind == "sample", "logprob_ref"].mean() / 6
@@ -140,9 +140,9 @@ def test_coverage_of_a_different_model_loses_modes_and_estimates_reverse_kl(tiny
     samples = table[table.kind == "sample"]
     # The near-uniform reference's samples are mostly tokens the sharp policy all but rules out: modes lost.
     assert summary["lost_1000x"] > 0.9 and summary["delta_median"] < -math.log(1000)
-    assert summary["kl_reverse_seq_k1"] > 10.0
+    assert summary["kl_ref_pi_seq_k1"] > 10.0
     # -mean(delta) and the exact per-state sum both estimate the sequence-level KL(ref || pi).
-    assert summary["kl_reverse_seq_exact"] == pytest.approx(summary["kl_reverse_seq_k1"], rel=0.15)
+    assert summary["kl_ref_pi_seq_exact"] == pytest.approx(summary["kl_ref_pi_seq_k1"], rel=0.15)
     assert (samples["logprob_ref"] <= 0).all() and (samples["n_tokens"] == 6).all()
 
 
@@ -156,7 +156,7 @@ def _categorical_tokens(p_logits: torch.Tensor, q_logits: torch.Tensor, n: int, 
     x = torch.multinomial(logp.exp(), n, replacement=True, generator=torch.Generator().manual_seed(seed))
     return pd.DataFrame({"row": torch.arange(n).numpy() // 8, "pos": torch.arange(n).numpy() % 8,
                          "logp": logp[x].numpy(), "logp_ref": logq[x].numpy(),
-                         "kl_forward": float(kl_divergence(logp, logq)), "kl_reverse": float(kl_divergence(logq, logp))})
+                         "kl_pi_ref": float(kl_divergence(logp, logq)), "kl_ref_pi": float(kl_divergence(logq, logp))})
 
 
 def test_estimators_agree_with_exact_expectations_on_a_categorical():
@@ -184,7 +184,7 @@ def test_estimators_agree_with_exact_expectations_on_a_categorical():
     assert audit.loc[("forward|policy", "k3"), "share_negative"] == 0
     # Tokens sampled from the reference estimate the reverse KL with the roles swapped.
     back = overall_audit(estimates(_categorical_tokens(ref, pi, n, seed=2).rename(
-        columns={"logp": "logp_ref", "logp_ref": "logp", "kl_forward": "kl_reverse", "kl_reverse": "kl_forward"}),
+        columns={"logp": "logp_ref", "logp_ref": "logp", "kl_pi_ref": "kl_ref_pi", "kl_ref_pi": "kl_pi_ref"}),
         "reference")).set_index(["setting", "estimator"])
     row = back.loc[("reverse|reference", "k1")]
     assert row["exact_mean"] == pytest.approx(kl_r) and abs(row["estimate_mean"] - kl_r) < 4 * row["bias_stderr"]
@@ -275,26 +275,26 @@ def test_kl_direction_study_resumes_in_parts_and_renders_from_csvs(tmp_path):
         a = pd.read_json(whole / "runs" / "suppress-forward-s0" / log, lines=True)
         b = pd.read_json(parts / "runs" / "suppress-forward-s0" / log, lines=True)
         assert list(b["phase"]) == [1, 2, 3, 4]
-        for col in ("reward_mean", "kl_forward_per_token") if log == "metrics.jsonl" else ("x_rate", "distinct_2"):
+        for col in ("reward_mean", "kl_pi_ref_per_token") if log == "metrics.jsonl" else ("x_rate", "distinct_2"):
             assert b[col].tolist() == pytest.approx(a[col].tolist(), abs=1e-5), (log, col)
     final = [json.loads((d / "runs" / "suppress-forward-s0" / "evals" / "0004" / "summary.json").read_text())
              for d in (whole, parts)]
-    assert final[1]["kl_forward_per_token"] == pytest.approx(final[0]["kl_forward_per_token"], rel=1e-3, abs=1e-7)
+    assert final[1]["kl_pi_ref_per_token"] == pytest.approx(final[0]["kl_pi_ref_per_token"], rel=1e-3, abs=1e-7)
 
     report_dir = tmp_path / "reports" / "kl_direction"
     kd.compute(study, whole, report_dir)
     evals = pd.read_csv(report_dir / "evals.csv")
     assert sorted(evals["updates"].unique()) == [0, 2, 4] and len(evals) == 9
     at_base = evals[evals["updates"] == 0]
-    assert (at_base["lost_100x"] == 0).all() and at_base["kl_forward_per_token"].abs().max() < 1e-6
+    assert (at_base["lost_100x"] == 0).all() and at_base["kl_pi_ref_per_token"].abs().max() < 1e-6
     moved = evals[(evals["updates"] == 4) & (evals["penalty"] == "forward")]
-    assert float(moved["kl_forward_per_token"].iloc[0]) > 0
+    assert float(moved["kl_pi_ref_per_token"].iloc[0]) > 0
     # Rendered from the CSVs alone (run directories gone): the headline's numbers are end.csv's.
     shutil.rmtree(whole / "runs")
     out = kd.render(report_dir).save()
     page = (out / "README.md").read_text()
     matched = report_dir / "matched_summary.csv"
-    source = pd.read_csv(matched).query("match_on == 'kl_forward_per_token'") if matched.exists() \
+    source = pd.read_csv(matched).query("match_on == 'kl_pi_ref_per_token'") if matched.exists() \
         else pd.read_csv(report_dir / "end.csv")
     x_rate = source.set_index(["task", "penalty", "metric"]).loc[("suppress", "reverse", "x_rate"), "mean"]
     assert "X's rate is forward" in page and f"reverse {100 * x_rate:.0f}%" in page

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhf_interp.kl import (LOG_RATIO_BOUND, entropy, js_divergence, js_divergence_probs, kl_divergence, kl_estimate,
-                            kl_estimate_reverse, kl_from_logprobs)
+                            kl_estimate_importance_weighted, kl_from_logprobs)
 from rlhf_interp.ppo.losses import gae, whiten
 
 settings.register_profile("rlhf_interp", max_examples=150, deadline=None)
@@ -85,7 +85,7 @@ def test_estimators_are_unbiased_under_p_enumerated(pair):
         assert kl_estimate(logp, logq, estimator).min().item() >= -1e-12
     if inside_clamp:
         for estimator in ("k1", "k3"):
-            expected = (probs * kl_estimate_reverse(logp, logq, estimator)).sum().item()
+            expected = (probs * kl_estimate_importance_weighted(logp, logq, estimator)).sum().item()
             assert abs(expected - reverse) <= 1e-7 * max(1.0, reverse), estimator
 
 

@@ -258,7 +258,7 @@ def test_iterated_rm_study_end_to_end_and_from_csv(rm_dir, tmp_path):
     refreshed = phases[phases.setting == "refreshed"].sort_values(["seed", "phase"])
     assert refreshed.rm_version.tolist() == [0, 1, 0, 1]
     assert (phases[phases.setting == "frozen"].rm_version == 0).all()
-    assert phases[["true_z", "rm_z", "gap", "kl_forward_per_token"]].notna().all().all()
+    assert phases[["true_z", "rm_z", "gap", "kl_pi_ref_per_token"]].notna().all().all()
     summary = pd.read_csv(out / "summary.csv")
     headline = json.loads((out / "report.json").read_text())["headline"]
     for setting in ("frozen", "refreshed"):

@@ -2,7 +2,8 @@
 a subcommand appears here only once its feature exists.
 
 Errors: a user error (bad value, missing or unreadable file, unwritable output, full disk, Ctrl-C) ends in
-one line on stderr that names the problem and the fix, exit code 2 (130 for Ctrl-C); anything else ends in
+one line on stderr that names the problem and the fix, exit code 2 (130 for Ctrl-C or SIGTERM, with what was
+kept and how to continue); anything else ends in
 one line too, exit code 1, asking for ``--debug``. ``--debug`` (anywhere on the line, or
 ``RLHF_INTERP_DEBUG=1``) prints the traceback instead.
 """
@@ -10,6 +11,7 @@ one line too, exit code 1, asking for ``--debug``. ``--debug`` (anywhere on the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -78,19 +80,62 @@ def describe_error(err: BaseException) -> str:
     return f"{text} {notes}".strip()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (as Ctrl-C is), so cleanup and "what was kept" messages run."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM stops it like Ctrl-C (the default would end it at once, exit 143, silently).
+    Training installs its own handler (stop after the phase) on top of this one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_message(err: KeyboardInterrupt, before: set) -> str:
+    """One line: what stopped the command, what it kept (from the notes code attached, else the output
+    directories it had claimed) and how to go on."""
+    from rlhf_interp.core.outdir import claimed_dirs
+
+    how = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+    notes = " ".join(getattr(err, "__notes__", []) or [])
+    if str(err):
+        return f"{describe_error(err)}"
+    if not notes:
+        dirs = [d for d in claimed_dirs() if d not in before]
+        notes = (f"Nothing finished was written: {', '.join(map(str, dirs))} holds only a partial output; run the "
+                 f"same command again with --overwrite." if dirs else "Nothing was written.")
+    return f"interrupted ({how}). {notes}".strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get("RLHF_INTERP_DEBUG", "") not in ("", "0")
     name = " ".join(x for x in (args.command, getattr(args, "action", None)) if x)
+    from rlhf_interp.core.outdir import claimed_dirs
+
+    before = set(claimed_dirs())
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
         if debug:
             raise
-        notes = " ".join(getattr(err, "__notes__", []) or [])
-        text = describe_error(err) if str(err) else f"interrupted (Ctrl-C). {notes}".strip()
-        print(f"rlhf-interp {name}: {text}", file=sys.stderr)
+        print(f"rlhf-interp {name}: {_interrupted_message(err, before)}", file=sys.stderr)
         return 130
     except MemoryError:
         if debug:

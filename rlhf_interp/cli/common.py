@@ -72,12 +72,28 @@ def require_samples(args: argparse.Namespace) -> None:
                          f"it needs at least 1 (default 24).")
 
 
+# Arguments that name something a command reads (files, model directories, run directories), by attribute.
+INPUT_ARGS = {"model": "--model", "base": "--base", "tuned": "--tuned", "reference": "--reference",
+              "prompts": "--prompts", "reference_prompts": "--reference-prompts", "vector": "--vector",
+              "steer": "--steer", "ablate_direction": "--ablate-direction", "pairs": "--pairs", "run": "--run",
+              "texts": "--texts", "data": "DATA", "config": "CONFIG", "model_dir": "DIR", "reward": "--reward"}
+
+
+def input_paths(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """``{flag: value}`` of every input argument the command was given (see `INPUT_ARGS`), plus ``extra``;
+    `rlhf_interp.core.outdir.check_not_input` skips values that are not local paths (aliases, Hub ids)."""
+    found = {flag: getattr(args, name) for name, flag in INPUT_ARGS.items() if getattr(args, name, None)}
+    return {**found, **extra}
+
+
 def claim_out(args: argparse.Namespace, command: str, outputs: Iterable[str]) -> Path:
-    """Make ``--out`` this command's directory before any compute: writable, holding no other run (or, with
-    ``--overwrite``, that run's files deleted). See `rlhf_interp.core.outdir.claim_dir`."""
+    """Make ``--out`` this command's directory before any compute: not one of its inputs (nor inside or around
+    one), locked for this process, writable, holding no other run (or, with ``--overwrite``, the earlier run of
+    this command deleted). See `rlhf_interp.core.outdir.claim_dir`."""
     from rlhf_interp.core.outdir import claim_dir
 
-    return claim_dir(args.out, command, outputs, overwrite=getattr(args, "overwrite", False))
+    return claim_dir(args.out, command, outputs, overwrite=getattr(args, "overwrite", False),
+                     inputs=input_paths(args))
 
 
 def load_prompt_set(args: argparse.Namespace) -> list[str]:

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from rlhf_interp.report.plots import diff_figures, save_figure
     from rlhf_interp.prompts import load_prompts
 
+    from rlhf_interp.cli.common import input_paths
     from rlhf_interp.core.outdir import claim_dir
 
     if args.samples < 0:
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.trajectory and not checkpoints:
         raise ValueError(f"--trajectory needs a run directory with checkpoint-NNNNNN/ folders; {args.tuned} has none.")
     prompts = load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
-    claim_dir(args.out, "diff", _outputs(), overwrite=args.overwrite)  # before any compute
+    claim_dir(args.out, "diff", _outputs(), overwrite=args.overwrite,  # before any compute; never an input
+              inputs=input_paths(args))
     base = load_model(args.base, device=args.device, dtype=args.dtype)
     first = load_model(str(checkpoints[-1]) if checkpoints else args.tuned, device=args.device, dtype=args.dtype)
     check_compatible(base, first)  # before any forward pass
@@ -101,7 +103,7 @@ def _summary(result) -> str:
                          + ", ".join(f"{r.layer} ({r.rel_diff_norm:.3g})" for r in post.itertuples()))
     if not result.output_summary.empty:
         s = result.output_summary.iloc[-1]
-        lines.append(f"mean KL per token: forward KL(tuned||base) {s.kl_forward:.4g}, reverse {s.kl_reverse:.4g}")
+        lines.append(f"mean KL per token: forward KL(tuned||base) {s.kl_pi_ref:.4g}, reverse {s.kl_ref_pi:.4g}")
     if not result.token_shifts.empty:
         shifts = result.token_shifts
         if "step" in shifts.columns:

@@ -62,7 +62,7 @@ def _measure(args: argparse.Namespace) -> int:
     per_token = kl_shift(model, edit, prompts, reference=reference)
     per_token.to_csv(out / "kl_shift.csv", index=False)
     print(f"per-token KL on {len(prompts)} prompts ({len(per_token)} positions), nats:")
-    print(per_token[["kl_forward", "kl_reverse", "js", "entropy_edited", "entropy_reference"]]
+    print(per_token[["kl_pi_ref", "kl_ref_pi", "js", "entropy_edited", "entropy_reference"]]
           .agg(["mean", "max"]).to_string(float_format=lambda v: f"{v:.4g}"))
     if args.max_new_tokens > 0:
         summary, seqs = evaluate_edit(model, edit, prompts, args.reward, reference=reference,

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from rlhf_interp.prompts import load_prompts
 
+    from rlhf_interp.cli.common import input_paths
     from rlhf_interp.core.outdir import claim_dir
 
     if args.samples < 0:
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.reward_substring:
         raise ValueError("--reward-substring is empty: give the text the rewarded tokens contain (default '.').")
     texts = load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
-    claim_dir(args.out, "patch", OUTPUTS, overwrite=args.overwrite)  # before any compute
+    claim_dir(args.out, "patch", OUTPUTS, overwrite=args.overwrite,  # before any compute; never an input
+              inputs=input_paths(args))
     base = load_model(args.base, device=args.device, dtype=args.dtype)
     tuned = load_model(str(checkpoints[-1]) if checkpoints else args.tuned, device=args.device, dtype=args.dtype)
     check_compatible(base, tuned)  # before any forward pass

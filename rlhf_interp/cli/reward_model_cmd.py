@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from rlhf_interp.cli.common import add_overwrite_arg, finite_float, nonnegative_int, parse_options, positive_int
+from rlhf_interp.cli.common import (add_overwrite_arg, finite_float, input_paths, nonnegative_int, parse_options,
+                                    positive_int)
 
-TRAIN_OUTPUTS = ("metrics.jsonl", "model")
+TRAIN_OUTPUTS = ("metrics.jsonl", "model", "training_state.pt")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p_train.add_argument("--device", default=None)
     p_train.add_argument("--seed", type=int, default=0)
     p_train.add_argument("--overwrite", action="store_true", help="replace a reward model already in --out")
+    p_train.add_argument("--resume", action="store_true",
+                         help="continue an interrupted training in --out (the same command plus --resume)")
     p_train.add_argument("--no-progress", action="store_true")
     p_train.set_defaults(func=_train)
 
@@ -78,7 +81,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     reward = get_reward(args.reward, **parse_options(args.reward_args, what="--reward-arg"))
     prompts = load_prompts(args.prompts)
-    check_writable_file(args.out, overwrite=args.overwrite)  # before sampling
+    check_writable_file(args.out, overwrite=args.overwrite, inputs=input_paths(args))  # before sampling
     model = load_model(args.model, dtype=args.dtype)
     pairs, stats = synthesize_pairs(model, reward, prompts, args.n_pairs,
                                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -99,14 +102,43 @@ def _train(args: argparse.Namespace) -> int:
                                   freeze_layers=args.freeze_layers, head_only=args.head_only, head=args.head,
                                   cache_activations=not args.no_cache, seed=args.seed).validate()
     read_preferences(args.data)  # a bad file fails here, before the model is loaded
-    claim_dir(args.out, "reward-model train", TRAIN_OUTPUTS, overwrite=args.overwrite)
+    if args.resume:
+        _resume_point(args)
+    else:
+        claim_dir(args.out, "reward-model train", TRAIN_OUTPUTS, overwrite=args.overwrite, inputs=input_paths(args),
+                  hint="continue an interrupted training with --resume")
     rm, frame = train_reward_model(args.data, args.base, args.out, config, device=args.device,
-                                   progress=not args.no_progress, overwrite=args.overwrite)
+                                   progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume)
     meta = rm.meta
     print(f"reward model -> {rm.path}: best epoch {meta['best_epoch']}, val accuracy {meta['val_accuracy']:.3f}, "
           f"val loss {meta['val_loss']:.4f} ({meta['data']['train_pairs']} train / {meta['data']['val_pairs']} val "
           f"pairs); use it in PPO with  reward: reward_model:{args.out}")
     return 0
+
+
+def _resume_point(args: argparse.Namespace) -> None:
+    """``--resume``: --out must hold an interrupted `reward-model train` (checked, and locked, before loading)."""
+    from pathlib import Path
+
+    from rlhf_interp.core.outdir import OutputError, check_not_input, lock_dir, read_marker
+    from rlhf_interp.reward.training import TRAINING_STATE
+
+    out = Path(args.out)
+    if args.overwrite:
+        raise ValueError("--resume continues the training in --out and --overwrite deletes it: give one of them.")
+    check_not_input(out, input_paths(args))
+    if not out.is_dir():
+        raise FileNotFoundError(f"No directory {out} to resume: start the training without --resume.")
+    marker = read_marker(out)
+    if marker is not None and marker.get("command") != "reward-model train":
+        raise OutputError(f"{out} holds the output of `{marker.get('command')}`, not a reward-model training: "
+                          f"nothing to resume.")
+    lock_dir(out, "reward-model train --resume")
+    if not (out / TRAINING_STATE).exists():
+        done = (out / "model").exists()
+        raise FileNotFoundError(f"Nothing to resume in {out}: no {TRAINING_STATE} "
+                                + ("(the training finished: the reward model is in model/)." if done else
+                                   "(stopped before its first validation). Start again with --overwrite."))
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -121,7 +153,7 @@ def _score(args: argparse.Namespace) -> int:
     if not texts:
         raise ValueError(f"{args.texts} holds no texts.")
     if args.out:
-        check_writable_file(args.out, overwrite=args.overwrite)
+        check_writable_file(args.out, overwrite=args.overwrite, inputs=input_paths(args))
     rm = load_reward_model(args.model_dir, batch_size=args.batch_size)
     scores = rm.score(texts, normalize=not args.raw).tolist()
     if args.out:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rlhf_interp.cli.common import (add_common_args, claim_out, load_prompt_set, parse_floats, parse_layers,
-                                    require_samples, write_config)
+from rlhf_interp.cli.common import (add_common_args, claim_out, input_paths, load_prompt_set, parse_floats,
+                                    parse_layers, require_samples, write_config)
 
 OUTPUTS = ("steering_sweep.csv", "steering_sweep.png", "config.json")
 
@@ -113,7 +113,8 @@ def _steer(args: argparse.Namespace) -> int:
     if args.vector is not None:
         SteeringVector.load(args.vector)  # a bad file fails here, before the model is loaded
     if args.save_vector:
-        check_writable_file(args.save_vector, overwrite=args.overwrite, flag="--save-vector")
+        check_writable_file(args.save_vector, overwrite=args.overwrite, flag="--save-vector",
+                            inputs=input_paths(args))
     out = claim_out(args, "steer", OUTPUTS)  # before any compute
     model = load_model(args.model)
     layers = resolve_layers(model, layer_arg)

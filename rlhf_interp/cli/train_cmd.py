@@ -54,13 +54,14 @@ def _train(args: argparse.Namespace) -> int:
         if args.config is None:
             raise ValueError("Give a CONFIG file (e.g. configs/periods.yaml), or --resume to continue a run.")
         config = PPOConfig.load(args.config, args.overrides)
-        on_main(start_run, run_dir, overwrite=args.overwrite)  # writable and free, before any model is loaded
+        on_main(start_run, run_dir, overwrite=args.overwrite, config=config,  # writable, free, locked, not an
+                inputs={"CONFIG": args.config})                                 # input: before any model loads
         trainer = PPOTrainer(config, run_dir, progress=not args.no_progress)
     print(model_summary(trainer))
     trainer.train()
     last = trainer.history[-1]
     print(f"done: phase {last['phase']}, reward {last['reward_mean']:.3f}, KL(pi||ref) per token "
-          f"{last['kl_forward_per_token']:.4f}, entropy {last['entropy']:.3f}; checkpoints in {run_dir}")
+          f"{last['kl_pi_ref_per_token']:.4f}, entropy {last['entropy']:.3f}; checkpoints in {run_dir}")
     return 0
 
 

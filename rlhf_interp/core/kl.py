@@ -7,8 +7,9 @@ reference in a test and reused by the trainer, the model diff and the edit measu
 
 Notation: ``P`` and ``Q`` are distributions over the vocabulary given as logits along the last dim.
 ``KL(P || Q) = sum_x P(x) (log P(x) - log Q(x))``.
-Here **forward** is ``KL(pi || ref)`` (Ziegler et al., InstructGPT) and **reverse** is ``KL(ref || pi)``;
-some RL libraries use the opposite words. Which PPO surrogate estimates the gradient of which KL, and
+A KL is named by its argument order, never "forward"/"reverse" (the field uses both words both ways):
+``pi_ref`` is ``KL(pi || ref)`` (Ziegler et al., InstructGPT; mode-seeking), ``ref_pi`` is ``KL(ref || pi)``
+(mass-covering); `legacy_direction` maps and explains the old words. Which PPO surrogate estimates the gradient of which KL, and
 why, is derived in ``docs/kl.md`` and checked against enumerated float64 gradients in
 ``tests/test_kl_gradients.py``.
 """
@@ -27,8 +28,10 @@ from rlhf_interp.core.finite import min_is_finite
 
 Estimator = Literal["k1", "k2", "k3"]
 ESTIMATORS: tuple[str, ...] = ("exact", "k1", "k2", "k3")
-DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
-PLACEMENTS: tuple[str, ...] = ("reward", "loss")
+DIRECTIONS: tuple[str, ...] = ("pi_ref", "ref_pi")
+# The words this toolkit used before issue 29, and what they meant here. They are refused in a new config (the field
+# uses them both ways round); recorded configs and metric logs of old run directories are mapped (`upgrade_kl_name`).
+LEGACY_DIRECTIONS: dict[str, str] = {"forward": "pi_ref", "reverse": "ref_pi"}
 
 # Log-ratios (pi/pi_old, ref/pi) are clamped to [-20, 20] before exp: exp(20) ~ 4.9e8 is finite in fp32
 # and bf16, and a ratio that far from 1 is already clipped by PPO (clip_range ~ 0.2) or is an importance
@@ -150,14 +153,14 @@ def kl_estimate(logprob_p: Float[Tensor, "..."], logprob_q: Float[Tensor, "..."]
     raise ValueError(f"Unknown KL estimator {estimator!r}; use one of 'k1', 'k2', 'k3'.")
 
 
-def kl_estimate_reverse(logprob_p: Float[Tensor, "..."], logprob_q: Float[Tensor, "..."],
-                        estimator: Estimator = "k1") -> Float[Tensor, "..."]:
-    """Per-sample estimate of the *reverse* KL(Q || P) from samples x ~ P, by importance weighting.
+def kl_estimate_importance_weighted(logprob_p: Float[Tensor, "..."], logprob_q: Float[Tensor, "..."],
+                                    estimator: Estimator = "k1") -> Float[Tensor, "..."]:
+    """Per-sample estimate of KL(Q || P) -- the arguments swapped -- from samples x ~ P, by importance weighting.
 
     ``KL(Q||P) = E_P[w (log Q - log P)]`` with ``w = Q(x)/P(x)``. k1 is that weighted log-ratio;
     k3 uses the non-negative form ``E_P[w log w - w + 1]`` (its expectation is the same, since
     ``E_P[w] = 1``). k2 has no clean importance-weighted form and is refused. The weights make these
-    noisy when pi and ref differ a lot: prefer ``exact`` for the reverse direction when you can.
+    noisy when P and Q differ a lot (docs/kl.md, the variance table): prefer ``exact`` when you can.
     """
     log_w = (logprob_q - logprob_p).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
     w = log_w.exp()
@@ -166,117 +169,105 @@ def kl_estimate_reverse(logprob_p: Float[Tensor, "..."], logprob_q: Float[Tensor
     if estimator == "k3":
         return w * log_w - w + 1.0
     raise ValueError(
-        f"KL estimator {estimator!r} has no importance-weighted form for the reverse direction; "
+        f"KL estimator {estimator!r} has no importance-weighted form for KL(ref||pi) from the policy's samples; "
         f"use 'k1', 'k3' or 'exact'."
     )
 
 
-def penalty_kl(logprob_policy: Tensor, logprob_ref: Tensor, *, direction: str = "forward",
+# ----------------------------------------------------------------------------------------------
+# Direction names. The old words are refused with both conventions explained; old logs are mapped.
+
+def legacy_direction_message(value: str, field: str = "kl_direction") -> str:
+    """Why ``forward`` / ``reverse`` are refused, and the value to write instead."""
+    new = LEGACY_DIRECTIONS[value]
+    return (f"{field} {value!r} is ambiguous and no longer accepted: the field uses the word both ways round. In "
+            f"RL-library usage (this toolkit before issue 29, Ziegler et al.'s 'KL penalty') 'forward' meant "
+            f"KL(pi||ref) and 'reverse' KL(ref||pi); in variational-inference usage (the optimised distribution "
+            f"first, e.g. TRL's and OpenRLHF's KL-gradient notes, 'A Comedy of Estimators') KL(pi||ref) is the "
+            f"*reverse* KL. Name the argument order instead: 'pi_ref' = KL(pi||ref) (mode-seeking), 'ref_pi' = "
+            f"KL(ref||pi) (mass-covering). What {value!r} meant here: {field}: {new}.")
+
+
+def check_direction(direction: str) -> str:
+    """``direction`` if it is ``pi_ref`` or ``ref_pi``; ValueError otherwise (the old words with `legacy_direction_message`)."""
+    if direction in DIRECTIONS:
+        return direction
+    if direction in LEGACY_DIRECTIONS:
+        raise ValueError(legacy_direction_message(direction))
+    raise ValueError(f"Unknown KL direction {direction!r}; use 'pi_ref' (KL(pi||ref)) or 'ref_pi' (KL(ref||pi)).")
+
+
+def upgrade_kl_name(name: str) -> str:
+    """A metric or column name as logged before issue 29 -> today's (``kl_forward_per_token`` -> ``kl_pi_ref_per_token``,
+    ``kl_reverse_k3_per_token`` -> ``kl_ref_pi_k3_per_token``); other names unchanged. For reading old run directories."""
+    for old, new in LEGACY_DIRECTIONS.items():
+        if name.startswith(f"kl_{old}"):
+            return f"kl_{new}" + name[len(f"kl_{old}"):]
+    return name
+
+
+def upgrade_kl_record(record: dict) -> dict:
+    """One logged record (a metrics.jsonl line, a recorded config) with old KL names and values mapped."""
+    out = {upgrade_kl_name(k) if isinstance(k, str) else k: v for k, v in record.items()}
+    if out.get("kl_direction") in LEGACY_DIRECTIONS:
+        out["kl_direction"] = LEGACY_DIRECTIONS[out["kl_direction"]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-token terms the KL penalty options are built from. Which option uses which, and the only place that
+# chooses: `rlhf_interp.ppo.kl_penalty.KLPenalty`. Derivations: docs/kl.md.
+
+def penalty_kl(logprob_policy: Tensor, logprob_ref: Tensor, *, direction: str = "pi_ref",
                estimator: str = "k1", logits_policy: Tensor | None = None,
                logits_ref: Tensor | None = None) -> Tensor:
     """The per-token *value* of the KL for tokens sampled from the policy (what is logged, and what the
     reward placement credits earlier tokens with). Not a surrogate to differentiate: see `kl_loss_terms`
     and `kl_reward_terms` for what PPO optimises.
 
-    ``direction='forward'`` is KL(pi || ref), ``'reverse'`` is KL(ref || pi). ``estimator='exact'``
+    ``direction='pi_ref'`` is KL(pi || ref), ``'ref_pi'`` is KL(ref || pi). ``estimator='exact'``
     sums over the vocabulary and needs both logits (or log-probs: pass the sampled distribution's);
     k1/k2/k3 need only the sampled tokens' log-probs.
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"Unknown KL direction {direction!r}; use 'forward' (KL(pi||ref)) or 'reverse' (KL(ref||pi)).")
+    check_direction(direction)
     if estimator == "exact":
         if logits_policy is None or logits_ref is None:
             raise ValueError("The exact KL needs the full logits of both policy and reference.")
-        if direction == "forward":
+        if direction == "pi_ref":
             return kl_divergence(logits_policy, logits_ref)
         return kl_divergence(logits_ref, logits_policy)
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown KL estimator {estimator!r}; use one of {ESTIMATORS}.")
-    if direction == "forward":
+    if direction == "pi_ref":
         return kl_estimate(logprob_policy, logprob_ref, estimator)  # type: ignore[arg-type]
-    return kl_estimate_reverse(logprob_policy, logprob_ref, estimator)  # type: ignore[arg-type]
-
-
-# ----------------------------------------------------------------------------------------------
-# The KL options PPO offers: direction x estimator x placement. Derivations: docs/kl.md.
-
-# Refused combinations: why, and the nearest working choice (direction, estimator, placement).
-_K1_IN_LOSS = (
-    "an importance-weighted k1 has the right expected gradient for one step, but its per-token minimum is not at "
-    "pi = ref (forward: rho * log(pi/ref) is smallest at pi(a) = ref(a)/e; reverse: -(ref/pi_old) log(pi/ref) keeps "
-    "pushing every sampled token up), so the several steps PPO takes on one batch drift away from the reference "
-    "(docs/kl_drift.csv). k3 has the same expected gradient, less variance, and its minimum at pi = ref; "
-    "unweighted, k1's expected gradient is zero (forward) or biased (reverse).")
-_REFUSED: dict[tuple[str, str, str], tuple[str, tuple[str, str, str]]] = {
-    ("forward", "k1", "loss"): (_K1_IN_LOSS, ("forward", "k3", "loss")),
-    ("reverse", "k1", "loss"): (_K1_IN_LOSS, ("reverse", "k3", "loss")),
-    ("forward", "k2", "reward"): (
-        "k2 is a biased estimate of the KL's value (E[k2] != KL), and in the reward its value is what earlier "
-        "tokens are credited with, so the gradient would be that of E[sum k2], not of KL(pi||ref) "
-        "(k2 stays available as a loss term, where only its gradient matters).", ("forward", "k1", "reward")),
-    ("reverse", "k2", "reward"): (
-        "k2 has no importance-weighted form for KL(ref||pi), and its value is biased.", ("reverse", "k3", "reward")),
-    ("reverse", "k2", "loss"): (
-        "k2 has no importance-weighted form for KL(ref||pi): weighting (log pi - log ref)^2 / 2 by ref/pi gives "
-        "the gradient of E_ref[(log pi - log ref)^2 / 2], a different divergence, and unweighted its gradient is "
-        "that of KL(pi||ref).", ("reverse", "k3", "loss")),
-}
-
-
-def nearest_kl_option(direction: str, estimator: str, placement: str) -> tuple[str, str, str] | None:
-    """The working choice `check_kl_option` suggests for a refused combination (None if it is accepted)."""
-    refused = _REFUSED.get((direction, estimator, placement))
-    return refused[1] if refused else None
-
-
-def check_kl_option(direction: str, estimator: str, placement: str) -> None:
-    """Raise ValueError unless this direction x estimator x placement has a gradient that estimates the
-    gradient of the KL it names; the message says why and names the nearest working choice."""
-    for name, value, allowed in (("kl_direction", direction, DIRECTIONS), ("kl_estimator", estimator, ESTIMATORS),
-                                 ("kl_placement", placement, PLACEMENTS)):
-        if value not in allowed:
-            raise ValueError(f"Unknown {name} {value!r}; use one of {allowed} (forward = KL(pi||ref), "
-                             f"reverse = KL(ref||pi)).")
-    refused = _REFUSED.get((direction, estimator, placement))
-    if refused:
-        reason, (d, e, p) = refused
-        raise ValueError(f"kl_direction '{direction}' with kl_estimator '{estimator}' and kl_placement "
-                         f"'{placement}' is refused: {reason} Nearest working choice: kl_direction '{d}', "
-                         f"kl_estimator '{e}', kl_placement '{p}' (the table is in docs/kl.md).")
-
-
-def kl_options() -> list[tuple[str, str, str, bool]]:
-    """Every ``(direction, estimator, placement, accepted)``."""
-    return [(d, e, p, (d, e, p) not in _REFUSED) for d in DIRECTIONS for e in ESTIMATORS for p in PLACEMENTS]
+    return kl_estimate_importance_weighted(logprob_policy, logprob_ref, estimator)  # type: ignore[arg-type]
 
 
 def kl_score_coefficient(logprob_policy: Tensor, logprob_ref: Tensor, direction: str) -> Tensor:
     """``c(a)`` with ``E_{a~pi}[c(a) grad log pi(a)] = grad KL_direction(pi(.|s), ref(.|s))`` at a fixed state.
 
-    forward: ``grad KL(pi||ref) = E_pi[grad log pi (log pi - log ref)]`` (plus ``E_pi[grad log pi] = 0``),
-    so ``c = log pi - log ref``. reverse: ``grad KL(ref||pi) = -E_ref[grad log pi] = E_pi[(1 - ref/pi) grad
+    pi_ref: ``grad KL(pi||ref) = E_pi[grad log pi (log pi - log ref)]`` (plus ``E_pi[grad log pi] = 0``),
+    so ``c = log pi - log ref``. ref_pi: ``grad KL(ref||pi) = -E_ref[grad log pi] = E_pi[(1 - ref/pi) grad
     log pi]``, so ``c = 1 - ref/pi``. This is what a sampled token's own advantage must carry.
     """
-    if direction == "forward":
+    if check_direction(direction) == "pi_ref":
         return logprob_policy - logprob_ref
-    if direction == "reverse":
-        return 1.0 - bounded_ratio(logprob_ref - logprob_policy)
-    raise ValueError(f"Unknown KL direction {direction!r}; use 'forward' (KL(pi||ref)) or 'reverse' (KL(ref||pi)).")
+    return 1.0 - bounded_ratio(logprob_ref - logprob_policy)
 
 
 def kl_reward_terms(logprob_policy: Tensor, logprob_ref: Tensor, *, direction: str, estimator: str,
                     logp_all: Tensor | None = None, ref_logp_all: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``(value, score)`` per sampled token, for the KL placed in the reward (``kl_placement='reward'``).
+    """``(value, score)`` per sampled token, for the KL placed in the reward.
 
-    Target: the KL summed over the policy's own states, which move with the policy -- for forward that is
-    the sequence-level KL(pi||ref); for reverse the per-token KL(ref||pi) on the policy's states. Its
-    gradient has two parts (docs/kl.md): earlier tokens are credited with the KL of the states they lead
-    to (the *value*: any unbiased per-token estimate, exact, k1 or k3), and each token's own log-prob
-    gradient must be weighted by `kl_score_coefficient` (the *score*). The trainer puts ``-beta * value``
-    into the per-token reward (Ziegler et al. eq. 1) and adds ``-beta * (score - value)`` to the token's own
-    advantage only. For forward k1 the score equals the value: the textbook penalty, unchanged.
+    Target: the KL summed over the policy's own states, which move with the policy -- for pi_ref that is
+    the sequence-level KL(pi||ref); for ref_pi the per-token KL(ref||pi) on the policy's states (not the
+    sequence-level KL(ref||pi): see `kl_sequence_terms`). Its gradient has two parts (docs/kl.md): earlier
+    tokens are credited with the KL of the states they lead to (the *value*: any unbiased per-token estimate,
+    exact, k1 or k3), and each token's own log-prob gradient must be weighted by `kl_score_coefficient` (the
+    *score*). The trainer puts ``-beta * value`` into the per-token reward (Ziegler et al. eq. 1) and adds
+    ``-beta * (score - value)`` to the token's own advantage only. For pi_ref k1 the score equals the value:
+    the textbook penalty, unchanged.
     """
-    check_kl_option(direction, estimator, "reward")
     value = penalty_kl(logprob_policy, logprob_ref, direction=direction, estimator=estimator,
                        logits_policy=logp_all, logits_ref=ref_logp_all)
     return value, kl_score_coefficient(logprob_policy, logprob_ref, direction)
@@ -284,39 +275,72 @@ def kl_reward_terms(logprob_policy: Tensor, logprob_ref: Tensor, *, direction: s
 
 def kl_loss_terms(logprob: Tensor, logprob_old: Tensor, logprob_ref: Tensor, *, direction: str, estimator: str,
                   logp_all: Tensor | None = None, ref_logp_all: Tensor | None = None) -> Tensor:
-    """Per-token KL term for ``kl_placement='loss'``, for tokens sampled from pi_old (the rollout's policy).
+    """Per-token KL term for the KL placed in the loss, for tokens sampled from pi_old (the rollout's policy).
 
     Target: the per-token KL at the rollout's states, the states held fixed (they are data). ``logprob`` is
     the current policy's (with grad), ``logprob_old`` the rollout's. Every form below has an expected
     gradient equal to that target's gradient at the *current* parameters, so later PPO epochs stay right:
 
     - exact: the KL summed over the vocabulary (needs ``logp_all``, ``ref_logp_all``);
-    - forward k3: ``rho * k3``, ``rho = pi/pi_old``: an importance-weighted estimate of KL(pi||ref) that is
+    - pi_ref k3: ``rho * k3``, ``rho = pi/pi_old``: an importance-weighted estimate of KL(pi||ref) that is
       unbiased at every theta, so its gradient ``rho (log pi - log ref) grad log pi`` is unbiased (the k3
       estimator *unweighted* has the gradient of KL(ref||pi) instead: Tang & Munos 2025);
-    - forward k2: ``stopgrad(rho) * k2``: k2's value is biased but its gradient ``(log pi - log ref) grad log pi``
-      is the KL's (Schulman 2020);
-    - reverse k3: ``(ref/pi_old) * k3(ref -> pi)``, the estimator of KL(ref||pi) from ref's samples,
+    - pi_ref k2: ``stopgrad(rho) * k2``: k2's value is biased but its gradient ``rho (log pi - log ref) grad
+      log pi`` is the importance-weighted score-function gradient of KL(pi||ref) (on-policy this is the
+      identity grad k2 = k1 grad log pi, noted in the RL-for-LLM KL-estimator literature, e.g. Tang & Munos
+      2025 -- not in Schulman's 2020 note, which is about estimating the value);
+    - ref_pi k3: ``(ref/pi_old) * k3(ref -> pi)``, the estimator of KL(ref||pi) from ref's samples,
       importance-weighted from pi_old with a weight that does not depend on theta; gradient
       ``rho (1 - ref/pi) grad log pi``.
 
     Each per-token term is smallest at pi(a) = ref(a), so the several steps PPO takes on one batch converge
-    (why k1 is refused here: `check_kl_option`). At theta = theta_old each value equals `penalty_kl`'s.
+    (why k1 is refused here: `rlhf_interp.ppo.kl_penalty`). At theta = theta_old each value equals `penalty_kl`'s.
     """
-    check_kl_option(direction, estimator, "loss")
+    check_direction(direction)
     if estimator == "exact":
         if logp_all is None or ref_logp_all is None:
             raise ValueError("The exact KL needs the full log-probs of both policy and reference.")
-        return kl_from_logprobs(logp_all, ref_logp_all) if direction == "forward" \
+        return kl_from_logprobs(logp_all, ref_logp_all) if direction == "pi_ref" \
             else kl_from_logprobs(ref_logp_all, logp_all)
+    if estimator not in ("k2", "k3") or (direction == "ref_pi" and estimator == "k2"):
+        raise ValueError(f"No loss term for KL {direction} with estimator {estimator!r} (docs/kl.md says why).")
     rho = bounded_ratio(logprob - logprob_old)
     w_old = bounded_ratio(logprob_ref - logprob_old).detach()  # ref / pi_old: a constant
     log_ratio = logprob - logprob_ref  # log pi - log ref
-    if direction == "forward" and estimator == "k2":
+    if direction == "pi_ref" and estimator == "k2":
         return rho.detach() * 0.5 * log_ratio.pow(2)
-    if direction == "forward":  # k3
+    if direction == "pi_ref":  # k3
         return w_old - rho + rho * log_ratio  # = rho * (ref/pi - 1 - log(ref/pi)), written without ref/pi
-    return rho - w_old - w_old * log_ratio  # reverse k3 = (ref/pi_old) * (pi/ref - 1 - log(pi/ref))
+    return rho - w_old - w_old * log_ratio  # ref_pi k3 = (ref/pi_old) * (pi/ref - 1 - log(pi/ref))
+
+
+def kl_sequence_terms(logprob: Tensor, logprob_ref: Tensor, *, estimator: str, logp_all: Tensor | None = None,
+                      ref_logp_all: Tensor | None = None) -> Tensor:
+    """Per-token term of the **sequence-level KL(ref||pi)**, for tokens x sampled from the *reference* (a bank
+    drawn once per prompt; `rlhf_interp.ppo.reference_bank`).
+
+    ``KL_seq(ref||pi) = E_{x~ref}[sum_t log ref(x_t|x_<t) - log pi(x_t|x_<t)]`` and the states x_<t come from
+    the reference, so they do not move with theta: ``grad KL_seq(ref||pi) = -E_{x~ref}[sum_t grad log pi(x_t|x_<t)]``,
+    no importance weight (docs/kl.md). Summed over a sampled sequence, each form below is an unbiased estimate
+    of KL_seq(ref||pi) whose gradient is an unbiased estimate of that gradient, at every theta (epochs and
+    minibatches alike):
+
+    - k1: ``log ref - log pi``; gradient ``-grad log pi`` (the negative log-likelihood of the reference's text);
+    - k3: ``pi/ref - 1 - log(pi/ref)`` (>= 0); gradient ``(pi/ref - 1) grad log pi``, whose expectation under ref
+      adds ``sum_a pi grad log pi = 0``;
+    - exact: ``KL(ref(.|s_t) || pi(.|s_t))`` over the vocabulary at the reference's states (the chain rule: its
+      sum over t has the same expectation), gradient ``-sum_a ref(a|s_t) grad log pi(a|s_t)``: no sampled-token noise.
+    """
+    if estimator == "exact":
+        if logp_all is None or ref_logp_all is None:
+            raise ValueError("The exact KL needs the full log-probs of both policy and reference.")
+        return kl_from_logprobs(ref_logp_all, logp_all)
+    log_ratio = logprob - logprob_ref  # log pi - log ref
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k3":
+        return torch.expm1(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)) - log_ratio
+    raise ValueError(f"No sequence-level term for estimator {estimator!r}: use 'exact', 'k1' or 'k3' (docs/kl.md).")
 
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

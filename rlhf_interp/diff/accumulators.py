@@ -293,8 +293,8 @@ class OutputAccumulator:
     """Per-token KL between the two models' next-token distributions, and the mean probability of every
     vocabulary token under each model (to find the tokens whose probability moved most).
 
-    ``kl_forward`` is KL(tuned || base) -- the RLHF penalty's direction, KL(pi || ref) -- and
-    ``kl_reverse`` is KL(base || tuned)."""
+    ``kl_pi_ref`` is KL(tuned || base) -- the RLHF penalty's direction, KL(pi || ref) -- and
+    ``kl_ref_pi`` is KL(base || tuned)."""
 
     def __init__(self, d_vocab: int, per_token: bool = True):
         self.per_token = per_token
@@ -327,9 +327,9 @@ class OutputAccumulator:
 
     def per_token_table(self, tokenizer) -> pd.DataFrame:
         """One row per (prompt_index, position): ``token_id``/``token`` (the input token at that position;
-        the distributions compared are for the token after it), ``kl_forward``, ``kl_reverse``,
+        the distributions compared are for the token after it), ``kl_pi_ref``, ``kl_ref_pi``,
         ``entropy_base``, ``entropy_tuned`` (nats)."""
-        columns = ["prompt_index", "position", "token_id", "kl_forward", "kl_reverse", "entropy_base", "entropy_tuned"]
+        columns = ["prompt_index", "position", "token_id", "kl_pi_ref", "kl_ref_pi", "entropy_base", "entropy_tuned"]
         if not self._rows:
             return pd.DataFrame(columns=columns[:3] + ["token"] + columns[3:])
         df = pd.DataFrame(torch.cat(self._rows).numpy(), columns=columns)
@@ -359,5 +359,5 @@ class OutputAccumulator:
 
     def summary(self) -> dict[str, float]:
         n = max(self.count, 1)
-        return {"kl_forward": self.kl_sums[0].item() / n, "kl_reverse": self.kl_sums[1].item() / n,
+        return {"kl_pi_ref": self.kl_sums[0].item() / n, "kl_ref_pi": self.kl_sums[1].item() / n,
                 "n_tokens": self.count}

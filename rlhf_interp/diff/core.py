@@ -47,9 +47,9 @@ class ModelDiff:
     - ``logit_lens_tokens``: rank of the watched tokens (e.g. ".") per layer (see `logit_lens_token_ranks`).
     - ``weights``: per parameter tensor; ``weights_summary``: per (layer, component) (see `weight_diff`).
     - ``attention``: per (layer, head): ``js_divergence``, ``base_bos_attention``, ``tuned_bos_attention``.
-    - ``output_tokens``: per (prompt_index, position): ``kl_forward`` KL(tuned||base), ``kl_reverse``, entropies.
+    - ``output_tokens``: per (prompt_index, position): ``kl_pi_ref`` KL(tuned||base), ``kl_ref_pi``, entropies.
     - ``token_shifts``: tokens whose mean next-token probability moved most.
-    - ``output_summary``: one row: mean ``kl_forward``, ``kl_reverse``, ``n_tokens``.
+    - ``output_summary``: one row: mean ``kl_pi_ref``, ``kl_ref_pi``, ``n_tokens``.
 
     Trajectories add a ``step`` column to every table. ``vectors`` holds the difference directions as
     tensors (of the last step for a trajectory); ``config`` says how the diff was made.

@@ -48,10 +48,10 @@ def collateral_kl(model, edit: Edit | None, prompts: Sequence[str] = UNRELATED_P
     Keys: collateral_kl_mean, collateral_kl_stderr, collateral_kl_max, collateral_kl_per_prompt,
     collateral_positions."""
     per_token = kl_shift(model, edit, list(prompts), reference=reference, cache=cache)
-    per_prompt = per_token.groupby("prompt_idx")["kl_forward"]
+    per_prompt = per_token.groupby("prompt_idx")["kl_pi_ref"]
     mean, se = mean_and_stderr(torch.tensor(per_prompt.mean().to_numpy(), dtype=torch.float64))
     return {"collateral_kl_mean": mean, "collateral_kl_stderr": se,
-            "collateral_kl_max": float(per_token["kl_forward"].max()),
+            "collateral_kl_max": float(per_token["kl_pi_ref"].max()),
             "collateral_kl_per_prompt": float(per_prompt.sum().mean()), "collateral_positions": int(len(per_token))}
 
 

@@ -8,7 +8,7 @@ reward it buys?
 - `sequences`: per sequence, on the edited model's own samples (k1, k3, exact), reward, diversity;
 - `sweeps`: many settings, one tidy row each.
 
-Column conventions: ``kl_forward`` = KL(edited || reference), ``kl_reverse`` = KL(reference || edited),
+Column conventions: ``kl_pi_ref`` = KL(edited || reference), ``kl_ref_pi`` = KL(reference || edited),
 in nats. All KL and entropy arithmetic is `rlhf_interp.kl`'s.
 """
 

@@ -39,8 +39,8 @@ def sweep(model, settings: Iterable[tuple[dict[str, Any], Edit] | Edit], prompts
         if prompt_kl:
             start = time.perf_counter()
             per_token = kl_shift(model, edit, prompts, reference=reference, cache=cache)
-            row["kl_prompt_mean"] = float(per_token["kl_forward"].mean())
-            row["kl_prompt_max"] = float(per_token["kl_forward"].max())
+            row["kl_prompt_mean"] = float(per_token["kl_pi_ref"].mean())
+            row["kl_prompt_max"] = float(per_token["kl_pi_ref"].max())
             row["seconds"] += time.perf_counter() - start
         rows.append(row)
         if keep_sequences:

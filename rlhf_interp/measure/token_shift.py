@@ -1,8 +1,8 @@
 """Per-token KL shift on fixed text: teacher-forced next-token distributions of an edited model vs a
 reference, at every real position. Reference logits are cached (`LogitsCache`) so a sweep pays once.
 
-Column conventions (tidy, one observation per row): ``kl_forward`` = KL(edited || reference),
-``kl_reverse`` = KL(reference || edited), both in nats (computed by `rlhf_interp.kl`).
+Column conventions (tidy, one observation per row): ``kl_pi_ref`` = KL(edited || reference),
+``kl_ref_pi`` = KL(reference || edited), both in nats (computed by `rlhf_interp.kl`).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def kl_shift(model, edit: Edit | None, prompts: Sequence[str] | Generation, *, r
 
     One row per (prompt, real position) — the next-token distribution at that position.
     Columns: prompt_idx, position (among real tokens, BOS = 0), token (the input token there),
-    generated (bool), kl_forward (KL(edited || reference)), kl_reverse, js, entropy_edited,
+    generated (bool), kl_pi_ref (KL(edited || reference)), kl_ref_pi, js, entropy_edited,
     entropy_reference.
     """
     check_reference(model, reference)
@@ -162,8 +162,8 @@ def per_token_frame(model, logits: Tensor, ref_logits: Tensor, tokens: Tensor, m
         "position": real_positions(mask)[real].numpy(),
         "token": model.tokenizer.convert_ids_to_tokens(tokens.cpu()[real].tolist()),
         "generated": (columns >= prompt_len).numpy(),
-        "kl_forward": kl_divergence(lp, lq).numpy(),
-        "kl_reverse": kl_divergence(lq, lp).numpy(),
+        "kl_pi_ref": kl_divergence(lp, lq).numpy(),
+        "kl_ref_pi": kl_divergence(lq, lp).numpy(),
         "js": js_divergence(lp, lq).numpy(),
         "entropy_edited": entropy(lp).numpy(),
         "entropy_reference": entropy(lq).numpy(),

@@ -20,7 +20,8 @@ import yaml
 
 from rlhf_interp.core.io import atomic_write_text
 
-from rlhf_interp.kl import check_kl_option
+from rlhf_interp.core.kl import LEGACY_DIRECTIONS, legacy_direction_message, upgrade_kl_record
+from rlhf_interp.ppo.kl_penalty import KLPenalty
 
 
 @dataclass
@@ -54,12 +55,16 @@ class PPOConfig:
 
     # --- KL penalty
     kl_coef: float = 0.1
-    # forward: KL(pi||ref) (Ziegler et al.); reverse: KL(ref||pi). Some RL libraries use the opposite words.
-    kl_direction: Literal["forward", "reverse"] = "forward"
+    # The KL by its argument order: pi_ref = KL(pi||ref) (Ziegler et al., InstructGPT; mode-seeking), ref_pi =
+    # KL(ref||pi) (mass-covering). The old words forward/reverse are refused (the field uses them both ways round).
+    kl_direction: Literal["pi_ref", "ref_pi"] = "pi_ref"
     kl_estimator: Literal["exact", "k1", "k2", "k3"] = "k1"
     # reward: per-token penalty in the reward (the KL over the policy's own states, which move with it);
-    # loss: a loss term (the per-token KL at the rollout's states). Table and derivations: docs/kl.md.
-    kl_placement: Literal["reward", "loss"] = "reward"
+    # loss: a loss term (the per-token KL at the rollout's states); sequence (ref_pi only): KL(ref||pi) of whole
+    # sequences, a loss term on a bank of the reference's own samples. All of it is decided in one place,
+    # `ppo.kl_penalty.KLPenalty`; table and derivations: docs/kl.md.
+    kl_placement: Literal["reward", "loss", "sequence"] = "reward"
+    kl_bank_size: int = 4  # sequence placement: reference samples per prompt, drawn once (ppo/reference_bank.py)
     adaptive_kl: bool = False  # Ziegler et al. controller
     kl_target: float = 0.08  # per-token target for the adaptive controller (nats)
     kl_horizon: int = 10000  # in samples
@@ -114,6 +119,8 @@ class PPOConfig:
     def validate(self) -> "PPOConfig":
         """Check types (values converted in place: ``2.0`` -> ``2``), then ranges and rules between fields;
         a bad value raises ValueError naming the field, the value and what is allowed."""
+        if self.kl_direction in LEGACY_DIRECTIONS:  # before the type check: its message explains both conventions
+            raise ValueError(f"Config field {legacy_direction_message(self.kl_direction)}")
         _check_types(self)
         ranges: dict[str, tuple[float, float]] = {
             "phases": (1, 1e9), "batch_size": (1, 1e6), "max_new_tokens": (1, 1e5), "temperature": (1e-4, 100),
@@ -123,7 +130,7 @@ class PPOConfig:
             "max_grad_norm": (0, 1e6), "lr": (0, 1), "head_lr": (0, 1), "warmup_phases": (0, 1e9),
             "freeze_layers": (0, 1e4), "lora_r": (0, 4096), "log_every": (1, 1e9), "sample_every": (0, 1e9),
             "checkpoint_every": (0, 1e9), "reward_scale": (-1e6, 1e6), "weight_decay": (0, 10),
-            "rm_refresh_pairs": (2, 1e6), "rm_refresh_label_noise": (0, 1), "rm_refresh_epochs": (1, 1000),
+            "rm_refresh_pairs": (2, 1e6), "kl_bank_size": (1, 1e4), "rm_refresh_label_noise": (0, 1), "rm_refresh_epochs": (1, 1000),
         }
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
@@ -167,7 +174,7 @@ class PPOConfig:
             allowed = _literal_values(get_type_hints(type(self))[f.name])
             if allowed and getattr(self, f.name) not in allowed:
                 raise ValueError(f"Config field {f.name!r} = {getattr(self, f.name)!r} is not allowed: use one of {allowed}.")
-        check_kl_option(self.kl_direction, self.kl_estimator, self.kl_placement)
+        KLPenalty.from_config(self)  # the direction x estimator x placement is accepted (or refused with the reason)
         if self.ref_model is not None and not str(self.ref_model).strip():
             raise ValueError("Config field 'ref_model' is empty: give a model name or directory, or null for `model`.")
         return self
@@ -179,8 +186,12 @@ class PPOConfig:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "PPOConfig":
-        """Load a YAML file (or the defaults) and apply ``key=value`` overrides (values parsed as YAML)."""
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None, *,
+             recorded: bool = False) -> "PPOConfig":
+        """Load a YAML file (or the defaults) and apply ``key=value`` overrides (values parsed as YAML).
+
+        ``recorded=True``: the file is a run's own ``config.yaml`` (resume, comparisons), so values recorded under
+        old names are mapped (``kl_direction: forward`` -> ``pi_ref``); a config a user writes gets the error."""
         data: dict[str, Any] = {}
         if path is not None:
             path = Path(path)
@@ -196,6 +207,8 @@ class PPOConfig:
                 raise ValueError(f"Config {path} is not valid YAML: {_yaml_problem(err)}.") from err
             if not isinstance(data, dict):
                 raise ValueError(f"{path} must hold a mapping of config fields, got {type(data).__name__}.")
+        if recorded and isinstance(data, dict):
+            data = upgrade_kl_record(data)
         for item in overrides or []:
             key, sep, raw = item.partition("=")
             if not sep:

@@ -148,7 +148,7 @@ class Distributed:
         prompt, prompt_mask = self.gather(prompt, pad_first=True), self.gather(prompt_mask, pad_first=True)
         per_token = {f.name: self.gather(getattr(rollout, f.name)) for f in dataclasses.fields(rollout)
                      if f.name in ("gen_mask", "logprobs", "ref_logprobs", "values", "kl_value", "kl_score",
-                                   "kl_forward", "kl_reverse", "entropy")}
+                                   "kl_pi_ref", "kl_ref_pi", "entropy")}
         return dataclasses.replace(
             rollout, prompts=gather_object(list(rollout.prompts)), completions=gather_object(list(rollout.completions)),
             tokens=torch.cat([prompt, self.gather(gen)], 1), prompt_len=prompt.shape[1],

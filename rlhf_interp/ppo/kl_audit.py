@@ -13,11 +13,19 @@ Targets, both scaled by ``1 / horizon`` because PPO averages over tokens:
 
 - ``placement='loss'``: ``sum_x pi_old(x) sum_t D(s_t)``, the per-token KL at the rollout's states, the
   states held fixed; checked on-policy and off-policy (theta != theta_old, as in later PPO epochs);
-- ``placement='reward'``: ``sum_x pi(x) sum_t D(s_t)``, the states moving with the policy (forward: the
-  sequence-level KL(pi||ref)); checked on-policy, where PPO computes its advantages.
+- ``placement='reward'``: ``sum_x pi(x) sum_t D(s_t)``, the states moving with the policy (pi_ref: the
+  sequence-level KL(pi||ref)); checked on-policy with GAE lambda 1 (the conditions of the proof), and under
+  the shipped defaults by `conditions_table` (lambda 0.95, a critic, later epochs);
+- ``placement='sequence'``: ``sum_x ref(x) sum_t KL(ref||pi)(s_t)`` = the sequence-level KL(ref||pi), on
+  sequences sampled from the reference (the bank); checked on-policy and off-policy.
 
-Rebuild docs/kl.md's tables: ``python -m rlhf_interp.ppo.kl_audit --csv docs/kl_gradients.csv
---summary-csv docs/kl_summary.csv --drift-csv docs/kl_drift.csv`` (about a minute).
+`variance_table` measures every accepted option's Monte-Carlo error at logit distances 1, 2 and 3, `bank_table`
+the sequence option's by bank size, `targets_table` how far the per-token KL(ref||pi) targets point from the
+sequence-level one.
+
+Rebuild docs/kl.md's tables: ``python -m rlhf_interp.ppo.kl_audit --docs docs`` (a few minutes on one core):
+docs/kl_gradients.csv, kl_summary.csv, kl_drift.csv, kl_conditions.csv, kl_variance.csv, kl_sequence_bank.csv,
+kl_targets.csv.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from rlhf_interp.kl import (bounded_ratio, kl_from_logprobs, kl_loss_terms, kl_options, kl_reward_terms, masked_mean,
-                            penalty_kl)
+from rlhf_interp.kl import (bounded_ratio, kl_from_logprobs, kl_loss_terms, kl_reward_terms, kl_sequence_terms,
+                            masked_mean, penalty_kl)
 from rlhf_interp.ppo import losses
+from rlhf_interp.ppo.kl_penalty import kl_options
 
 
 @dataclass
@@ -85,7 +94,7 @@ def sequence_logprob(theta: Tensor, tokens: Tensor, states: Tensor) -> Tensor:
 
 def _per_state_kl(problem: TabularProblem, theta: Tensor, direction: str) -> Tensor:
     logp, logq = torch.log_softmax(theta, -1), torch.log_softmax(problem.ref, -1)
-    return kl_from_logprobs(logp, logq) if direction == "forward" else kl_from_logprobs(logq, logp)
+    return kl_from_logprobs(logp, logq) if direction == "pi_ref" else kl_from_logprobs(logq, logp)
 
 
 def true_gradient(problem: TabularProblem, direction: str, placement: str) -> Tensor:
@@ -93,20 +102,44 @@ def true_gradient(problem: TabularProblem, direction: str, placement: str) -> Te
     seqs = all_sequences(problem.vocab, problem.horizon)
     states = state_index(seqs, problem.vocab)
     theta = problem.theta.clone().requires_grad_(True)
-    states_from = problem.theta_old if placement == "loss" else theta  # loss: the rollout's states, fixed
+    # loss: the rollout's states, fixed; sequence: the reference's states; reward: the policy's own, moving with it
+    states_from = {"loss": problem.theta_old, "sequence": problem.ref}.get(placement, theta)
     weight = sequence_logprob(states_from, seqs, states).exp()
     per_token = _per_state_kl(problem, theta, direction)[states]  # [n_seq, horizon]
     target = (weight * per_token.sum(-1)).sum() / problem.horizon
     return torch.autograd.grad(target, theta)[0]
 
 
+def exact_critic(problem: TabularProblem, direction: str, estimator: str) -> Tensor:
+    """V^{pi_old}(s) of the KL reward stream r_t = -value_t (kl_coef 1), by enumeration: a perfect critic."""
+    seqs = all_sequences(problem.vocab, problem.horizon)
+    states = state_index(seqs, problem.vocab)
+    old_all = torch.log_softmax(problem.theta_old, -1)[states]
+    ref_all = torch.log_softmax(problem.ref, -1)[states]
+    pick = seqs[..., None]
+    logp, logref = old_all.gather(-1, pick).squeeze(-1), ref_all.gather(-1, pick).squeeze(-1)
+    value = penalty_kl(logp, logref, direction=direction, estimator=estimator, logits_policy=old_all,
+                       logits_ref=ref_all)
+    to_go = -value.flip(-1).cumsum(-1).flip(-1)  # sum_{t' >= t} r_t'
+    p = sequence_logprob(problem.theta_old, seqs, states).exp()[:, None].expand_as(to_go)
+    num = torch.zeros(problem.theta.shape[0], dtype=torch.float64).index_add_(0, states.flatten(), (p * to_go).flatten())
+    den = torch.zeros_like(num).index_add_(0, states.flatten(), p.flatten())
+    return num / den.clamp_min(1e-300)
+
+
 def surrogate_gradient(problem: TabularProblem, direction: str, estimator: str, placement: str, tokens: Tensor,
-                       weights: Tensor | None = None, *, naive: bool = False) -> Tensor:
-    """Gradient of the trainer's KL objective on ``tokens`` (sampled from pi_old), at ``problem.theta``.
+                       weights: Tensor | None = None, *, naive: bool = False, lam: float = 1.0,
+                       baseline: Tensor | None = None, local_in_loss: bool = False) -> Tensor:
+    """Gradient of the trainer's KL objective on ``tokens`` (sampled from pi_old; from ref for ``sequence``), at
+    ``problem.theta``.
 
     ``weights`` (one per sequence, summing to 1) turns the sample mean into an exact expectation when
     ``tokens`` are all sequences. ``naive=True`` gives what the trainer did before these surrogates (the
     per-token value estimate differentiated as a loss, or put in the reward alone), for the audit table.
+    Reward placement only: ``lam`` (GAE lambda), ``baseline`` (the critic, one value per state; default the
+    problem's arbitrary one), ``local_in_loss`` (the variant that moves each token's own score term out of the
+    advantage into an exact KL loss term at the rollout's states; `conditions_table`). Advantages are always
+    computed at theta_old, as PPO does; off-policy the clipped surrogate (clip 0.2) carries them.
     """
     n, horizon = tokens.shape
     states = state_index(tokens, problem.vocab)
@@ -118,7 +151,12 @@ def surrogate_gradient(problem: TabularProblem, direction: str, estimator: str, 
     logp, logref, logp_old = (x.gather(-1, pick).squeeze(-1) for x in (logp_all, ref_all, old_all))
     mask = torch.ones(n, horizon, dtype=torch.float64)
     weighted = mask if weights is None else weights[:, None].expand(n, horizon)
-    if placement == "loss":
+    if placement == "sequence":
+        if direction != "ref_pi":
+            raise ValueError("The sequence placement is KL(ref||pi) of sequences.")
+        terms = kl_sequence_terms(logp, logref, estimator=estimator, logp_all=logp_all, ref_logp_all=ref_all)
+        objective = masked_mean(terms, weighted)
+    elif placement == "loss":
         if naive:
             terms = penalty_kl(logp, logref, direction=direction, estimator=estimator, logits_policy=logp_all,
                                logits_ref=ref_all)
@@ -127,22 +165,31 @@ def surrogate_gradient(problem: TabularProblem, direction: str, estimator: str, 
                                   logp_all=logp_all, ref_logp_all=ref_all)
         objective = masked_mean(terms, weighted)
     else:
-        if not problem.on_policy:
-            raise ValueError("The reward placement is checked on-policy: PPO computes advantages at theta_old.")
-        with torch.no_grad():
+        with torch.no_grad():  # the rollout's terms: at theta_old
             if naive:
-                value = penalty_kl(logp, logref, direction=direction, estimator=estimator, logits_policy=logp_all,
+                value = penalty_kl(logp_old, logref, direction=direction, estimator=estimator, logits_policy=old_all,
                                    logits_ref=ref_all)
                 score = value
             else:
-                value, score = kl_reward_terms(logp, logref, direction=direction, estimator=estimator,
-                                               logp_all=logp_all, ref_logp_all=ref_all)
+                value, score = kl_reward_terms(logp_old, logref, direction=direction, estimator=estimator,
+                                               logp_all=old_all, ref_logp_all=ref_all)
+            if local_in_loss:
+                score = torch.zeros_like(value)  # the own-token term leaves the advantage ...
+            critic = problem.baseline if baseline is None else baseline
             advantages, _ = losses.penalised_advantages(torch.zeros(n, dtype=torch.float64), value, score,
-                                                        problem.baseline[states], mask, kl_coef=1.0, gamma=1.0,
-                                                        lam=1.0)
+                                                        critic[states], mask, kl_coef=1.0, gamma=1.0, lam=lam)
         # PPO minimises -A * ratio: with the KL as a cost, -A has the KL's gradient.
         objective, _, _ = losses.policy_loss(logp, logp_old.detach(), advantages, weighted, clip_range=0.2)
+        if local_in_loss:  # ... and comes back as the exact per-token KL at the rollout's states, at the current theta
+            local = kl_loss_terms(logp, logp_old, logref, direction=direction, estimator="exact", logp_all=logp_all,
+                                  ref_logp_all=ref_all)
+            objective = objective + masked_mean(local, weighted)
     return torch.autograd.grad(objective, theta)[0]
+
+
+def sampling_distribution(problem: TabularProblem, placement: str) -> Tensor:
+    """Logits the checked tokens are sampled from: the reference for the sequence placement, else pi_old."""
+    return problem.ref if placement == "sequence" else problem.theta_old
 
 
 def compare(estimate: Tensor, truth: Tensor) -> dict[str, float]:
@@ -154,9 +201,12 @@ def compare(estimate: Tensor, truth: Tensor) -> dict[str, float]:
 def check(problem: TabularProblem, direction: str, estimator: str, placement: str, *, n_samples: int,
           seed: int = 0, naive: bool = False) -> dict[str, float]:
     """Bias (exact expectation) and Monte-Carlo agreement of one option with the true gradient."""
+    if placement == "reward" and not problem.on_policy:
+        raise ValueError("The reward placement's proof is on-policy (GAE lambda 1, the first minibatch); "
+                         "`conditions_table` measures it elsewhere.")
     truth = true_gradient(problem, direction, placement)
     seqs = all_sequences(problem.vocab, problem.horizon)
-    probs = sequence_logprob(problem.theta_old, seqs, state_index(seqs, problem.vocab)).exp()
+    probs = sequence_logprob(sampling_distribution(problem, placement), seqs, state_index(seqs, problem.vocab)).exp()
     expected = surrogate_gradient(problem, direction, estimator, placement, seqs, probs, naive=naive)
     g = torch.Generator().manual_seed(seed)
     sample = seqs[torch.multinomial(probs, n_samples, replacement=True, generator=g)]
@@ -173,9 +223,9 @@ OFF_POLICY = 0.3
 
 
 def importance_weighted_k1(logprob: Tensor, logprob_old: Tensor, logprob_ref: Tensor, direction: str) -> Tensor:
-    """The refused k1 loss term, for the audit only: forward ``rho log(pi/ref)``, reverse ``w_old log(ref/pi)``.
+    """The refused k1 loss term, for the audit only: pi_ref ``rho log(pi/ref)``, ref_pi ``w_old log(ref/pi)``.
     Its expected gradient is right; its per-token minimum is not at pi = ref."""
-    if direction == "forward":
+    if direction == "pi_ref":
         return bounded_ratio(logprob - logprob_old) * (logprob - logprob_ref)
     return bounded_ratio(logprob_ref - logprob_old).detach() * (logprob_ref - logprob)
 
@@ -197,7 +247,7 @@ def repeated_steps(direction: str, estimator: str, *, seed: int = 0, vocab: int 
     @torch.no_grad()
     def exact() -> float:
         logp = torch.log_softmax(theta, -1)[0]
-        return float(kl_from_logprobs(logp, ref) if direction == "forward" else kl_from_logprobs(ref, logp))
+        return float(kl_from_logprobs(logp, ref) if direction == "pi_ref" else kl_from_logprobs(ref, logp))
 
     before = exact()
     for _ in range(steps):
@@ -213,18 +263,21 @@ def repeated_steps(direction: str, estimator: str, *, seed: int = 0, vocab: int 
 def drift_table(seeds: int = 3) -> pd.DataFrame:
     """`repeated_steps` for k1 (refused) and k3 in both directions: why k1 is refused in the loss."""
     return pd.DataFrame([{"direction": d, "estimator": e, "seed": seed, **repeated_steps(d, e, seed=seed)}
-                         for d in ("forward", "reverse") for e in ("k1", "k3") for seed in range(seeds)])
+                         for d in ("pi_ref", "ref_pi") for e in ("k1", "k3") for seed in range(seeds)])
 
 
 def _check_or_nan(problem: TabularProblem, direction: str, estimator: str, placement: str, n_samples: int,
                   seed: int, *, naive: bool) -> dict[str, float]:
-    """`check`, or NaNs where the naive form does not exist (reverse k2 never had one)."""
+    """`check`, or NaNs where the naive form does not exist (ref_pi k2 never had one; the sequence placement is new)."""
     try:
         return check(problem, direction, estimator, placement, n_samples=n_samples, seed=seed, naive=naive)
     except ValueError:
         nan = float("nan")
         return {"expected_cosine": nan, "expected_rel_error": nan, "mc_cosine": nan, "mc_rel_error": nan,
                 "n_samples": n_samples}
+
+
+_NAN = {"expected_cosine": float("nan"), "expected_rel_error": float("nan")}
 
 
 def audit_table(n_samples: int = N_SAMPLES, seed: int = 0) -> pd.DataFrame:
@@ -239,7 +292,7 @@ def audit_table(n_samples: int = N_SAMPLES, seed: int = 0) -> pd.DataFrame:
                     continue
                 result = _check_or_nan(problem, direction, estimator, placement, n_samples, seed, naive=not accepted)
                 naive = _check_or_nan(problem, direction, estimator, placement, n_samples, seed, naive=True) \
-                    if accepted else result
+                    if accepted and placement != "sequence" else result if not accepted else _NAN
                 rows.append({"problem": name, "theta": at, "direction": direction, "estimator": estimator,
                              "placement": placement, "accepted": accepted, **result,
                              "naive_expected_cosine": naive["expected_cosine"],
@@ -261,21 +314,124 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Where the proofs do not hold exactly: the shipped defaults, variance far from the reference, bank size.
+
+REWARD_OPTIONS = [(d, e) for d, e, p, ok in kl_options() if ok and p == "reward"]
+
+
+def conditions_table(seed: int = 0, distances: tuple[float, ...] = (1.0, 2.0)) -> pd.DataFrame:
+    """The reward placement's expected-gradient error (enumerated, no sampling noise) under each condition of its
+    proof: GAE lambda (1 vs the shipped 0.95), the critic (the audit's arbitrary baseline vs the exact V^{pi_old}),
+    the first minibatch (theta = theta_old) vs a later one (theta a further 0.1 or 0.3 x N(0, 1) away), and the
+    shipped form (score in the own advantage) vs the variant with the local score term as an exact loss term."""
+    rows = []
+    for distance in distances:
+        for at, off in (("first_minibatch", 0.0), ("later_0.1", 0.1), ("later_0.3", OFF_POLICY)):
+            problem = make_problem(**PROBLEMS["multi_step"], seed=seed, distance=distance, off_policy=off)
+            seqs = all_sequences(problem.vocab, problem.horizon)
+            probs = sequence_logprob(problem.theta_old, seqs, state_index(seqs, problem.vocab)).exp()
+            for direction, estimator in REWARD_OPTIONS:
+                truth = true_gradient(problem, direction, "reward")
+                critics = {"arbitrary": problem.baseline, "exact": exact_critic(problem, direction, estimator)}
+                for lam in (1.0, 0.95):
+                    for critic, baseline in critics.items():
+                        for variant in ("score_in_advantage", "local_in_loss"):
+                            grad = surrogate_gradient(problem, direction, estimator, "reward", seqs, probs, lam=lam,
+                                                      baseline=baseline, local_in_loss=variant == "local_in_loss")
+                            rows.append({"distance": distance, "theta": at, "direction": direction,
+                                         "estimator": estimator, "gae_lambda": lam, "critic": critic,
+                                         "variant": variant, **compare(grad, truth)})
+    return pd.DataFrame(rows)
+
+
+def _rms_rel_error(problem: TabularProblem, direction: str, estimator: str, placement: str, n: int, repeats: int,
+                   seed: int) -> float:
+    """sqrt(E|g_n - g|^2) / |g| over ``repeats`` Monte-Carlo gradients of ``n`` sequences each (g: the true one)."""
+    truth = true_gradient(problem, direction, placement)
+    seqs = all_sequences(problem.vocab, problem.horizon)
+    probs = sequence_logprob(sampling_distribution(problem, placement), seqs, state_index(seqs, problem.vocab)).exp()
+    g = torch.Generator().manual_seed(seed)
+    sq = 0.0
+    for _ in range(repeats):
+        sample = seqs[torch.multinomial(probs, n, replacement=True, generator=g)]
+        sq += float((surrogate_gradient(problem, direction, estimator, placement, sample) - truth).pow(2).sum())
+    return (sq / repeats) ** 0.5 / float(truth.norm())
+
+
+def variance_table(distances: tuple[float, ...] = (1.0, 2.0, 3.0), n: int = 256, repeats: int = 50,
+                   seed: int = 0) -> pd.DataFrame:
+    """Every accepted option's Monte-Carlo relative error (RMS over ``repeats`` batches of ``n`` sequences) at
+    logit distances 1, 2, 3 between policy and reference (multi-step problem, first minibatch)."""
+    rows = []
+    for distance in distances:
+        problem = make_problem(**PROBLEMS["multi_step"], seed=seed, distance=distance)
+        for direction, estimator, placement, accepted in kl_options():
+            if accepted:
+                rows.append({"distance": distance, "direction": direction, "estimator": estimator,
+                             "placement": placement, "n_sequences": n, "repeats": repeats,
+                             "rms_rel_error": _rms_rel_error(problem, direction, estimator, placement, n, repeats,
+                                                             seed)})
+    return pd.DataFrame(rows)
+
+
+def bank_table(sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 64), distances: tuple[float, ...] = (1.0, 2.0, 3.0),
+               repeats: int = 200, seed: int = 0) -> pd.DataFrame:
+    """The sequence-level KL(ref||pi) gradient's relative error by bank size (reference samples of one prompt)."""
+    rows = []
+    for distance in distances:
+        problem = make_problem(**PROBLEMS["multi_step"], seed=seed, distance=distance)
+        for estimator in ("k1", "k3", "exact"):
+            for size in sizes:
+                rows.append({"distance": distance, "estimator": estimator, "bank_size": size, "repeats": repeats,
+                             "rms_rel_error": _rms_rel_error(problem, "ref_pi", estimator, "sequence", size, repeats,
+                                                             seed)})
+    return pd.DataFrame(rows)
+
+
+def targets_table(distances: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0), horizons: tuple[int, ...] = (2, 3, 5),
+                  seeds: int = 3) -> pd.DataFrame:
+    """Cosine between the gradients of the per-token KL(ref||pi) targets (over the policy's states: reward
+    placement; at the rollout's states: loss placement) and of the sequence-level KL(ref||pi)."""
+    rows = []
+    for horizon in horizons:
+        for distance in distances:
+            for seed in range(seeds):
+                problem = make_problem(3, horizon, seed=seed, distance=distance)
+                seq = true_gradient(problem, "ref_pi", "sequence")
+                for placement in ("reward", "loss"):
+                    rows.append({"horizon": horizon, "distance": distance, "seed": seed, "per_token_target": placement,
+                                 "cosine_with_sequence_level": compare(true_gradient(problem, "ref_pi", placement),
+                                                                       seq)["cosine"]})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", help="write every table into this directory (docs/kl_*.csv)")
     parser.add_argument("--csv", help="write the full table here")
     parser.add_argument("--summary-csv", help="write the one-row-per-option summary here")
     parser.add_argument("--drift-csv", help="write the repeated-steps table (why k1 is refused in the loss) here")
     parser.add_argument("--n-samples", type=int, default=N_SAMPLES)
     args = parser.parse_args(argv)
+    fmt = "%.4f"
+    if args.docs:
+        from pathlib import Path
+
+        out = Path(args.docs)
+        args.csv, args.summary_csv, args.drift_csv = (str(out / f"kl_{x}.csv") for x in ("gradients", "summary", "drift"))
+        conditions_table().to_csv(out / "kl_conditions.csv", index=False, float_format=fmt)
+        variance_table().to_csv(out / "kl_variance.csv", index=False, float_format=fmt)
+        bank_table().to_csv(out / "kl_sequence_bank.csv", index=False, float_format=fmt)
+        targets_table().to_csv(out / "kl_targets.csv", index=False, float_format=fmt)
     if args.drift_csv:
-        drift_table().to_csv(args.drift_csv, index=False, float_format="%.4f")
+        drift_table().to_csv(args.drift_csv, index=False, float_format=fmt)
     table = audit_table(args.n_samples)
     if args.csv:
-        table.to_csv(args.csv, index=False, float_format="%.4f")
+        table.to_csv(args.csv, index=False, float_format=fmt)
     short = summary(table)
     if args.summary_csv:
-        short.to_csv(args.summary_csv, index=False, float_format="%.4f")
+        short.to_csv(args.summary_csv, index=False, float_format=fmt)
     print(short.to_markdown(index=False, floatfmt=".4f"))
 
 

@@ -20,7 +20,7 @@ under `rlhf_interp.bridge.precision.autocast` (finite with left padding), logits
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -30,7 +30,8 @@ from rlhf_interp.bridge.generation import generate
 from rlhf_interp.bridge.heads import ValueHead, forward_with_values
 from rlhf_interp.bridge.precision import autocast
 from rlhf_interp.core.finite import all_finite
-from rlhf_interp.kl import kl_both_ways_and_entropy, kl_reward_terms, penalty_kl, sampling_logprobs
+from rlhf_interp.kl import kl_both_ways_and_entropy, sampling_logprobs
+from rlhf_interp.ppo.kl_penalty import KLPenalty
 from rlhf_interp.reward.functions import RewardFn, score
 
 RefForward = Callable[[Tensor, Tensor], Tensor]  # (tokens, attention_mask) -> logits
@@ -58,11 +59,12 @@ class Rollout:
     values: Float[Tensor, "batch gen"]
     kl_value: Float[Tensor, "batch gen"]  # configured direction + estimator: the penalty's value (logged)
     kl_score: Float[Tensor, "batch gen"]  # a token's own coefficient in the reward placement (kl_reward_terms)
-    kl_forward: Float[Tensor, "batch gen"]  # exact KL(pi || ref) of the sampled distributions, for logging
-    kl_reverse: Float[Tensor, "batch gen"]  # exact KL(ref || pi), for logging
+    kl_pi_ref: Float[Tensor, "batch gen"]  # exact KL(pi || ref) of the sampled distributions, for logging
+    kl_ref_pi: Float[Tensor, "batch gen"]  # exact KL(ref || pi), for logging
     entropy: Float[Tensor, "batch gen"]
     scores: Float[Tensor, "batch"]  # raw reward of each completion
     ref_logp_all: Tensor | None = None  # [batch gen vocab], kept only for the exact KL as a loss term
+    bank: Any = None  # `reference_bank.BankBatch` of these prompts (sequence-level KL(ref||pi) only), set by the trainer
     live: PolicyPass | None = None  # the update's first minibatch, graph attached
     precision: str = "fp32"  # of every pass above; the update's passes use the same, so pi / pi_old compares like
 
@@ -129,15 +131,17 @@ def _policy_pass(policy, head: ValueHead, tokens: Tensor, attention_mask: Tensor
 
 def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, prompts: list[str], *,
             max_new_tokens: int, temperature: float = 1.0, stop_at_eos: bool = False,
-            kl_direction: str = "forward", kl_estimator: str = "k1", kl_placement: str = "reward",
+            kl_penalty: KLPenalty | None = None,
             value_hook: str = "ln_final.hook_normalized", grad_rows: Tensor | None = None, precision: str = "fp32",
             reference_model=None) -> Rollout:
     """Sample, then one policy pass (log-probs, values) and one reference pass (log-probs) over the samples.
 
     Top-k / top-p are not offered here: PPO refuses them (`PPOConfig.validate` says why). ``precision``:
     "fp32" or "bf16" (`bridge.precision`); ``reference_model``: the bridge ``reference`` runs when it is not
-    the policy itself, so that bf16 applies its attention-mask fix there too.
+    the policy itself, so that bf16 applies its attention-mask fix there too. ``kl_penalty``: the run's
+    `KLPenalty` (default: KL(pi||ref), k1, in the reward), which gives each token its KL value and score.
     """
+    kl_penalty = kl_penalty or KLPenalty()
     sampled = generate(policy, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                        stop_at_eos=stop_at_eos, precision=precision)
     tokens, attention_mask, prompt_len = sampled.tokens, sampled.attention_mask, sampled.prompt_len
@@ -155,21 +159,15 @@ def collect(policy, head: ValueHead, reference: RefForward, reward: RewardFn, pr
         ref_logp_all = sampling_logprobs(ref_logits, temperature)
         del logits, ref_logits
         logprobs, ref_logprobs = gather_logprobs(logp_all, gen_tokens), gather_logprobs(ref_logp_all, gen_tokens)
-        if kl_placement == "reward":
-            kl_value, kl_score = kl_reward_terms(logprobs, ref_logprobs, direction=kl_direction,
-                                                 estimator=kl_estimator, logp_all=logp_all, ref_logp_all=ref_logp_all)
-        else:
-            kl_value = penalty_kl(logprobs, ref_logprobs, direction=kl_direction, estimator=kl_estimator,
-                                  logits_policy=logp_all, logits_ref=ref_logp_all)
-            kl_score = kl_value
-        kl_forward, kl_reverse, entropy = kl_both_ways_and_entropy(logp_all, ref_logp_all)
+        kl_value, kl_score = kl_penalty.rollout_terms(logprobs, ref_logprobs, logp_all, ref_logp_all)
+        kl_pi_ref, kl_ref_pi, entropy = kl_both_ways_and_entropy(logp_all, ref_logp_all)
         rollout = Rollout(
             prompts=list(prompts), completions=sampled.texts, tokens=tokens, attention_mask=attention_mask,
             prompt_len=prompt_len, gen_mask=gen_mask, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
             kl_value=kl_value * gen_mask, kl_score=kl_score * gen_mask,
-            kl_forward=kl_forward * gen_mask, kl_reverse=kl_reverse * gen_mask, entropy=entropy * gen_mask,
+            kl_pi_ref=kl_pi_ref * gen_mask, kl_ref_pi=kl_ref_pi * gen_mask, entropy=entropy * gen_mask,
             scores=score(reward, sampled.texts).to(tokens.device),
-            ref_logp_all=ref_logp_all if (kl_placement == "loss" and kl_estimator == "exact") else None,
+            ref_logp_all=ref_logp_all if kl_penalty.keeps_ref_logp_all else None,
             live=live, precision=precision,
         )
     for name in ("values", "kl_value", "kl_score"):

@@ -19,7 +19,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import torch
 
@@ -28,14 +28,28 @@ from rlhf_interp.bridge.loading import load_hf_model
 from rlhf_interp.bridge.run_dirs import checkpoint_dir, latest_checkpoint, list_checkpoints, read_meta
 from rlhf_interp.checkpoints import save_hf_model
 from rlhf_interp.core.io import append_jsonl, read_jsonl, trim_jsonl
-from rlhf_interp.core.outdir import OutputError, claim_dir, read_marker, sweep_stale, write_marker
-from rlhf_interp.ppo import rm_refresh
+from rlhf_interp.core.outdir import OutputError, claim_dir, lock_dir, read_marker, sweep_stale, write_marker
 
 if TYPE_CHECKING:
     from rlhf_interp.ppo.config import PPOConfig
     from rlhf_interp.ppo.rollout import Rollout
+    from rlhf_interp.ppo.state import TrainerState
 
-PPOTrainer = Any  # the trainer (rlhf_interp.ppo.trainer imports this module, not the other way round)
+
+class Checkpointable(Protocol):
+    """What a checkpoint is written from and read back into (`PPOTrainer` is one): the weights (policy, LoRA
+    adapter, value head), the `TrainerState`, and where and how the run logs. Nothing else of the trainer."""
+
+    config: "PPOConfig"
+    run_dir: Path
+    state: "TrainerState"
+    history: list[dict[str, Any]]
+    hf_policy: Any
+    peft_model: Any
+    policy: Any
+    head: torch.nn.Module
+    device: torch.device
+    dist: Any
 
 APPEND_ONLY_LOGS = ("metrics.jsonl", "samples.jsonl")  # one record per line, each with a "phase"
 TRAINER_STATE = "trainer_state.pt"
@@ -50,11 +64,21 @@ class TrainingInterrupted(KeyboardInterrupt):
 # Starting and resuming
 
 
-def start_run(run_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Claim ``run_dir`` for a new run before any model is loaded: writable, and holding no other run (with
-    ``overwrite`` the old run's files are deleted; files the trainer does not write are kept)."""
+def start_run(run_dir: str | Path, *, overwrite: bool = False, config: "PPOConfig | None" = None,
+              inputs: dict[str, Any] | None = None) -> Path:
+    """Claim ``run_dir`` for a new run before any model is loaded: not one of the run's inputs (``config``'s
+    model, ref_model, prompts, reward model; ``inputs``), locked for this process, writable, and holding no other
+    run (with ``overwrite`` the old training run's files are deleted; files the trainer does not write are kept)."""
     return claim_dir(run_dir, "train", TRAIN_OUTPUTS, overwrite=overwrite,
-                     hint="continue it with --resume (PPOTrainer.resume)")
+                     hint="continue it with --resume (PPOTrainer.resume)",
+                     inputs={**(config_inputs(config) if config is not None else {}), **(inputs or {})})
+
+
+def config_inputs(config: "PPOConfig") -> dict[str, Any]:
+    """What a training config reads from disk, by field name (`rlhf_interp.core.outdir.check_not_input` skips
+    names that are not local paths)."""
+    fields = ("model", "ref_model", "prompts", "reward", "rm_refresh_source")
+    return {f"config field {name}": getattr(config, name, None) for name in fields}
 
 
 def resume_point(run_dir: str | Path) -> Path:
@@ -68,6 +92,7 @@ def resume_point(run_dir: str | Path) -> Path:
     if marker is not None and marker.get("command") != "train":
         raise OutputError(f"{run_dir} holds the output of `{marker.get('command')}`, not a PPO run: nothing to "
                           f"resume.")
+    lock_dir(run_dir, "train --resume")  # one writer: before sweeping, trimming the logs or loading a model
     sweep_stale(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"{run_dir} has no config.yaml, so it is not a PPO run directory (or it was "
@@ -164,7 +189,7 @@ class RunLoggers:
 
 
 @contextmanager
-def merged_hf_model(trainer: PPOTrainer) -> Iterator[Any]:
+def merged_hf_model(trainer: Checkpointable) -> Iterator[Any]:
     """The HF model to export: LoRA merged into the weights (so any tool loads it) or the policy itself."""
     if trainer.peft_model is None:
         yield trainer.hf_policy
@@ -176,20 +201,7 @@ def merged_hf_model(trainer: PPOTrainer) -> Iterator[Any]:
         trainer.peft_model.unmerge_adapter()
 
 
-def trainer_state(trainer: PPOTrainer) -> dict[str, Any]:
-    """Everything besides the weights that the next phase depends on (plain tensors, numbers and dicts:
-    it loads with ``torch.load(weights_only=True)``)."""
-    return {
-        "phase": trainer.phase,
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "kl_controller": trainer.kl_ctl.state_dict(),
-        "reward_std": trainer.reward_std.state_dict(),
-        **({"rm_refresh": trainer.rm_refresh.state_dict()} if getattr(trainer, "rm_refresh", None) else {}),
-    }
-
-
-def save_checkpoint(trainer: PPOTrainer) -> Path:
+def save_checkpoint(trainer: Checkpointable) -> Path:
     """Write ``checkpoint-<phase>`` atomically: HF weights + tokenizer, value head, meta.json, trainer state."""
     config = trainer.config
     extra_tensors = {"value_head.safetensors": trainer.head.state_dict()}
@@ -198,14 +210,15 @@ def save_checkpoint(trainer: PPOTrainer) -> Path:
 
         adapter = {plain_param_name(k): v for k, v in get_peft_model_state_dict(trainer.peft_model).items()}
         extra_tensors["adapter/adapter_model.safetensors"] = adapter
-    meta = {"step": trainer.phase, "base_model": config.model, "config": config.to_dict(),
+    phase = trainer.state.phase
+    meta = {"step": phase, "base_model": config.model, "config": config.to_dict(),
             "metrics": trainer.history[-1] if trainer.history else {},
             "value_head": {"kind": config.value_head, "hook": config.value_head_hook}}
-    target = checkpoint_dir(trainer.run_dir, trainer.phase)
+    target = checkpoint_dir(trainer.run_dir, phase)
     try:
         with merged_hf_model(trainer) as hf:
             path = save_hf_model(hf, trainer.policy.tokenizer, target, meta=meta, extra_tensors=extra_tensors,
-                                 extra_files={TRAINER_STATE: trainer_state(trainer)})
+                                 extra_files={TRAINER_STATE: trainer.state.state_dict()})
     except BaseException as err:
         err.rlhf_interp_checkpoint_failed = True  # the trainer does not try this write again on its way out
         raise
@@ -224,12 +237,15 @@ def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
             shutil.rmtree(doomed, ignore_errors=True)
 
 
-def load_checkpoint(trainer: PPOTrainer, ckpt: Path) -> None:
-    """Put ``trainer`` back in the state it had when ``ckpt`` was written, and trim the logs to that phase."""
+def load_checkpoint(trainer: Checkpointable, ckpt: Path) -> None:
+    """Put ``trainer`` (freshly built from the run's config) back in the state it had when ``ckpt`` was written --
+    weights, value head, `TrainerState` -- and trim the logs to that phase."""
     from safetensors.torch import load_file
 
-    if trainer.peft_model is not None:
-        trainer._build_models(trainer.config.model, adapter_dir=ckpt / "adapter")
+    if trainer.peft_model is not None:  # the adapter's weights; the base stays the (frozen) starting model
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(trainer.peft_model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
     else:
         # Policy weights from the checkpoint; the reference stays the base model.
         hf, _, _ = load_hf_model(ckpt, device=trainer.device)
@@ -239,15 +255,9 @@ def load_checkpoint(trainer: PPOTrainer, ckpt: Path) -> None:
                 if key in own:
                     own[key].copy_(value)
     trainer.head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
-    trainer._build_optimizer()
-    state = read_trainer_state(ckpt / TRAINER_STATE)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.kl_ctl.load_state_dict(state["kl_controller"])
-    trainer.reward_std.load_state_dict(state["reward_std"])
-    trainer.phase = int(state["phase"])
-    rm_refresh.restore(trainer, state.get("rm_refresh"))  # the RM version that scored this phase, exactly
-    trainer.history = trainer.dist.on_main(trim_logs, trainer.run_dir, trainer.phase)  # one process rewrites
+    # optimizer, schedule, KL controller, reward statistics, phase, and the RM version that scored this phase
+    trainer.state.load_state_dict(read_trainer_state(ckpt / TRAINER_STATE))
+    trainer.history = trainer.dist.on_main(trim_logs, trainer.run_dir, trainer.state.phase)  # one process rewrites
     meta = read_meta(ckpt)
     if meta.get("base_model") not in (None, trainer.config.model):
         raise ValueError(f"Checkpoint {ckpt} was trained from {meta['base_model']!r}, config says "

@@ -17,13 +17,16 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_interp.bridge.freezing import freeze_layers
+from rlhf_interp.bridge.generation import generate
 from rlhf_interp.bridge.heads import ValueHead
 from rlhf_interp.bridge.loading import bridge_from_hf, load_hf_model, model_source
 from rlhf_interp.bridge.run_dirs import latest_checkpoint, read_meta
 from rlhf_interp.bridge.tokens import check_context
 from rlhf_interp.core.allocator import reuse_freed_memory
 from rlhf_interp.core.seeding import mix_seed
-from rlhf_interp.kl import AdaptiveKLController, FixedKLController, masked_mean
+from rlhf_interp.kl import masked_mean
+from rlhf_interp.ppo.kl_penalty import KLPenalty
+from rlhf_interp.ppo.reference_bank import ReferenceBank
 from rlhf_interp.ppo import losses
 from rlhf_interp.ppo import rm_refresh
 from rlhf_interp.ppo import run_dir as run_dir_lib
@@ -74,8 +77,10 @@ class PPOTrainer:
         check_context(self.policy, self.prompts, config.max_new_tokens, what="prompt")
         self._build_optimizer()
         self.dist.sync_parameters([*self.hf_policy.parameters(), *self.head.parameters()])
-        self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-                       if config.adaptive_kl else FixedKLController(config.kl_coef))
+        self.kl_penalty = KLPenalty.from_config(self.config)  # the one place that knows direction/estimator/placement
+        self.kl_ctl = self.kl_penalty.controller()
+        # sequence-level KL(ref||pi): the reference's own samples per prompt, drawn once (re-drawn from seeds on resume)
+        self.reference_bank = self._reference_bank() if self.kl_penalty.uses_bank else None
         self.reward_std = RunningStd()
         self.history: list[dict[str, Any]] = []
         self.rm_refresh = rm_refresh.from_trainer(self)  # None unless rm_refresh_every: the RM stays frozen
@@ -145,6 +150,22 @@ class PPOTrainer:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
 
+    def _reference_bank(self) -> ReferenceBank:
+        """The bank of reference samples: sampled from the reference bridge, or the adapter-off policy (LoRA)."""
+        cfg = self.config
+
+        def sample(prompts: list[str], seed: int):
+            if self.reference is None:
+                with self.peft_model.disable_adapter():
+                    return generate(self.policy, prompts, max_new_tokens=cfg.max_new_tokens,
+                                    temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos, seed=seed)
+            return generate(self.reference, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            stop_at_eos=cfg.stop_at_eos, seed=seed)
+
+        pad = self.policy.tokenizer.pad_token_id
+        return ReferenceBank(sample, self.reference_logits, size=cfg.kl_bank_size, seed=cfg.seed,
+                             temperature=cfg.temperature, pad_token_id=pad if pad is not None else 0)
+
     def reference_logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.reference is None:
             with self.peft_model.disable_adapter():
@@ -175,10 +196,11 @@ class PPOTrainer:
         rollout = collect(
             self.policy, self.head, self.reference_logits, self.reward, self._phase_prompts(),
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
-            kl_direction=cfg.kl_direction, kl_estimator=cfg.kl_estimator, kl_placement=cfg.kl_placement,
-            value_hook=cfg.value_head_hook, grad_rows=orders[0][:local.minibatch_size],
+            kl_penalty=self.kl_penalty, value_hook=cfg.value_head_hook, grad_rows=orders[0][:local.minibatch_size],
             precision=cfg.precision, reference_model=self.reference,  # bf16: one autocast block per forward
         )
+        if self.reference_bank is not None:  # the reference's samples of these prompts (drawn once per prompt)
+            rollout.bank = self.reference_bank.batch(rollout.prompts, self.phase * cfg.ppo_epochs, cfg.max_new_tokens)
         rollout_seconds = time.perf_counter() - start
         self._mid_phase = True  # from here the phase changes state: no checkpoint until it is whole and logged
         mask = rollout.gen_mask
@@ -194,16 +216,16 @@ class PPOTrainer:
 
         # Per-token rewards (the KL too, when placed there) and advantages (GAE), then whitening.
         kl_coef = self.kl_ctl.coef
-        in_reward = cfg.kl_placement == "reward"
         advantages, returns = losses.penalised_advantages(scores, rollout.kl_value, rollout.kl_score, rollout.values,
-                                                          mask, kl_coef if in_reward else 0.0, cfg.gamma,
+                                                          mask, self.kl_penalty.reward_coef(kl_coef), cfg.gamma,
                                                           cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = self.dist.whiten(advantages, mask)  # over the global batch
 
         stats = ppo_update(self.policy, self.head, self.optimizer, self.scheduler,
                            self.trainable_parameters() + list(self.head.parameters()), rollout, advantages, returns,
-                           orders, local, kl_coef, dist=self.dist if self.dist.active else None)
+                           orders, local, kl_coef, dist=self.dist if self.dist.active else None,
+                           kl_penalty=self.kl_penalty, reference=self.reference_logits)
         stats = self.dist.mean_stats(stats)
         rollout = self.dist.gather_rollout(rollout)  # the global batch: metrics, logs and callbacks see all of it
         mask = rollout.gen_mask
@@ -214,11 +236,11 @@ class PPOTrainer:
             "phase": self.phase + 1,
             "reward_mean": rollout.scores.mean().item(),
             "reward_std": rollout.scores.std().item() if len(rollout.scores) > 1 else 0.0,
-            "kl_forward_per_token": masked_mean(rollout.kl_forward, mask).item(),
-            "kl_reverse_per_token": masked_mean(rollout.kl_reverse, mask).item(),
-            f"kl_{cfg.kl_direction}_{cfg.kl_estimator}_per_token": masked_mean(rollout.kl_value, mask).item(),
+            "kl_pi_ref_per_token": masked_mean(rollout.kl_pi_ref, mask).item(),
+            "kl_ref_pi_per_token": masked_mean(rollout.kl_ref_pi, mask).item(),
+            self.kl_penalty.value_metric: masked_mean(rollout.kl_value, mask).item(),
             "kl_penalty_per_sequence": kl_seq.mean().item(),
-            "non_score_reward": (-kl_coef * kl_seq).mean().item() if in_reward else 0.0,
+            "non_score_reward": (-self.kl_penalty.reward_coef(kl_coef) * kl_seq).mean().item(),
             "entropy": masked_mean(rollout.entropy, mask).item(),
             "kl_coef": kl_coef,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -230,8 +252,7 @@ class PPOTrainer:
             **self.dist.phase_stats(),  # processes; peak CUDA memory
             **rm_info,
         }
-        self.kl_ctl.update(metrics["kl_forward_per_token"] if cfg.kl_direction == "forward"
-                           else metrics["kl_reverse_per_token"], cfg.batch_size)
+        self.kl_ctl.update(metrics[self.kl_penalty.controlled_metric], cfg.batch_size)
         self.phase += 1
         return metrics, rollout
 
@@ -281,7 +302,7 @@ class PPOTrainer:
                 self._loggers.log(self.phase, metrics, rollout)
             self._mid_phase = False  # the phase is whole: state and logs agree
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", kl=f"{metrics['kl_forward_per_token']:.3f}",
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", kl=f"{metrics['kl_pi_ref_per_token']:.3f}",
                             ent=f"{metrics['entropy']:.2f}", s=f"{metrics['seconds']:.1f}")
             if cfg.checkpoint_every and self.phase % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
@@ -327,7 +348,7 @@ class PPOTrainer:
         """Continue a run from its latest checkpoint (config from ``run_dir/config.yaml`` + overrides)."""
         run_dir = Path(run_dir)
         ckpt = on_main(run_dir_lib.resume_point, run_dir)
-        config = PPOConfig.load(run_dir / "config.yaml", overrides)
+        config = PPOConfig.load(run_dir / "config.yaml", overrides, recorded=True)
         trainer = cls(config, run_dir, **kwargs)
         trainer.load_state(ckpt)
         return trainer

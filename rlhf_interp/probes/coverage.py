@@ -109,7 +109,7 @@ def measure_coverage(policy: Forward, refs: ReferenceSamples, *, reference: Forw
 
     Returns a table with one row per continuation -- ``kind`` ("sample" or "greedy"), ``prompt_idx``,
     ``sample_idx``, ``n_tokens``, ``logprob_ref``, ``logprob_policy``, ``delta`` (policy - ref, nats), and
-    with ``reference`` also ``kl_reverse_exact_sum`` / ``kl_forward_exact_sum`` (exact per-token KLs summed
+    with ``reference`` also ``kl_ref_pi_exact_sum`` / ``kl_pi_ref_exact_sum`` (exact per-token KLs summed
     over the reference's states) -- and the per-token scores of the sampled continuations (for the
     estimator audit: tokens sampled from the reference).
     """
@@ -130,8 +130,8 @@ def measure_coverage(policy: Forward, refs: ReferenceSamples, *, reference: Forw
         if kind == "sample":
             sample_scores = scores
             if reference is not None:
-                table["kl_reverse_exact_sum"] = scores.sums("kl_reverse").double().numpy()
-                table["kl_forward_exact_sum"] = scores.sums("kl_forward").double().numpy()
+                table["kl_ref_pi_exact_sum"] = scores.sums("kl_ref_pi").double().numpy()
+                table["kl_pi_ref_exact_sum"] = scores.sums("kl_pi_ref").double().numpy()
         tables.append(table)
     assert sample_scores is not None
     if reference is None:
@@ -143,8 +143,8 @@ def coverage_summary(table: pd.DataFrame, thresholds: Sequence[float] = THRESHOL
     """One row of numbers from a `measure_coverage` table.
 
     ``lost_<t>``: share of reference samples with ``delta < -t`` (t in nats, named by the factor e^t,
-    e.g. ``lost_100x``); ``delta_mean`` / ``delta_median`` / ``delta_p10``; ``kl_reverse_seq_k1`` =
-    -mean delta (unbiased sequence-level KL(ref || pi)) and, when measured, ``kl_reverse_seq_exact`` (the
+    e.g. ``lost_100x``); ``delta_mean`` / ``delta_median`` / ``delta_p10``; ``kl_ref_pi_seq_k1`` =
+    -mean delta (unbiased sequence-level KL(ref || pi)) and, when measured, ``kl_ref_pi_seq_exact`` (the
     Rao-Blackwellised version); ``greedy_logprob_policy`` / ``greedy_delta``: the policy's log-prob of the
     reference's greedy continuation and its change.
     """
@@ -155,10 +155,10 @@ def coverage_summary(table: pd.DataFrame, thresholds: Sequence[float] = THRESHOL
     delta = samples["delta"]
     out: dict[str, float] = {f"lost_{round(math.exp(t)):d}x": float((delta < -t).mean()) for t in thresholds}
     out.update(delta_mean=float(delta.mean()), delta_median=float(delta.median()), delta_p10=float(delta.quantile(0.1)),
-               kl_reverse_seq_k1=float(-delta.mean()),
-               kl_reverse_seq_k1_stderr=float(delta.std(ddof=1) / math.sqrt(len(delta))) if len(delta) > 1 else math.nan)
-    if "kl_reverse_exact_sum" in samples:
-        out["kl_reverse_seq_exact"] = float(samples["kl_reverse_exact_sum"].mean())
+               kl_ref_pi_seq_k1=float(-delta.mean()),
+               kl_ref_pi_seq_k1_stderr=float(delta.std(ddof=1) / math.sqrt(len(delta))) if len(delta) > 1 else math.nan)
+    if "kl_ref_pi_exact_sum" in samples:
+        out["kl_ref_pi_seq_exact"] = float(samples["kl_ref_pi_exact_sum"].mean())
     if not greedy.empty:
         out.update(greedy_logprob_ref=float(greedy["logprob_ref"].mean()),
                    greedy_logprob_policy=float(greedy["logprob_policy"].mean()),

@@ -6,12 +6,12 @@ tokens a policy actually generated: at each generated token the exact KL over th
 each estimator's value from the sampled token), and the estimator's error is binned by the true KL.
 
 Three settings (the ``setting`` column), from per-token tables with ``logp`` (the sampling model's log-prob
-of the token), ``logp_ref``, ``kl_forward`` and ``kl_reverse`` (`scoring.TokenScores.to_frame`):
+of the token), ``logp_ref``, ``kl_pi_ref`` and ``kl_ref_pi`` (`scoring.TokenScores.to_frame`):
 
 - ``forward|policy``: tokens sampled from pi, estimating KL(pi || ref): k1, k2, k3 (`kl.kl_estimate`);
 - ``reverse|reference``: tokens sampled from ref, estimating KL(ref || pi): k1, k2, k3 with the roles swapped;
 - ``reverse|policy-iw``: tokens sampled from pi, estimating KL(ref || pi) by importance weighting,
-  k1 and k3 (`kl.kl_estimate_reverse`, what a reverse penalty computed on rollouts uses; k2 has no such form).
+  k1 and k3 (`kl.kl_estimate_importance_weighted`, what a reverse penalty computed on rollouts uses; k2 has no such form).
 
 Forward here is KL(pi || ref), reverse KL(ref || pi); some RL libraries use the opposite words.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rlhf_interp.kl import kl_estimate, kl_estimate_reverse
+from rlhf_interp.kl import kl_estimate, kl_estimate_importance_weighted
 
 # Bin edges of the true per-token KL (nats): decades, the tail of the distribution in one bin.
 KL_BINS: tuple[float, ...] = (0.0, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, math.inf)
@@ -49,24 +49,24 @@ def estimates(tokens: pd.DataFrame, sampling: str) -> pd.DataFrame:
     """
     if sampling not in ("policy", "reference"):
         raise ValueError(f"sampling must be 'policy' or 'reference', got {sampling!r}.")
-    missing = {"logp", "logp_ref", "kl_forward", "kl_reverse"} - set(tokens.columns)
+    missing = {"logp", "logp_ref", "kl_pi_ref", "kl_ref_pi"} - set(tokens.columns)
     if missing:
         raise ValueError(f"Token table lacks columns {sorted(missing)}: score the tokens with a reference.")
     logp_pi = torch.tensor(tokens["logp"].to_numpy(), dtype=torch.float64)
     logp_ref = torch.tensor(tokens["logp_ref"].to_numpy(), dtype=torch.float64)
-    keep = tokens.drop(columns=["logp", "logp_ref", "kl_forward", "kl_reverse"])
+    keep = tokens.drop(columns=["logp", "logp_ref", "kl_pi_ref", "kl_ref_pi"])
     parts = []
     for setting, (direction, sampler, names) in SETTINGS.items():
         if sampler != sampling:
             continue
-        exact = tokens["kl_forward" if direction == "forward" else "kl_reverse"].to_numpy()
+        exact = tokens["kl_pi_ref" if direction == "forward" else "kl_ref_pi"].to_numpy()
         for name in names:
             if setting == "forward|policy":
                 value = kl_estimate(logp_pi, logp_ref, name)  # x ~ pi, KL(pi || ref)
             elif setting == "reverse|reference":
                 value = kl_estimate(logp_ref, logp_pi, name)  # x ~ ref, KL(ref || pi)
             else:
-                value = kl_estimate_reverse(logp_pi, logp_ref, name)  # x ~ pi, KL(ref || pi), weighted
+                value = kl_estimate_importance_weighted(logp_pi, logp_ref, name)  # x ~ pi, KL(ref || pi), weighted
             parts.append(keep.assign(setting=setting, direction=direction, estimator=name, exact=exact,
                                      estimate=value.numpy()))
     return pd.concat(parts, ignore_index=True)

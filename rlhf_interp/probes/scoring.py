@@ -32,7 +32,7 @@ class TokenScores:
     """Per generated token of ``rows`` sequences, ``[rows, T]`` each; zero where ``mask`` is 0.
 
     ``logp``: log-prob of the token in the text under the scored model; ``logp_ref``: under the reference;
-    ``kl_forward`` = exact KL(model || ref) at the token's state, ``kl_reverse`` = exact KL(ref || model);
+    ``kl_pi_ref`` = exact KL(model || ref) at the token's state, ``kl_ref_pi`` = exact KL(ref || model);
     ``entropy`` of the model there. The reference fields are None when no reference was given.
     """
 
@@ -40,8 +40,8 @@ class TokenScores:
     logp: Float[Tensor, "rows T"]
     entropy: Float[Tensor, "rows T"]
     logp_ref: Float[Tensor, "rows T"] | None = None
-    kl_forward: Float[Tensor, "rows T"] | None = None
-    kl_reverse: Float[Tensor, "rows T"] | None = None
+    kl_pi_ref: Float[Tensor, "rows T"] | None = None
+    kl_ref_pi: Float[Tensor, "rows T"] | None = None
 
     def sums(self, name: str) -> Float[Tensor, " rows"]:
         """Per-sequence sum of a field over the real tokens (e.g. the sequence log-prob)."""
@@ -101,9 +101,9 @@ def score_tokens(model: Forward, tokens: Tensor, attention_mask: Tensor, generat
             part["entropy"] = entropy_from_logprobs(logp_all)
         else:
             ref_all = sampling_logprobs(reference(t, m)[:, predicting], temperature, top_k, top_p)
-            kl_forward, kl_reverse, entropy = kl_both_ways_and_entropy(logp_all, ref_all)
+            kl_pi_ref, kl_ref_pi, entropy = kl_both_ways_and_entropy(logp_all, ref_all)
             part.update(entropy=entropy, logp_ref=ref_all.gather(-1, gen[..., None]).squeeze(-1),
-                        kl_forward=kl_forward, kl_reverse=kl_reverse)
+                        kl_pi_ref=kl_pi_ref, kl_ref_pi=kl_ref_pi)
             del ref_all
         del logp_all
         real = mask.bool()  # where, not multiply: a truncated (-inf) log-prob off the mask must not become NaN

@@ -9,6 +9,8 @@ CPU-sized by default: all blocks but the last 2 are frozen, and the frozen prefi
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,8 +110,13 @@ class FitResult:
     cached_prefix: bool
 
 
+TRAINING_STATE = "training_state.pt"  # OUT/: the last whole epoch (weights, optimizer, best so far) for --resume
+
+
 def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: RewardTrainingConfig, n_frozen: int, *,
-                     metrics_path: Path | None = None, progress: bool = True, keep: str = "best") -> FitResult:
+                     metrics_path: Path | None = None, progress: bool = True, keep: str = "best",
+                     state_path: Path | None = None, resume_state: dict[str, Any] | None = None,
+                     fingerprint: dict[str, Any] | None = None) -> FitResult:
     """Train ``rm`` in place (its head and blocks ``n_frozen..``) on ``pairs`` with the Bradley-Terry loss.
 
     Why separate from `train_reward_model`: the same loop trains a new RM and fine-tunes an existing one on
@@ -117,6 +124,11 @@ def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: Rewar
     loss — epoch 0, the weights it came with, included —; ``keep="last"`` the last epoch (a validation set of a
     few pairs picks by noise). Then every weight is frozen again and the normalisation set to the mean and std
     of the raw scores of the training texts. Records are appended to ``metrics_path`` if given.
+
+    ``state_path``: after every whole epoch (and after the first validation) the training state — weights being
+    trained, optimizer, shuffling generator, the best epoch's weights so far, the records, ``fingerprint`` — is
+    written there atomically, so an interrupted fit keeps what it had; ``resume_state`` (`read_training_state`)
+    continues from such a state exactly as if never stopped.
     """
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}.")
@@ -154,13 +166,39 @@ def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: Rewar
         rc, rr = scores[:n_val], scores[n_val:]
         return float(bradley_terry_loss(rc, rr)), float(preference_accuracy(rc, rr))
 
-    start = time.perf_counter()
-    val_loss, val_acc = validate()
-    log(_epoch_record(0, "val", val_loss, val_acc, time.perf_counter() - start))
-    best = {"loss": val_loss, "epoch": 0, "state": _snapshot(head, backbone_params)}
     generator = torch.Generator().manual_seed(config.seed)
-    stale = 0
-    for epoch in range(1, config.epochs + 1):
+
+    def save_state(epoch: int) -> None:
+        if state_path is None:
+            return
+        from rlhf_interp.core.io import atomic_path
+
+        state = {"epoch": epoch, "stale": stale, "records": records, "fingerprint": fingerprint or {},
+                 "current": _snapshot(head, backbone_params), "best_loss": best["loss"], "best_epoch": best["epoch"],
+                 "best": best["state"], "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
+
+    if resume_state is None:
+        start = time.perf_counter()
+        val_loss, val_acc = validate()
+        log(_epoch_record(0, "val", val_loss, val_acc, time.perf_counter() - start))
+        best = {"loss": val_loss, "epoch": 0, "state": _snapshot(head, backbone_params)}
+        stale, first_epoch = 0, 1
+        save_state(0)
+    else:  # continue after the state's last whole epoch
+        _restore(head, backbone_params, resume_state["current"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        generator.set_state(resume_state["generator"])
+        records.extend(resume_state["records"])
+        best = {"loss": resume_state["best_loss"], "epoch": resume_state["best_epoch"], "state": resume_state["best"]}
+        stale, first_epoch = int(resume_state["stale"]), int(resume_state["epoch"]) + 1
+        if metrics_path is not None:  # the log says exactly what the state holds (a torn or later line dropped)
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+    for epoch in range(first_epoch, config.epochs + 1):
+        if resume_state is not None and epoch == first_epoch and config.patience and keep == "best" \
+                and stale >= config.patience:
+            break  # it had stopped early already
         start = time.perf_counter()
         order = torch.randperm(n_train, generator=generator).tolist()
         bar = tqdm(range(0, n_train, config.batch_size), desc=f"RM epoch {epoch}/{config.epochs}",
@@ -195,9 +233,11 @@ def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: Rewar
         else:
             stale += 1
             if config.patience and stale >= config.patience and keep == "best":
+                save_state(epoch)
                 if progress:
                     tqdm.write(f"early stop: validation loss has not improved for {stale} epoch(s)")
                 break
+        save_state(epoch)
 
     _restore(head, backbone_params, best["state"])
     head.eval()
@@ -210,13 +250,19 @@ def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: Rewar
 
 def train_reward_model(data: list[PreferencePair] | str | Path, base: str, out_dir: str | Path,
                        config: RewardTrainingConfig | None = None, *, device: str | None = None,
-                       progress: bool = True, overwrite: bool = False) -> tuple[RewardModel, pd.DataFrame]:
+                       progress: bool = True, overwrite: bool = False, resume: bool = False
+                       ) -> tuple[RewardModel, pd.DataFrame]:
     """Train a Bradley-Terry RM on preference pairs (a list or a JSONL path) and save it to ``out_dir/model``.
 
     Returns the RM (best validation-loss epoch, normalised on its training texts) and a tidy DataFrame of
     per-epoch metrics: columns ``epoch`` (0 = before training), ``split`` ("train"/"val"), ``loss``
     (Bradley-Terry), ``accuracy`` (pairs ranked right), ``seconds`` (epoch wall time). The same records are
     streamed to ``out_dir/metrics.jsonl``.
+
+    Interrupted work is kept: after every whole epoch ``out_dir/training_state.pt`` holds the weights, the
+    optimizer and the best epoch so far; ``resume=True`` (``--resume``: the same command again) continues from
+    it, and gives the same model as an uninterrupted run. Refused when the data, base model or a setting other
+    than ``epochs`` / ``patience`` differs from the interrupted run's (the message names it).
     """
     config = (config or RewardTrainingConfig()).validate()
     pairs = read_preferences(data) if isinstance(data, (str, Path)) else list(data)  # validated before any loading
@@ -224,17 +270,31 @@ def train_reward_model(data: list[PreferencePair] | str | Path, base: str, out_d
         raise ValueError(f"Need at least 2 preference pairs (one to train on, one to validate), got {len(pairs)}.")
     out_dir = Path(out_dir)
     metrics_path = out_dir / METRICS_FILE
-    if metrics_path.exists() and not overwrite:
-        raise ValueError(f"{out_dir} already holds a trained reward model ({METRICS_FILE}); choose another --out "
-                         f"or pass overwrite=True (--overwrite).")
+    state_path = out_dir / TRAINING_STATE
+    if resume and overwrite:
+        raise ValueError("--resume continues the training in --out and --overwrite deletes it: give one of them.")
+    fingerprint = {"base": str(base), "data_sha256": _pairs_digest(pairs),
+                   **{k: v for k, v in asdict(config).items() if k not in RESUMABLE_FIELDS}}
+    resume_state = read_training_state(state_path, fingerprint) if resume else None
+    if not resume and metrics_path.exists() and not overwrite:
+        hint = (" It was interrupted: continue it with the same command plus --resume,"
+                if state_path.exists() else "")
+        raise ValueError(f"{out_dir} already holds a reward model's training ({METRICS_FILE}).{hint} Choose "
+                         f"another --out or pass overwrite=True (--overwrite).")
 
     seed_everything(config.seed)
     bridge = load_model(base, device=device)
     head = ValueHead(bridge.cfg.d_model, config.head).to(next(bridge.parameters()).device)
     rm = RewardModel(bridge, head, hook_name=config.hook, base_model=str(base), batch_size=config.score_batch_size)
     n_frozen = frozen_layer_count(config, bridge.cfg.n_layers)
-    atomic_write_text(metrics_path, "")
-    fit = fit_reward_model(rm, pairs, config, n_frozen, metrics_path=metrics_path, progress=progress)
+    if resume_state is None:
+        atomic_write_text(metrics_path, "")
+    try:
+        fit = fit_reward_model(rm, pairs, config, n_frozen, metrics_path=metrics_path, progress=progress,
+                               state_path=state_path, resume_state=resume_state, fingerprint=fingerprint)
+    except BaseException as err:
+        err.add_note(_kept_note(state_path, config))
+        raise
     frame = fit.frame
     best_val = frame[(frame.split == "val") & (frame.epoch == fit.best_epoch)].iloc[0]
     rm.save(out_dir / MODEL_SUBDIR, extra_meta={
@@ -242,4 +302,56 @@ def train_reward_model(data: list[PreferencePair] | str | Path, base: str, out_d
         "data": {"source": str(data) if isinstance(data, (str, Path)) else "in-memory", "pairs": len(pairs),
                  "train_pairs": fit.n_train, "val_pairs": fit.n_val},
         "best_epoch": fit.best_epoch, "val_loss": float(best_val.loss), "val_accuracy": float(best_val.accuracy)})
+    state_path.unlink(missing_ok=True)  # model/ holds the result now
     return rm, frame
+
+
+RESUMABLE_FIELDS = ("epochs", "patience", "score_batch_size")  # may change on --resume: they take effect as given
+
+
+def _pairs_digest(pairs: list[PreferencePair]) -> str:
+    text = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_training_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """An interrupted reward-model training's state (``torch.load(weights_only=True)``: a file holding more than
+    tensors and plain data is refused unopened), checked to belong to the same data, base model and settings."""
+    import pickle
+
+    if not path.exists():
+        done = (path.parent / MODEL_SUBDIR).exists()
+        raise FileNotFoundError(
+            f"Nothing to resume in {path.parent}: no {path.name} "
+            + ("(the training finished: the reward model is in model/)." if done else
+               "(no reward-model training was interrupted there). Start it without --resume (add --overwrite to "
+               "replace what is there)."))
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds more than tensors and plain data, so it is refused unopened (unpickling it "
+                         f"could run code: it was not written by this toolkit, or was altered). Delete it and start "
+                         f"again with --overwrite.") from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable training state ({str(err).splitlines()[0]}): delete it and "
+                         f"start again with --overwrite.") from err
+    saved = state.get("fingerprint", {}) if isinstance(state, dict) else {}
+    changed = [k for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
+    if changed:
+        what = ", ".join(f"{k} ({saved.get(k)!r} -> {fingerprint.get(k)!r})" for k in changed[:4])
+        raise ValueError(f"--resume continues the interrupted training in {path.parent} as it was started, but "
+                         f"{what} differ(s): run the same command (only {', '.join(RESUMABLE_FIELDS)} may change), "
+                         f"or start again with --overwrite.")
+    return state
+
+
+def _kept_note(state_path: Path, config: RewardTrainingConfig) -> str:
+    """What an interrupted or failed training kept, and how to continue."""
+    try:
+        state = torch.load(state_path, weights_only=True, map_location="cpu")
+    except Exception:  # noqa: BLE001 - no state (or an unreadable one): nothing was kept
+        return (f"No epoch was finished, so nothing was kept in {state_path.parent} but metrics.jsonl: run the "
+                f"same command again with --overwrite.")
+    return (f"Kept: {state['epoch']} of {config.epochs} epoch(s) in {state_path} (best so far: epoch "
+            f"{state['best_epoch']}, val loss {state['best_loss']:.4f}); continue with the same command plus "
+            f"--resume.")
