@@ -152,6 +152,17 @@ def test_hierarchical_bootstrap_covers_with_enough_seeds():
     assert 0.88 <= cov <= 0.98, cov  # a bootstrap of 12 groups undercovers a little
 
 
+def test_proportion_difference_covers_95_percent():
+    cov = coverage(lambda rng, i: stats.proportion_difference(int(rng.binomial(80, 0.1)), 80,
+                                                              int(rng.binomial(256, 0.02)), 256), 0.08, n_sim=1000)
+    assert 0.92 <= cov <= 0.98, cov
+
+
+def test_sd_interval_covers_95_percent():
+    cov = coverage(lambda rng, i: stats.sd_interval(rng.normal(0, 2.0, 10)), 2.0)
+    assert 0.92 <= cov <= 0.98, cov
+
+
 def test_wilson_covers_95_percent():
     cov = coverage(lambda rng, i: stats.proportion_interval(int(rng.binomial(32, 0.1)), 32), 0.1, n_sim=1000)
     assert 0.92 <= cov <= 0.99, cov

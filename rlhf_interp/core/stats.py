@@ -16,7 +16,9 @@ interval is too narrow; average them per prompt first (`unit_means`).
 - `welch_difference(a, b)`: A - B on different units (e.g. runs with different seeds), Welch's t interval.
 - `summary_interval` / `summary_difference`: the same from stored means and standard errors when a table kept
   no per-unit rows (the difference then unpaired, so conservative for the same prompts).
+- `sd_interval(x)`: a standard deviation (e.g. batch noise from phase to phase) with its chi-square interval.
 - `proportion_interval(k, n)`: a rate with its Wilson interval (3 of 32 is not "9%" without it).
+- `proportion_difference(k_a, n_a, k_b, n_b)`: the difference of two rates (Newcombe's interval).
 - `select_on_holdout(...)`: the best of several candidates chosen on one split of the prompts and reported on
   the other, beside the in-sample best (how much choosing inflated it).
 - `verdict(diff)`: "A > B, decided at 95%", or "A - B within ±x" (|A - B| < x) with x the largest difference
@@ -252,6 +254,21 @@ def summary_difference(mean_a: float, se_a: float, n_a: int, mean_b: float, se_b
     return Interval(diff, diff - q * se, diff + q * se, level, "welch t from means and s.e.", units, note)
 
 
+def sd_interval(x: Sequence[float], *, level: float = LEVEL, n: dict[str, int] | None = None, note: str = ""
+                ) -> Interval:
+    """The sample standard deviation with its chi-square interval (exact for normal data)."""
+    from scipy import stats
+
+    arr = _clean(x)
+    if arr.size < 2:
+        return Interval(float("nan"), -np.inf, np.inf, level, "chi-square", dict(n or {"units": int(arr.size)}), note)
+    sd = float(arr.std(ddof=1))
+    df = arr.size - 1
+    low = sd * np.sqrt(df / stats.chi2.ppf(0.5 + level / 2, df))
+    high = sd * np.sqrt(df / stats.chi2.ppf(0.5 - level / 2, df))
+    return Interval(sd, float(low), float(high), level, "chi-square", dict(n or {"units": int(arr.size)}), note)
+
+
 def proportion_interval(k: int, total: int, *, level: float = LEVEL, n: dict[str, int] | None = None,
                         note: str = "") -> Interval:
     """``k`` of ``total`` with the Wilson score interval (sensible at 0 and at small counts)."""
@@ -265,6 +282,18 @@ def proportion_interval(k: int, total: int, *, level: float = LEVEL, n: dict[str
     half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level, "wilson",
                     dict(n or {"samples": int(total)}), note)
+
+
+def proportion_difference(k_a: int, n_a: int, k_b: int, n_b: int, *, level: float = LEVEL,
+                          n: dict[str, int] | None = None, note: str = "") -> Interval:
+    """k_a/n_a - k_b/n_b from independent samples, Newcombe's hybrid score interval (from the two Wilson
+    intervals; sound at small counts, where the Wald interval is not)."""
+    a, b = proportion_interval(k_a, n_a, level=level), proportion_interval(k_b, n_b, level=level)
+    d = a.value - b.value
+    low = d - np.sqrt((a.value - a.low) ** 2 + (b.high - b.value) ** 2)
+    high = d + np.sqrt((a.high - a.value) ** 2 + (b.value - b.low) ** 2)
+    return Interval(float(d), float(low), float(high), level, "newcombe",
+                    dict(n or {"samples_a": int(n_a), "samples_b": int(n_b)}), note)
 
 
 # ----------------------------------------------------------------------------------------------
