@@ -352,7 +352,7 @@ def _stat(summary: pd.DataFrame, setting: str, quantity: str) -> tuple[float, fl
 
 def _pm(summary: pd.DataFrame, setting: str, quantity: str, fmt: str = ".2f") -> str:
     mean, sd = _stat(summary, setting, quantity)
-    return f"{mean:{fmt}} ± {sd:{fmt}}" if pd.notna(sd) else f"{mean:{fmt}}"
+    return f"{mean:{fmt}} (sd {sd:{fmt}} over seeds)" if pd.notna(sd) else f"{mean:{fmt}}"  # not an interval
 
 
 def plot_curves(phases: pd.DataFrame, panels: list[tuple[str, str]], title: str) -> plt.Figure:
@@ -403,6 +403,54 @@ def plot_probes(probes: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def iterated_claims(end: pd.DataFrame, versions: pd.DataFrame, n_phases: int, batch: int, refresh_every) -> list:
+    """The page's claims, from the per-seed rows of ``end`` (the unit is the seed: t intervals over seeds, df =
+    seeds - 1, so with two seeds they are wide); frozen vs refreshed as Welch differences over seeds."""
+    from rlhf_interp.core import stats
+    from rlhf_interp.report.claims import Claim
+
+    out = []
+    late_phases = str(end.phases.iloc[0])
+    kl = "kl_pi_ref_per_token" if "kl_pi_ref_per_token" in end else "kl_forward_per_token"
+
+    def per_seed(setting, col):
+        return end[end.setting == setting].sort_values("seed")[col].to_numpy(dtype=float)
+
+    seeds = int(end.seed.nunique())
+    n = {"seeds": seeds, "phases": n_phases, "samples_per_phase": batch}
+    for setting, words in (("frozen", "with the frozen RM"), ("refreshed", f"with the RM refreshed every "
+                                                                           f"{refresh_every} phases")):
+        v = per_seed(setting, "gap")
+        iv = stats.seeds_interval(v, range(len(v)), n=n)
+        out.append(Claim.estimate(
+            f"gap_{setting}", "The RM-minus-true reward gap (held-out std units, mean of phases {late}) {words}: "
+            "{value} {ci} (t over {seeds} seeds);" if setting == "frozen" else "{words}: {value} {ci}.", iv,
+            params={"late": late_phases, "words": words, "seeds": seeds}))
+    diff = stats.welch_difference(per_seed("refreshed", "gap"), per_seed("frozen", "gap"), n=n)
+    out.append(Claim.compare(
+        "gap_refreshed_vs_frozen", "Refreshed minus frozen: {value} {ci}; {verdict}.", diff, "refreshed", "frozen"))
+    diff = stats.welch_difference(per_seed("refreshed", "true_reward"), per_seed("frozen", "true_reward"), n=n)
+    out.append(Claim.compare(
+        "true_refreshed_vs_frozen", "True count per sample, refreshed minus frozen: {value} {ci}; {verdict}.", diff,
+        "refreshed", "frozen"))
+    diff = stats.welch_difference(per_seed("refreshed", kl), per_seed("frozen", kl), n=n)
+    out.append(Claim.compare(
+        "kl_refreshed_vs_frozen", "KL(π‖ref) per token, refreshed minus frozen: {value} {ci} nats; {verdict}.", diff,
+        "refreshed", "frozen", fmt=".3f", headline=False))
+    refreshes = versions[(versions.setting == "refreshed") & (versions.version > 0)]
+    if len(refreshes) and "pairs" in refreshes:
+        pairs = refreshes.groupby("seed").pairs.sum()
+        out.append(Claim.fact(
+            "refresh_labels", "Refreshing cost {pairs} true-labelled pairs per run", params={"pairs": int(pairs.iloc[0])},
+            n={"runs": len(pairs)}))
+        ratio = per_seed("refreshed", "refresh_seconds") / per_seed("refreshed", "ppo_seconds")
+        out.append(Claim.estimate(
+            "refresh_time", "and {value} {ci} of the PPO phases' time on top (t over {seeds} seeds).",
+            stats.seeds_interval(ratio, range(len(ratio)), n={"seeds": len(ratio)}), fmt=".0%",
+            params={"seeds": len(ratio)}))
+    return out
+
+
 def render(report_dir: Path) -> Report:
     """The page from the CSVs alone."""
     report_dir = Path(report_dir)
@@ -423,15 +471,9 @@ def render(report_dir: Path) -> Report:
     late_phases = str(end.phases.iloc[0])
     closes = abs(refreshed_gap[0]) < abs(frozen_gap[0])
 
-    headline = (f"Over {n_phases} PPO phases × {n_seeds} seeds, the RM-minus-true reward gap (held-out std units, mean of "
-                f"phases {late_phases}) was {_pm(summary, 'frozen', 'gap')} with the frozen RM and "
-                f"{_pm(summary, 'refreshed', 'gap')} with the RM refreshed every {config.get('refresh_every')} phases "
-                f"({'smaller' if closes else 'not smaller'} in size); true count {_pm(summary, 'frozen', 'true_reward')} "
-                f"vs {_pm(summary, 'refreshed', 'true_reward')} per sample, KL {_pm(summary, 'frozen', 'kl_pi_ref_per_token', '.3f')}"
-                f" vs {_pm(summary, 'refreshed', 'kl_pi_ref_per_token', '.3f')} nats/token; refreshing cost "
-                f"{labels // max(1, n_seeds)} labelled pairs and {100 * cost:.0f}% more time per run.")
     report = Report.at(report_dir, "Iterated online RLHF: a frozen vs a refreshed reward model under PPO",
-                       headline=headline, source=__file__)
+                       source=__file__, claims=iterated_claims(end, versions, n_phases, batch,
+                                                               config.get("refresh_every")))
     q = lambda s, name: _stat(summary, s, name)[0]
     report.text(f"""
 Both settings optimise the same policy (`{config.get('model')}`, {config.get('ppo_config')} with the overrides
@@ -446,7 +488,7 @@ compared in **held-out std units**: each RM version's scores centred and scaled 
 rates the policy's samples as highly as the truth does, relative to base text.
 """)
     report.section("Findings", f"""
-- **Gap at the end** (phases {late_phases}, mean ± sd over {n_seeds} seeds): frozen {_pm(summary, 'frozen', 'gap')},
+- **Gap at the end** (phases {late_phases}, mean and sd over {n_seeds} seeds; intervals in the claims above): frozen {_pm(summary, 'frozen', 'gap')},
   refreshed {_pm(summary, 'refreshed', 'gap')}. Judged by the *starting* RM (v0), the refreshed policy's gap is
   {_pm(summary, 'refreshed', 'gap_rm0')} (frozen: the same RM, {_pm(summary, 'frozen', 'gap_rm0')}).
 - **True reward**: {_pm(summary, 'frozen', 'true_reward')} (frozen) vs {_pm(summary, 'refreshed', 'true_reward')}

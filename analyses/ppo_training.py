@@ -33,6 +33,7 @@ from rlhf_interp.report.charts import facet_lines
 from rlhf_interp.report.plots import nonneg_symlog, series_style
 
 NAME = "ppo_periods"
+BATCH = 16  # samples per phase (configs/periods.yaml batch_size; every run here)
 END_WINDOW = 10  # phases averaged for the "end" of a run (batch noise: 16 samples per phase)
 KL_BUDGET = 0.1  # nats per token: the period task's goal (reward >= 2 at KL <= 0.1/token, configs/periods.yaml)
 
@@ -165,6 +166,110 @@ def _run_sentence(row: pd.Series) -> str:
             f"{row.entropy_start:.2f} → {row.entropy_end:.2f}")
 
 
+def _kl_column(metrics: pd.DataFrame) -> str:
+    """The exact KL(π‖ref) per token column (named by argument order; older CSVs: kl_forward_per_token)."""
+    return "kl_pi_ref_per_token" if "kl_pi_ref_per_token" in metrics else "kl_forward_per_token"
+
+
+def _short(run: str) -> str:
+    return run.split(" (")[0]
+
+
+def _distinct2_draws(texts: list[str], n_boot: int = 2000, seed: int = 0):
+    """distinct-2 over token ids of ``texts`` and its bootstrap draws over the completions."""
+    import numpy as np
+
+    from rlhf_interp.bridge import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    rng = np.random.default_rng(seed)
+    draws = np.array([distinct_n([ids[i] for i in rng.integers(0, len(ids), len(ids))], 2) for _ in range(n_boot)])
+    return distinct_n(ids, 2), draws
+
+
+def ppo_claims(metrics: pd.DataFrame, samples: pd.DataFrame, window: int = END_WINDOW) -> list:
+    """The page's claims: the current run's reward and KL at the end (t intervals over the last ``window`` phases:
+    one seed, so seed-to-seed variation is not in them), batch noise, the superseded run compared with it, and the
+    unpenalised run's collapse (distinct-2 with bootstrap intervals over the logged completions)."""
+    import numpy as np
+
+    from rlhf_interp.core import stats
+    from rlhf_interp.report.claims import Claim
+
+    kl = _kl_column(metrics)
+    runs = list(dict.fromkeys(metrics["run"]))
+    penalised = [r for r in runs if "coef 0," not in r]
+    current = [r for r in penalised if "before" not in r] or penalised
+    main = current[-1]
+    out = []
+
+    def tail(run):
+        g = metrics[metrics["run"] == run].sort_values("phase")
+        return g, g.tail(window)
+
+    def end_n(g):
+        return {"phases": len(g), "samples_per_phase": BATCH, "seeds": 1}
+
+    g, last = tail(main)
+    span = f"{int(last['phase'].min())}-{int(last['phase'].max())}"
+    note = "phase means treated as independent; one training seed, so seed-to-seed variation is not included"
+    first = g.iloc[0]
+    out.append(Claim.estimate(
+        "reward_start", "`{run}` (the re-run with the corrected KL code) starts at {value} {ci} periods per sample "
+        "(phase {phase}).", stats.summary_interval(first["reward_mean"], first["reward_std"] / np.sqrt(BATCH), BATCH),
+        n={"phases": 1, "samples_per_phase": BATCH, "seeds": 1},
+        params={"run": _short(main), "phase": int(first["phase"])}))
+    out.append(Claim.estimate(
+        "reward_end", "It ends at {value} {ci} (mean of phases {span}; one seed, the interval is over phases)",
+        stats.mean_interval(last["reward_mean"]), n=end_n(last), params={"span": span}, note=note))
+    out.append(Claim.estimate(
+        "kl_end", "at exact KL(π‖ref) {value} {ci} nats/token.", stats.mean_interval(last[kl]), fmt=".3f",
+        n=end_n(last), note=note))
+    out.append(Claim.estimate(
+        "batch_noise", "Batch noise: a phase's mean reward has a standard error of {value} {ci} periods over its "
+        "samples", stats.mean_interval(last["reward_std"] / np.sqrt(BATCH)), n=end_n(last), headline=False))
+    out.append(Claim.estimate(
+        "phase_to_phase_sd", "and varies from phase to phase with a standard deviation of {value} {ci} (phases "
+        "{span}).", stats.sd_interval(last["reward_mean"]), n=end_n(last), params={"span": span}, headline=False))
+    for other in penalised:
+        if other == main:
+            continue
+        _, olast = tail(other)
+        diff = stats.summary_difference(olast["reward_mean"].mean(), olast["reward_mean"].std(ddof=1) / np.sqrt(len(olast)),
+                                        len(olast), last["reward_mean"].mean(),
+                                        last["reward_mean"].std(ddof=1) / np.sqrt(len(last)), len(last),
+                                        units=end_n(last))
+        out.append(Claim.compare(
+            "superseded_vs_current", "The run before the fixes (`{other}`) minus this one, mean reward of phases "
+            "{span}: {value} {ci}; {verdict}.", diff, "before the fixes", "re-run", params={"other": _short(other),
+                                                                                            "span": span}))
+    for free in [r for r in runs if "coef 0," in r]:
+        fg, flast = tail(free)
+        fspan = f"{int(flast['phase'].min())}-{int(flast['phase'].max())}"
+        out.append(Claim.estimate(
+            "kl0_reward", "With KL coefficient {zero} (`{run}`): {value} {ci} periods per sample (phases {span})",
+            stats.mean_interval(flast["reward_mean"]), fmt=".1f", n=end_n(flast), note=note,
+            params={"run": _short(free), "span": fspan, "zero": 0}))
+        out.append(Claim.estimate(
+            "kl0_kl", "at KL {value} {ci} nats/token.", stats.mean_interval(flast[kl]), n=end_n(flast), note=note))
+        s = samples[samples["run"] == free]
+        p0, p1 = int(s["phase"].min()), int(s["phase"].max())
+        t0 = s[s["phase"] == p0]["completion"].fillna("").tolist()
+        t1 = s[s["phase"] == p1]["completion"].fillna("").tolist()
+        d0, draws0 = _distinct2_draws(t0, seed=0)
+        d1, draws1 = _distinct2_draws(t1, seed=1)
+        lo, hi = np.quantile(draws1 - draws0, [0.025, 0.975])
+        diff = stats.Interval(d1 - d0, float(lo), float(hi), method="percentile bootstrap over completions",
+                              n={"samples_per_phase": min(len(t0), len(t1)), "seeds": 1})
+        out.append(Claim.compare(
+            "kl0_collapse", "Its samples collapse: `distinct-2` over token ids goes from {d0} at phase {p0} to {d1} at "
+            "phase {p1}, a change of {value} {ci} (bootstrap over the {k} logged completions of each phase); {verdict}.",
+            diff, f"phase {p1}", f"phase {p0}",
+            params={"d0": f"{d0:.2f}", "d1": f"{d1:.2f}", "p0": p0, "p1": p1, "k": min(len(t0), len(t1))}))
+    return out
+
+
 def render(report_dir: Path) -> Report:
     """The page, from ``metrics.csv`` and ``samples.csv`` (and ``config.json``) in ``report_dir``."""
     report_dir = Path(report_dir)
@@ -174,23 +279,10 @@ def render(report_dir: Path) -> Report:
     samples["reward"] = samples["reward"].astype(float)
     summary = summary_table(metrics)
     diversity = diversity_table(samples)
-    main, others = summary.iloc[0], summary.iloc[1:]
 
-    headline = (f"`{main.run.split(' (')[0]}`: {_run_sentence(main)}; median {main.seconds_per_phase_median:.0f} s "
-                f"per phase.")
-    for row in others.itertuples():
-        headline += (f" `{row.run.split(' (')[0]}` (KL coefficient {row.run.split('coef ')[1].split(',')[0]}): "
-                     f"{row.reward_end:.1f} periods per sample (phases {row.end_phases}), KL "
-                     f"{row.kl_per_token_end:.2f} nats/token, entropy {row.entropy_end:.2f}")
-        div = diversity[diversity["run"] == row.run].sort_values("phase")
-        first_d2, last_d2 = div["distinct_2"].iloc[0], div["distinct_2"].iloc[-1]
-        onset = collapse_onset(div["phase"], div["distinct_2"], base=first_d2)
-        verdict = f"collapse: below half its phase-1 value from phase {onset}" if onset else "no collapse"
-        headline += (f"; distinct-2 over token ids of its logged samples {first_d2:.2f} at phase "
-                     f"{int(div['phase'].iloc[0])} → {last_d2:.2f} at phase {int(div['phase'].iloc[-1])} "
-                     f"({verdict}).")
-    report = Report.at(report_dir, "PPO on the period task: reward, KL and collapse", headline=headline,
-                       source=__file__)
+    claims = ppo_claims(metrics, samples)
+    report = Report.at(report_dir, "PPO on the period task: reward, KL and collapse", source=__file__,
+                       claims=claims)
     report.text(
         "Each run is `rlhf-interp train` on the embedded SmolLM2-135M-Instruct (runs: "
         + ", ".join(f"`{r}`" for r in config.get("runs", [])) + "; labels give each run's KL coefficient, "
@@ -205,7 +297,7 @@ def render(report_dir: Path) -> Report:
                  f"0.01; dashed: the {KL_BUDGET} nats/token budget), policy entropy per token, and the KL "
                  f"coefficient (phase 1: {', '.join(f'{v:g}' for v in first_seen['kl_coef'])})."),
         chart=facet_lines(metrics, "phase", [("reward_mean", "mean reward (periods per sample)"),
-                                             ("kl_pi_ref_per_token", "KL(π ‖ ref) per token (nats)"),
+                                             (_kl_column(metrics), "KL(π ‖ ref) per token (nats)"),
                                              ("entropy", "entropy per token (nats)"), ("kl_coef", "KL coefficient")],
                           series="run", hover=["seconds"], xlabel="PPO phase",
                           title="Training curves (click a run in the legend to hide it)"),

@@ -284,6 +284,73 @@ def main(argv: list[str] | None = None) -> int:
 LATE = 5  # phases averaged for "late in training"
 
 
+def hacking_claims(quantity: pd.Series, rm_metrics: pd.DataFrame, heldout: pd.DataFrame, samples: pd.DataFrame,
+                   phases: pd.DataFrame, late_from: int, char: str, val_fraction: float = 0.1) -> list:
+    """The page's claims: the RM's accuracy (Wilson) and Spearman (bootstrap over texts); PPO's true count at phase 1
+    and late (t over phase means: one seed); the hacking test as a difference of gains in held-out std units; the
+    free-bonus characters as rates with intervals."""
+    import numpy as np
+
+    from rlhf_interp.core import stats
+    from rlhf_interp.report.claims import Claim
+
+    out = []
+    best = rm_metrics[rm_metrics.split == "val"].sort_values("loss").iloc[0]
+    n_val = int(round(val_fraction * float(quantity["synthetic pairs"])))
+    acc = stats.proportion_interval(int(round(best.accuracy * n_val)), n_val, n={"pairs": n_val})
+    out.append(Claim.estimate(
+        "rm_accuracy", "A Bradley-Terry RM on {pairs} synthetic pairs ranks {value} {ci} of its validation pairs "
+        "right", acc, fmt=".3f", params={"pairs": int(quantity["synthetic pairs"])}))
+    xy = heldout[["true_reward", "rm_reward"]].to_numpy(dtype=float)
+    rho = stats.bootstrap_interval(xy, lambda a: pd.Series(a[:, 0]).corr(pd.Series(a[:, 1]), method="spearman"),
+                                   n_boot=1000, n={"texts": len(xy)})
+    out.append(Claim.estimate(
+        "rm_spearman", "and has Spearman {value} {ci} with the true count on fresh base-model texts.", rho,
+        n={"texts": len(xy)}))
+    first = samples[samples.phase == samples.phase.min()]
+    late = samples[samples.phase >= late_from]
+    n_late = {"phases": int(late.phase.nunique()), "samples_per_phase": int(late.groupby("phase").size().min()),
+              "seeds": 1}
+    out.append(Claim.estimate(
+        "true_start", "PPO against it raised the true count from {value} {ci} periods per sample (phase {phase})",
+        stats.mean_interval(first.true_reward), n={"phases": 1, "samples_per_phase": len(first), "seeds": 1},
+        params={"phase": int(first.phase.iloc[0])}))
+    out.append(Claim.estimate(
+        "true_late", "to {value} {ci} (phases {span}; one seed, interval over phase means).",
+        stats.seeds_interval(late.true_reward, late.phase, n=n_late),
+        params={"span": f"{late_from}-{int(samples.phase.max())}"}))
+    m_t, s_t = heldout.true_reward.mean(), heldout.true_reward.std(ddof=1)
+    m_r, s_r = heldout.rm_reward.mean(), heldout.rm_reward.std(ddof=1)
+    z = samples.assign(gap=(samples.rm_reward - m_r) / s_r - (samples.true_reward - m_t) / s_t)
+    g_first, g_late = z[z.phase == z.phase.min()].gap, z[z.phase >= late_from]
+    per_phase = g_late.groupby("phase").gap.mean()
+    diff = stats.summary_difference(per_phase.mean(), per_phase.std(ddof=1) / np.sqrt(len(per_phase)), len(per_phase),
+                                    g_first.mean(), g_first.std(ddof=1) / np.sqrt(len(g_first)), len(g_first),
+                                    units=n_late)
+    out.append(Claim.compare(
+        "hacking_test", "The page's test for hacking (the RM's score rising faster than the true count, in held-out "
+        "std units): the RM's rise minus the truth's is {value} {ci}; {verdict}.", diff, "RM rise", "true rise"))
+    late_texts = late.completion.astype(str)
+    for feature, mark in (("exclamation", "!"), ("question", "?")):
+        k_late = int(late_texts.str.contains(mark, regex=False).sum())
+        k_base = int(heldout.text.astype(str).str.contains(mark, regex=False).sum())
+        d = stats.proportion_difference(k_late, len(late_texts), k_base, len(heldout),
+                                        n={"samples": len(late_texts), "texts": len(heldout)})
+        moved = "fell" if d.value < 0 else "rose"
+        out.append(Claim.compare(
+            f"{feature}_rate", "`{mark}` {moved}: share of texts containing one, base {base} → late policy {late}, "
+            "a change of {value} {ci}; {verdict}.", d, "late", "base", fmt=".3f",
+            params={"mark": mark, "moved": moved, "base": f"{k_base / len(heldout):.3f}",
+                    "late": f"{k_late / len(late_texts):.3f}"}))
+    sp = phases[phases.phase >= late_from].spearman
+    out.append(Claim.estimate(
+        "policy_spearman", "Within-phase Spearman of RM and true count on the policy's samples, phases {span}: {value} "
+        "{ci} (per phase {lo} to {hi}).", stats.mean_interval(sp, n=n_late),
+        params={"span": f"{late_from}-{int(phases.phase.max())}", "lo": f"{sp.min():.2f}", "hi": f"{sp.max():.2f}"},
+        headline=False))
+    return out
+
+
 def render(report_dir: Path) -> Report:
     """The page from the CSVs (summary, rm_training, heldout, ppo_phases, probes, proxy_counts, ppo_samples)."""
     report_dir = Path(report_dir)
@@ -316,20 +383,9 @@ def render(report_dir: Path) -> Report:
     free_text = ", ".join(f"`{row.suffix!r}` (+{row.rm_delta:.2f})" for row in free.itertuples()) or "none"
     verdict = ("**The page's test for hacking is met**" if hacking else "**The page's test for hacking is not met**")
 
-    headline = (f"A Bradley-Terry RM on {int(quantity['synthetic pairs'])} synthetic pairs (validation accuracy "
-                f"{best.accuracy:.3f}, Spearman {rho:.2f} with the true period count) steered PPO to more true "
-                f"periods: "
-                f"{first.true_reward:.2f} → {tail.true_reward.mean():.2f} per sample (mean of phases {late_from}-"
-                f"{n_phases}; {last.true_reward:.2f} in the last phase alone). "
-                + ("The RM's score rose faster than the truth (held-out std units): the policy is exploiting it."
-                   if hacking else
-                   f"No reward hacking by the page's own test: the RM's score rose less than the true count "
-                   f"({rm_gain:+.2f} vs {true_gain:+.2f} held-out std units); of the RM's free bonuses, `!` fell "
-                   f"({base.get('exclamation', float('nan')):.3f} → {late.get('exclamation', float('nan')):.3f} per "
-                   f"sample) and `?` rose a little ({base.get('question', float('nan')):.3f} → "
-                   f"{late.get('question', float('nan')):.3f})."))
     report = Report.at(report_dir, "Reward hacking, measured: PPO against a learned period-count reward model",
-                       headline=headline, source=__file__)
+                       source=__file__, claims=hacking_claims(quantity, rm_metrics, heldout, samples, phases, late_from,
+                                                              char))
     report.text(f"""
 A reward model (RM) was trained to imitate the true reward — the number of `{char}` characters in a
 completion — from {int(quantity['synthetic pairs'])} synthetic preference pairs (two samples of `{config.get('model')}`
@@ -352,8 +408,9 @@ outside that distribution, which is where a learned reward can be exploited.
   {"overrates" if tail.rm_reward_z.mean() > tail.true_reward_z.mean() else "underrates"} the policy's late samples
   ({tail.rm_reward_z.mean():.2f} vs {tail.true_reward_z.mean():.2f} units){"" if hacking else ": it saturates above the counts it was trained on"}.
   Within-phase Spearman over phases {late_from}-{n_phases}: {tail.spearman.mean():.2f} (base texts {rho:.2f};
-  per phase {phases.spearman.min():.2f}-{phases.spearman.max():.2f} with {int(samples.groupby('phase').size().iloc[0])}
-  samples each, so noisy).
+  per phase {tail.spearman.min():.2f}-{tail.spearman.max():.2f} over those phases and
+  {phases.spearman.min():.2f}-{phases.spearman.max():.2f} over all {n_phases}, with
+  {int(samples.groupby('phase').size().iloc[0])} samples each, so noisy).
 - **What the RM pays for without the truth**: appending one `{char}` moves the RM by
   {float(period.rm_delta.iloc[0]) if len(period) else float("nan"):+.2f}; strings that move it reliably (> 2 standard
   errors) while the true count stays put: {free_text}.
