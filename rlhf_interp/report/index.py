@@ -23,12 +23,17 @@ An analysis script `analyses/<x>.py` measures, saves its tidy tables into `repor
 from them, so the page can always be rebuilt from the committed CSVs:
 
 ```python
+from rlhf_interp.core import stats
 from rlhf_interp.report import Report, read_table, write_tables
+from rlhf_interp.report.claims import Claim
 
 def render(report_dir: Path) -> Report:                      # CSVs in, page out; no model, no run directory
-    points = read_table(report_dir, "points")
-    report = Report.at(report_dir, "Title", source=__file__,
-                       headline=f"One sentence with the main numbers, e.g. {points.reward_mean.max():.2f} ...")
+    points = read_table(report_dir, "points")                # one row per prompt and method
+    a, b = (points[points.method == m].sort_values("prompt").reward for m in ("steer", "base"))
+    claims = [Claim.estimate("steer_reward", "Steering reaches {value} {ci} periods.", stats.mean_interval(a)),
+              Claim.compare("steer_vs_base", "Steering minus base: {value} {ci}; {verdict}.",
+                            stats.paired_difference(a, b), "steer", "base")]
+    report = Report.at(report_dir, "Title", source=__file__, claims=claims)   # the headline is made from them
     report.section("Reward against KL", "What was measured and how to read the figure.")
     report.figure("reward_vs_kl", matplotlib_fig, caption="what is drawn", chart=plotly_fig)   # chart optional
     report.table("points", points, caption="one row per ...", show=20)   # saved whole as points.csv
@@ -41,9 +46,11 @@ def main():                                                  # the full recomput
 ```
 
 `rlhf-interp report --rebuild` finds `render` through `report.json` (written by `save()`), re-renders every
-page and rewrites this index. Commit the CSVs, `config.json`, `report.json` and the rendered files; then add a
-row for the report to the findings table of the top-level README (its numbers as the page states them:
-`tests/test_reports.py` checks that every report has a row and that every number in it is on the page). Figures: label both axes with units, keep every point inside the axes, and make
+page and rewrites this index and the findings table of the top-level README (between its `findings` marker
+comments), all from the claims. Commit the CSVs, `config.json`, `report.json` and the rendered files. Every number
+a headline states is a claim with its 95% interval and n (`rlhf_interp.core.stats` makes them; a "best" is chosen
+on prompts it is not reported on, or marked as a selection); `tests/test_claims.py` refuses a claim without n or
+interval and a README or index number that no claim carries. Figures: label both axes with units, keep every point inside the axes, and make
 the caption say what is drawn (`rlhf_interp.report.plots.label`, `series_style`, `nonneg_symlog` help).
 Interactive charts: `rlhf_interp.report.charts` (Plotly; the JS is one shared file, `assets/plotly.min.js`)."""
 
