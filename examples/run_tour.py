@@ -24,7 +24,10 @@ def notebook_from_source():
     """The notebook built from its paired source, without outputs: what ``tour.ipynb`` must hold."""
     import jupytext
 
-    return jupytext.read(SOURCE)
+    nb = jupytext.read(SOURCE)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: a re-sync changes only the cells that changed
+    return nb
 
 
 def sync() -> Path:

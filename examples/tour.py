@@ -36,8 +36,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rlhf_interp import (Ablation, Steering, diff_models, evaluate_edit, finetuning_direction, generate, kl_shift,
-                         load_model, load_prompts, steering_sweep)
+from rlhf_interp import (Steering, ablation_sweep, diff_models, finetuning_direction, generate, kl_shift,
+                         list_checkpoints, load_model, load_prompts, steering_sweep)
 from rlhf_interp.frontier import checkpoint_points, evaluate_best_of_n, frontier_figure, read_run, scale_to_residual
 from rlhf_interp.patching import activation_patching
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
@@ -72,8 +72,6 @@ generate(base, prompts[:3], max_new_tokens=NEW_TOKENS, seed=0).texts
 # `reward_mean` rising while the exact per-token KL stays small.
 
 # %%
-from rlhf_interp import list_checkpoints
-
 if not list_checkpoints(RUN):
     config = PPOConfig(model=MODEL, reward=REWARD, reward_kwargs={"char": "."}, phases=2 if TINY else 8,
                        batch_size=4 if TINY else 8, minibatch_size=4, max_new_tokens=NEW_TOKENS, ppo_epochs=2,
@@ -107,11 +105,14 @@ resid = d.residual[d.residual["hook"].isin(["hook_resid_post", "hook_attn_out", 
 plot_diff_by_layer(resid, "rel_diff_norm", title="where the residual stream changed")
 
 # %% [markdown]
-# The logit lens reads each layer's mean difference through the unembedding: which tokens does the change
-# promote? Look for `.` (and its rank per layer in the second table).
+# The logit lens reads a layer's mean difference through the unembedding: which tokens does the change promote
+# at the layer where it is largest? Look for `.`, and for its rank at every layer in the second table.
 
 # %%
-d.logit_lens.head(12)
+post = d.residual[d.residual["hook"] == "hook_resid_post"]
+peak = int(post.loc[post["rel_diff_norm"].idxmax(), "layer"])
+lens = d.logit_lens
+lens[(lens["layer"] == peak) & (lens["model"] == "tuned") & (lens["kind"] == "promoted")].head(10)
 
 # %%
 d.logit_lens_tokens.tail(8)
@@ -132,20 +133,20 @@ plot_token_shifts(d.token_shifts, k=8)
 raw_vec = finetuning_direction(base, tuned, prompts)
 vec, dropped = scale_to_residual(base, raw_vec, prompts)
 layer = max(vec.layers, key=lambda l: float(raw_vec[l].norm()))   # where the mean difference is largest
-steer = Steering(vec, layers=[layer], coef=0.5)
+steer = Steering(vec, layers=[layer], coef=0.25)
 shift = kl_shift(base, steer, prompts)
 print(f"steering at layer {layer}: mean KL(edited||base) {shift['kl_pi_ref'].mean():.4f} nats/token "
       f"over {len(shift)} positions")
 shift.head()
 
 # %% [markdown]
-# A sweep over layers x coefficients samples from the steered model: reward against KL per sequence. Look at
-# whether any coefficient raises the reward before the KL explodes.
+# A sweep over layers x coefficients samples from the steered model on held-out prompts (the same seed for every
+# setting): reward and KL per sequence. Look at whether the reward rises before the KL explodes.
 
 # %%
+kw = dict(max_new_tokens=NEW_TOKENS, seed=0)
 layers = sorted({layer, vec.layers[len(vec.layers) // 2]})
-sweep = steering_sweep(base, vec, layers=layers, coefs=[0, 0.25, 0.5, 1.0], prompts=held_out, reward=REWARD,
-                       max_new_tokens=NEW_TOKENS)
+sweep = steering_sweep(base, vec, layers=layers, coefs=[0, 0.1, 0.25, 0.5], prompts=held_out, reward=REWARD, **kw)
 plot_steering_sweep(sweep, reward_label="periods per continuation")
 
 # %% [markdown]
@@ -154,21 +155,18 @@ plot_steering_sweep(sweep, reward_label="periods per continuation")
 # KL and reward: a large KL with little reward change means the MLP matters for everything, not the task.
 
 # %%
-from rlhf_interp import ablation_sweep
-
-targets = [f"{l}.mlp" for l in range(max(0, base.cfg.n_layers - 4), base.cfg.n_layers)]
-abl = ablation_sweep(tuned, targets, held_out, REWARD, kind="mean", reference_prompts=prompts,
-                     max_new_tokens=NEW_TOKENS)
+targets = [f"{l}.mlp" for l in range(max(0, base.cfg.n_layers - 3), base.cfg.n_layers)]
+abl = ablation_sweep(tuned, targets, held_out, REWARD, kind="mean", reference_prompts=prompts, **kw)
 plot_ablation_sweep(abl)
 
 # %% [markdown]
 # ## 6. Causal patching: which piece of the tuned model makes base behave like tuned?
-# Patch each layer's attention output, MLP output and residual stream from tuned into base;
+# Patch each layer's attention output, MLP output and residual stream from tuned into base (on 8 prompts);
 # `fraction_recovered` = 1 − KL(patched‖tuned)/KL(base‖tuned). Look for the first layer whose residual
 # recovers (nearly) all of it, and whether any single sublayer does.
 
 # %%
-patch = activation_patching(base, tuned, prompts, components=("hook_attn_out", "hook_mlp_out", "hook_resid_post"),
+patch = activation_patching(base, tuned, prompts[:8], components=("hook_attn_out", "hook_mlp_out", "hook_resid_post"),
                             directions=("into_base",))
 plot_diff_heatmap(patch[patch["layer"] >= 0], row="component", col="layer", value="fraction_recovered",
                   title="fraction of KL(base||tuned) recovered by patching tuned into base")
@@ -176,16 +174,14 @@ plot_diff_heatmap(patch[patch["layer"] >= 0], row="component", col="layer", valu
 # %% [markdown]
 # ## 7. One equal-KL axis: steering vs the PPO checkpoints vs best-of-n
 # Every method is measured the same way on the held-out prompts: sample from the changed model, score the
-# reward, sum the exact per-token KL(changed‖base) along each sample. Look at which method buys the most
-# reward per nat.
+# reward, sum the exact per-token KL(changed‖base) along each sample (`evaluate_edit`; the steering points are
+# the sweep's, coefficient 0 is the base model). Look at which method buys the most reward per nat.
 
 # %%
-kw = dict(max_new_tokens=NEW_TOKENS, seed=0)
-points = [evaluate_edit(base, None, held_out, REWARD, **kw).assign(kind="base", method="base model")]
-for coef in (0.25, 0.5, 1.0):
-    points.append(evaluate_edit(base, Steering(vec, [layer], coef), held_out, REWARD, **kw)
-                  .assign(kind="steering", method="steering: fine-tuning direction", layer=layer, coef=coef))
-points.append(checkpoint_points(base, run, held_out, REWARD, **kw).assign(kind="fine-tuning"))
+steered = sweep[sweep["layer"] == layer]
+points = [steered[steered["coef"] == 0].assign(kind="base", method="base model"),
+          steered[steered["coef"] > 0].assign(kind="steering", method="steering: fine-tuning direction"),
+          checkpoint_points(base, run, held_out, REWARD, **kw).assign(kind="fine-tuning")]
 bon, _, _ = evaluate_best_of_n(base, held_out, REWARD, ns=(1, 2, 4) if TINY else (1, 2, 4, 8), **kw)
 points.append(bon.rename(columns={"kl_mean": "kl_exact_mean", "kl_stderr": "kl_exact_stderr"})
               .assign(kind="best-of-n", method="best-of-n"))
