@@ -718,7 +718,7 @@ def frontier_claims(points: pd.DataFrame, table: pd.DataFrame, scan: pd.DataFram
 
         iv = _row_interval(best)
         out.append(Claim.estimate(
-            f"most_reward_at_{tag}_nats", "At {budget} {nats} of KL per sequence the most reward is {method}'s: "
+            f"most_reward_at_{tag}_nats", "At {budget} {nats} of KL per sequence the highest point estimate of reward is {method}'s: "
             "{value} {ci} periods per {tokens} tokens{selection}.", iv, n=n_of(best),
             params={"tokens": tokens, "budget": f"{budget:g}", "nats": "nat" if budget == 1 else "nats", "method": best["method"], "selection": sel(best)}))
         diff = stats.summary_difference(best["reward_mean"], best["reward_stderr"], iv.n["prompts"],
