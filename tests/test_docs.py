@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 for _module in ("mkdocs", "mkdocstrings", "material", "jupytext"):
     pytest.importorskip(_module, reason=f"{_module} is in the dev extra: pip install -e '.[dev]'")
 
-PAGES = ["index.html", "tour/index.html", "kl/index.html", "scaling/index.html", "architecture/index.html",
+PAGES = ["index.html", "tour/index.html", "kl/index.html", "algorithms/index.html", "scaling/index.html",
+         "architecture/index.html",
          "api/index.html", "api/bridge/index.html", "api/edits/index.html", "api/measure/index.html",
          "api/diff/index.html", "api/patching/index.html", "api/frontier/index.html", "api/ppo/index.html",
          "api/reward/index.html", "api/kl/index.html", "api/report/index.html", "api/plots/index.html",
