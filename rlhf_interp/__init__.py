@@ -23,7 +23,7 @@ _WHERE = {
                  "mean_difference", "pca_direction"),
     **names_from("rlhf_interp.bridge", "Generation", "generate", "EMBEDDED_ALIAS", "KNOWN_ALIASES", "TINY_ALIAS",
                  "ModelLoadError", "default_device", "fetch_embedded", "load_hf_model", "load_model", "tokenize"),
-    **names_from("rlhf_interp.kl", "AdaptiveKLController", "entropy", "js_divergence", "kl_divergence", "kl_estimate",
+    **names_from("rlhf_interp.core.kl", "AdaptiveKLController", "entropy", "js_divergence", "kl_divergence", "kl_estimate",
                  "kl_estimate_importance_weighted"),
     **names_from("rlhf_interp.measure", "LogitsCache", "ablation_sweep", "evaluate_edit", "kl_shift",
                  "score_generation", "sequence_kl", "steering_sweep", "sweep"),

@@ -34,7 +34,7 @@ API_PAGES: list[tuple[str, str, str]] = [
     ("api/frontier.md", "rlhf_interp.frontier", "The equal-KL frontier"),
     ("api/ppo.md", "rlhf_interp.ppo", "PPO with a KL penalty"),
     ("api/reward.md", "rlhf_interp.reward", "Rewards and reward models"),
-    ("api/kl.md", "rlhf_interp.kl", "KL, entropy and the KL estimators"),
+    ("api/kl.md", "rlhf_interp.core.kl", "KL, entropy and the KL estimators"),
     ("api/report.md", "rlhf_interp.report", "Reports"),
     ("api/plots.md", "rlhf_interp.report.plots", "Figures"),
     ("api/prompts.md", "rlhf_interp.prompts", "Prompts"),

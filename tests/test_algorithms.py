@@ -18,7 +18,7 @@ from rlhf_interp.ppo.algorithms.dpo import dpo_loss, phase_pairs
 from rlhf_interp.ppo.algorithms.grpo import group_relative_advantages
 from rlhf_interp.ppo.algorithms.rloo import leave_one_out_advantages
 from rlhf_interp.ppo.kl_penalty import KLPenalty, kl_options
-from rlhf_interp.kl import kl_reward_terms
+from rlhf_interp.core.kl import kl_reward_terms
 
 GROUP_ALGORITHMS = ("grpo", "rloo")
 # The placements whose gradient these tests prove per algorithm (the sequence placement's bank term does not pass

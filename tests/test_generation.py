@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlhf_interp.edits import Ablation, DirectionAblation, NoEdit, Steering
-from rlhf_interp.generation import KVCacheError, check_kv_cache, generate
+from rlhf_interp.bridge.generation import KVCacheError, check_kv_cache, generate
 
 PROMPTS = ["The capital of France is", "Hi", "Once upon a time, in a small village by the sea,", "2 + 2 ="]
 
@@ -107,7 +107,7 @@ def test_canary_raises_a_clear_error_on_a_broken_cache(tiny, sampler):
 
 
 def test_generate_runs_the_canary_once_per_model(tiny, monkeypatch):
-    from rlhf_interp import generation
+    from rlhf_interp.bridge import generation
 
     calls = []
     real = generation.check_kv_cache
@@ -120,7 +120,7 @@ def test_generate_runs_the_canary_once_per_model(tiny, monkeypatch):
 
 
 def test_generate_refuses_a_broken_cache(tiny, monkeypatch):
-    from rlhf_interp import generation
+    from rlhf_interp.bridge import generation
 
     monkeypatch.setattr(generation, "_KV_CHECKED", generation.weakref.WeakKeyDictionary())
     with _cache_ignored(tiny), pytest.raises(KVCacheError):

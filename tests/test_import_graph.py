@@ -13,7 +13,6 @@ import importlib.util
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -94,35 +93,20 @@ def test_lazy_names_resolve_and_never_shadow_a_submodule():
             assert getattr(mod, name) is getattr(importlib.import_module(home), name)
 
 
-SHIMS = {
-    "rlhf_interp.models": ("load_model", "rlhf_interp.bridge"),
-    "rlhf_interp.rewards": ("get_reward", "rlhf_interp.reward"),
-    "rlhf_interp.reward_model": ("train_reward_model", "rlhf_interp.reward"),
-    "rlhf_interp.preference_data": ("synthesize_pairs", "rlhf_interp.reward"),
-    "rlhf_interp.steering": ("SteeringVector", "rlhf_interp.edits"),
-}
+# Modules at the package top: the package itself, `python -m rlhf_interp`, and two genuine modules. Old
+# re-export paths (rlhf_interp.kl, .models, .generation, ...) were removed: one home per name.
+TOP_LEVEL_MODULES = {"__init__", "__main__", "checkpoints", "prompts"}
+REMOVED_PATHS = ("rlhf_interp.kl", "rlhf_interp.models", "rlhf_interp.plots", "rlhf_interp.generation",
+                 "rlhf_interp.preference_data", "rlhf_interp.reward_model", "rlhf_interp.rewards",
+                 "rlhf_interp.steering")
 
 
-@pytest.mark.parametrize("old", sorted(SHIMS))
-def test_old_paths_work_with_a_deprecation_warning(old):
-    name, new = SHIMS[old]
-    module = importlib.import_module(old)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value = getattr(module, name)
-    assert value is getattr(importlib.import_module(new), name)
-    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
-    for other in graph.lazy_tables(graph.discover())[old]:  # every old name is still there
-        getattr(module, other)
-
-
-def test_old_generation_path_is_the_same_module():
-    """Monkeypatching ``rlhf_interp.generation`` must keep reaching the code that runs."""
-    old, new = importlib.import_module("rlhf_interp.generation"), importlib.import_module("rlhf_interp.bridge.generation")
-    assert old is new
-    from rlhf_interp.measure import sequences
-
-    assert sequences.generate is old.generate
+def test_no_shim_modules_at_the_package_top():
+    top = {p.stem for p in (ROOT / "rlhf_interp").glob("*.py")}
+    assert top == TOP_LEVEL_MODULES, f"unexpected top-level modules: {sorted(top - TOP_LEVEL_MODULES)}"
+    for old in REMOVED_PATHS:
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
 
 
 def test_readme_python_api_imports():

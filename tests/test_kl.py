@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf_interp.core.finite import all_finite
-from rlhf_interp.kl import (AdaptiveKLController, entropy, js_divergence, kl_both_ways_and_entropy, kl_divergence,
+from rlhf_interp.core.kl import (AdaptiveKLController, entropy, js_divergence, kl_both_ways_and_entropy, kl_divergence,
                             kl_estimate, kl_estimate_importance_weighted, penalty_kl, sampling_logprobs)
 
 
@@ -106,7 +106,7 @@ def test_penalty_kl_exact_directions_and_errors():
 
 
 def test_old_metric_names_and_recorded_values_are_mapped():
-    from rlhf_interp.kl import upgrade_kl_name, upgrade_kl_record
+    from rlhf_interp.core.kl import upgrade_kl_name, upgrade_kl_record
 
     assert upgrade_kl_name("kl_forward_per_token") == "kl_pi_ref_per_token"
     assert upgrade_kl_name("kl_reverse_k3_per_token") == "kl_ref_pi_k3_per_token"

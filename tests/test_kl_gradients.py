@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_interp.kl import LOG_RATIO_BOUND, kl_loss_terms, kl_reward_terms, kl_sequence_terms
+from rlhf_interp.core.kl import LOG_RATIO_BOUND, kl_loss_terms, kl_reward_terms, kl_sequence_terms
 from rlhf_interp.ppo import PPOConfig, kl_audit, losses
 from rlhf_interp.ppo.kl_penalty import KLPenalty, check_kl_option, kl_options, nearest_kl_option
 

@@ -12,7 +12,7 @@ import torch
 from rlhf_interp.bridge import build_tiny_model, load_tokenizer
 from rlhf_interp.bridge.generation import generate
 from rlhf_interp.cli import main as cli_main
-from rlhf_interp.kl import kl_from_logprobs, masked_mean, sampling_logprobs
+from rlhf_interp.core.kl import kl_from_logprobs, masked_mean, sampling_logprobs
 from rlhf_interp.ppo.kl_penalty import kl_options
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
 

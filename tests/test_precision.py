@@ -127,7 +127,7 @@ def test_kv_cache_canary_passes_under_bf16(sharp):
 
 
 def test_bf16_rollout_is_finite_and_its_log_probs_are_within_the_drift_of_fp32(sharp):
-    from rlhf_interp.kl import sampling_logprobs
+    from rlhf_interp.core.kl import sampling_logprobs
     from rlhf_interp.ppo.rollout import collect
 
     head = ValueHead(sharp.cfg.d_model)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlhf_interp.bridge import bridge_from_hf, build_tiny_model, load_tokenizer
-from rlhf_interp.kl import entropy, kl_divergence
+from rlhf_interp.core.kl import entropy, kl_divergence
 from rlhf_interp.probes.behaviour import (
     Behaviour,
     behaviour_rates,
@@ -33,7 +33,7 @@ from rlhf_interp.probes.estimators import (
     sequence_sums,
 )
 from rlhf_interp.probes.scoring import forward_of, score_tokens
-from rlhf_interp.rewards import get_reward, score
+from rlhf_interp.reward import get_reward, score
 
 PROMPTS = ["The old lighthouse keeper", "Hi", "Once upon a time in a quiet village,"]
 

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhf_interp.kl import (LOG_RATIO_BOUND, entropy, js_divergence, js_divergence_probs, kl_divergence, kl_estimate,
+from rlhf_interp.core.kl import (LOG_RATIO_BOUND, entropy, js_divergence, js_divergence_probs, kl_divergence, kl_estimate,
                             kl_estimate_importance_weighted, kl_from_logprobs)
 from rlhf_interp.ppo.losses import gae, whiten
 

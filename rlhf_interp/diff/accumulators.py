@@ -29,7 +29,7 @@ from torch import Tensor
 
 from rlhf_interp.diff.metrics import pattern_js, principal_directions, residual_token_metrics, second_moment
 from rlhf_interp.diff.stream import PATTERN_HOOK, PairedBatch, block_hook
-from rlhf_interp.kl import entropy, kl_divergence
+from rlhf_interp.core.kl import entropy, kl_divergence
 
 _F64 = torch.float64
 

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from rlhf_interp.kl import js_divergence_probs
+from rlhf_interp.core.kl import js_divergence_probs
 
 _EPS = 1e-12
 

@@ -16,7 +16,7 @@ import torch
 
 from rlhf_interp.bridge import tokenize
 from rlhf_interp.edits import Edit, NoEdit
-from rlhf_interp.kl import mean_and_stderr
+from rlhf_interp.core.kl import mean_and_stderr
 from rlhf_interp.measure import LogitsCache, forward_logits, kl_shift
 
 # Deliberately far from the shipped story openings: code, maths, facts, instructions, lists, dialogue, French.

@@ -9,7 +9,7 @@ reward it buys?
 - `sweeps`: many settings, one tidy row each.
 
 Column conventions: ``kl_pi_ref`` = KL(edited || reference), ``kl_ref_pi`` = KL(reference || edited),
-in nats. All KL and entropy arithmetic is `rlhf_interp.kl`'s.
+in nats. All KL and entropy arithmetic is `rlhf_interp.core.kl`'s.
 """
 
 from rlhf_interp.core.lazy import lazy_exports, names_from

@@ -17,7 +17,7 @@ import torch
 from rlhf_interp.bridge.generation import Generation, generate
 from rlhf_interp.bridge.tokens import check_context
 from rlhf_interp.edits.base import Edit
-from rlhf_interp.kl import (entropy_from_logprobs, kl_estimate, kl_from_logprobs, mean_and_stderr,
+from rlhf_interp.core.kl import (entropy_from_logprobs, kl_estimate, kl_from_logprobs, mean_and_stderr,
                             sampling_logprobs)
 from rlhf_interp.measure.token_shift import bind, check_reference, forward_logits
 from rlhf_interp.reward.functions import get_reward, score

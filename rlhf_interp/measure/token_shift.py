@@ -2,7 +2,7 @@
 reference, at every real position. Reference logits are cached (`LogitsCache`) so a sweep pays once.
 
 Column conventions (tidy, one observation per row): ``kl_pi_ref`` = KL(edited || reference),
-``kl_ref_pi`` = KL(reference || edited), both in nats (computed by `rlhf_interp.kl`).
+``kl_ref_pi`` = KL(reference || edited), both in nats (computed by `rlhf_interp.core.kl`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rlhf_interp.core.hashing import tensor_digest
 from rlhf_interp.core.masks import real_positions
 from rlhf_interp.edits.base import Edit, NoEdit, active_edits_key
 from rlhf_interp.edits.positions import prompt_length
-from rlhf_interp.kl import entropy, js_divergence, kl_divergence
+from rlhf_interp.core.kl import entropy, js_divergence, kl_divergence
 
 TokenBatch = tuple[Tensor, Tensor, int]  # tokens, attention_mask, prompt_len
 

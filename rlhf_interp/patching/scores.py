@@ -12,7 +12,7 @@ Conventions (stated once, used by every table of this package):
 - Positions: every real, non-pad, non-BOS token of the texts (BOS sees no context and both models agree
   there); each one's next-token distribution counts once. Means are over all such tokens of all texts.
 - ``kl_patched_tuned`` = mean KL(patched || tuned), ``kl_patched_base`` = mean KL(patched || base) (nats;
-  `rlhf_interp.kl.kl_divergence`, exact over the vocabulary).
+  `rlhf_interp.core.kl.kl_divergence`, exact over the vocabulary).
 - ``kl_clean`` = KL(receiver || donor) without a patch: KL(base || tuned) into base, KL(tuned || base) into tuned.
 - ``fraction_recovered`` = 1 - KL(patched || donor) / KL(receiver || donor): 1 when the patched receiver
   reproduces the donor's outputs, 0 when the patch changed nothing, negative when it moved away.
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from rlhf_interp.diff import check_compatible
 from rlhf_interp.diff.stream import PairedBatch, paired_batches
-from rlhf_interp.kl import kl_divergence
+from rlhf_interp.core.kl import kl_divergence
 
 DIRECTIONS: tuple[str, ...] = ("into_base", "into_tuned")
 

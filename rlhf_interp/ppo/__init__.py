@@ -1,6 +1,6 @@
 """PPO with a KL penalty on a TransformerBridge policy.
 
-- `config`: ``PPOConfig``, one validated flat config per run (which KL options exist: `rlhf_interp.kl`);
+- `config`: ``PPOConfig``, one validated flat config per run (which KL options exist: `rlhf_interp.core.kl`);
 - `rollout`: sample, then one forward pass per model -> ``Rollout``;
 - `losses`: GAE, the clipped policy and value losses, the KL in the advantages;
 - `update`: one PPO update (epochs of clipped minibatch steps) over a rollout;

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from rlhf_interp.kl import (bounded_ratio, kl_from_logprobs, kl_loss_terms, kl_reward_terms, kl_sequence_terms,
+from rlhf_interp.core.kl import (bounded_ratio, kl_from_logprobs, kl_loss_terms, kl_reward_terms, kl_sequence_terms,
                             masked_mean, penalty_kl)
 from rlhf_interp.ppo import losses
 from rlhf_interp.ppo.kl_penalty import kl_options

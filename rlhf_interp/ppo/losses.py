@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from rlhf_interp.kl import bounded_ratio, masked_mean
+from rlhf_interp.core.kl import bounded_ratio, masked_mean
 
 BatchGen = "batch gen"
 

@@ -30,7 +30,7 @@ from rlhf_interp.bridge.generation import generate
 from rlhf_interp.bridge.heads import ValueHead, forward_with_values
 from rlhf_interp.bridge.precision import autocast
 from rlhf_interp.core.finite import all_finite
-from rlhf_interp.kl import kl_both_ways_and_entropy, sampling_logprobs
+from rlhf_interp.core.kl import kl_both_ways_and_entropy, sampling_logprobs
 from rlhf_interp.ppo.kl_penalty import KLPenalty
 from rlhf_interp.reward.functions import RewardFn, score
 

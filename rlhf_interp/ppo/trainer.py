@@ -24,7 +24,7 @@ from rlhf_interp.bridge.run_dirs import latest_checkpoint, read_meta
 from rlhf_interp.bridge.tokens import check_context
 from rlhf_interp.core.allocator import reuse_freed_memory
 from rlhf_interp.core.seeding import mix_seed
-from rlhf_interp.kl import masked_mean
+from rlhf_interp.core.kl import masked_mean
 from rlhf_interp.ppo.kl_penalty import KLPenalty
 from rlhf_interp.ppo.reference_bank import ReferenceBank
 from rlhf_interp.ppo import losses

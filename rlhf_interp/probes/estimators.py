@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rlhf_interp.kl import kl_estimate, kl_estimate_importance_weighted
+from rlhf_interp.core.kl import kl_estimate, kl_estimate_importance_weighted
 
 # Bin edges of the true per-token KL (nats): decades, the tail of the distribution in one bin.
 KL_BINS: tuple[float, ...] = (0.0, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, math.inf)

@@ -3,7 +3,7 @@ each generated token, the entropy, and the exact KL in both directions at each s
 
 Why its own module: coverage (a policy scoring the reference's samples) and the estimator audit (exact
 KL next to k1/k2/k3 from the sampled token) need the same numbers, computed chunk by chunk so a
-``[rows, tokens, vocab]`` tensor of the whole set never sits in memory. Every formula is `rlhf_interp.kl`'s,
+``[rows, tokens, vocab]`` tensor of the whole set never sits in memory. Every formula is `rlhf_interp.core.kl`'s,
 on the distribution that was sampled (`kl.sampling_logprobs`: temperature, top-k, top-p).
 """
 
@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from rlhf_interp.kl import entropy_from_logprobs, kl_both_ways_and_entropy, sampling_logprobs
+from rlhf_interp.core.kl import entropy_from_logprobs, kl_both_ways_and_entropy, sampling_logprobs
 
 Forward = Callable[[Tensor, Tensor], Tensor]  # (tokens, attention_mask) -> logits [batch, seq, vocab]
 

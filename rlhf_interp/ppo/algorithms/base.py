@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import Tensor
 
-from rlhf_interp.kl import entropy_from_logprobs, masked_mean, sampling_logprobs
+from rlhf_interp.core.kl import entropy_from_logprobs, masked_mean, sampling_logprobs
 from rlhf_interp.ppo import losses
 from rlhf_interp.ppo.kl_penalty import KLPenalty
 from rlhf_interp.ppo.reference_bank import sequence_kl_loss

@@ -28,7 +28,7 @@ from torch import Tensor
 from rlhf_interp.bridge.precision import autocast
 from rlhf_interp.core.masks import pad_rows
 from rlhf_interp.core.seeding import mix_seed
-from rlhf_interp.kl import sampling_logprobs
+from rlhf_interp.core.kl import sampling_logprobs
 from rlhf_interp.ppo.algorithms.base import Algorithm, Minibatch, UpdateContext
 from rlhf_interp.ppo.rollout import Rollout, gather_logprobs
 from rlhf_interp.reward.preferences import PreferencePair, read_preferences
