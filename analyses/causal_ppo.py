@@ -378,11 +378,11 @@ def render(report_dir: str | Path) -> Report:
         f"{config.get('n_texts', '?')} texts: {texts}. "
         + ("" if swaps else "Weight swaps were not run (`no_weights`). ") + "Every statistic counts each real, non-pad, non-BOS position's next-token "
         "distribution once. **Directions:** `into_base` runs the base model with one activation (or one layer's "
-        "weights) of the tuned model on the same tokens; `into_tuned` the reverse. **Fraction recovered** = "
+        "weights) of the tuned model on the same tokens; `into_tuned` the other way round. **Fraction recovered** = "
         "1 - KL(patched || donor) / KL(receiver || donor), a ratio of means over positions: into base, "
         "1 - KL(patched||tuned) / KL(base||tuned). **Reward proxy** = mean log P(next token contains "
         f"{config.get('reward_substring', '.')!r}); `reward_proxy_recovered` is the patch's share of the gap "
-        "between receiver and donor. KL in nats (`rlhf_interp.core.kl.kl_divergence`, exact over the vocabulary).")
+        "between receiver and donor. KL in nats (`rlhf_interp.kl.kl_divergence`, exact over the vocabulary).")
     report.section("Findings", f"Descriptive, on these {config.get('n_texts', '?')} texts (no intervals: per-text "
                    "values were not stored):\n\n" + "\n".join(f"- {line}" for line in lines))
 
@@ -444,7 +444,7 @@ def render(report_dir: str | Path) -> Report:
                 "`ablate_mean_local` out of that layer's only; "
                 "`ablate_pcs<k>` does the same for the top k principal directions of the difference; "
                 "`subtract_mean` adds minus the mean difference at that layer (`Steering`, non-BOS positions); "
-                "`add_mean` adds it to the *base* model (the reverse; steering the base along the fine-tuning "
+                "`add_mean` adds it to the *base* model (the other way round; steering the base along the fine-tuning "
                 "direction at equal KL is the subject of [edit_vs_finetune](../edit_vs_finetune/README.md)). "
                 "`kl_tf_base`: teacher-forced KL(edited || base) per token on the texts; `kl_removed` = 1 - "
                 "kl_tf_base / KL(tuned||base); `proxy_gain_kept` and `reward_gain_kept` = (value - base) / "

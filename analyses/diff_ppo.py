@@ -134,7 +134,7 @@ def findings(t: dict[str, pd.DataFrame], watch: list[str]) -> list[str]:
         + (f"; the change first reaches 10% of its maximum at layer {first}." if first is not None else "."),
         "Sublayer outputs that changed most in absolute terms (diff_norm): "
         + ", ".join(f"L{r.layer} {r.hook} ({r.diff_norm:.3g})" for r in writes.itertuples()) + ".",
-        f"Mean KL per token: forward KL(tuned||base) = {out.kl_pi_ref:.4g}, reverse = {out.kl_ref_pi:.4g} "
+        f"Mean KL per token: KL(tuned||base) = {out.kl_pi_ref:.4g}, KL(base||tuned) = {out.kl_ref_pi:.4g} "
         f"(over {int(out.n_tokens)} tokens).",
         "Next-token probability (mean over those tokens) rose most for "
         + ", ".join(f"{tok!r} ({d:+.3g})" for tok, d in zip(up.token, up.prob_diff))

@@ -520,7 +520,7 @@ rates the policy's samples as highly as the truth does, relative to base text.
     report.figure("cost", plot_curves(phases, [("kl_pi_ref_per_token", "KL(π‖base) per token (nats)"),
                                                ("gap_rm0", "v0 RM − true (held-out std units)")],
                                       "what the refresh costs, and how the starting RM sees each policy"),
-                  caption="Left: the exact forward KL to the base model per generated token. Right: the gap measured "
+                  caption="Left: the exact KL(π‖base) per generated token. Right: the gap measured "
                           "with the starting RM (v0) for both settings: how much of v0's view the refreshed policy "
                           "still exploits.")
     report.table("phases", phases, title="Per run and phase", show=20)

@@ -1,17 +1,22 @@
-"""The wrong-way-around KL, measured: PPO with a forward, a reverse or no KL penalty on the embedded model.
+"""The wrong-way-around KL, measured: PPO with KL(pi||ref), three kinds of KL(ref||pi), or no penalty.
 
     python analyses/kl_direction.py base   --study runs/kl_direction    # reference samples, base rates, behaviour X
     python analyses/kl_direction.py train  --study runs/kl_direction    # 2 tasks x 3 penalties x 2 seeds, resumable
-    python analyses/kl_direction.py train  --study runs/kl_direction --only periods-forward-s0 periods-none-s0
+    python analyses/kl_direction.py calibrate --study runs/kl_direction   # the coefficient, measured first
+    python analyses/kl_direction.py train  --study runs/kl_direction --only suppress-ref_pi_seq-s0 suppress-none-s0
     python analyses/kl_direction.py report --study runs/kl_direction    # tables -> reports/kl_direction/ + the page
     python analyses/kl_direction.py render                              # the page again, from its CSVs alone
     python analyses/kl_direction.py all    --study runs/kl_direction    # base, train, report
     (add --tiny to any of them for a seconds-long run on the tiny random model: a smoke test of the pipeline)
 
-Here forward = KL(pi || ref) (Ziegler et al.) and reverse = KL(ref || pi); some RL libraries use the opposite
-words. Both penalties use the same estimator and placement (the exact per-token KL over the vocabulary as a
-loss term, accepted in both directions, docs/kl.md) and the same fixed coefficient, so only the direction
-differs; "none" has coefficient 0.
+A KL is named by its argument order: pi_ref = KL(pi || ref) (Ziegler et al.), ref_pi = KL(ref || pi); "forward"
+and "reverse" are not used (the field uses them both ways round; the first version of this study did).
+Penalties (`PENALTY_KL`): pi_ref (exact, in the reward: the sequence-level KL(pi||ref)), ref_pi_reward (exact
+per-token KL(ref||pi) in the reward, over the policy's moving states), ref_pi_loss (the same in the loss, at the
+rollout's states), ref_pi_seq (KL(ref||pi) of whole sequences: a loss term on a bank of reference samples per
+prompt), all with one fixed coefficient (measured first by ``calibrate``), and none (coefficient 0). The first
+version of the study (its report is what `render` shows when the CSVs are that study's) compared pi_ref_loss with
+ref_pi_loss (exact, in the loss, coefficient 0.3).
 
 Two tasks: **periods** (reward = number of '.' in the continuation: RL pushes a behaviour up) and
 **suppress** (reward = -(number of occurrences of a behaviour X): RL pushes a behaviour of the reference
@@ -68,9 +73,19 @@ from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.plots import series_style
 
 NAME = "kl_direction"
-PENALTIES = ("forward", "reverse", "none")
+# Penalty -> (kl_direction, kl_estimator, kl_placement). KL(pi||ref) in the reward (the sequence-level KL(pi||ref),
+# mode-seeking) against the three ways of KL(ref||pi): per token in the reward (over the policy's moving states),
+# per token in the loss (at the rollout's states), and of whole sequences (a loss term on the reference's samples).
+PENALTY_KL = {"pi_ref": ("pi_ref", "exact", "reward"), "ref_pi_reward": ("ref_pi", "exact", "reward"),
+              "ref_pi_loss": ("ref_pi", "exact", "loss"), "ref_pi_seq": ("ref_pi", "k1", "sequence")}
+PENALTIES = (*PENALTY_KL, "none")
+ALL_PENALTIES = ("pi_ref", "pi_ref_loss", "ref_pi_reward", "ref_pi_loss", "ref_pi_seq", "none")  # page order, both studies
 TASKS = ("periods", "suppress")
-PENALTY_LABEL = {"forward": "forward KL(π‖ref)", "reverse": "reverse KL(ref‖π)", "none": "no KL penalty"}
+PENALTY_LABEL = {"pi_ref": "KL(π‖ref) per token in the reward (= sequence-level)",
+                 "ref_pi_reward": "KL(ref‖π) per token in the reward", "ref_pi_loss": "KL(ref‖π) per token in the loss",
+                 "ref_pi_seq": "KL(ref‖π) of sequences (reference bank)", "none": "no KL penalty",
+                 # the first study (2026-11, exact per-token KL in the loss for both directions, coefficient 0.3)
+                 "pi_ref_loss": "KL(π‖ref) per token in the loss"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,22 +97,23 @@ class Study:
     """Everything that defines the study; saved as ``<study>/study.json`` and in the report's config."""
 
     model: str = "smollm2-135m"
-    seeds: tuple[int, ...] = (0, 1)
-    tasks: tuple[str, ...] = TASKS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    tasks: tuple[str, ...] = ("suppress",)
     penalties: tuple[str, ...] = PENALTIES
-    kl_coef: float = 0.3  # the same fixed coefficient for forward and reverse
-    phases: int = 20
+    kl_coef: float = 0.1  # the same fixed coefficient for every penalty; `calibrate` measures the choice
+    phases: int = 12
     batch_size: int = 8
     minibatch_size: int = 4
-    ppo_epochs: int = 4
+    ppo_epochs: int = 2
     max_new_tokens: int = 24
-    lr: float = 5e-5
+    lr: float = 1e-4
     head_lr: float = 5e-4
     freeze_layers: int = 15
-    eval_every: int = 5
-    eval_prompts: int = 16  # fixed prompts for evaluations and coverage
-    eval_samples: int = 2  # policy samples per eval prompt
-    ref_samples: int = 3  # reference samples per eval prompt (coverage)
+    eval_every: int = 12  # evaluations: the base model, and the end of each run
+    eval_prompts: int = 32  # fixed prompts for evaluations and coverage
+    eval_samples: int = 8  # policy samples per eval prompt: 256 per evaluation
+    ref_samples: int = 8  # reference samples per eval prompt (coverage): 256
+    kl_bank_size: int = 4  # reference samples per training prompt for the sequence-level penalty
     base_prompts: int = 160  # base continuations measured for the behaviour rates (one per prompt)
     eval_seed: int = 1234
     # X, a CANDIDATES name (None: chosen in the base step). "word_I" from 300 base continuations already in
@@ -111,7 +127,7 @@ class Study:
         """Seconds per run on the tiny random model: checks the pipeline, not the science."""
         return cls(model="tiny-test", phases=4, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=8,
                    lr=1e-3, head_lr=1e-3, freeze_layers=0, eval_every=2, eval_prompts=3, eval_samples=2,
-                   ref_samples=3, base_prompts=24, kl_coef=0.3)
+                   ref_samples=3, base_prompts=24, kl_coef=0.3, seeds=(0,), kl_bank_size=2)
 
     def run_names(self) -> list[str]:
         return [run_name(t, p, s) for t in self.tasks for p in self.penalties for s in self.seeds]
@@ -149,16 +165,17 @@ def ppo_config(study: Study, task: str, penalty: str, seed: int, behaviour: Beha
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
     if penalty == "none":
         kl = {"kl_coef": 0.0, "kl_direction": "pi_ref", "kl_estimator": "k1", "kl_placement": "reward"}
-    elif penalty in ("forward", "reverse"):  # interim: the study's own names are rewritten with issue 29's re-run
-        kl = {"kl_coef": study.kl_coef, "kl_direction": {"forward": "pi_ref", "reverse": "ref_pi"}[penalty],
-              "kl_estimator": "exact", "kl_placement": "loss"}
+    elif penalty in PENALTY_KL:
+        direction, estimator, placement = PENALTY_KL[penalty]
+        kl = {"kl_coef": study.kl_coef, "kl_direction": direction, "kl_estimator": estimator,
+              "kl_placement": placement, "kl_bank_size": study.kl_bank_size}
     else:
         raise ValueError(f"Unknown penalty {penalty!r}; use one of {PENALTIES}.")
     fields = {"model": study.model, "seed": seed, **reward, **kl, "adaptive_kl": False, "normalize_reward": True,
               "phases": study.phases, "batch_size": study.batch_size, "minibatch_size": study.minibatch_size,
               "ppo_epochs": study.ppo_epochs, "max_new_tokens": study.max_new_tokens, "temperature": 1.0,
               "lr": study.lr, "head_lr": study.head_lr, "lr_decay": False, "freeze_layers": study.freeze_layers,
-              "gamma": 1.0, "gae_lambda": 0.95, "whiten_advantages": True, "checkpoint_every": study.eval_every,
+              "gamma": 1.0, "gae_lambda": 0.95, "whiten_advantages": True, "checkpoint_every": min(study.eval_every, 4),
               "keep_checkpoints": 1, "sample_every": study.eval_every, **study.extra}
     return PPOConfig.from_dict(fields)
 
@@ -361,6 +378,41 @@ def train_run(study: Study, study_dir: Path, name: str, progress: bool = True) -
     print(f"{name}: {trainer.phase} phases, {time.perf_counter() - start:.0f} s in this call")
 
 
+def calibrate(study: Study, study_dir: Path, betas: tuple[float, ...] = (0.3, 0.1, 0.03), phases: int = 5,
+              seed: int = 100, penalties: tuple[str, ...] = ("ref_pi_loss", "pi_ref"), progress: bool = False
+              ) -> pd.DataFrame:
+    """Measure the coefficient first: short runs (``phases``, a seed the study does not use) without a penalty and
+    with ``penalties`` at each of ``betas``; ``<study>/calibration.csv`` holds KL(pi||ref) per token and seconds per
+    phase. Resumable: runs already in the table are skipped."""
+    from rlhf_interp.ppo import PPOTrainer
+
+    base = read_base(study_dir)
+    behaviour = CANDIDATES[base["behaviour"]]
+    path = study_dir / "calibration.csv"
+    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["penalty", "kl_coef"])
+    settings = [("none", 0.0)] + [(p, b) for p in penalties for b in betas]
+    rows = [done]
+    for penalty, beta in settings:
+        if ((done["penalty"] == penalty) & (done["kl_coef"] == beta)).any():
+            continue
+        run_dir = study_dir / "calibration" / f"{penalty}-b{beta:g}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        config = ppo_config(replace(study, phases=phases, kl_coef=beta if beta else study.kl_coef), "suppress",
+                            penalty, seed, behaviour)
+        config = replace(config, checkpoint_every=0, sample_every=0, keep_checkpoints=None).validate()
+        trainer = PPOTrainer(config, run_dir, progress=progress)
+        metrics = trainer.train()
+        shutil.rmtree(run_dir, ignore_errors=True)  # only the numbers are kept
+        table = pd.DataFrame(metrics)[["phase", "kl_pi_ref_per_token", "kl_ref_pi_per_token", "reward_mean", "seconds"]]
+        rows.append(table.assign(penalty=penalty, kl_coef=beta))
+        out = pd.concat(rows, ignore_index=True)
+        out.to_csv(path, index=False)
+        print(f"calibrate: {penalty} beta {beta:g}: KL(pi||ref) {table.kl_pi_ref_per_token.iloc[-1]:.4f} at phase "
+              f"{phases}, {table.seconds.mean():.1f} s/phase", flush=True)
+    return pd.concat(rows, ignore_index=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Tables from the study directory (compute) -> reports/kl_direction/*.csv
 
@@ -491,7 +543,7 @@ def _optional_table(report_dir: Path, name: str) -> pd.DataFrame:
 # The page, from the CSVs alone
 
 
-COLORS = {p: series_style(i) for i, p in enumerate(PENALTIES)}
+COLORS = {p: series_style(i) for i, p in enumerate(ALL_PENALTIES)}
 
 
 def _fmt_spread(row: pd.Series, pct: bool = False, digits: int = 3) -> str:
@@ -508,7 +560,7 @@ def _pick(summary: pd.DataFrame, **where) -> pd.Series | None:
     return g.iloc[0] if len(g) else None
 
 
-def _rates(table: pd.DataFrame, task: str, metric: str, pct: bool, penalties=PENALTIES, **where) -> str:
+def _rates(table: pd.DataFrame, task: str, metric: str, pct: bool, penalties=ALL_PENALTIES, **where) -> str:
     out = []
     for penalty in penalties:
         row = _pick(table, task=task, penalty=penalty, metric=metric, **where)
@@ -549,7 +601,7 @@ def figure_trajectories(trajectory: pd.DataFrame, evals: pd.DataFrame):
     tasks = list(dict.fromkeys(trajectory["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for penalty in PENALTIES:
+        for penalty in ALL_PENALTIES:
             style = COLORS[penalty]
             runs = trajectory[(trajectory["task"] == task) & (trajectory["penalty"] == penalty)]
             for seed, g in runs.groupby("seed"):
@@ -582,7 +634,7 @@ def figure_over_training(evals: pd.DataFrame, metric: str, ylabel: str, pct: boo
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.6), squeeze=False)
     scale = 100.0 if pct else 1.0
     for ax, task in zip(axes[0], tasks):
-        for penalty in PENALTIES:
+        for penalty in ALL_PENALTIES:
             g = evals[(evals["task"] == task) & (evals["penalty"] == penalty)]
             if g.empty:
                 continue
@@ -610,7 +662,7 @@ def figure_coverage(coverage: pd.DataFrame):
     for ax, task in zip(axes[0], tasks):
         g = samples[samples["task"] == task]
         bins = np.linspace(min(g["delta"].min(), -1.0), max(g["delta"].max(), 1.0), 40)
-        for penalty in PENALTIES:
+        for penalty in ALL_PENALTIES:
             d = g.loc[g["penalty"] == penalty, "delta"]
             if len(d):
                 ax.hist(d, bins=bins, histtype="step", lw=1.6, color=COLORS[penalty]["color"],
@@ -633,7 +685,7 @@ def figure_matched(matched_summary: pd.DataFrame, match_on: str):
     for r, task in enumerate(tasks):
         for c, (metric, title) in enumerate(metrics):
             ax = axes[r][c]
-            g = m[(m["task"] == task) & (m["metric"] == metric)].set_index("penalty").reindex(PENALTIES).dropna(
+            g = m[(m["task"] == task) & (m["metric"] == metric)].set_index("penalty").reindex(ALL_PENALTIES).dropna(
                 subset=["mean"])
             xs = np.arange(len(g))
             ax.bar(xs, g["mean"], color=[COLORS[p]["color"] for p in g.index], alpha=0.8)
@@ -657,15 +709,18 @@ def render(report_dir: Path) -> Report:
     coverage, rates = read_table(report_dir, "coverage_final"), read_table(report_dir, "base_rates")
     collapse, samples = read_table(report_dir, "collapse"), read_table(report_dir, "samples")
     study, base = config["study"], config["base"]
-    report = Report.at(report_dir, "The wrong-way-around KL: forward vs reverse vs no penalty",
+    penalties = [p for p in ALL_PENALTIES if p in set(end["penalty"])]
+    report = Report.at(report_dir, "The wrong-way-around KL: KL(π‖ref) vs KL(ref‖π) vs no penalty",
                        headline=headline(config, end, matched_summary), source=__file__, config=config)
     report.text(f"""
-        PPO on `{study['model']}` with three penalties: **forward** KL(π‖ref) (the usual one, Ziegler et al.),
-        **reverse** KL(ref‖π) (some RL libraries call these the other way round), and **none**. Both penalties are
-        the exact per-token KL summed over the vocabulary, as a loss term, coefficient {study['kl_coef']} (fixed):
-        only the direction differs. {len(study['seeds'])} seeds per setting; {study['phases']} phases of
+        PPO on `{study['model']}` with {len(penalties)} penalties: {'; '.join(f"**{p}** = {PENALTY_LABEL[p]}" for p in penalties)}.
+        A KL is named by its argument order (`pi_ref` = KL(π‖ref), the usual penalty of Ziegler et al., mode-seeking;
+        `ref_pi` = KL(ref‖π), mass-covering); this study's first version called them "forward" and "reverse", words
+        the field uses both ways round. Both penalties are the exact per-token KL summed over the vocabulary, as a loss
+        term at the rollout's states, coefficient {study['kl_coef']} (fixed): only the direction differs.
+        {len(study['seeds'])} seeds per setting; {study['phases']} phases of
         {study['batch_size']} prompts × {study['max_new_tokens']} new tokens; layers below {study['freeze_layers']}
-        frozen. Forward and reverse KL agree to second order near the reference, so the same coefficient is close
+        frozen. The two directions agree to second order near the reference, so the same coefficient is close
         to the same strength at small KL; the matched comparisons below read every run where it first reaches a
         common KL(π‖ref) (or reward), interpolating between evaluations.
 
@@ -737,17 +792,20 @@ def render(report_dir: Path) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["base", "train", "report", "render", "all"])
+    parser.add_argument("step", choices=["base", "calibrate", "train", "report", "render", "all"])
     parser.add_argument("--study", type=Path, default=Path("runs/kl_direction"), help="study directory (runs, samples)")
     parser.add_argument("--report-dir", type=Path, default=Path("reports") / NAME)
-    parser.add_argument("--only", nargs="+", default=None, help="train only these runs (e.g. periods-forward-s0)")
+    parser.add_argument("--only", nargs="+", default=None, help="train only these runs (e.g. suppress-ref_pi_seq-s0)")
     parser.add_argument("--tiny", action="store_true", help="the tiny random model, a few phases: a smoke test")
     parser.add_argument("--behaviour", default=None,
                         help=f"X: 'auto' (closest to 20%% base rate) or one of {sorted(CANDIDATES)}; default word_I")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue: finished runs are skipped, unfinished ones "
+                        "resume from their last checkpoint (also the default; the flag says so explicitly)")
+    parser.add_argument("--rebuild", action="store_true", help="the same as the render step: the page from its CSVs")
     args = parser.parse_args(argv)
     try:
-        if args.step == "render":
+        if args.step == "render" or args.rebuild:
             out = render(args.report_dir).save()
             print(f"report: {out}/index.html")
             return 0
@@ -760,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.study)
         if args.step in ("base", "all"):
             run_base(study, args.study)
+        if args.step == "calibrate":
+            calibrate(study, args.study, progress=not args.no_progress)
         if args.step in ("train", "all"):
             names = args.only or study.run_names()
             unknown = sorted(set(names) - set(study.run_names()))

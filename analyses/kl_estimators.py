@@ -9,10 +9,10 @@ reference's own samples), the exact per-token KL in both directions over the voc
 log-probs of the token. Nothing is trained or loaded here. `rlhf_interp.probes.estimators` turns them into
 the estimators' values:
 
-- ``forward|policy``: KL(pi || ref) from tokens sampled by the policy, k1 / k2 / k3 (what PPO's per-token
-  penalty uses, forward = KL(pi || ref) as in Ziegler et al.);
-- ``reverse|reference``: KL(ref || pi) from the reference's samples, k1 / k2 / k3;
-- ``reverse|policy-iw``: KL(ref || pi) from the policy's tokens by importance weighting, k1 / k3.
+- ``pi_ref|policy``: KL(pi || ref) from tokens sampled by the policy, k1 / k2 / k3 (what PPO's per-token
+  penalty uses, KL(pi || ref) as in Ziegler et al.);
+- ``ref_pi|reference``: KL(ref || pi) from the reference's samples, k1 / k2 / k3;
+- ``ref_pi|policy-iw``: KL(ref || pi) from the policy's tokens by importance weighting, k1 / k3.
 
 Some RL libraries call these directions the other way round.
 """
@@ -44,9 +44,9 @@ from rlhf_interp.report.plots import series_style
 NAME = "kl_estimators"
 LENGTHS = (1, 2, 4, 8, 16, 24, 32, 64)
 ESTIMATOR_STYLE = {name: series_style(i) for i, name in enumerate(("k1", "k2", "k3"))}
-SETTING_LABEL = {"forward|policy": "KL(π‖ref), tokens from π",
-                 "reverse|reference": "KL(ref‖π), tokens from ref",
-                 "reverse|policy-iw": "KL(ref‖π), tokens from π, importance-weighted"}
+SETTING_LABEL = {"pi_ref|policy": "KL(π‖ref), tokens from π",
+                 "ref_pi|reference": "KL(ref‖π), tokens from ref",
+                 "ref_pi|policy-iw": "KL(ref‖π), tokens from π, importance-weighted"}
 
 
 def load_tokens(study_dir: Path) -> pd.DataFrame:
@@ -128,7 +128,7 @@ def figure_schulman(binned: pd.DataFrame, min_n: int = 20):
 def figure_along_runs(along: pd.DataFrame, penalty: str = "none"):
     """Along the runs with ``penalty`` (where the KL grows most): the true KL per token and each estimator's noise
     (std of estimate - exact) at every checkpoint, tokens sampled from the policy, per task."""
-    g = along[(along["penalty"] == penalty) & (along["setting"] == "forward|policy")]
+    g = along[(along["penalty"] == penalty) & (along["setting"] == "pi_ref|policy")]
     tasks = list(dict.fromkeys(g["task"]))
     fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.0 * max(len(tasks), 1), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -148,10 +148,10 @@ def figure_along_runs(along: pd.DataFrame, penalty: str = "none"):
 
 
 def figure_negative(along: pd.DataFrame, seq: pd.DataFrame):
-    """Share of negative k1 (forward, tokens from the policy) per token and per sequence, along each run."""
+    """Share of negative k1 of KL(π‖ref) (tokens from the policy) per token and per sequence, along each run."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    k1 = along[(along["setting"] == "forward|policy") & (along["estimator"] == "k1")]
-    s1 = seq[(seq["setting"] == "forward|policy") & (seq["estimator"] == "k1")]
+    k1 = along[(along["setting"] == "pi_ref|policy") & (along["estimator"] == "k1")]
+    s1 = seq[(seq["setting"] == "pi_ref|policy") & (seq["estimator"] == "k1")]
     for i, ((task, penalty), g) in enumerate(k1.groupby(["task", "penalty"])):
         style = series_style(i)
         axes[0].plot(g["updates"], 100 * g["share_negative"], label=f"{task}, {penalty}", **style)
@@ -204,15 +204,15 @@ def _row(binned: pd.DataFrame, setting: str, estimator: str, which: str, min_n: 
 def headline(binned: pd.DataFrame, along: pd.DataFrame, seq: pd.DataFrame, min_n: int = 50) -> str:
     parts = []
     for which in ("low", "high"):
-        rows = {e: _row(binned, "forward|policy", e, which, min_n) for e in ("k1", "k2", "k3")}
+        rows = {e: _row(binned, "pi_ref|policy", e, which, min_n) for e in ("k1", "k2", "k3")}
         if any(r is None for r in rows.values()):
             continue
         k1, k2, k3 = rows["k1"], rows["k2"], rows["k3"]
         parts.append(f"at true KL {k1['kl_bin']} (mean {k1['exact_mean']:.3g} nats/token, n={int(k1['n'])}) "
                      f"the bias/std of k1, k2, k3 are {k1['bias']:+.2g}/{k1['std']:.2g}, {k2['bias']:+.2g}/"
                      f"{k2['std']:.2g}, {k3['bias']:+.2g}/{k3['std']:.2g}")
-    k1 = along[(along["setting"] == "forward|policy") & (along["estimator"] == "k1")]
-    s1 = seq[(seq["setting"] == "forward|policy") & (seq["estimator"] == "k1")]
+    k1 = along[(along["setting"] == "pi_ref|policy") & (along["estimator"] == "k1")]
+    s1 = seq[(seq["setting"] == "pi_ref|policy") & (seq["estimator"] == "k1")]
     neg = ""
     if len(k1) and len(s1):
         neg = (f" Negative k1: {100 * k1['share_negative'].min():.0f}-{100 * k1['share_negative'].max():.0f}% of "
@@ -235,22 +235,22 @@ def render(report_dir: Path) -> Report:
         is known, so each estimator's error is measured token by token: **bias** = mean(estimate − exact), **std** =
         std(estimate − exact) (the sampling noise alone; the spread of the true KL across states is removed),
         **corr** = correlation of estimate and exact within the bin. k1 = −log r, k2 = (log r)²/2,
-        k3 = (r − 1) − log r with r = q(x)/p(x), x ~ p (Schulman 2020). Forward = KL(π‖ref), reverse = KL(ref‖π);
-        some RL libraries use the opposite words.""")
+        k3 = (r − 1) − log r with r = q(x)/p(x), x ~ p (Schulman 2020). Settings name the KL by its argument order:
+        `pi_ref` = KL(π‖ref), `ref_pi` = KL(ref‖π).""")
     report.section("Bias and noise against the true KL")
     report.figure("schulman", figure_schulman(binned),
                   caption="All runs and checkpoints pooled; bins with at least 20 tokens. Relative to the true KL of "
                           "the bin (Schulman's 'bias/true' and 'stdev/true').")
     report.table("binned", binned, title="Per estimator and true-KL bin (all checkpoints)", show=0,
-                 preview=binned[binned["setting"] == "forward|policy"][
+                 preview=binned[binned["setting"] == "pi_ref|policy"][
                      ["estimator", "kl_bin", "n", "exact_mean", "bias", "bias_stderr", "std", "rel_std", "corr",
                       "share_negative"]])
-    reverse = binned[binned["direction"] == "reverse"]
-    if len(reverse):
-        report.table("binned_reverse", reverse,
-                     title="The reverse direction: KL(ref‖π) from the reference's tokens, and from the policy's by "
+    ref_pi = binned[binned["direction"] == "ref_pi"]
+    if len(ref_pi):
+        report.table("binned_ref_pi", ref_pi,
+                     title="KL(ref‖π) from the reference's tokens, and from the policy's by "
                            "importance weights",
-                     preview=reverse[["setting", "estimator", "kl_bin", "n", "exact_mean", "bias", "bias_stderr", "std",
+                     preview=ref_pi[["setting", "estimator", "kl_bin", "n", "exact_mean", "bias", "bias_stderr", "std",
                                       "corr", "share_negative"]])
     report.table("binned_by_checkpoint", by_ckpt, title="The same, per checkpoint", show=0)
     report.section("Along a run")
@@ -260,7 +260,7 @@ def render(report_dir: Path) -> Report:
                           "estimates.")
     report.section("Negative k1: the 'negative KL' users see")
     report.figure("negative_k1", figure_negative(along, by_run),
-                  caption=f"forward k1 on the policy's own tokens; per sequence: sum over "
+                  caption=f"k1 of KL(π‖ref) on the policy's own tokens; per sequence: sum over "
                           f"{config['max_generated_tokens']} generated tokens.")
     report.table("along_runs", along, title="Every setting along every run (all tokens of a checkpoint)", show=0)
     report.section("Sequence sums: the spread grows with length")

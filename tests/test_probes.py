@@ -134,7 +134,7 @@ def test_coverage_of_a_model_against_itself_loses_nothing(tiny, refs, tmp_path):
     assert tokens.mask.shape == (12, 6)
 
 
-def test_coverage_of_a_different_model_loses_modes_and_estimates_reverse_kl(tiny, other, refs):
+def test_coverage_of_a_different_model_loses_modes_and_estimates_kl_ref_pi(tiny, other, refs):
     table, _ = measure_coverage(forward_of(other), refs, reference=forward_of(tiny))
     summary = coverage_summary(table)
     samples = table[table.kind == "sample"]
@@ -167,26 +167,26 @@ def test_estimators_agree_with_exact_expectations_on_a_categorical():
     n = 40_000
     long = estimates(_categorical_tokens(pi, ref, n, seed=1), "policy")
     audit = overall_audit(long).set_index(["setting", "estimator"])
-    # Unbiased: forward k1, k3 and the importance-weighted reverse k1, k3, within 4 standard errors.
-    for setting, name, truth in [("forward|policy", "k1", kl_f), ("forward|policy", "k3", kl_f),
-                                 ("reverse|policy-iw", "k1", kl_r), ("reverse|policy-iw", "k3", kl_r)]:
+    # Unbiased: KL(pi||ref) k1, k3 and the importance-weighted KL(ref||pi) k1, k3, within 4 standard errors.
+    for setting, name, truth in [("pi_ref|policy", "k1", kl_f), ("pi_ref|policy", "k3", kl_f),
+                                 ("ref_pi|policy-iw", "k1", kl_r), ("ref_pi|policy-iw", "k3", kl_r)]:
         row = audit.loc[(setting, name)]
         assert row["exact_mean"] == pytest.approx(truth)
         assert abs(row["estimate_mean"] - truth) < 4 * row["bias_stderr"], (setting, name)
     # k2 is biased: its expectation is E_pi[(log r)^2] / 2, computed exactly over the 12 outcomes.
     k2_truth = float((logp.exp() * 0.5 * (logq - logp) ** 2).sum())
-    k2 = audit.loc[("forward|policy", "k2")]
+    k2 = audit.loc[("pi_ref|policy", "k2")]
     assert abs(k2["estimate_mean"] - k2_truth) < 4 * k2["bias_stderr"]
     assert abs(k2["bias"]) > 4 * k2["bias_stderr"]  # and that differs from the KL
     # Only k1 goes negative; k3's spread is below k1's at this distance (Schulman's table).
-    assert audit.loc[("forward|policy", "k1"), "share_negative"] > 0.1
-    assert audit.loc[("forward|policy", "k2"), "share_negative"] == 0
-    assert audit.loc[("forward|policy", "k3"), "share_negative"] == 0
-    # Tokens sampled from the reference estimate the reverse KL with the roles swapped.
+    assert audit.loc[("pi_ref|policy", "k1"), "share_negative"] > 0.1
+    assert audit.loc[("pi_ref|policy", "k2"), "share_negative"] == 0
+    assert audit.loc[("pi_ref|policy", "k3"), "share_negative"] == 0
+    # Tokens sampled from the reference estimate KL(ref||pi) with the roles swapped.
     back = overall_audit(estimates(_categorical_tokens(ref, pi, n, seed=2).rename(
         columns={"logp": "logp_ref", "logp_ref": "logp", "kl_pi_ref": "kl_ref_pi", "kl_ref_pi": "kl_pi_ref"}),
         "reference")).set_index(["setting", "estimator"])
-    row = back.loc[("reverse|reference", "k1")]
+    row = back.loc[("ref_pi|reference", "k1")]
     assert row["exact_mean"] == pytest.approx(kl_r) and abs(row["estimate_mean"] - kl_r) < 4 * row["bias_stderr"]
 
 
@@ -197,18 +197,18 @@ def test_binned_audit_separates_states_and_sequence_spread_grows_with_length():
     far = _categorical_tokens(base + 1.5 * torch.randn(10, generator=g), base, 4000, seed=5)
     far["row"] += near["row"].max() + 1
     long = estimates(pd.concat([near, far], ignore_index=True), "policy")
-    binned = binned_audit(long).query("setting == 'forward|policy' and estimator == 'k1'")
+    binned = binned_audit(long).query("setting == 'pi_ref|policy' and estimator == 'k1'")
     assert len(binned) == 2 and binned["n"].tolist() == [4000, 4000]
     low, high = binned.sort_values("bin_lo")["exact_mean"].tolist()
     assert low < 0.01 and high > 0.1
     # Relative noise of k1 is largest where the true KL is smallest.
     assert binned.sort_values("bin_lo")["rel_std"].iloc[0] > binned.sort_values("bin_lo")["rel_std"].iloc[1]
     sums = sequence_sums(long[long["row"] < 500], lengths=[2, 8]).set_index(["setting", "estimator", "length"])
-    k1_2, k1_8 = sums.loc[("forward|policy", "k1", 2)], sums.loc[("forward|policy", "k1", 8)]
+    k1_2, k1_8 = sums.loc[("pi_ref|policy", "k1", 2)], sums.loc[("pi_ref|policy", "k1", 8)]
     # Independent tokens: the spread of the sum grows like sqrt(length), i.e. about 2x from 2 to 8 tokens.
     assert 1.6 < k1_8["sum_error_std"] / k1_2["sum_error_std"] < 2.5
     assert k1_8["exact_sum_mean"] == pytest.approx(4 * k1_2["exact_sum_mean"])
-    assert sums.loc[("forward|policy", "k3", 8), "share_negative_sum"] == 0.0
+    assert sums.loc[("pi_ref|policy", "k3", 8), "share_negative_sum"] == 0.0
     # A length past the longest sequence is capped to it: one row, not copies of the whole-sequence sum.
     longest = int(long["pos"].max()) + 1
     capped = sequence_sums(long[long["row"] < 50], lengths=[2, longest, 10 * longest])
@@ -269,26 +269,26 @@ def test_kl_direction_study_resumes_in_parts_and_renders_from_csvs(tmp_path):
         kd.train_run(study, whole, name, progress=False)
     # The same run in two parts (2 phases, then extended to 4) reproduces the uninterrupted one.
     shutil.copytree(whole / "base", parts / "base")
-    kd.train_run(replace(study, phases=2), parts, "suppress-forward-s0", progress=False)
-    kd.train_run(study, parts, "suppress-forward-s0", progress=False)
+    kd.train_run(replace(study, phases=2), parts, "suppress-ref_pi_seq-s0", progress=False)
+    kd.train_run(study, parts, "suppress-ref_pi_seq-s0", progress=False)
     for log in ("metrics.jsonl", "probes.jsonl"):
-        a = pd.read_json(whole / "runs" / "suppress-forward-s0" / log, lines=True)
-        b = pd.read_json(parts / "runs" / "suppress-forward-s0" / log, lines=True)
+        a = pd.read_json(whole / "runs" / "suppress-ref_pi_seq-s0" / log, lines=True)
+        b = pd.read_json(parts / "runs" / "suppress-ref_pi_seq-s0" / log, lines=True)
         assert list(b["phase"]) == [1, 2, 3, 4]
         for col in ("reward_mean", "kl_pi_ref_per_token") if log == "metrics.jsonl" else ("x_rate", "distinct_2"):
             assert b[col].tolist() == pytest.approx(a[col].tolist(), abs=1e-5), (log, col)
-    final = [json.loads((d / "runs" / "suppress-forward-s0" / "evals" / "0004" / "summary.json").read_text())
+    final = [json.loads((d / "runs" / "suppress-ref_pi_seq-s0" / "evals" / "0004" / "summary.json").read_text())
              for d in (whole, parts)]
     assert final[1]["kl_pi_ref_per_token"] == pytest.approx(final[0]["kl_pi_ref_per_token"], rel=1e-3, abs=1e-7)
 
     report_dir = tmp_path / "reports" / "kl_direction"
     kd.compute(study, whole, report_dir)
     evals = pd.read_csv(report_dir / "evals.csv")
-    assert sorted(evals["updates"].unique()) == [0, 2, 4] and len(evals) == 9
+    assert sorted(evals["updates"].unique()) == [0, 2, 4] and len(evals) == 3 * len(kd.PENALTIES)
     at_base = evals[evals["updates"] == 0]
     assert (at_base["lost_100x"] == 0).all() and at_base["kl_pi_ref_per_token"].abs().max() < 1e-6
-    moved = evals[(evals["updates"] == 4) & (evals["penalty"] == "forward")]
-    assert float(moved["kl_pi_ref_per_token"].iloc[0]) > 0
+    moved = evals[evals["updates"] == 4]
+    assert (moved["kl_pi_ref_per_token"] > 0).any()
     # Rendered from the CSVs alone (run directories gone): the headline's numbers are end.csv's.
     shutil.rmtree(whole / "runs")
     out = kd.render(report_dir).save()
@@ -296,8 +296,8 @@ def test_kl_direction_study_resumes_in_parts_and_renders_from_csvs(tmp_path):
     matched = report_dir / "matched_summary.csv"
     source = pd.read_csv(matched).query("match_on == 'kl_pi_ref_per_token'") if matched.exists() \
         else pd.read_csv(report_dir / "end.csv")
-    x_rate = source.set_index(["task", "penalty", "metric"]).loc[("suppress", "reverse", "x_rate"), "mean"]
-    assert "X's rate is forward" in page and f"reverse {100 * x_rate:.0f}%" in page
+    x_rate = source.set_index(["task", "penalty", "metric"]).loc[("suppress", "ref_pi_seq", "x_rate"), "mean"]
+    assert "X's rate is pi_ref" in page and f"ref_pi_seq {100 * x_rate:.0f}%" in page
     assert "newline" in pd.read_csv(report_dir / "base_rates.csv")["behaviour"].tolist()
     for png in ("trajectories", "x_rate", "coverage_hist", "diversity"):
         assert (out / f"{png}.png").stat().st_size > 1000
@@ -305,6 +305,6 @@ def test_kl_direction_study_resumes_in_parts_and_renders_from_csvs(tmp_path):
     est_dir = tmp_path / "reports" / "kl_estimators"
     ke.compute(parts, est_dir)
     binned = pd.read_csv(est_dir / "binned.csv")
-    assert set(binned["setting"]) == {"forward|policy", "reverse|reference", "reverse|policy-iw"}
+    assert set(binned["setting"]) == {"pi_ref|policy", "ref_pi|reference", "ref_pi|policy-iw"}
     assert (binned.loc[binned["estimator"] != "k1", "share_negative"] == 0).all()
     assert (ke.render(est_dir).save() / "index.html").exists()

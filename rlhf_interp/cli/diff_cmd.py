@@ -103,7 +103,7 @@ def _summary(result) -> str:
                          + ", ".join(f"{r.layer} ({r.rel_diff_norm:.3g})" for r in post.itertuples()))
     if not result.output_summary.empty:
         s = result.output_summary.iloc[-1]
-        lines.append(f"mean KL per token: forward KL(tuned||base) {s.kl_pi_ref:.4g}, reverse {s.kl_ref_pi:.4g}")
+        lines.append(f"mean KL per token: KL(tuned||base) {s.kl_pi_ref:.4g}, KL(base||tuned) {s.kl_ref_pi:.4g}")
     if not result.token_shifts.empty:
         shifts = result.token_shifts
         if "step" in shifts.columns:

@@ -1,14 +1,14 @@
 """Coverage of the reference: which of the reference's own continuations has the policy stopped producing?
 
-Why: KL(pi || ref) (forward here) lets the policy drop behaviours of the reference at little cost, while
-KL(ref || pi) (reverse) charges for every reference sample the policy makes unlikely. The direct
+Why: KL(pi || ref) (pi_ref) lets the policy drop behaviours of the reference at little cost, while
+KL(ref || pi) (ref_pi) charges for every reference sample the policy makes unlikely. The direct
 measurement is on the reference's samples, not the policy's: draw ``N`` continuations per prompt from the
 reference once (a fixed seed, kept on disk so a resumed study reuses them), then at each checkpoint ask how
 much the policy's log-probability of each has fallen, ``delta = log pi(y) - log ref(y)`` (sequence sums).
 A sample whose ``delta`` is below ``-threshold`` is a lost mode. Two by-products:
 
 - ``-mean(delta)`` over the samples is the unbiased (k1) estimate of the *sequence-level* KL(ref || pi),
-  the reverse KL at the level where mass-covering is defined (PPO's per-token reverse penalty sums over the
+  KL(ref || pi) at the level where mass-covering is defined (PPO's per-token KL(ref || pi) penalties in the reward and the loss sum over the
   policy's states instead); with a reference forward it also gets the exact per-token KL on the
   reference's states (the Rao-Blackwellised sum, lower variance);
 - the reference's greedy continuation (its single most likely path, approximately) and the policy's

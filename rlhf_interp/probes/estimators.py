@@ -8,12 +8,12 @@ each estimator's value from the sampled token), and the estimator's error is bin
 Three settings (the ``setting`` column), from per-token tables with ``logp`` (the sampling model's log-prob
 of the token), ``logp_ref``, ``kl_pi_ref`` and ``kl_ref_pi`` (`scoring.TokenScores.to_frame`):
 
-- ``forward|policy``: tokens sampled from pi, estimating KL(pi || ref): k1, k2, k3 (`kl.kl_estimate`);
-- ``reverse|reference``: tokens sampled from ref, estimating KL(ref || pi): k1, k2, k3 with the roles swapped;
-- ``reverse|policy-iw``: tokens sampled from pi, estimating KL(ref || pi) by importance weighting,
-  k1 and k3 (`kl.kl_estimate_importance_weighted`, what a reverse penalty computed on rollouts uses; k2 has no such form).
+- ``pi_ref|policy``: tokens sampled from pi, estimating KL(pi || ref): k1, k2, k3 (`kl.kl_estimate`);
+- ``ref_pi|reference``: tokens sampled from ref, estimating KL(ref || pi): k1, k2, k3 with the roles swapped;
+- ``ref_pi|policy-iw``: tokens sampled from pi, estimating KL(ref || pi) by importance weighting,
+  k1 and k3 (`kl.kl_estimate_importance_weighted`, what a KL(ref||pi) penalty computed on rollouts uses; k2 has no such form).
 
-Forward here is KL(pi || ref), reverse KL(ref || pi); some RL libraries use the opposite words.
+Settings name the KL by its argument order: pi_ref = KL(pi || ref), ref_pi = KL(ref || pi).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ KL_BINS: tuple[float, ...] = (0.0, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, math.in
 
 SETTINGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # setting: (direction, sampling, estimators)
-    "forward|policy": ("forward", "policy", ("k1", "k2", "k3")),
-    "reverse|reference": ("reverse", "reference", ("k1", "k2", "k3")),
-    "reverse|policy-iw": ("reverse", "policy", ("k1", "k3")),
+    "pi_ref|policy": ("pi_ref", "policy", ("k1", "k2", "k3")),
+    "ref_pi|reference": ("ref_pi", "reference", ("k1", "k2", "k3")),
+    "ref_pi|policy-iw": ("ref_pi", "policy", ("k1", "k3")),
 }
 
 
@@ -59,11 +59,11 @@ def estimates(tokens: pd.DataFrame, sampling: str) -> pd.DataFrame:
     for setting, (direction, sampler, names) in SETTINGS.items():
         if sampler != sampling:
             continue
-        exact = tokens["kl_pi_ref" if direction == "forward" else "kl_ref_pi"].to_numpy()
+        exact = tokens["kl_pi_ref" if direction == "pi_ref" else "kl_ref_pi"].to_numpy()
         for name in names:
-            if setting == "forward|policy":
+            if setting == "pi_ref|policy":
                 value = kl_estimate(logp_pi, logp_ref, name)  # x ~ pi, KL(pi || ref)
-            elif setting == "reverse|reference":
+            elif setting == "ref_pi|reference":
                 value = kl_estimate(logp_ref, logp_pi, name)  # x ~ ref, KL(ref || pi)
             else:
                 value = kl_estimate_importance_weighted(logp_pi, logp_ref, name)  # x ~ pi, KL(ref || pi), weighted
