@@ -25,7 +25,7 @@ import torch
 
 from rlhf_interp.bridge.hf import hf_state_dict, plain_param_name, save_pretrained_clean
 from rlhf_interp.bridge.run_dirs import CHECKPOINT_PATTERN, checkpoint_dir, latest_checkpoint, list_checkpoints, read_meta
-from rlhf_interp.core.io import atomic_dir
+from rlhf_interp.core.io import atomic_dir, save_torch
 from rlhf_interp.core.version import __version__
 
 
@@ -50,7 +50,7 @@ def save_hf_model(hf_model, tokenizer, out_dir: str | Path, *, meta: dict[str, A
             if name.endswith(".json"):
                 (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
             else:
-                torch.save(obj, tmp / name)
+                save_torch(obj, tmp / name)  # a full disk: an OSError naming the file, not torch's enforce-fail
         if meta is not None:
             full_meta = {"rlhf_interp_version": __version__, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
             (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str))

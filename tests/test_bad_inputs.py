@@ -141,6 +141,21 @@ def d(tmp_path_factory) -> Path:
     torch.save({"model.embed_tokens.weight": _Evil(d / "pwned")}, evil_bin / "pytorch_model.bin")
     torch.save({"hooks": ["hook_resid_post"], "mean": _Evil(d / "pwned")}, d / "evil_directions.pt")
     torch.save({"prompts": ["a"], "samples": _Evil(d / "pwned")}, d / "evil_reference_samples.pt")
+    # issue 26: NaN weights, a crafted PEFT adapter, broken reward modules, enough pairs to train an RM
+    nan = _save_tiny(d / "nan_weights")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(nan / "model.safetensors"))
+    save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, str(nan / "model.safetensors"),
+              metadata={"format": "pt"})
+    _crafted_adapter(d / "evil_adapter", d / "pwned")
+    (d / "badsyntax_mod.py").write_text("def f(texts):\n    return [1.0 for t in texts\n")
+    (d / "raising_mod.py").write_text("raise RuntimeError('the config server is down')\ndef f(texts):\n    return []\n")
+    for name, tag in (("prefs_many.jsonl", ""), ("prefs_other.jsonl", "x")):
+        with (d / name).open("w") as f:
+            for i in range(12):
+                f.write(json.dumps({"prompt": "p", "chosen": f"a. b. {i}{tag}.", "rejected": f"none {i}"}) + "\n")
+    _interrupted_reward_model(d / "prefs_many.jsonl", d / "rm_interrupted")
     (d / "badreward_mod.py").write_text(
         "calls = []\n"
         "def fail_second(texts):\n"
@@ -160,6 +175,81 @@ class _Evil:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.target}",))
+
+
+def _interrupted_reward_model(data: Path, out: Path) -> None:
+    """A `reward-model train --out OUT` stopped by Ctrl-C during its second epoch (its first one kept)."""
+    import rlhf_interp.reward.training as training
+    from rlhf_interp.cli.reward_model_cmd import TRAIN_OUTPUTS
+    from rlhf_interp.core.outdir import claim_dir
+
+    real = training.append_jsonl
+
+    def stop(path, record):
+        real(path, record)
+        if record["epoch"] == 2 and record["split"] == "train":
+            raise KeyboardInterrupt
+
+    claim_dir(out, "reward-model train", TRAIN_OUTPUTS)
+    training.append_jsonl = stop
+    try:
+        training.train_reward_model(data, "tiny-test", out, training.RewardTrainingConfig(epochs=4, patience=0),
+                                    progress=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        training.append_jsonl = real
+    assert (out / training.TRAINING_STATE).exists()
+
+
+def _hold_lock(directory: Path, cleanup: Callable) -> None:
+    """Another process writing ``directory``: it takes the directory's lock (as the toolkit does) and waits."""
+    import subprocess
+
+    code = ("import fcntl, json, os, sys, time\n"
+            "d = sys.argv[1]; os.makedirs(d, exist_ok=True)\n"
+            "fd = os.open(os.path.join(d, '.rlhf-interp.lock'), os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, json.dumps({'command': 'train', 'pid': os.getpid(), 'host': 'here'}).encode())\n"
+            "print('held', flush=True); time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True)
+    cleanup(lambda: (proc.kill(), proc.wait()))
+    assert proc.stdout.readline().strip() == "held"
+
+
+def _tmpfs(directory: Path, size: str, cleanup: Callable) -> None:
+    """A real small file system at ``directory`` (root only), so a write meets a real ENOSPC."""
+    import subprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip() or 'not root'}): the disk-full row "
+                    f"needs a real full disk")
+    cleanup(lambda: subprocess.run(["umount", "-l", str(directory)], capture_output=True))
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != ".rlhf-interp.lock"}
+
+
+def _crafted_adapter(directory: Path, target: Path) -> Path:
+    """A PEFT LoRA adapter on tiny-test whose adapter_model.bin is a crafted pickle."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhf_interp.bridge import build_tiny_model
+
+    get_peft_model(build_tiny_model(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(
+        directory, safe_serialization=False)
+    config = json.loads((directory / "adapter_config.json").read_text())
+    (directory / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "tiny-test"}))
+    for stale in directory.glob("adapter_model.*"):
+        stale.unlink()
+    torch.save({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": _Evil(target)},
+               directory / "adapter_model.bin")
+    return directory
 
 
 def _crafted_pickle(path: Path, target: Path) -> None:
@@ -292,7 +382,8 @@ CLI_CASES = [
       ("interrupted (ctrl-c)",), patch="sigint_twice_in_phase_1", check="no_checkpoint"),
     C("train-disk-full", "train {d}/tiny.yaml --out {o}", 2, ("disk is full",), patch="disk_full"),
     C("train-reward-fails-mid-run", "train {d}/tiny.yaml --out {o} --set reward=badreward_mod:fail_second --set 'reward_kwargs={{}}'", 2,
-      ("the reward service is down", "phase 1 is saved", "--resume"), check="checkpoint_1"),
+      ("badreward_mod:fail_second", "the reward service is down", "phase 1 is saved", "--resume"),
+      check="checkpoint_1"),
     C("train-overwrite-restarts-a-dead-run", "train {d}/tiny.yaml --out {o} --overwrite", 0, (),
       patch="dead_run_in_out", check="fresh_run"),
     # --- steer
@@ -443,6 +534,116 @@ CLI_CASES = [
       early=True),
     C("rm-score-out-exists", "reward-model score {d}/nope --texts {d}/texts.txt --out {d}/existing.csv", 2,
       ("already exists",), early=True),
+    # --- issue 26: inputs are never outputs (refused before --out is touched; the input left intact)
+    C("diff-out-is-its-tuned-run", "diff --base tiny-test --tuned {o} --out {o} --overwrite", 2,
+      ("is the input --tuned", "never writes where it reads"), early=True, patch="run_in_out", check="out_run_intact"),
+    C("diff-out-inside-tuned-run", "diff --base tiny-test --tuned {o} --out {o}/diff --overwrite", 2,
+      ("is inside the input --tuned",), early=True, patch="run_in_out", check="out_run_intact"),
+    C("diff-out-contains-prompts", "diff --base tiny-test --tuned tiny-test --prompts {d}/texts.txt --out {d} "
+      "--overwrite", 2, ("contains the input --prompts",), early=True),
+    C("patch-out-is-tuned", "patch --base tiny-test --tuned {o} --out {o} --overwrite", 2, ("is the input --tuned",),
+      early=True, patch="run_in_out", check="out_run_intact"),
+    C("measure-out-is-reference", f"measure {TINY} --reference {{o}} --out {{o}} --overwrite", 2,
+      ("is the input --reference",), early=True, patch="run_in_out", check="out_run_intact"),
+    C("steer-out-contains-vector", f"steer {TINY} --vector {{o}}/v.safetensors --out {{o}} --overwrite", 2,
+      ("contains the input --vector",), early=True, patch="vector_in_out"),
+    C("train-out-is-its-model", "train {d}/tiny.yaml --set model={o}/checkpoint-000001 --out {o} --overwrite", 2,
+      ("contains the input config field model",), early=True, patch="run_in_out", check="out_run_intact"),
+    C("train-out-contains-config", "train {d}/tiny.yaml --out {d} --overwrite", 2, ("contains the input config",),
+      early=True),
+    C("synth-out-is-prompts", "reward-model synth --reward length --prompts {d}/texts.txt --n-pairs 2 "
+      "--out {d}/texts.txt --overwrite", 2, ("is the input --prompts",), early=True),
+    C("score-out-is-texts", "reward-model score {d}/rm_out --texts {d}/texts.txt --out {d}/texts.txt --overwrite", 2,
+      ("is the input --texts",), early=True),
+    C("rm-train-out-contains-data", "reward-model train {d}/prefs_many.jsonl --base tiny-test --out {d} --overwrite",
+      2, ("contains the input data",), early=True),
+    C("diff-overwrite-a-training-run", "diff --base tiny-test --tuned {d}/permuted --out {o} --overwrite", 2,
+      ("holds the output of `train`", "replaces only an earlier `diff`"), early=True, patch="run_in_out",
+      check="out_run_intact"),
+    C("train-overwrite-a-steer-run", "train {d}/tiny.yaml --out {d}/steer_out --overwrite", 2,
+      ("holds the output of `steer`", "replaces only an earlier `train`"), early=True),
+    # --- issue 26: one writer per directory (another real process holds the lock)
+    C("train-out-locked", "train {d}/tiny.yaml --out {o}", 2, ("being written by", "one writer"), early=True,
+      patch="locked_by_other"),
+    C("train-resume-locked", "train --resume --out {o}", 2, ("being written by", "one writer"), early=True,
+      patch="run_in_out_locked", check="out_run_intact"),
+    C("train-resume-set-locked", "train {d}/tiny.yaml --resume --out {o} --set phases=3", 2, ("being written by",),
+      early=True, patch="run_in_out_locked", check="out_run_intact"),
+    C("diff-out-locked", "diff --base tiny-test --tuned {d}/permuted --out {o}", 2, ("being written by",), early=True,
+      patch="locked_by_other"),
+    C("steer-out-locked", f"steer {TINY} {VEC} --out {{o}}", 2, ("being written by",), early=True,
+      patch="locked_by_other"),
+    C("rm-train-out-locked", "reward-model train {d}/prefs_many.jsonl --base tiny-test --out {o}", 2,
+      ("being written by",), early=True, patch="locked_by_other"),
+    # --- issue 26: interrupted work keeps what it had, and says so
+    C("rm-train-ctrl-c-mid-run", "reward-model train {d}/prefs_many.jsonl --base tiny-test --epochs 4 --patience 0 "
+      "--no-progress --out {o}", 130, ("interrupted (ctrl-c)", "kept: 1 of 4 epoch(s)", "--resume"),
+      patch="rm_sigint_after_epoch_1", check="rm_state_kept"),
+    C("rm-train-sigterm-mid-run", "reward-model train {d}/prefs_many.jsonl --base tiny-test --epochs 4 --patience 0 "
+      "--no-progress --out {o}", 130, ("interrupted (sigterm)", "kept: 1 of 4 epoch(s)", "--resume"),
+      patch="rm_sigterm_after_epoch_1", check="rm_state_kept"),
+    C("rm-train-rerun-after-interrupt", "reward-model train {d}/prefs_many.jsonl --base tiny-test --out {o}", 2,
+      ("already holds", "--resume"), early=True, patch="rm_interrupted_in_out"),
+    C("rm-train-resume-nothing", "reward-model train {d}/prefs_many.jsonl --base tiny-test --out {d}/steer_out "
+      "--resume", 2, ("not a reward-model training",), early=True),
+    C("rm-train-resume-no-state", "reward-model train {d}/prefs_many.jsonl --base tiny-test --out {o} --resume", 2,
+      ("no directory",), early=True),
+    C("rm-train-resume-other-data", "reward-model train {d}/prefs_other.jsonl --base tiny-test --out {o} --resume "
+      "--no-progress", 2, ("data_sha256", "same command"), early=True, patch="rm_interrupted_in_out"),
+    C("rm-train-resume-other-lr", "reward-model train {d}/prefs_many.jsonl --base tiny-test --lr 0.5 --out {o} "
+      "--resume --no-progress", 2, ("lr (2e-05 -> 0.5)",), early=True, patch="rm_interrupted_in_out"),
+    C("diff-sigterm-while-loading", "diff --base tiny-test --tuned {d}/permuted --out {o}", 130,
+      ("interrupted (sigterm)", "partial output", "--overwrite"), patch="sigterm_on_load"),
+    C("measure-sigterm-while-loading", f"measure {TINY} --reference tiny-test --out {{o}}", 130,
+      ("interrupted (sigterm)", "--overwrite"), patch="sigterm_on_load"),
+    C("synth-ctrl-c-while-loading", "reward-model synth --reward length --model tiny-test --n-pairs 2 --out {o}.jsonl",
+      130, ("interrupted (ctrl-c)", "nothing was written"), patch="ctrl_c_on_model_load"),
+    # --- issue 26: resume means one thing
+    C("train-resume-same-command-with-set", "train {d}/tiny.yaml --set phases=1 --resume --out {o}", 0, (),
+      patch="run_in_out", check="phases_1"),
+    C("train-resume-same-command-extended", "train {d}/tiny.yaml --set phases=2 --resume --out {o}", 0, (),
+      patch="run_in_out", check="phases_1_2"),
+    C("train-resume-kl-coef-takes-effect", "train --resume --out {o} --set phases=2 --set kl_coef=5.0", 0, (),
+      patch="run_in_out", check="kl_coef_5"),
+    C("train-resume-lr-refused", "train --resume --out {o} --set lr=0.5", 2,
+      ("lr (0.0001 -> 0.5)", "cannot take effect", "another --out"), early=True, patch="run_in_out",
+      check="out_run_intact"),
+    C("train-resume-edited-config-yaml", "train --resume --out {o}", 2, ("gamma (1.0 -> 0.5)", "config.yaml"),
+      early=True, patch="run_in_out_gamma_edited"),
+    # --- issue 26: model pairs checked the same way everywhere; non-finite weights are an error
+    C("train-ref-model-permuted-tokenizer", "train {d}/tiny.yaml --out {o} --set ref_model={d}/permuted", 2,
+      ("ref_model", "tokenizer vocab hash")),
+    C("train-ref-model-nan-weights", "train {d}/tiny.yaml --out {o} --set ref_model={d}/nan_weights", 2,
+      ("non-finite weights", "nan_weights")),
+    C("train-model-nan-weights", "train {d}/tiny.yaml --out {o} --set model={d}/nan_weights", 2,
+      ("non-finite weights",)),
+    C("measure-reference-nan-weights", f"measure {TINY} --reference {{d}}/nan_weights --out {{o}}", 2,
+      ("non-finite weights", "nan_weights")),
+    C("diff-tuned-nan-weights", "diff --base tiny-test --tuned {d}/nan_weights --n-prompts 2 --out {o}", 2,
+      ("non-finite weights",)),
+    C("steer-model-nan-weights", f"steer --model {{d}}/nan_weights --n-prompts 2 {VEC} --out {{o}}", 2,
+      ("non-finite weights",)),
+    # --- issue 26: every error names the thing, the file and the fix
+    C("train-reward-syntax-error", "train {d}/tiny.yaml --out {o} --set reward=badsyntax_mod:f --set "
+      "'reward_kwargs={{}}'", 2, ("badsyntax_mod:f", "badsyntax_mod.py", "line 2"), early=True),
+    C("train-reward-relative-module", "train {d}/tiny.yaml --out {o} --set reward=.rel:f", 2,
+      ("'.rel:f'", "relative"), early=True),
+    C("train-reward-module-raises-on-import", "train {d}/tiny.yaml --out {o} --set reward=raising_mod:f", 2,
+      ("raising_mod:f", "the config server is down", "in your module"), early=True),
+    C("synth-reward-syntax-error", "reward-model synth --reward badsyntax_mod:f --n-pairs 2 --out {o}.jsonl", 2,
+      ("badsyntax_mod", "line 2"), early=True),
+    C("diff-tuned-crafted-adapter-bin", "diff --base tiny-test --tuned {d}/evil_adapter --out {o}", 2,
+      ("adapter_model.bin", "refused unopened", "adapter_model.safetensors"), check="not_pwned"),
+    C("train-disk-full-safetensors-error", "train {d}/tiny.yaml --out {o}", 2, ("disk is full", "writing"),
+      patch="disk_full_safetensors"),
+    C("train-permission-denied-safetensors-error", "train {d}/tiny.yaml --out {o}", 2,
+      ("permission denied", "writing"), patch="denied_safetensors"),
+    C("train-disk-full-real-tmpfs", "train {d}/tiny.yaml --out {o}", 2, ("disk is full", "writing"),
+      patch="tmpfs_out", check="message_names_out"),
+    C("diff-disk-full-real-tmpfs", "diff --base tiny-test --tuned tiny-test --n-prompts 2 --out {o}", 2,
+      ("disk is full",), patch="tmpfs_out_tiny", check="message_names_out"),
+    C("rm-train-disk-full-real-tmpfs", "reward-model train {d}/prefs_many.jsonl --base tiny-test --epochs 2 "
+      "--no-progress --out {o}", 2, ("disk is full",), patch="tmpfs_out_tiny", check="message_names_out"),
     # --- models, report, --debug
     C("models-describe-max-new-tokens-negative", "models describe tiny-test --max-new-tokens -1", 2, ("at least 1",),
       early=True),
@@ -465,7 +666,7 @@ def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _apply_patch(name: str | None, monkeypatch, d: Path, out: Path) -> None:
+def _apply_patch(name: str | None, monkeypatch, d: Path, out: Path, cleanup: Callable = lambda f: None) -> None:
     import rlhf_interp.ppo.config as config_mod
     import rlhf_interp.ppo.run_dir as run_dir_mod
 
@@ -492,13 +693,81 @@ def _apply_patch(name: str | None, monkeypatch, d: Path, out: Path) -> None:
         def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]) if len(args) > 1 else None)
         monkeypatch.setattr(safetensors.torch, "save_file", full)
+    elif name in ("run_in_out", "run_in_out_locked", "run_in_out_gamma_edited"):  # a one-phase run in --out
+        shutil.copytree(d / "run", out, ignore=shutil.ignore_patterns(".rlhf-interp.lock"))
+        if name == "run_in_out_locked":
+            _hold_lock(out, cleanup)
+        if name == "run_in_out_gamma_edited":  # the user edits the run's config.yaml
+            text = (out / "config.yaml").read_text()
+            assert "gamma: 1.0" in text
+            (out / "config.yaml").write_text(text.replace("gamma: 1.0", "gamma: 0.5"))
+    elif name == "vector_in_out":
+        out.mkdir()
+        shutil.copy(d / "vec_ok.safetensors", out / "v.safetensors")
+    elif name == "locked_by_other":
+        _hold_lock(out, cleanup)
+    elif name == "rm_interrupted_in_out":
+        shutil.copytree(d / "rm_interrupted", out, ignore=shutil.ignore_patterns(".rlhf-interp.lock"))
+    elif name in ("rm_sigint_after_epoch_1", "rm_sigterm_after_epoch_1"):
+        import rlhf_interp.reward.training as training
+
+        real_append = training.append_jsonl
+        sig = signal.SIGINT if name == "rm_sigint_after_epoch_1" else signal.SIGTERM
+
+        def append(path, record):
+            real_append(path, record)
+            if record["epoch"] == 2 and record["split"] == "train":  # epoch 1 is checkpointed by now
+                os.kill(os.getpid(), sig)
+        monkeypatch.setattr(training, "append_jsonl", append)
+    elif name in ("sigterm_on_load", "ctrl_c_on_model_load"):
+        import rlhf_interp.bridge as bridge
+
+        def load_model(*args, **kwargs):
+            if name == "ctrl_c_on_model_load":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+        monkeypatch.setattr(bridge, "load_model", load_model)
+    elif name in ("disk_full_safetensors", "denied_safetensors"):  # what real safetensors raises (not OSError)
+        import safetensors.torch
+        from safetensors import SafetensorError
+
+        message = ("Error while serializing: I/O error: No space left on device (os error 28)"
+                   if name == "disk_full_safetensors" else
+                   "Error while serializing: I/O error: Permission denied (os error 13)")
+
+        def fail(*args, **kwargs):
+            raise SafetensorError(message)
+        monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    elif name == "tmpfs_out":  # room for config and logs, not for a checkpoint
+        _tmpfs(out, "2m", cleanup)
+    elif name == "tmpfs_out_tiny":
+        _tmpfs(out, "24k", cleanup)
     elif name == "dead_run_in_out":  # a run killed before its first checkpoint
         shutil.copytree(d / "run_nockpt", out)
         (out / ".tmp-checkpoint-000001-999999-1").mkdir()
 
 
-def _check(name: str | None, d: Path, out: Path) -> None:
-    if name == "not_pwned":
+def _check(name: str | None, d: Path, out: Path, err: str = "") -> None:
+    phases = (lambda: [json.loads(x)["phase"] for x in (out / "metrics.jsonl").read_text().splitlines()])
+    if name == "out_run_intact":  # the run in --out, byte for byte as it was
+        assert _tree(out) == _tree(d / "run") | ({"config.yaml": (out / "config.yaml").read_bytes()}
+                                                 if "gamma" in err else {})
+    elif name == "rm_state_kept":
+        assert (out / "training_state.pt").exists() and not (out / "model").exists()
+    elif name == "phases_1":
+        assert phases() == [1]
+    elif name == "phases_1_2":
+        assert phases() == [1, 2] and (out / "checkpoint-000002").is_dir()
+    elif name == "kl_coef_5":  # config.yaml, the restored controller and the next checkpoint all say 5.0
+        import yaml
+
+        assert yaml.safe_load((out / "config.yaml").read_text())["kl_coef"] == 5.0
+        state = torch.load(out / "checkpoint-000002" / "trainer_state.pt", weights_only=True)
+        assert state["kl_controller"]["coef"] == 5.0
+        assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]).get("kl_coef", 5.0) == 5.0
+    elif name == "message_names_out":
+        assert str(out) in " ".join(err.split()), err
+    elif name == "not_pwned":
         assert not (d / "pwned").exists(), "the crafted pickle ran code"
     elif name == "checkpoint_1":
         assert (out / "checkpoint-000001" / "trainer_state.pt").exists()
@@ -512,7 +781,7 @@ def _check(name: str | None, d: Path, out: Path) -> None:
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
-def test_cli_bad_input(case: C, d: Path, tmp_path: Path, capsys, monkeypatch):
+def test_cli_bad_input(case: C, d: Path, tmp_path: Path, capsys, monkeypatch, request):
     import rlhf_interp.bridge.loading as loading
 
     out = tmp_path / "out"
@@ -524,7 +793,7 @@ def test_cli_bad_input(case: C, d: Path, tmp_path: Path, capsys, monkeypatch):
             raise AssertionError("a model was loaded before the input was checked")
         monkeypatch.setattr(loading, "load_hf_model", no_model)
         monkeypatch.setattr("rlhf_interp.ppo.trainer.load_hf_model", no_model)
-    _apply_patch(case.patch, monkeypatch, d, out)
+    _apply_patch(case.patch, monkeypatch, d, out, request.addfinalizer)
     import shlex
 
     argv = shlex.split(case.argv.format(d=d, o=out))
@@ -543,7 +812,7 @@ def test_cli_bad_input(case: C, d: Path, tmp_path: Path, capsys, monkeypatch):
     if code == 2 and "usage:" not in err:  # one message from the command (progress bars may come before it)
         assert any(line.startswith("rlhf-interp ") for line in err.replace("\r", "\n").splitlines()), err
     assert not (d / "pwned").exists(), "a crafted file ran code"
-    _check(case.check, d, out)
+    _check(case.check, d, out, err)
 
 
 def test_debug_env_shows_the_traceback(d, tmp_path, monkeypatch, capsys):
@@ -762,6 +1031,136 @@ def test_crafted_trainer_state_runs_no_code(d):
     torch.load(state, weights_only=False)  # what the trainer did before: the payload runs
     assert (d / "pwned").exists()
     (d / "pwned").unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 26 with real processes: one writer per run directory; an interrupted reward model resumes
+
+_NO_MODEL = ("import sys\n"
+             "import rlhf_interp.bridge.loading as loading, rlhf_interp.ppo.trainer as trainer\n"
+             "def no_model(*a, **k):\n"
+             "    raise AssertionError('a model was loaded before the lock was checked')\n"
+             "loading.load_hf_model = trainer.load_hf_model = no_model\n"
+             "from rlhf_interp.cli import main\n"
+             "sys.exit(main(sys.argv[1:]))\n")
+_WAIT_IN_TRAIN = ("import os, sys, time\n"
+                  "from rlhf_interp.ppo import PPOTrainer\n"
+                  "real = PPOTrainer.train\n"
+                  "def train(self):\n"
+                  "    print('READY', flush=True)\n"
+                  "    while not os.path.exists(os.environ['GO']):\n"
+                  "        time.sleep(0.05)\n"
+                  "    return real(self)\n"
+                  "PPOTrainer.train = train\n"
+                  "from rlhf_interp.cli import main\n"
+                  "sys.exit(main(sys.argv[1:]))\n")
+
+
+def _python(code: str, *argv, **kw):
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **kw.pop("env", {})}
+    env.pop("RLHF_INTERP_DEBUG", None)
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def _wait_ready(proc) -> None:
+    line = proc.stdout.readline()
+    while line and "READY" not in line:
+        line = proc.stdout.readline()
+    assert "READY" in line, proc.stderr.read()
+
+
+def test_second_writer_is_refused_before_a_model_loads(d, tmp_path):
+    """Two real `train --resume` at once: the second (and a `train --overwrite`, and a `diff --overwrite` into
+    the same run) is refused by the first one's lock before it loads a model, and the first finishes the run
+    with every phase once. Then two plain `train` into one new --out: the second is refused the same way."""
+    run, go = tmp_path / "run", tmp_path / "go"
+    shutil.copytree(d / "run", run, ignore=shutil.ignore_patterns(".rlhf-interp.lock"))
+    first = _python(_WAIT_IN_TRAIN, "train", "--resume", "--out", run, "--set", "phases=2", "--no-progress",
+                    env={"GO": str(go)})
+    try:
+        _wait_ready(first)  # it has claimed the run and loaded its models; training waits for "go"
+        before = _tree(run)
+        for argv in (["train", "--resume", "--out", run, "--set", "phases=2", "--no-progress"],
+                     ["train", CONFIGS / "tiny.yaml", "--out", run, "--overwrite", "--no-progress"],
+                     ["diff", "--base", "tiny-test", "--tuned", "tiny-test", "--out", run, "--overwrite"]):
+            second = _python(_NO_MODEL, *argv)
+            out, err = second.communicate(timeout=300)
+            assert second.returncode == 2, err
+            assert "being written by `train --resume`" in err and f"pid {first.pid}" in err, err
+            assert "Traceback" not in err and "a model was loaded" not in err, err
+            assert _tree(run) == before  # nothing touched
+    finally:
+        go.touch()
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    assert [json.loads(x)["phase"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    fresh, go2 = tmp_path / "fresh", tmp_path / "go2"
+    first = _python(_WAIT_IN_TRAIN, "train", CONFIGS / "tiny.yaml", "--out", fresh, "--no-progress",
+                    env={"GO": str(go2)})
+    try:
+        _wait_ready(first)
+        second = _python(_NO_MODEL, "train", CONFIGS / "tiny.yaml", "--out", fresh, "--no-progress")
+        _, err = second.communicate(timeout=300)
+        assert second.returncode == 2 and "being written by `train`" in err and "a model was loaded" not in err, err
+    finally:
+        go2.touch()
+        first.communicate(timeout=600)
+    assert first.returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_reward_model_train_resumes(d, tmp_path, sig):
+    """A real `reward-model train` process stopped by Ctrl-C or SIGTERM mid-training keeps its last whole epoch and
+    says how to continue; the same command plus --resume finishes it, and the model equals an uninterrupted
+    run's, tensor for tensor; the log has every epoch once."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "pairs.jsonl"
+    with data.open("w") as f:
+        for i in range(24):
+            f.write(json.dumps({"prompt": "p", "chosen": f"one. two. {i}.", "rejected": f"none at all {i}"}) + "\n")
+    out = tmp_path / "rm"
+    argv = ["reward-model", "train", data, "--base", "tiny-test", "--epochs", "6", "--patience", "0", "--no-cache",
+            "--no-progress", "--out", out]
+    cli = "import sys\nfrom rlhf_interp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    proc = _python(cli, *argv)
+    import time
+
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        if any(json.loads(x)["epoch"] == 2 and json.loads(x)["split"] == "val" for x in lines if x.endswith("}")):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    text = " ".join(err.split())
+    assert f"interrupted ({'SIGTERM' if sig == signal.SIGTERM else 'Ctrl-C'})" in text, err
+    assert "of 6 epoch(s)" in text and "--resume" in text, err
+    assert (out / "training_state.pt").exists() and not (out / "model").exists()
+
+    resumed = _python(cli, *argv, "--resume")
+    _, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err
+    epochs = [(r["epoch"], r["split"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert epochs == [(0, "val")] + [(e, s) for e in range(1, 7) for s in ("train", "val")]
+    assert not (out / "training_state.pt").exists()
+
+    whole = tmp_path / "whole"  # uninterrupted, in a process like the others (same threads, same numbers)
+    uninterrupted = _python(cli, *argv[:-1], whole)
+    _, err = uninterrupted.communicate(timeout=900)
+    assert uninterrupted.returncode == 0, err
+    for name in ("model.safetensors", "reward_head.safetensors"):
+        a, b = load_file(str(whole / "model" / name)), load_file(str(out / "model" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    meta = lambda p: {k: v for k, v in json.loads((p / "model" / "meta.json").read_text()).items() if k != "saved_at"}
+    assert meta(whole)["val_loss"] == meta(out)["val_loss"]
 
 
 def test_suite_size():

@@ -128,7 +128,18 @@ def load_peft_adapter(model_dir: Path, device: torch.device, dtype: torch.dtype,
             f"{model_dir} is a PEFT adapter (LoRA) on base model {base_name!r}, which could not be loaded: {err}\n"
             f"Fix: set base_model_name_or_path in {model_dir / 'adapter_config.json'} to a local copy of that base "
             f"model (or make the Hub reachable).") from err
-    merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    try:
+        merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    except Exception as err:  # PEFT reads adapter_model.bin with torch.load(weights_only=True)
+        import pickle
+
+        if not isinstance(err, pickle.UnpicklingError):
+            raise
+        files = sorted(p.name for p in model_dir.glob("adapter_model*.bin")) or ["adapter_model.bin"]
+        raise ModelLoadError(
+            f"{model_dir / files[0]} holds more than tensors, so it is refused unopened (unpickling it could run "
+            f"code: it was crafted or altered). Use an adapter saved as adapter_model.safetensors "
+            f"(PeftModel.save_pretrained writes one by default) from a source you trust.") from None
     if has_tokenizer(model_dir):
         tokenizer = load_tokenizer(model_dir)
     return merged.eval(), tokenizer, str(model_dir)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,7 +46,8 @@ def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | to
         if local.exists():
             layout = resolve_layout(local)
             if layout.kind == ADAPTER:
-                return load_peft_adapter(layout.path, device, torch_dtype, load_hf_model)
+                model, tokenizer, source = load_peft_adapter(layout.path, device, torch_dtype, load_hf_model)
+                return check_finite_weights(model, layout.path), tokenizer, source
             model_dir, source = layout.path, str(layout.path)
         elif _HUB_ID.match(name):
             return load_from_hub(name, device, torch_dtype)
@@ -85,7 +87,20 @@ def load_hf_model(name_or_path: str | Path = EMBEDDED_ALIAS, *, device: str | to
                 f"tokens while the model's vocabulary has {vocab}: they cannot be the same tokenizer. Copy the "
                 f"tokenizer files (tokenizer.json, tokenizer_config.json) of the model it was trained from into "
                 f"{model_dir}.")
-    return model.to(device).eval(), tokenizer, source
+    return check_finite_weights(model, model_dir).to(device).eval(), tokenizer, source
+
+
+def check_finite_weights(model, where) -> Any:
+    """Refuse a model with NaN or infinite weights: every KL, reward or diff against it would be NaN — or, after
+    a ``nan_to_num`` somewhere, a silent 0. One cheap reduction per tensor (`core.finite.all_finite`)."""
+    from rlhf_interp.core.finite import all_finite
+
+    bad = [name for name, tensor in model.state_dict().items() if not all_finite(tensor)]
+    if bad:
+        raise ModelLoadError(f"{where} has non-finite weights (NaN or inf in {len(bad)} tensor(s), e.g. {bad[0]}): "
+                             f"the file is corrupt or the training that wrote it diverged. Use an earlier checkpoint "
+                             f"or the model it was trained from.")
+    return model
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:

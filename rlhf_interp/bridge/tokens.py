@@ -60,3 +60,14 @@ def tokenizer_differences(a, b, names: tuple[str, str] = ("base", "tuned")) -> l
     """``"tokenizer vocab hash: base '…' vs tuned '…'"`` for every fingerprint entry that differs ([] = same)."""
     fa, fb = tokenizer_fingerprint(a), tokenizer_fingerprint(b)
     return [f"tokenizer {key}: {names[0]} {fa[key]!r} vs {names[1]} {fb[key]!r}" for key in fa if fa[key] != fb[key]]
+
+
+def pair_problems(model, reference, names: tuple[str, str] = ("model", "reference")) -> list[str]:
+    """Why ``reference`` cannot be compared with ``model`` token for token ([] = it can): the output size
+    (``cfg.d_vocab``) and every `tokenizer_fingerprint` entry (vocabulary content, BOS and pad ids). The one check
+    for every model pair the toolkit compares: the trainer's ref_model, measure's --reference, diff's base/tuned."""
+    problems = []
+    a, b = int(model.cfg.d_vocab), int(reference.cfg.d_vocab)
+    if a != b:
+        problems.append(f"d_vocab: {names[0]} {a} vs {names[1]} {b}")
+    return problems + tokenizer_differences(model.tokenizer, reference.tokenizer, names=names)

@@ -65,11 +65,48 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def describe_error(err: BaseException) -> str:
-    """One readable line (plus notes the code attached) for an exception."""
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        where = f" writing {err.filename}" if err.filename else ""
-        text = f"the disk is full{where}: free some space (or choose another --out) and run again"
+# What libraries say when the OS refused a write, whatever they raise (safetensors: SafetensorError("Error while
+# serializing: I/O error: No space left on device (os error 28)"); torch.save: RuntimeError("... file write
+# failed"); numpy, pandas, PIL: OSError).
+_IO_ERRNOS = {errno.ENOSPC: "full", errno.EDQUOT: "full", errno.EACCES: "denied", errno.EPERM: "denied",
+              errno.EROFS: "readonly"}
+_IO_TEXTS = (("no space left on device", "full"), ("disk quota exceeded", "full"), ("file write failed", "full"),
+             ("os error 28", "full"), ("permission denied", "denied"), ("os error 13", "denied"),
+             ("read-only file system", "readonly"), ("os error 30", "readonly"))
+
+
+def io_problem(err: BaseException) -> tuple[str, str | None] | None:
+    """``(kind, filename)`` when ``err`` is the OS refusing a write: kind "full", "denied" or "readonly"; None
+    otherwise. By errno where there is one, else by a library's own message (not for ValueError: the toolkit's
+    own messages already say what happened and what to do)."""
+    if isinstance(err, OSError) and err.errno in _IO_ERRNOS:
+        return _IO_ERRNOS[err.errno], err.filename
+    if isinstance(err, (OSError, ValueError, KeyError)):
+        return None
+    text = str(err).lower()
+    for needle, kind in _IO_TEXTS:
+        if needle in text:
+            return kind, getattr(err, "filename", None)
+    return None
+
+
+def describe_error(err: BaseException, out_dirs: list | None = None) -> str:
+    """One readable line (plus notes the code attached) for an exception. ``out_dirs``: where the command was
+    writing, named when the error itself does not say which file (safetensors' I/O errors do not)."""
+    problem = io_problem(err)
+    if problem is not None:
+        kind, filename = problem
+        target = filename or (", ".join(map(str, out_dirs)) if out_dirs else None)
+        where = f" writing {target}" if target else ""
+        text = {"full": f"the disk is full{where}: free some space (or choose an --out on a disk with room) and run "
+                        f"again",
+                "denied": (f"permission denied on {filename}: make it readable (an input) or writable (an output) "
+                           f"by you, or choose another path" if filename else
+                           f"permission denied{where}: choose an --out you can write to, or fix its permissions"),
+                "readonly": f"the file system is read-only{where}: choose an --out on a writable disk",
+                }[kind]
+        if not (isinstance(err, OSError) and err.errno in _IO_ERRNOS):
+            text += f" ({str(err).strip().splitlines()[0][:160]})"
     elif isinstance(err, OSError) and err.strerror and err.filename:
         text = f"{err.strerror}: {err.filename}"
     elif isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
@@ -146,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if debug:
             raise
-        if isinstance(err, user_error_types()):
-            print(f"rlhf-interp {name}: error: {describe_error(err)}", file=sys.stderr)
+        if isinstance(err, user_error_types()) or io_problem(err) is not None:
+            dirs = [d for d in claimed_dirs() if d not in before]
+            print(f"rlhf-interp {name}: error: {describe_error(err, dirs)}", file=sys.stderr)
             return 2
         print(f"rlhf-interp {name}: internal error ({type(err).__name__}): {describe_error(err)} Run again with "
               f"--debug for the traceback, and please report it.", file=sys.stderr)

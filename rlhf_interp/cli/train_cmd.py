@@ -47,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         on_main(resume_point, run_dir)  # before loading anything: a clear message when there is nothing to resume
         if args.config is not None:
-            _check_same_config(args.config, run_dir / "config.yaml")
+            _check_same_config(args.config, run_dir / "config.yaml", args.overrides)
         trainer = PPOTrainer.resume(run_dir, overrides=args.overrides, progress=not args.no_progress)
         print(f"resuming {run_dir} at phase {trainer.phase}")
     else:
@@ -65,11 +65,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_same_config(given: str, saved) -> None:
-    """With --resume, CONFIG may be repeated but not changed: the run continues as it was configured."""
+def _check_same_config(given: str, saved, overrides: list[str] | None = None) -> None:
+    """With --resume, CONFIG may be repeated but not changed: the same command plus --resume continues the run.
+    Both sides get the same ``--set`` overrides, so a CONFIG that differs from the run's config.yaml only where
+    --set says otherwise passes; what --set changes is then checked like any change on resume
+    (`rlhf_interp.ppo.run_dir.check_resume_config`)."""
     from rlhf_interp.ppo import PPOConfig
 
-    a, b = PPOConfig.load(given).to_dict(), PPOConfig.load(saved).to_dict()
+    a = PPOConfig.load(given, overrides).to_dict()
+    b = PPOConfig.load(saved, overrides, recorded=True).to_dict()
     changed = sorted(k for k in a if a[k] != b[k])
     if changed:
         raise ValueError(f"--resume continues the run as {saved} configures it, but {given} differs in "

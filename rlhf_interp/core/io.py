@@ -159,3 +159,19 @@ def trim_jsonl(path: str | Path, keep: Callable[[Any], bool]) -> int:
     if torn or len(kept) != len(records) or not text.endswith("\n") and text:
         write_jsonl(path, kept)
     return len(records) - len(kept) + torn
+
+
+def save_torch(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` through a memory buffer and one ordinary file write: a full disk (or any refused write) then
+    raises a real ``OSError`` naming ``path`` (ENOSPC, EACCES), where torch's own file writer raises a RuntimeError
+    such as "[enforce fail at inline_container.cc] unexpected pos" that names neither the file nor the cause."""
+    import io as _io
+
+    import torch
+
+    buffer = _io.BytesIO()
+    torch.save(obj, buffer)
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+    return path

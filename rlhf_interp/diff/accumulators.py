@@ -173,7 +173,9 @@ class DifferenceDirections:
     def save(self, path: str | Path) -> Path:
         """Save as a ``.pt`` file (tensors + hook names) for steering experiments."""
         path = Path(path)
-        torch.save({"hooks": list(self.hooks), "mean": self.mean, "components": self.components,
+        from rlhf_interp.core.io import save_torch  # a full disk: an OSError naming the file
+
+        save_torch({"hooks": list(self.hooks), "mean": self.mean, "components": self.components,
                     "explained_variance": self.explained_variance, "total_variance": self.total_variance,
                     "mean_sq_norm": self.mean_sq_norm, "n_tokens": self.n_tokens}, path)
         return path

@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from rlhf_interp.bridge.generation import Generation
-from rlhf_interp.bridge.tokens import check_context, tokenize, tokenizer_differences
+from rlhf_interp.bridge.tokens import check_context, pair_problems, tokenize
 from rlhf_interp.core.hashing import tensor_digest
 from rlhf_interp.core.masks import real_positions
 from rlhf_interp.edits.base import Edit, NoEdit, active_edits_key
@@ -113,10 +113,7 @@ def check_reference(model, reference) -> None:
     as `rlhf_interp.diff` checks it: output size, vocabulary (every token -> id), BOS and pad ids."""
     if reference is None:
         return
-    problems = []
-    if int(reference.cfg.d_vocab) != int(model.cfg.d_vocab):
-        problems.append(f"d_vocab: model {model.cfg.d_vocab} vs reference {reference.cfg.d_vocab}")
-    problems += tokenizer_differences(model.tokenizer, reference.tokenizer, names=("model", "reference"))
+    problems = pair_problems(model, reference, names=("model", "reference"))
     if problems:
         raise ValueError("The reference model does not share the measured model's tokenizer, so KL between them "
                          "compares unrelated tokens:\n  - " + "\n  - ".join(problems)

@@ -242,10 +242,18 @@ def load_checkpoint(trainer: Checkpointable, ckpt: Path) -> None:
     weights, value head, `TrainerState` -- and trim the logs to that phase."""
     from safetensors.torch import load_file
 
-    if trainer.peft_model is not None:  # the adapter's weights; the base stays the (frozen) starting model
-        from peft import set_peft_model_state_dict
+    if trainer.peft_model is not None:  # the adapter's weights, in place; the base stays the (frozen) starting model
+        from peft import get_peft_model_state_dict
 
-        set_peft_model_state_dict(trainer.peft_model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
+        saved = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+        # the names `save_checkpoint` wrote: PEFT's, without the bridge's wrapper segments
+        own = {plain_param_name(k): v for k, v in get_peft_model_state_dict(trainer.peft_model).items()}
+        if saved.keys() != own.keys():
+            raise ValueError(f"{ckpt / 'adapter'} does not match this run's LoRA adapter (lora_r, lora_targets): "
+                             f"{sorted(set(saved) ^ set(own))[:3]} ...")
+        with torch.no_grad():
+            for key, value in saved.items():
+                own[key].copy_(value)
     else:
         # Policy weights from the checkpoint; the reference stays the base model.
         hf, _, _ = load_hf_model(ckpt, device=trainer.device)
@@ -257,11 +265,60 @@ def load_checkpoint(trainer: Checkpointable, ckpt: Path) -> None:
     trainer.head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
     # optimizer, schedule, KL controller, reward statistics, phase, and the RM version that scored this phase
     trainer.state.load_state_dict(read_trainer_state(ckpt / TRAINER_STATE))
+    apply_resume_changes(trainer, check_resume_config(ckpt, trainer.config))  # a changed setting takes effect
     trainer.history = trainer.dist.on_main(trim_logs, trainer.run_dir, trainer.state.phase)  # one process rewrites
     meta = read_meta(ckpt)
     if meta.get("base_model") not in (None, trainer.config.model):
         raise ValueError(f"Checkpoint {ckpt} was trained from {meta['base_model']!r}, config says "
                          f"{trainer.config.model!r}.")
+
+
+# Settings that may differ on --resume from those the checkpoint was trained with: each takes effect from the next
+# phase (`apply_resume_changes`; the lr schedule is rebuilt from ``phases``). Any other change is refused.
+RESUME_CHANGEABLE = ("phases", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "tensorboard",
+                     "wandb_project", "device", "kl_coef", "kl_target", "kl_horizon")
+
+
+def check_resume_config(ckpt: Path, config: "PPOConfig") -> dict[str, tuple[Any, Any]]:
+    """The settings in which ``config`` (the run's config.yaml with any --set) differs from the config checkpoint
+    ``ckpt`` was trained with, ``{field: (then, now)}``. Refuses (ValueError naming each field) a change that could
+    not take effect everywhere: anything outside `RESUME_CHANGEABLE`, and ``kl_coef`` under the adaptive
+    controller (its coefficient is the controller's running state). Call it before loading a model."""
+    from rlhf_interp.ppo.config import PPOConfig, upgrade_kl_record
+
+    recorded = read_meta(ckpt).get("config")
+    if not isinstance(recorded, dict):
+        return {}
+    try:
+        saved = PPOConfig.from_dict(upgrade_kl_record(dict(recorded))).to_dict()
+    except (ValueError, TypeError):  # written by an older version whose fields have since changed
+        return {}
+    new = config.to_dict()
+    changed = {k: (saved[k], new[k]) for k in new if k in saved and saved[k] != new[k]}
+    refused = [k for k in changed if k not in RESUME_CHANGEABLE or (k == "kl_coef" and config.adaptive_kl)]
+    if refused:
+        what = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
+        raise ValueError(
+            f"--resume continues {ckpt.parent} as {ckpt.name} was trained, but {what} changed (in its config.yaml or "
+            f"by --set) and cannot take effect mid-run"
+            + (" (kl_coef is the adaptive controller's running value; change kl_target instead)"
+               if "kl_coef" in refused and config.adaptive_kl else "")
+            + f". Put it back, or start a new run with it in another --out. What may change on --resume: "
+              f"{', '.join(RESUME_CHANGEABLE)}.")
+    return changed
+
+
+def apply_resume_changes(trainer: Checkpointable, changed: dict[str, tuple[Any, Any]]) -> None:
+    """Make the changed settings take effect in the restored state, not only in config.yaml: the KL controller's
+    coefficient / target / horizon (the restored controller would otherwise keep the checkpoint's)."""
+    cfg = trainer.config
+    ctl = trainer.state.kl_ctl if hasattr(trainer, "state") else trainer.kl_ctl
+    if "kl_coef" in changed and not cfg.adaptive_kl:
+        ctl.coef = float(cfg.kl_coef)
+    if "kl_target" in changed and hasattr(ctl, "target"):
+        ctl.target = float(cfg.kl_target)
+    if "kl_horizon" in changed and hasattr(ctl, "horizon"):
+        ctl.horizon = cfg.kl_horizon
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:

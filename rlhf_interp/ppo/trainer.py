@@ -21,7 +21,7 @@ from rlhf_interp.bridge.generation import generate
 from rlhf_interp.bridge.heads import ValueHead
 from rlhf_interp.bridge.loading import bridge_from_hf, load_hf_model, model_source
 from rlhf_interp.bridge.run_dirs import latest_checkpoint, read_meta
-from rlhf_interp.bridge.tokens import check_context
+from rlhf_interp.bridge.tokens import check_context, pair_problems
 from rlhf_interp.core.allocator import reuse_freed_memory
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.core.kl import masked_mean
@@ -119,10 +119,11 @@ class PPOTrainer:
         reference = bridge_from_hf(ref_hf, ref_tok, name=source)
         for p in reference.parameters():
             p.requires_grad_(False)
-        if reference.cfg.d_vocab != self.policy.cfg.d_vocab:
-            raise ValueError(f"ref_model {source!r} has a vocabulary of {reference.cfg.d_vocab} tokens, the policy "
-                             f"{self.config.model!r} {self.policy.cfg.d_vocab}: the KL compares next-token "
-                             f"distributions, so both need the same tokenizer.")
+        problems = pair_problems(self.policy, reference, names=("policy", "ref_model"))
+        if problems:  # checked as diff and measure check a pair: tokenizer content, not only its size
+            raise ValueError(f"ref_model {source!r} does not share the policy's ({self.config.model!r}) tokenizer, so "
+                             f"the KL would compare unrelated tokens:\n  - " + "\n  - ".join(problems)
+                             + "\nFix: use a reference with the policy's tokenizer (e.g. the model it starts from).")
         return reference.eval()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -261,7 +262,7 @@ class PPOTrainer:
         """Run until ``config.phases``; returns the metrics of the phases run in this call."""
         cfg = self.config
         if self.phase == 0 and not self.resumed:
-            self.dist.on_main(run_dir_lib.start_run, self.run_dir, overwrite=self.overwrite)
+            self.dist.on_main(run_dir_lib.start_run, self.run_dir, overwrite=self.overwrite, config=cfg)
         self.dist.on_main(cfg.save, self.run_dir / "config.yaml")  # one process writes the run directory
         self._loggers = run_dir_lib.RunLoggers(self.run_dir, cfg)
         if self.dist.is_main:
@@ -349,6 +350,7 @@ class PPOTrainer:
         run_dir = Path(run_dir)
         ckpt = on_main(run_dir_lib.resume_point, run_dir)
         config = PPOConfig.load(run_dir / "config.yaml", overrides, recorded=True)
+        run_dir_lib.check_resume_config(ckpt, config)  # a change that cannot take effect: refused before loading
         trainer = cls(config, run_dir, **kwargs)
         trainer.load_state(ckpt)
         return trainer

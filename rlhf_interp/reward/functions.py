@@ -76,11 +76,20 @@ def get_reward(spec: str | RewardFn, **kwargs) -> RewardFn:
         return load_reward_model(spec.split(":", 1)[1], **kwargs).as_reward()
     elif ":" in spec:
         module_name, _, attr = spec.partition(":")
+        if not module_name or module_name.startswith(".") or not attr:
+            raise ValueError(f"Reward {spec!r}: give 'module:function' with the module's full dotted name as "
+                             f"imported from PYTHONPATH (e.g. mypackage.rewards:periods), not a relative name.")
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
             raise ValueError(f"Cannot import reward {spec!r}: {err}. Give 'module:function' where the module "
                              f"is importable (on PYTHONPATH) and defines the function.") from err
+        except SyntaxError as err:  # the user's module, not the toolkit: say where
+            raise ValueError(f"Cannot import reward {spec!r}: {err.filename}, line {err.lineno}: {err.msg}. Fix the "
+                             f"syntax of your module and run again.") from err
+        except Exception as err:  # noqa: BLE001 - any error while the user's module runs at import
+            raise ValueError(f"Cannot import reward {spec!r}: importing {module_name} raised {type(err).__name__}: "
+                             f"{err} (in your module, not in rlhf_interp). Fix it and run again.") from err
         if not callable(fn):
             raise ValueError(f"Reward {spec!r} is a {type(fn).__name__}, not a function: give 'module:function' "
                              f"naming a callable that takes list[str] and returns one score per text.")

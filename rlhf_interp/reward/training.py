@@ -171,13 +171,13 @@ def fit_reward_model(rm: RewardModel, pairs: list[PreferencePair], config: Rewar
     def save_state(epoch: int) -> None:
         if state_path is None:
             return
-        from rlhf_interp.core.io import atomic_path
+        from rlhf_interp.core.io import atomic_path, save_torch
 
         state = {"epoch": epoch, "stale": stale, "records": records, "fingerprint": fingerprint or {},
                  "current": _snapshot(head, backbone_params), "best_loss": best["loss"], "best_epoch": best["epoch"],
                  "best": best["state"], "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
         with atomic_path(state_path) as tmp:
-            torch.save(state, tmp)
+            save_torch(state, tmp)
 
     if resume_state is None:
         start = time.perf_counter()
