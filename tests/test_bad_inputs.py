@@ -156,6 +156,7 @@ def d(tmp_path_factory) -> Path:
             for i in range(12):
                 f.write(json.dumps({"prompt": "p", "chosen": f"a. b. {i}{tag}.", "rejected": f"none {i}"}) + "\n")
     _interrupted_reward_model(d / "prefs_many.jsonl", d / "rm_interrupted")
+    torch.save({"epoch": 0, "records": [], "current": _Evil(d / "pwned")}, d / "evil_training_state.pt")
     (d / "badreward_mod.py").write_text(
         "calls = []\n"
         "def fail_second(texts):\n"
@@ -853,11 +854,11 @@ def _trainer_into(run: str, **kw):
     return call
 
 
-def _resume(run: str):
+def _resume(run: str, overrides: list[str] | None = None):
     def call(d, tiny):
         from rlhf_interp.ppo import PPOTrainer
 
-        PPOTrainer.resume(d / run, progress=False)
+        PPOTrainer.resume(d / run, overrides=overrides, progress=False)
     return call
 
 
@@ -895,12 +896,41 @@ def _prompts(source: str | None = None, **kw):
     return call
 
 
-def _claim(target: str, command: str = "steer", outputs=("steering_sweep.csv",), **kw):
+def _claim(target: str, command: str = "steer", outputs=("steering_sweep.csv",), inputs=None, **kw):
     def call(d, tiny):
         from rlhf_interp.core.outdir import claim_dir
 
-        claim_dir(target.format(d=d), command, list(outputs), **kw)
+        claim_dir(target.format(d=d), command, list(outputs), **kw,
+                  inputs={k: v.format(d=d) for k, v in (inputs or {}).items()})
     return call
+
+
+def _trainer_with(*overrides: str):
+    def call(d, tiny):
+        from rlhf_interp.ppo import PPOConfig, PPOTrainer
+
+        config = PPOConfig.load(d / "tiny.yaml", [o.format(d=d) for o in overrides])
+        PPOTrainer(config, d / "never_written", progress=False)
+    return call
+
+
+def _rm_train(out: str, base: str = "tiny-test", **kw):
+    def call(d, tiny):
+        from rlhf_interp.reward.training import RewardTrainingConfig, train_reward_model
+
+        train_reward_model(d / "prefs_many.jsonl", base.format(d=d), d / out,
+                           RewardTrainingConfig(epochs=4, patience=0), progress=False, **kw)
+    return call
+
+
+def _kl_shift_nan_reference(d, tiny):
+    from rlhf_interp.bridge import load_model
+    from rlhf_interp.measure import kl_shift
+
+    reference = load_model("tiny-test", device="cpu")
+    with torch.no_grad():
+        next(p for n, p in reference.named_parameters() if "norm" in n).fill_(float("nan"))
+    kl_shift(tiny, None, ["Hello there"], reference=reference)
 
 
 def _trim_bad_middle_line(d, tiny):
@@ -1006,6 +1036,36 @@ API_CASES = [
       .ReferenceSamples.load(d / "evil_reference_samples.pt"), pickle.UnpicklingError, ("weights only load failed",)),
     A("model-truncated-weights", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
       .load_model(str(d / "cut_weights"), device="cpu"), RuntimeError, ("unreadable", "cut short")),
+    # issue 26
+    A("claim-out-is-an-input", _claim("{d}/run", "diff", inputs={"--tuned": "{d}/run"}), ValueError,
+      ("is the input --tuned",)),
+    A("claim-out-inside-an-input", _claim("{d}/run/diff", "diff", inputs={"--tuned": "{d}/run"}), ValueError,
+      ("is inside the input --tuned",)),
+    A("claim-overwrite-another-commands-run", _claim("{d}/ablate_out", overwrite=True), ValueError,
+      ("holds the output of `ablate`", "replaces only an earlier `steer`")),
+    A("resume-changed-lr", _resume("run", overrides=["lr=0.5"]), ValueError, ("lr (0.0001 -> 0.5)", "another --out")),
+    A("resume-switch-to-adaptive-kl", _resume("run", overrides=["adaptive_kl=true"]), ValueError, ("adaptive_kl",)),
+    A("trainer-ref-model-permuted-tokenizer", _trainer_with("ref_model={d}/permuted"), ValueError,
+      ("ref_model", "tokenizer vocab hash")),
+    A("load-model-nan-weights", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
+      .load_model(str(d / "nan_weights"), device="cpu"), RuntimeError, ("non-finite weights", "nan_weights")),
+    A("load-model-crafted-adapter-bin", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
+      .load_model(str(d / "evil_adapter"), device="cpu"), RuntimeError,
+      ("adapter_model.bin", "refused unopened", "adapter_model.safetensors")),
+    A("kl-shift-nan-outputs", _kl_shift_nan_reference, ValueError, ("logits of the reference", "not finite")),
+    A("reward-syntax-error", lambda d, t: __import__("rlhf_interp.reward", fromlist=["get_reward"])
+      .get_reward("badsyntax_mod:f"), ValueError, ("badsyntax_mod:f", "line 2")),
+    A("reward-relative-module", lambda d, t: __import__("rlhf_interp.reward", fromlist=["get_reward"])
+      .get_reward(".rel:f"), ValueError, ("relative",)),
+    A("reward-module-raises-on-import", lambda d, t: __import__("rlhf_interp.reward", fromlist=["get_reward"])
+      .get_reward("raising_mod:f"), ValueError, ("raising_mod", "in your module")),
+    A("rm-resume-nothing", _rm_train("rm_out", resume=True), FileNotFoundError, ("nothing to resume",)),
+    A("rm-resume-and-overwrite", _rm_train("rm_out", resume=True, overwrite=True), ValueError,
+      ("give one of them",)),
+    A("rm-resume-other-base", _rm_train("rm_interrupted", base="{d}/permuted", resume=True), ValueError,
+      ("base ('tiny-test'",)),
+    A("rm-training-state-crafted", lambda d, t: __import__("rlhf_interp.reward.training", fromlist=["x"])
+      .read_training_state(d / "evil_training_state.pt", {}), ValueError, ("refused unopened",)),
 ]
 
 

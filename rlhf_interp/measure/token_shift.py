@@ -143,7 +143,20 @@ def kl_shift(model, edit: Edit | None, prompts: Sequence[str] | Generation, *, r
     ref_logits = cache.logits(ref_model, tokens, mask, prompt_len, batch_size)
     with edit:
         logits = forward_logits(model, tokens, mask, prompt_len, batch_size)
+    _check_finite_logits(ref_logits, "the reference" if reference is not None else "the model without the edit")
+    _check_finite_logits(logits, "the model with the edit" if not isinstance(edit, NoEdit) else "the model")
     return per_token_frame(model, logits, ref_logits, tokens, mask, prompt_len)
+
+
+def _check_finite_logits(logits: Tensor, who: str) -> None:
+    """A NaN or infinite logit makes every KL of its position NaN (shown as a blank, or averaged away as 0):
+    refuse it, naming the model."""
+    from rlhf_interp.core.finite import all_finite
+
+    if not all_finite(logits):
+        raise ValueError(f"The logits of {who} are not finite (NaN or inf): its weights, dtype or edit produce "
+                         f"non-finite values, so no KL against it means anything. Check the model (load it in "
+                         f"float32) and the edit's size.")
 
 
 def per_token_frame(model, logits: Tensor, ref_logits: Tensor, tokens: Tensor, mask: Tensor, prompt_len: int
