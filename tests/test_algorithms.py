@@ -243,3 +243,33 @@ def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path_factory, al
         crash.assert_same_outputs(full, run)
     finally:
         crash.CHILD = original
+
+
+def test_group_baselines_see_the_whole_batch_across_processes():
+    """With several processes a group can be split between them: each process's advantages are computed over the
+    gathered global batch and its own rows kept, so they equal the one-process advantages row for row."""
+    from rlhf_interp.ppo.algorithms.base import over_global_batch
+
+    torch.manual_seed(0)
+    scores, mask = torch.randn(8), (torch.rand(8, 5) > 0.2).float()
+    value, score = torch.rand(8, 5) * mask, torch.rand(8, 5) * mask
+    whole_rloo = leave_one_out_advantages(scores, value, score, mask, 0.3, group_size=4)
+    whole_grpo = group_relative_advantages(scores, mask, group_size=4, scale=True)
+
+    class Rank:  # what `Distributed` does for a 2-process run of contiguous blocks of 4 rows (rank r: 4r..4r+3)
+        active, world_size = True, 2
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def gather(self, t):
+            return full[id(t)]  # every process's rows, in rank order
+
+    for rank in (0, 1):
+        rows = slice(4 * rank, 4 * rank + 4)
+        parts = [scores[rows], value[rows], score[rows], mask[rows]]
+        full = {id(p): w for p, w in zip(parts, [scores, value, score, mask])}
+        got = over_global_batch(Rank(rank), lambda s, v, c, m: leave_one_out_advantages(s, v, c, m, 0.3, 4), *parts)
+        torch.testing.assert_close(got, whole_rloo[rows])
+        got = over_global_batch(Rank(rank), lambda s, m: group_relative_advantages(s, m, 4, True), parts[0], parts[3])
+        torch.testing.assert_close(got, whole_grpo[rows])

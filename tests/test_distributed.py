@@ -50,6 +50,7 @@ def _equality_worker(out: Path, models: Path) -> None:
     from rlhf_interp.ppo import PPOConfig, losses
     from rlhf_interp.ppo.distributed import Distributed
     from rlhf_interp.ppo.rollout import collect
+    from rlhf_interp.ppo.algorithms import UpdateContext, get_algorithm
     from rlhf_interp.ppo.update import ppo_update
     from rlhf_interp.reward.functions import get_reward
 
@@ -82,8 +83,9 @@ def _equality_worker(out: Path, models: Path) -> None:
         params = [p for p in policy.parameters() if p.requires_grad] + list(head.parameters())
         optimizer = torch.optim.SGD(params, lr=0.05)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-        stats = ppo_update(policy, head, optimizer, scheduler, params, part, advantages, returns,
-                           [torch.arange(config.batch_size)], config, cfg.kl_coef, dist=run_dist)
+        ctx = UpdateContext(policy, head, config, run_dist)  # the KL in the reward: no loss term
+        stats = ppo_update(get_algorithm("ppo"), ctx, optimizer, scheduler, params, part, advantages, returns,
+                           [torch.arange(config.batch_size)], cfg.kl_coef, 0)
         return params, stats
 
     def advantages_of(part):

@@ -246,7 +246,7 @@ def test_ratio_is_one_before_any_step_with_dropout_in_the_model_config(tmp_path)
 
 
 def test_update_reuses_the_rollout_pass_for_its_first_minibatch(tmp_path, monkeypatch):
-    import rlhf_interp.ppo.update as update_module
+    import rlhf_interp.ppo.algorithms.base as update_module  # where the update's minibatches are made
 
     calls = []
     real = update_module.policy_forward

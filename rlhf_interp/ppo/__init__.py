@@ -1,10 +1,12 @@
-"""PPO with a KL penalty on a TransformerBridge policy.
+"""RLHF with a KL penalty on a TransformerBridge policy: PPO, GRPO, RLOO and DPO (``algorithm``).
 
 - `config`: ``PPOConfig``, one validated flat config per run (which KL options exist: `rlhf_interp.core.kl`);
 - `rollout`: sample, then one forward pass per model -> ``Rollout``;
 - `losses`: GAE, the clipped policy and value losses, the KL in the advantages;
-- `update`: one PPO update (epochs of clipped minibatch steps) over a rollout;
-- `trainer`: ``PPOTrainer``, the loop, logging, checkpoints and resume;
+- `algorithms`: what differs between PPO, GRPO, RLOO and DPO -- advantages and loss, one module each (docs/algorithms.md);
+- `update`: one update over a phase's data (the algorithm's minibatches and loss, one step each);
+- `state`: ``TrainerState``, what a checkpoint restores besides the weights;
+- `trainer`: ``PPOTrainer``, the loop for every algorithm, logging, checkpoints and resume;
 - `rm_refresh`: iterated online RLHF, a learned reward model refreshed on the policy's samples (``rm_refresh_*``);
 - `kl_audit`: checks every KL option's gradient on an enumerable policy (docs/kl.md's table).
 
@@ -17,6 +19,7 @@ _WHERE = {
     **names_from(".config", "PPOConfig"),
     **names_from(".rollout", "PolicyPass", "Rollout", "collect"),
     **names_from(".trainer", "PPOTrainer"),
+    **names_from(".state", "TrainerState"),
     **names_from(".update", "TrainingDivergedError", "ppo_update"),
     **names_from("rlhf_interp.bridge.heads", "ValueHead", "forward_with_values", "values_from_hook"),
 }

@@ -81,6 +81,15 @@ class PPOConfig:
     entropy_coef: float = 0.0
     max_grad_norm: float = 1.0
 
+    # --- algorithm: what turns a phase's samples into a loss (rlhf_interp/ppo/algorithms/, docs/algorithms.md)
+    # ppo: value head + GAE; grpo: group mean (/ std) baseline, KL in the loss; rloo: leave-one-out baseline;
+    # dpo: preference pairs (preference_data), the rollout only measures.
+    algorithm: Literal["ppo", "grpo", "rloo", "dpo"] = "ppo"
+    group_size: int = 1  # samples per prompt in a phase (batch_size / group_size prompts); grpo and rloo: >= 2
+    grpo_scale_rewards: bool = True  # grpo: divide by the group's std (as published); false: Dr. GRPO (no std)
+    preference_data: str | None = None  # dpo: JSONL of {prompt, chosen, rejected} (`rlhf-interp reward-model synth`)
+    dpo_beta: float = 0.1  # dpo: the KL strength beta of DPO's loss
+
     # --- optimisation
     lr: float = 2e-5
     head_lr: float = 5e-4
@@ -131,6 +140,7 @@ class PPOConfig:
             "freeze_layers": (0, 1e4), "lora_r": (0, 4096), "log_every": (1, 1e9), "sample_every": (0, 1e9),
             "checkpoint_every": (0, 1e9), "reward_scale": (-1e6, 1e6), "weight_decay": (0, 10),
             "rm_refresh_pairs": (2, 1e6), "kl_bank_size": (1, 1e4), "rm_refresh_label_noise": (0, 1), "rm_refresh_epochs": (1, 1000),
+            "group_size": (1, 1e6), "dpo_beta": (1e-6, 1e3),
         }
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
@@ -175,6 +185,9 @@ class PPOConfig:
             if allowed and getattr(self, f.name) not in allowed:
                 raise ValueError(f"Config field {f.name!r} = {getattr(self, f.name)!r} is not allowed: use one of {allowed}.")
         KLPenalty.from_config(self)  # the direction x estimator x placement is accepted (or refused with the reason)
+        from rlhf_interp.ppo.algorithms import get_algorithm  # its own refusals (KL placements, groups, pairs)
+
+        get_algorithm(self.algorithm).check(self)
         if self.ref_model is not None and not str(self.ref_model).strip():
             raise ValueError("Config field 'ref_model' is empty: give a model name or directory, or null for `model`.")
         return self

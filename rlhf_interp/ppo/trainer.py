@@ -1,6 +1,7 @@
-"""The PPO loop: rollout -> advantages -> several epochs of clipped updates -> log -> checkpoint.
+"""The training loop: rollout -> advantages -> update -> log -> checkpoint, for every algorithm.
 
-A thin stateful shell over the pure pieces in ``rollout.py``, ``losses.py`` and ``kl.py``.
+A thin stateful shell over the pure pieces in ``rollout.py``, ``algorithms/`` (what PPO, GRPO, RLOO and DPO do
+differently: advantages and loss), ``update.py`` and ``kl.py``; what a checkpoint restores is a `TrainerState`.
 Determinism: every phase seeds its own RNG from ``(seed, phase)``, so a run that is killed and
 resumed from a checkpoint reproduces the uninterrupted run's metrics. Policy and reference stay in eval
 mode for the whole run (no dropout): the update's log-probs are those of the distribution that sampled.
@@ -27,13 +28,14 @@ from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.core.kl import masked_mean
 from rlhf_interp.ppo.kl_penalty import KLPenalty
 from rlhf_interp.ppo.reference_bank import ReferenceBank
-from rlhf_interp.ppo import losses
 from rlhf_interp.ppo import rm_refresh
 from rlhf_interp.ppo import run_dir as run_dir_lib
 from rlhf_interp.ppo.config import PPOConfig
 from rlhf_interp.ppo.distributed import Distributed, on_main
+from rlhf_interp.ppo.algorithms import UpdateContext, get_algorithm
 from rlhf_interp.ppo.losses import RunningStd
 from rlhf_interp.ppo.rollout import Rollout, collect
+from rlhf_interp.ppo.state import TrainerState
 from rlhf_interp.ppo.update import TrainingDivergedError, ppo_update
 from rlhf_interp.prompts import load_prompts
 from rlhf_interp.reward.functions import RewardFn, get_reward
@@ -63,7 +65,7 @@ class PPOTrainer:
         self.callbacks = list(callbacks or [])
         self.progress = progress and self.dist.is_main
         self.overwrite = overwrite
-        self.phase = 0
+        self.algorithm = get_algorithm(self.config.algorithm)  # advantages + loss (rlhf_interp/ppo/algorithms/)
         self.resumed = False  # set by load_state: a resumed run continues its directory instead of claiming it
         self._mid_phase = False  # True from the first change of state in a phase until its logs are written
         self.device = self.dist.device
@@ -75,15 +77,23 @@ class PPOTrainer:
         self.prompts = load_prompts(config.prompts)
         self._build_models(policy_source=config.model)
         check_context(self.policy, self.prompts, config.max_new_tokens, what="prompt")
-        self._build_optimizer()
+        optimizer, scheduler = self._build_optimizer()
         self.dist.sync_parameters([*self.hf_policy.parameters(), *self.head.parameters()])
         self.kl_penalty = KLPenalty.from_config(self.config)  # the one place that knows direction/estimator/placement
-        self.kl_ctl = self.kl_penalty.controller()
+        kl_ctl = self.kl_penalty.controller()
         # sequence-level KL(ref||pi): the reference's own samples per prompt, drawn once (re-drawn from seeds on resume)
         self.reference_bank = self._reference_bank() if self.kl_penalty.uses_bank else None
-        self.reward_std = RunningStd()
+        self.state = TrainerState(0, optimizer, scheduler, kl_ctl, RunningStd())
         self.history: list[dict[str, Any]] = []
-        self.rm_refresh = rm_refresh.from_trainer(self)  # None unless rm_refresh_every: the RM stays frozen
+        self.state.rm_refresh = rm_refresh.from_trainer(self)  # None unless rm_refresh_every: the RM stays frozen
+
+    # What the next phase depends on besides the weights lives in `self.state` (checkpointed as a whole).
+    phase = property(lambda self: self.state.phase, lambda self, value: setattr(self.state, "phase", value))
+    optimizer = property(lambda self: self.state.optimizer)
+    scheduler = property(lambda self: self.state.scheduler)
+    kl_ctl = property(lambda self: self.state.kl_ctl)
+    reward_std = property(lambda self: self.state.reward_std)
+    rm_refresh = property(lambda self: self.state.rm_refresh)
 
     # ------------------------------------------------------------------ set-up
     def _build_models(self, policy_source: str, adapter_dir: Path | None = None) -> None:
@@ -129,10 +139,10 @@ class PPOTrainer:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.hf_policy.parameters() if p.requires_grad]
 
-    def _build_optimizer(self) -> None:
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         cfg = self.config
         steps_per_phase = cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
-        self.optimizer = torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             [{"params": self.trainable_parameters(), "lr": cfg.lr},
              {"params": list(self.head.parameters()), "lr": cfg.head_lr}],
             weight_decay=cfg.weight_decay,
@@ -149,7 +159,7 @@ class PPOTrainer:
                 return 1.0
             return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def _reference_bank(self) -> ReferenceBank:
         """The bank of reference samples: sampled from the reference bridge, or the adapter-off policy (LoRA)."""
@@ -175,9 +185,12 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ one phase
     def _phase_prompts(self) -> list[str]:
+        """``batch_size / group_size`` prompts, each ``group_size`` times in a row (a group: GRPO / RLOO)."""
+        n, k = self.config.batch_size // self.config.group_size, self.config.group_size
         rng = random.Random(mix_seed(self.config.seed, self.phase))
-        prompts = rng.sample(self.prompts, min(self.config.batch_size, len(self.prompts))) if len(self.prompts) >= self.config.batch_size \
-            else [rng.choice(self.prompts) for _ in range(self.config.batch_size)]
+        prompts = rng.sample(self.prompts, min(n, len(self.prompts))) if len(self.prompts) >= n \
+            else [rng.choice(self.prompts) for _ in range(n)]
+        prompts = [p for p in prompts for _ in range(k)]
         return self.dist.shard(prompts)  # every process draws the same batch and samples its own block
 
     def _minibatch_orders(self) -> list[torch.Tensor]:
@@ -187,6 +200,8 @@ class PPOTrainer:
         return [torch.randperm(cfg.batch_size, generator=generator) for _ in range(cfg.ppo_epochs)]
 
     def run_phase(self) -> tuple[dict[str, Any], Rollout]:
+        """One phase, in the algorithm's order: 1. sample and score a rollout; 2. scores; 3. advantages (the
+        algorithm's); 4. the update (the algorithm's minibatches and loss); 5. metrics; 6. the KL controller."""
         cfg = self.config
         rm_info = self.rm_refresh.before_phase() if self.rm_refresh is not None else {}  # before the phase's seed
         local = self.dist.local_config(cfg)  # batch and minibatch sizes of this process (all of them in one process)
@@ -194,10 +209,12 @@ class PPOTrainer:
         start = time.perf_counter()
         self.policy.eval()
         orders = self._minibatch_orders()
+        # 1. rollout: samples, their log-probs under policy and reference, the KL terms, the rewards
         rollout = collect(
             self.policy, self.head, self.reference_logits, self.reward, self._phase_prompts(),
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_at_eos=cfg.stop_at_eos,
-            kl_penalty=self.kl_penalty, value_hook=cfg.value_head_hook, grad_rows=orders[0][:local.minibatch_size],
+            kl_penalty=self.kl_penalty, value_hook=cfg.value_head_hook,
+            grad_rows=orders[0][:local.minibatch_size] if self.algorithm.learns_from_rollout else None,
             precision=cfg.precision, reference_model=self.reference,  # bf16: one autocast block per forward
         )
         if self.reference_bank is not None:  # the reference's samples of these prompts (drawn once per prompt)
@@ -206,7 +223,7 @@ class PPOTrainer:
         self._mid_phase = True  # from here the phase changes state: no checkpoint until it is whole and logged
         mask = rollout.gen_mask
 
-        # Scores: optional EOS penalty, scale, normalisation.
+        # 2. scores: optional EOS penalty, scale, normalisation.
         scores = rollout.scores * cfg.reward_scale
         if cfg.missing_eos_penalty is not None:
             ended = (rollout.gen_tokens == self.policy.tokenizer.eos_token_id).any(-1)
@@ -215,19 +232,20 @@ class PPOTrainer:
             self.reward_std.update(self.dist.gather(scores))
             scores = scores / self.reward_std.std
 
-        # Per-token rewards (the KL too, when placed there) and advantages (GAE), then whitening.
+        # 3. advantages, by the algorithm (the KL in them when it is placed in the reward)
         kl_coef = self.kl_ctl.coef
-        advantages, returns = losses.penalised_advantages(scores, rollout.kl_value, rollout.kl_score, rollout.values,
-                                                          mask, self.kl_penalty.reward_coef(kl_coef), cfg.gamma,
-                                                          cfg.gae_lambda)
-        if cfg.whiten_advantages:
-            advantages = self.dist.whiten(advantages, mask)  # over the global batch
+        advantages, returns = self.algorithm.advantages(scores, rollout, self.kl_penalty.reward_coef(kl_coef), cfg,
+                                                        self.dist)
 
-        stats = ppo_update(self.policy, self.head, self.optimizer, self.scheduler,
+        # 4. the update: the algorithm's minibatches and loss, one optimizer step each
+        ctx = UpdateContext(self.policy, self.head, local, self.dist if self.dist.active else None,
+                            self.reference_logits, kl_penalty=None if self.kl_penalty.in_reward else self.kl_penalty)
+        stats = ppo_update(self.algorithm, ctx, self.optimizer, self.scheduler,
                            self.trainable_parameters() + list(self.head.parameters()), rollout, advantages, returns,
-                           orders, local, kl_coef, dist=self.dist if self.dist.active else None,
-                           kl_penalty=self.kl_penalty, reference=self.reference_logits)
+                           orders, kl_coef, self.phase)
         stats = self.dist.mean_stats(stats)
+
+        # 5. metrics of the global batch
         rollout = self.dist.gather_rollout(rollout)  # the global batch: metrics, logs and callbacks see all of it
         mask = rollout.gen_mask
         seconds = time.perf_counter() - start
@@ -253,6 +271,7 @@ class PPOTrainer:
             **self.dist.phase_stats(),  # processes; peak CUDA memory
             **rm_info,
         }
+        # 6. the adaptive KL coefficient, from the exact KL in the configured direction
         self.kl_ctl.update(metrics[self.kl_penalty.controlled_metric], cfg.batch_size)
         self.phase += 1
         return metrics, rollout
@@ -268,7 +287,7 @@ class PPOTrainer:
         if self.dist.is_main:
             self._loggers.open()
         ran: list[dict[str, Any]] = []
-        bar = tqdm(total=cfg.phases, initial=self.phase, desc="PPO", disable=not self.progress, unit="phase")
+        bar = tqdm(total=cfg.phases, initial=self.phase, desc=cfg.algorithm.upper(), disable=not self.progress, unit="phase")
         interrupt = run_dir_lib.stop_at_phase_boundary(lambda: f"phase {self.phase + 1}")
         try:
             with interrupt as stop_requested:
