@@ -126,3 +126,17 @@ def test_no_module_is_over_the_line_limit():
     long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / "rlhf_interp").rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert set(long) <= set(OVER_LIMIT), f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_hook_names_are_built_in_one_place():
+    """Per-block hook names come from `bridge.hook_names.block_hook`, never from a hand-typed f-string."""
+    from rlhf_interp.bridge.hook_names import block_hook
+
+    assert block_hook(3, "hook_resid_post") == "blocks.3.hook_resid_post"
+    for bad in (-1, True, 1.5, "2"):
+        with pytest.raises(ValueError):
+            block_hook(bad, "hook_resid_post")
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in (ROOT / "rlhf_interp").rglob("*.py")
+                 if p.name != "hook_names.py"
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"""f["']blocks\.\{""", line)]
+    assert not offenders, f"hand-built hook names (use block_hook): {offenders}"

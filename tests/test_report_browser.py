@@ -5,6 +5,7 @@ tests/test_reports.py runs everywhere."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def _skip_reason() -> str | None:
     return None
 
 
+# CI sets RLHF_INTERP_REQUIRE_BROWSER=1 once it has installed Chromium: there a browser that cannot start is a
+# failure, never a silent skip.
+if _skip_reason() is not None and os.environ.get("RLHF_INTERP_REQUIRE_BROWSER") == "1":
+    raise RuntimeError(f"RLHF_INTERP_REQUIRE_BROWSER=1 but the browser tests cannot run: {_skip_reason()}")
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 

@@ -18,6 +18,12 @@ from torch import nn
 ADAPTER_ATTRIBUTE = "_rlhf_interp_cache_adapter"
 
 
+def cache_argument(kwargs: dict[str, Any]) -> Any:
+    """The KV cache a forward call was handed, under either name (None without a cache)."""
+    past = kwargs.get("past_key_values")
+    return past if past is not None else kwargs.get("cache")
+
+
 def _cache_under_old_name(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
     cache = kwargs.get("cache")
     if cache is None or kwargs.get("past_key_values") is not None:

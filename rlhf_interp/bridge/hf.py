@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from rlhf_interp.bridge.cache_compat import cache_argument
+
 
 class UnsupportedArchitecture(ValueError):
     """The model lacks the Llama-family layout an operation needs; the message names what is missing."""
@@ -184,7 +186,7 @@ def watch_forward_passes(bridge, callback: Callable[[ForwardPass | None], None])
             callback(None)
             return
         batch, seq = source.shape[:2]
-        past = kwargs.get("past_key_values")
+        past = cache_argument(kwargs)  # `past_key_values`, or `cache` from transformers 5.24 on
         past_len = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
         mask = kwargs.get("attention_mask")
         usable = isinstance(mask, Tensor) and mask.ndim == 2 and mask.shape[0] == batch and mask.shape[1] >= seq

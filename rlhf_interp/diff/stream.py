@@ -20,6 +20,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rlhf_interp.bridge import hook_names
 from rlhf_interp.bridge.activations import capture, stream
 from rlhf_interp.bridge.tokens import tokenize
 from rlhf_interp.core.masks import content_mask, real_positions
@@ -41,7 +42,7 @@ def validate_hooks(hooks: Sequence[str]) -> tuple[str, ...]:
 
 def block_hook(layer: int, hook: str) -> str:
     """``(3, "hook_resid_post")`` -> ``"blocks.3.hook_resid_post"``."""
-    return f"blocks.{layer}.{hook}"
+    return hook_names.block_hook(layer, hook)
 
 
 @dataclass

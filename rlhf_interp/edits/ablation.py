@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from rlhf_interp.bridge.activations import capture_texts
+from rlhf_interp.bridge.hook_names import block_hook
 from rlhf_interp.core.hashing import text_digest
 from rlhf_interp.core.masks import content_mask, left_align, pad_rows
 from rlhf_interp.edits.base import Edit, EditError, n_layers
@@ -40,8 +41,8 @@ class Target:
     @property
     def hook(self) -> str:
         if self.component == "head":
-            return f"blocks.{self.layer}.attn.hook_z"
-        return f"blocks.{self.layer}.hook_{self.component}_out"
+            return block_hook(self.layer, "attn.hook_z")
+        return block_hook(self.layer, f"hook_{self.component}_out")
 
     def __str__(self) -> str:
         return f"{self.layer}.{self.head}" if self.component == "head" else f"{self.layer}.{self.component}"

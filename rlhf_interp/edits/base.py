@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from rlhf_interp.bridge.hook_names import block_hook
 from rlhf_interp.bridge.interventions import activate, active, suspended  # noqa: F401  (suspended: re-exported)
 from rlhf_interp.edits.errors import EditError
 from rlhf_interp.edits.positions import tracker
@@ -99,7 +100,7 @@ def short_hook(hook: str) -> str:
 
 def steering_hook_name(hook: str, layer: int) -> str:
     """``"resid_post"`` (or ``"hook_resid_post"``) at layer L -> ``"blocks.L.hook_resid_post"``."""
-    return f"blocks.{layer}.hook_{short_hook(hook)}"
+    return block_hook(layer, f"hook_{short_hook(hook)}")
 
 
 def unit_direction(direction: Tensor, d_model: int) -> Float[Tensor, "d_model"]:

@@ -10,6 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from rlhf_interp.bridge.hf import UnsupportedArchitecture, residual_writers, untied_copy
+from rlhf_interp.bridge.hook_names import block_hook
 from rlhf_interp.bridge.loading import bridge_from_hf, model_source
 from rlhf_interp.core.hashing import tensor_digest
 from rlhf_interp.edits.base import Edit, EditError, resolve_layers, unit_direction
@@ -47,7 +48,7 @@ class DirectionAblation(Edit):
         def hook(act: Tensor, hook=None) -> Tensor:
             return act if self._suspended else project_out(act, self.direction)
 
-        return [(f"blocks.{layer}.hook_{what}", hook) for layer in self.layers
+        return [(block_hook(layer, f"hook_{what}"), hook) for layer in self.layers
                 for what in ("resid_pre", "attn_out", "mlp_out")]
 
     def cache_key(self) -> Hashable:

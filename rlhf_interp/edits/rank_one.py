@@ -44,6 +44,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from rlhf_interp.bridge import capture_texts, tokenize
+from rlhf_interp.bridge.hook_names import block_hook
 from rlhf_interp.core.hashing import tensor_digest
 from rlhf_interp.core.masks import content_mask
 from rlhf_interp.edits.base import Edit, resolve_layers
@@ -52,7 +53,7 @@ from rlhf_interp.edits.errors import EditError
 
 def key_hook(layer: int) -> str:
     """The input of layer ``layer``'s MLP output matrix (its hidden activation)."""
-    return f"blocks.{layer}.mlp.out.hook_in"
+    return block_hook(layer, "mlp.out.hook_in")
 
 
 def output_matrix(model, layer: int) -> Tensor:
@@ -116,7 +117,7 @@ def target_direction(model, layer: int, prompts: Sequence[str], target_tokens: S
     def add(act: Tensor, hook=None) -> Tensor:
         return act + offset
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_mlp_out", add)]):
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(block_hook(layer, "hook_mlp_out"), add)]):
         logits = model(tokens, attention_mask=mask).float()
         logp = torch.log_softmax(logits, dim=-1)
         target = torch.logsumexp(logp[..., ids], dim=-1)  # log P(next token in the class)
@@ -206,7 +207,7 @@ class RankOneEdit(Edit):
             delta = self._delta.to(device=act.device, dtype=act.dtype)
             return act - self._hidden @ delta.T
 
-        return [(key_hook(self.layer), keep_hidden), (f"blocks.{self.layer}.mlp.out.hook_out", undo_when_suspended)]
+        return [(key_hook(self.layer), keep_hidden), (block_hook(self.layer, "mlp.out.hook_out"), undo_when_suspended)]
 
     def __enter__(self) -> "RankOneEdit":
         super().__enter__()

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from rlhf_interp.bridge.activations import capture, recording
 from rlhf_interp.bridge.heads import values_from_hook
 from rlhf_interp.bridge.hf import run_decoder_tail, supports_decoder_tail
+from rlhf_interp.bridge.hook_names import block_hook
 from rlhf_interp.bridge.tokens import tokenize
 from rlhf_interp.core.masks import gather_last, pad_rows
 from rlhf_interp.reward.model import RewardModel
@@ -30,7 +31,7 @@ class PrefixCache:
     def __init__(self, bridge, texts: list[str], n_frozen: int, *, batch_size: int = 64, progress: bool = True):
         self.n_frozen = n_frozen
         self.resid: list[Tensor] = [torch.empty(0)] * len(texts)
-        hook = f"blocks.{n_frozen - 1}.hook_resid_post"
+        hook = block_hook(n_frozen - 1, "hook_resid_post")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
         for start in tqdm(range(0, len(texts), batch_size), desc=f"caching {hook}", disable=not progress, unit="batch"):
             idx = order[start:start + batch_size]
