@@ -23,9 +23,8 @@ from rlhf_interp.report.claims import (
     check_claims,
     format_n,
     unsupported_numbers,
-    write_findings,
 )
-from rlhf_interp.report.index import report_dirs, write_index
+from rlhf_interp.report.index import findings_rows, report_dirs, write_findings, write_index
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "reports"
@@ -165,8 +164,6 @@ def test_readme_and_index_numbers_are_claims():
     for name, m in ms.items():
         assert not unsupported_numbers(m["headline"], m["claims"])
     # the committed findings table is exactly what the claims generate
-    from rlhf_interp.report.claims import findings_rows
-
     assert "\n".join(findings_rows(REPORTS)) in readme, "README findings table is stale: `rlhf-interp report --rebuild`"
     assert all(f'href="{name}/index.html"' in index for name in ms)
 

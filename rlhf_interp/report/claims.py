@@ -15,10 +15,10 @@ its own spec), ``{ci}`` (``[low, high]``), ``{n}`` (``16 prompts × 1 sample, 1 
 ``params`` (settings the sentence names: a layer, a budget, a phase range). A literal digit outside a code span
 (`` `k3` ``) is refused: a number the sentence states must be a field, so it is in ``report.json``.
 
-``Report(..., claims=[...])`` (or ``report.claim(...)``) writes them into ``report.json``, generates the page's
+``Report(..., claims=[...])`` (or ``report.claims.append(...)``) writes them into ``report.json``, generates the page's
 headline from the claims marked ``headline`` and lists every claim in a table on the page; the reports index and
 the top-level README's findings table (between ``<!-- findings:start -->`` and ``<!-- findings:end -->``,
-`write_findings`) are generated from the headlines. `check_claims` and `unsupported_numbers` are what the tests
+`rlhf_interp.report.index.write_findings`) are generated from the headlines. `check_claims` and `unsupported_numbers` are what the tests
 use to refuse a claim without n and interval, and a README or index number that no claim carries.
 """
 
@@ -28,7 +28,6 @@ import math
 import re
 import string
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 KINDS = ("estimate", "comparison", "not_measured", "fact")
@@ -239,6 +238,21 @@ def claims_table(claims: Iterable[Claim]):
                                        "note"])
 
 
+def claims_parts(claims: list[Claim]) -> tuple[str, str]:
+    """(markdown, html) of the page's claims block: a note and the claims table (cells escaped in both)."""
+    from rlhf_interp.report.html import markdown_to_html
+
+    table = claims_table(claims)
+    note = ("*What this page claims (`report.json` lists them as data): each value with its 95% interval and n; "
+            "comparisons with their verdict.*")
+    escaped = table.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)  # a cell's own "|"
+    md = note + "\n\n" + escaped.to_markdown(index=False, disable_numparse=True)
+    note_html = re.sub(r"^<p>(.*)</p>$", r"\1", markdown_to_html(note).strip(), flags=re.S)
+    html = (f"<p class=\"caption\">{note_html}</p><div class=\"table-wrap\">"
+            + table.to_html(index=False, border=0, classes="tbl claims", na_rep="") + "</div>")
+    return md, html
+
+
 def numbers(text: str) -> list[str]:
     """The numbers a text states (not those inside words such as ``k3`` or ``SmolLM2``), sign dropped."""
     return [m.lstrip("-") for m in NUMBER.findall(text)]
@@ -258,36 +272,3 @@ def unsupported_numbers(text: str, claims: Iterable[Claim | dict]) -> list[str]:
     """Numbers in ``text`` (a README row, an index headline) that no claim states."""
     ok = supported_numbers(claims)
     return [x for x in numbers(re.sub(r"`[^`]*`", "", text)) if x not in ok]
-
-
-# ----------------------------------------------------------------------------------------------
-# the top-level README's findings table
-
-
-def findings_rows(root: str | Path) -> list[str]:
-    """One markdown row per report under ``root``: its name and its claims' headline."""
-    from rlhf_interp.report.index import report_dirs
-    from rlhf_interp.report.page import read_manifest
-
-    rows = ["| report | finding (95% intervals; n = prompts × samples per prompt, seeds) |", "| --- | --- |"]
-    for d in report_dirs(root):
-        m = read_manifest(d)
-        rows.append(f"| `{m['name']}` | {m['headline'].replace('|', '/')} |")
-    return rows
-
-
-def write_findings(readme: str | Path, root: str | Path) -> bool:
-    """Rewrite the findings table between the marker comments of ``readme``; False when it has no markers."""
-    from rlhf_interp.core.io import atomic_write_text
-
-    readme = Path(readme)
-    if not readme.is_file():
-        return False
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.find(FINDINGS_START), text.find(FINDINGS_END)
-    if start < 0 or end < start:
-        return False
-    new = text[:start + len(FINDINGS_START)] + "\n" + "\n".join(findings_rows(root)) + "\n" + text[end:]
-    if new != text:
-        atomic_write_text(readme, new)
-    return True

@@ -1,4 +1,5 @@
-"""``reports/index.html`` and ``reports/README.md``: every report with its headline, linked.
+"""``reports/index.html`` and ``reports/README.md``: every report with its headline, linked; and the findings
+table of the top-level README (`write_findings`).
 
 Built from each report's ``report.json`` (written by `Report.save`), so the index says exactly what the
 pages say: the headline sentence and its numbers come from the report, not from a second copy here.
@@ -90,3 +91,35 @@ def write_index(root: str | Path) -> Path:
     body.append(H.markdown_to_html(HOW_TO_ADD))
     atomic_write_text(root / "README.md", "\n".join(md))
     return atomic_write_text(root / "index.html", H.page("Reports", "\n".join(body)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the top-level README's findings table, generated from the claims
+
+
+def findings_rows(root: str | Path) -> list[str]:
+    """One markdown row per report under ``root``: its name and its headline (made from its claims)."""
+    rows = ["| report | finding (95% intervals; n = prompts × samples per prompt, seeds) |", "| --- | --- |"]
+    for d in report_dirs(root):
+        m = read_manifest(d)
+        rows.append(f"| `{m['name']}` | {m['headline'].replace('|', '/')} |")
+    return rows
+
+
+def write_findings(readme: str | Path, root: str | Path) -> bool:
+    """Rewrite the findings table between the marker comments of ``readme``; False when it has no markers."""
+    from rlhf_interp.core.io import atomic_write_text
+    from rlhf_interp.report.claims import FINDINGS_END, FINDINGS_START
+
+    readme = Path(readme)
+    if not readme.is_file():
+        return False
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(FINDINGS_START), text.find(FINDINGS_END)
+    if start < 0 or end < start:
+        return False
+    new = text[:start + len(FINDINGS_START)] + "\n" + "\n".join(findings_rows(root)) + "\n" + text[end:]
+    if new != text:
+        atomic_write_text(readme, new)
+    return True
+

@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from rlhf_interp.report import claims as C
 from rlhf_interp.report import html as H
 
 REPORTS_ROOT = Path("reports")
@@ -70,7 +71,7 @@ class Report:
     source: str | Path | None = None
     config: dict[str, Any] | None = None
     blocks: list[_Block] = field(default_factory=list)
-    claims: list[Any] = field(default_factory=list)
+    claims: list[Any] = field(default_factory=list)  # report.claims.Claim: checked on save, in report.json
 
     @classmethod
     def at(cls, report_dir: str | Path, title: str, **kwargs: Any) -> "Report":
@@ -82,13 +83,8 @@ class Report:
     def out_dir(self) -> Path:
         return Path(self.root) / self.name
 
-    # -- claims ---------------------------------------------------------------------------------
-
-    def claim(self, *claims: Any) -> "Report":
-        """Add `rlhf_interp.report.claims.Claim` objects: checked on save, listed in ``report.json`` and in a
-        table on the page; the headline is generated from those marked ``headline``."""
-        self.claims.extend(claims)
-        return self
+    def claim(self, *claims: Any) -> "Report":  # add rlhf_interp.report.claims.Claim objects
+        return self.claims.extend(claims) or self
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -141,11 +137,8 @@ class Report:
 
         from rlhf_interp.core.io import atomic_path, atomic_write_json, atomic_write_text
 
-        from rlhf_interp.report import claims as C
-
         claims = C.check_claims(self.claims)
-        if claims:  # the headline is generated from the claims, never written beside them
-            self.headline = C.headline(claims)
+        self.headline = C.headline(claims) if claims else self.headline  # made from the claims, never beside them
         out = self.out_dir
         out.mkdir(parents=True, exist_ok=True)
         md: list[str] = [f"# {self.title}", ""]
@@ -153,14 +146,8 @@ class Report:
         if self.headline:
             md += [f"**{self.headline}**", ""]
             body.append(f"<p class=\"headline\">{_inline_md(self.headline)}</p>")
-        if claims:
-            table = C.claims_table(claims)
-            note = ("*What this page claims (`report.json` lists them as data): each value with its 95% interval "
-                    "and n; comparisons with their verdict.*")
-            escaped = table.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)  # a cell's own "|"
-            md += [note, "", escaped.to_markdown(index=False, disable_numparse=True), ""]
-            body.append(f"<p class=\"caption\">{_inline_md(note)}</p><div class=\"table-wrap\">"
-                        + table.to_html(index=False, border=0, classes="tbl claims", na_rep="") + "</div>")
+        for md_part, html_part in [C.claims_parts(claims)] if claims else []:  # every claim, in a table
+            md, body = md + [md_part, ""], body + [html_part]
         sections: list[str] = []
         written: list[str] = []
         assets: set[str] = set()
@@ -245,12 +232,10 @@ class Report:
         if self.config is not None:
             atomic_write_json(out / "config.json", self.config)
         self._prune(out, ["README.md", "index.html", *written])
-        manifest = {"name": self.name, "title": self.title, "headline": self.headline,
-                    "source": self._source(), "sections": sections,
-                    "files": ["README.md", "index.html", *written]}
-        if claims:
-            manifest["claims"] = [c.to_dict() for c in claims]
-        atomic_write_json(out / MANIFEST, manifest)
+        atomic_write_json(out / MANIFEST, {"name": self.name, "title": self.title, "headline": self.headline,
+                                           "source": self._source(), "sections": sections,
+                                           "files": ["README.md", "index.html", *written],
+                                           **({"claims": [c.to_dict() for c in claims]} if claims else {})})
         return out
 
     @staticmethod

@@ -14,8 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable
 
-from rlhf_interp.report.claims import write_findings
-from rlhf_interp.report.index import report_dirs, write_index
+from rlhf_interp.report.index import report_dirs, write_findings, write_index
 from rlhf_interp.report.page import read_manifest
 
 if TYPE_CHECKING:
