@@ -461,7 +461,84 @@ def collect_tables(study: Study, study_dir: Path) -> dict[str, pd.DataFrame]:
     tables["end"] = end_table(evals_df, study.phases)
     tables["collapse"] = collapse_table(trajectory, base["diversity_at_batch_size"]["distinct_2"])
     tables["samples"] = side_by_side(pd.concat(samples, ignore_index=True), base_samples)
+    prompts = per_prompt_table(study, study_dir)
+    tables["per_prompt"] = prompts
+    tables["levels"], tables["comparisons"] = comparisons(prompts)
     return tables
+
+
+KEEP_T = math.log(10)  # a reference sample is kept when the policy's log-likelihood of it fell by less than log 10
+
+
+def per_prompt_table(study: Study, study_dir: Path) -> pd.DataFrame:
+    """One row per (penalty, seed, eval prompt) at the final evaluation (and the base model, penalty "base"):
+    X's rate over the policy's samples of that prompt, and the share of that prompt's reference samples the
+    policy keeps within 10x likelihood (delta >= -log 10) or loses by 100x."""
+    rows = []
+
+    def add(penalty: str, seed: int, eval_dir: Path) -> None:
+        samples = _read_jsonl(eval_dir / "samples.jsonl")
+        cov = pd.read_csv(eval_dir / "coverage.csv")
+        cov = cov[cov["kind"] == "sample"]
+        prompts = list(dict.fromkeys(samples["prompt"]))
+        x = samples.assign(x=samples["x_count"] > 0).groupby("prompt", sort=False)["x"].agg(["mean", "size"])
+        kept = cov.assign(kept=cov["delta"] >= -KEEP_T, lost_100x=cov["delta"] < -math.log(100)).groupby(
+            "prompt_idx")[["kept", "lost_100x"]].agg(["mean", "size"])
+        for i, prompt in enumerate(prompts):
+            rows.append({"penalty": penalty, "seed": seed, "prompt_idx": i, "x_rate": float(x.loc[prompt, "mean"]),
+                         "n_samples": int(x.loc[prompt, "size"]), "kept_10x": float(kept.loc[i, ("kept", "mean")]),
+                         "lost_100x": float(kept.loc[i, ("lost_100x", "mean")]),
+                         "n_reference": int(kept.loc[i, ("kept", "size")])})
+
+    add("base", -1, study_dir / "base" / "evals" / "0000")
+    for name in study.run_names():
+        run_dir = study_dir / "runs" / name
+        if run_done(study, run_dir):
+            _, penalty, seed = parse_run_name(name)
+            add(penalty, seed, run_dir / "evals" / f"{study.phases:04d}")
+    return pd.DataFrame(rows)
+
+
+# The comparisons the study is for: (metric, A, B). X's rate against the base model; each KL(ref||pi) variant
+# against KL(pi||ref); the sequence-level KL(ref||pi) against the per-token one in the reward on coverage.
+COMPARISONS = [("x_rate", p, "base") for p in PENALTIES] + \
+    [(m, p, "pi_ref") for m in ("x_rate", "kept_10x") for p in ("ref_pi_reward", "ref_pi_loss", "ref_pi_seq", "none")] + \
+    [("kept_10x", "ref_pi_seq", "ref_pi_reward"), ("kept_10x", "ref_pi_seq", "ref_pi_loss")]
+
+
+def comparisons(prompts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``levels``: each penalty's X rate and kept-within-10x share with a 95% interval (t over seed means; one
+    seed: over prompts, noted); ``comparisons``: A - B paired by seed and prompt (the base model: by prompt), its
+    interval and verdict (`core.stats.verdict`: decided, or the largest difference not ruled out)."""
+    from rlhf_interp.core.stats import mean_interval, paired_difference, seeds_interval, verdict
+
+    levels, comps = [], []
+    for penalty, g in prompts.groupby("penalty", sort=False):
+        for metric in ("x_rate", "kept_10x", "lost_100x"):
+            iv = mean_interval(g[metric]) if penalty == "base" else seeds_interval(g[metric], g["seed"])
+            levels.append({"penalty": penalty, "metric": metric, "value": iv.value, "low": iv.low, "high": iv.high,
+                           "seeds": g["seed"].nunique() if penalty != "base" else 0, "prompts": g["prompt_idx"].nunique(),
+                           "per_prompt": int(g["n_samples" if metric == "x_rate" else "n_reference"].min()),
+                           "method": iv.method if penalty != "base" else "t over prompts", "note": iv.note})
+    for metric, a, b in COMPARISONS:
+        ga, gb = prompts[prompts["penalty"] == a], prompts[prompts["penalty"] == b]
+        if ga.empty or gb.empty:
+            continue
+        if b == "base":
+            base = gb.set_index("prompt_idx")[metric]
+            diff_b = ga["prompt_idx"].map(base)
+            pairs = ga.assign(b=diff_b.to_numpy())
+        else:
+            pairs = ga.merge(gb[["seed", "prompt_idx", metric]].rename(columns={metric: "b"}), on=["seed", "prompt_idx"])
+        if pairs.empty:
+            continue
+        iv = paired_difference(pairs[metric], pairs["b"], seeds=pairs["seed"])
+        v = verdict(iv, a, b, fmt=".2f")
+        comps.append({"metric": metric, "a": a, "b": b, "a_value": float(pairs[metric].mean()),
+                      "b_value": float(pairs["b"].mean()), "difference": iv.value, "low": iv.low, "high": iv.high,
+                      "seeds": pairs["seed"].nunique(), "prompts": pairs["prompt_idx"].nunique(),
+                      "method": iv.method, "note": iv.note, "decided": v.decided, "verdict": v.text})
+    return pd.DataFrame(levels), pd.DataFrame(comps)
 
 
 EVAL_METRICS = ["reward", "x_rate", "kl_pi_ref_per_token", "kl_ref_pi_per_token", "kl_pi_ref_seq",
@@ -567,6 +644,37 @@ def _rates(table: pd.DataFrame, task: str, metric: str, pct: bool, penalties=ALL
         if row is not None and not pd.isna(row["mean"]):
             out.append(f"{penalty} {_fmt_spread(row, pct=pct)}")
     return ", ".join(out)
+
+
+def _pct(row) -> str:
+    return f"{100 * row['value']:.1f}% [{100 * row['low']:.1f}, {100 * row['high']:.1f}]"
+
+
+def headline_rerun(config: dict, levels: pd.DataFrame, comps: pd.DataFrame) -> str:
+    """The re-run's headline: X's rate per penalty and base, coverage of the sequence-level vs the per-token
+    reward KL(ref||pi), each with its 95% interval, n beside it, and the verdict."""
+    study, base = config["study"], config["base"]
+    lv = levels.set_index(["penalty", "metric"])
+    seeds = int(levels.loc[levels["penalty"] != "base", "seeds"].max())
+    n = f"{int(levels['prompts'].max())} evaluation prompts × {study['eval_samples']} samples"
+    parts = []
+    if ("base", "x_rate") in lv.index:
+        parts.append(f"Rewarding the absence of {base['description']} (X; base model {_pct(lv.loc[('base', 'x_rate')])} "
+                     f"of {n})")
+    rates = [f"{p} {_pct(lv.loc[(p, 'x_rate')])}" for p in ALL_PENALTIES if (p, "x_rate") in lv.index]
+    parts.append(f"after {study['phases']} PPO phases at kl_coef {study['kl_coef']} X's rate is {', '.join(rates)}")
+    kept = [f"{p} {_pct(lv.loc[(p, 'kept_10x')])}" for p in ALL_PENALTIES
+            if (p, "kept_10x") in lv.index and p != "base"]
+    parts.append(f"the share of {study['ref_samples']} reference samples per prompt kept within 10× likelihood is "
+                 f"{', '.join(kept)}")
+    key = comps[(comps["metric"] == "kept_10x") & (comps["a"] == "ref_pi_seq") & (comps["b"] == "ref_pi_reward")]
+    text = "; ".join(parts[:1]) + ", " + "; ".join(parts[1:])
+    if len(key):
+        r = key.iloc[0]
+        text += (f". Sequence-level minus per-token-in-the-reward KL(ref‖π) on that share: {100 * r['difference']:.1f} "
+                 f"[{100 * r['low']:.1f}, {100 * r['high']:.1f}] points ({r['verdict']})")
+    return text + f" ({seeds} seed{'s' if seeds != 1 else ''} per penalty; 95% intervals, {levels['method'].iloc[-1]}" + \
+        (f"; {levels['note'].dropna().iloc[-1]}" if levels["note"].fillna("").str.len().max() else "") + ")."
 
 
 def headline(config: dict, end: pd.DataFrame, matched_summary: pd.DataFrame) -> str:
@@ -710,9 +818,38 @@ def render(report_dir: Path) -> Report:
     collapse, samples = read_table(report_dir, "collapse"), read_table(report_dir, "samples")
     study, base = config["study"], config["base"]
     penalties = [p for p in ALL_PENALTIES if p in set(end["penalty"])]
+    levels, comps = _optional_table(report_dir, "levels"), _optional_table(report_dir, "comparisons")
+    rerun = not levels.empty
     report = Report.at(report_dir, "The wrong-way-around KL: KL(π‖ref) vs KL(ref‖π) vs no penalty",
-                       headline=headline(config, end, matched_summary), source=__file__, config=config)
-    report.text(f"""
+                       headline=headline_rerun(config, levels, comps) if rerun else headline(config, end, matched_summary),
+                       source=__file__, config=config)
+    if rerun:
+        report.text(f"""
+        PPO on `{study['model']}` rewarding the absence of X = {base['description']} (regex `{base['pattern']}`;
+        reward −count(X), normalised), with {len(penalties)} penalties: {'; '.join(f"**{p}** = {PENALTY_LABEL[p]}" for p in penalties)}.
+        A KL is named by its argument order (`pi_ref` = KL(π‖ref), mode-seeking; `ref_pi` = KL(ref‖π),
+        mass-covering); the first version of this study called them "forward" and "reverse", words the field uses
+        both ways round. Every penalty has the same fixed coefficient {study['kl_coef']} (the reward placements act
+        through whitened advantages, the loss and sequence placements as an absolute loss term, so equal β is not equal
+        strength: the matched tables read every run at equal KL). {len(study['seeds'])} seeds planned per penalty
+        (`levels.csv` says how many finished); {study['phases']} phases of {study['batch_size']} prompts ×
+        {study['max_new_tokens']} new tokens, {study['ppo_epochs']} epochs; layers below {study['freeze_layers']}
+        frozen; the sequence-level penalty uses {study.get('kl_bank_size', 4)} reference samples per training prompt.
+
+        Evaluations (the base model, and each run's end): {study['eval_prompts']} fixed prompts ×
+        {study['eval_samples']} samples with one sampling seed for every run; X's rate is the share of samples with X,
+        its base rate measured on the same prompts and samples. Coverage: {study['ref_samples']} reference samples per
+        prompt, drawn once; a sample is *kept* when log π(y) − log ref(y) ≥ −log 10. Intervals: per-prompt values,
+        t over the seeds' means (one seed: over prompts, and then seed-to-seed variation is not included);
+        differences paired by seed and prompt (`core.stats`).""")
+        report.section("Comparisons")
+        report.table("levels", levels, title="Each penalty: X's rate, share of reference samples kept within 10×, "
+                                              "lost by 100× (95% intervals)")
+        report.table("comparisons", comps, title="A − B, paired by seed and prompt, with a verdict")
+        report.table("per_prompt", _optional_table(report_dir, "per_prompt"), title="Per penalty, seed and prompt",
+                     show=0)
+    if not rerun:
+        report.text(f"""
         PPO on `{study['model']}` with {len(penalties)} penalties: {'; '.join(f"**{p}** = {PENALTY_LABEL[p]}" for p in penalties)}.
         A KL is named by its argument order (`pi_ref` = KL(π‖ref), the usual penalty of Ziegler et al., mode-seeking;
         `ref_pi` = KL(ref‖π), mass-covering); this study's first version called them "forward" and "reverse", words

@@ -204,3 +204,19 @@ def test_reward_placement_outside_its_proof():
     assert first[(first.gae_lambda == 0.95) & (first.critic == "arbitrary")].rel_error.min() > 0.01
     later = table[table.theta != "first_minibatch"]
     assert later.rel_error.min() > 0.01  # neither form is exact in later epochs
+
+
+def test_unweighted_k1_in_the_loss_pushes_pi_away_from_pi_old():
+    """Why k1 is refused in the loss (docs/kl.md): on tokens from pi_old its expected gradient is
+    E_{pi_old}[grad log pi] = -grad KL(pi_old||pi) at the rollout's states -- nothing to do with the reference."""
+    problem = _problem("multi_step", "off_policy")
+    seqs = kl_audit.all_sequences(problem.vocab, problem.horizon)
+    states = kl_audit.state_index(seqs, problem.vocab)
+    probs = kl_audit.sequence_logprob(problem.theta_old, seqs, states).exp()
+    k1 = kl_audit.surrogate_gradient(problem, "pi_ref", "k1", "loss", seqs, probs, naive=True)
+    theta = problem.theta.clone().requires_grad_(True)
+    old = torch.log_softmax(problem.theta_old, -1)
+    kl_old_pi = (old.exp() * (old - torch.log_softmax(theta, -1))).sum(-1)[states]  # KL(pi_old||pi) per state
+    away = -torch.autograd.grad((probs[:, None] * kl_old_pi).sum() / problem.horizon, theta)[0]
+    torch.testing.assert_close(k1, away, rtol=1e-10, atol=1e-13)
+    assert kl_audit.compare(k1, kl_audit.true_gradient(problem, "pi_ref", "loss"))["cosine"] < 0

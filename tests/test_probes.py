@@ -293,11 +293,13 @@ def test_kl_direction_study_resumes_in_parts_and_renders_from_csvs(tmp_path):
     shutil.rmtree(whole / "runs")
     out = kd.render(report_dir).save()
     page = (out / "README.md").read_text()
-    matched = report_dir / "matched_summary.csv"
-    source = pd.read_csv(matched).query("match_on == 'kl_pi_ref_per_token'") if matched.exists() \
-        else pd.read_csv(report_dir / "end.csv")
-    x_rate = source.set_index(["task", "penalty", "metric"]).loc[("suppress", "ref_pi_seq", "x_rate"), "mean"]
-    assert "X's rate is pi_ref" in page and f"ref_pi_seq {100 * x_rate:.0f}%" in page
+    levels = pd.read_csv(report_dir / "levels.csv").set_index(["penalty", "metric"])
+    x_rate = levels.loc[("ref_pi_seq", "x_rate"), "value"]
+    assert "X's rate is pi_ref" in page and f"ref_pi_seq {100 * x_rate:.1f}%" in page
+    assert set(levels.index.get_level_values("penalty")) == {"base", *kd.PENALTIES}
+    comps = pd.read_csv(report_dir / "comparisons.csv")
+    key = comps[(comps["metric"] == "kept_10x") & (comps["a"] == "ref_pi_seq") & (comps["b"] == "ref_pi_reward")]
+    assert len(key) == 1 and key["verdict"].iloc[0] in page
     assert "newline" in pd.read_csv(report_dir / "base_rates.csv")["behaviour"].tolist()
     for png in ("trajectories", "x_rate", "coverage_hist", "diversity"):
         assert (out / f"{png}.png").stat().st_size > 1000
