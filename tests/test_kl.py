@@ -34,7 +34,7 @@ def test_kl_js_entropy_match_float64():
 @pytest.mark.parametrize("top_k", [None, 3])
 def test_kl_both_ways_and_entropy_in_one_sweep_match_float64(top_k):
     """The rollout's fused statistics, with full-support distributions and with tokens excluded by top-k
-    (probability 0: the slow, 0 * log 0 = 0 path, where the reverse KL is infinite)."""
+    (probability 0: the slow, 0 * log 0 = 0 path, where KL(Q||P) is infinite)."""
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(4, 6, 13, generator=g) * 3, torch.randn(4, 6, 13, generator=g)
     logp, logq = sampling_logprobs(a, 0.7, top_k=top_k), sampling_logprobs(b, 0.7)

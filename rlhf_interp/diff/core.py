@@ -216,5 +216,6 @@ def attention_diff(base, tuned, prompts: Sequence[str], **kwargs) -> pd.DataFram
 
 
 def output_diff(base, tuned, prompts: Sequence[str], **kwargs) -> pd.DataFrame:
-    """Per-token KL (forward = KL(tuned||base), reverse) and entropies of the next-token distributions."""
+    """Per-token KL both ways (kl_pi_ref = KL(tuned||base), kl_ref_pi = KL(base||tuned)) and entropies of the next-token
+    distributions."""
     return diff_models(base, tuned, prompts, analyses=("output",), **kwargs).output_tokens
