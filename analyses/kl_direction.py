@@ -418,7 +418,9 @@ def calibrate(study: Study, study_dir: Path, betas: tuple[float, ...] = (0.3, 0.
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    return pd.DataFrame([r for _, r in read_jsonl(path)]) if path.exists() else pd.DataFrame()
+    from rlhf_interp.core.kl import upgrade_kl_record  # logs of the first study: kl_forward_* -> kl_pi_ref_*
+
+    return pd.DataFrame([upgrade_kl_record(r) for _, r in read_jsonl(path)]) if path.exists() else pd.DataFrame()
 
 
 def collect_tables(study: Study, study_dir: Path) -> dict[str, pd.DataFrame]:

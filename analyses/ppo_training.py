@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
+from rlhf_interp.core.kl import upgrade_kl_name
 from rlhf_interp.measure import distinct_n
 from rlhf_interp.probes.behaviour import collapse_onset
 from rlhf_interp.report import Report, read_config, read_table, write_tables
@@ -63,7 +64,8 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     metrics, samples = [], []
     for run_dir in run_dirs:
         label = run_label(run_dir)
-        metrics.append(read_jsonl(run_dir / "metrics.jsonl").assign(run=label))
+        frame = read_jsonl(run_dir / "metrics.jsonl")  # runs logged before issue 29: kl_forward_* -> kl_pi_ref_*
+        metrics.append(frame.rename(columns=upgrade_kl_name).assign(run=label))
         s = read_jsonl(run_dir / "samples.jsonl")
         samples.append(s[["phase", "prompt", "completion", "reward"]].assign(run=label))
     samples = pd.concat(samples, ignore_index=True)

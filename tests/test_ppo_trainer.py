@@ -293,3 +293,29 @@ def test_config_refuses_top_k_top_p_and_empty_ref_model():
             tiny_config(**{field: value})
     with pytest.raises(ValueError, match="ref_model"):
         tiny_config(ref_model="''")
+
+
+def test_a_run_directory_written_with_the_old_kl_words_resumes(tmp_path):
+    """Issue 29: a run recorded with kl_direction: reverse and kl_forward_* / kl_reverse_* metrics (as every run
+    before the rename was) still resumes: its recorded values and metric names are mapped when read."""
+    import yaml
+
+    run = tmp_path / "old"
+    PPOTrainer(tiny_config(phases=1, checkpoint_every=1, kl_direction="ref_pi", kl_estimator="k3"), run,
+               progress=False).train()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "kl_direction": "reverse"}, sort_keys=False))
+    ckpt = sorted(run.glob("checkpoint-*"))[-1]
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["config"]["kl_direction"] = "reverse"
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    old = [{k.replace("kl_pi_ref", "kl_forward").replace("kl_ref_pi", "kl_reverse"): v for k, v in m.items()}
+           for m in _metrics(run)]
+    assert "kl_reverse_k3_per_token" in old[0]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in old))
+    with pytest.raises(ValueError, match="ambiguous"):
+        PPOConfig.load(run / "config.yaml")  # a config a user writes with the old word is refused ...
+    trainer = PPOTrainer.resume(run, overrides=["phases=2"], progress=False)  # ... the run's own record is mapped
+    assert trainer.config.kl_direction == "ref_pi" and trainer.kl_penalty.direction == "ref_pi"
+    assert trainer.history[0]["kl_ref_pi_k3_per_token"] == old[0]["kl_reverse_k3_per_token"]
+    assert trainer.train()[0]["phase"] == 2

@@ -347,9 +347,11 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
 
 def trim_logs(run_dir: Path, phase: int) -> list[dict[str, Any]]:
     """Drop every log record of a phase after ``phase`` (they are run again); return the metrics kept."""
+    from rlhf_interp.core.kl import upgrade_kl_record
+
     for name in APPEND_ONLY_LOGS:
         trim_log(run_dir / name, phase)
-    return _records(run_dir / "metrics.jsonl")
+    return [upgrade_kl_record(r) for r in _records(run_dir / "metrics.jsonl")]  # old runs: kl_forward_* -> kl_pi_ref_*
 
 
 def trim_log(path: Path, phase: int) -> int:
