@@ -196,4 +196,5 @@ frontier_figure(points, reward_label="periods per continuation")
 # reference has every public name.
 
 # %%
-print(f"tour finished in {time.perf_counter() - start:.0f} s")
+print(f"tour finished in {time.perf_counter() - start:.0f} s wall, {time.process_time():.0f} s CPU "
+      f"({torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f})")

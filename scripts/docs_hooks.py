@@ -133,9 +133,9 @@ def tour_page() -> str:
     notebook = jupytext.read(ROOT / "examples" / "tour.py")
     text = jupytext.writes(notebook, fmt="md")
     text = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)   # jupytext's YAML header
-    return ("!!! note \"Run it\"\n    `jupyter lab examples/tour.ipynb`, or top to bottom from a shell: "
-            "`python examples/run_tour.py` (see `examples/README.md`). This page shows the code and what to look "
-            "at; the outputs appear when you run it.\n\n" + text)
+    return ("!!! note \"Run it\"\n    Open `examples/tour.ipynb` in JupyterLab or VS Code and run all, or run it top to "
+            "bottom from a shell: `python examples/run_tour.py` (see `examples/README.md`). This page shows the code "
+            "and what to look at; the outputs appear when you run it.\n\n" + text)
 
 
 def on_files(files, config):
