@@ -576,6 +576,8 @@ CLI_CASES = [
       patch="locked_by_other"),
     C("rm-train-out-locked", "reward-model train {d}/prefs_many.jsonl --base tiny-test --out {o}", 2,
       ("being written by",), early=True, patch="locked_by_other"),
+    C("rm-train-resume-locked", "reward-model train {d}/prefs_many.jsonl --base tiny-test --out {o} --resume", 2,
+      ("being written by",), early=True, patch="rm_interrupted_in_out_locked", check="rm_state_kept"),
     # --- issue 26: interrupted work keeps what it had, and says so
     C("rm-train-ctrl-c-mid-run", "reward-model train {d}/prefs_many.jsonl --base tiny-test --epochs 4 --patience 0 "
       "--no-progress --out {o}", 130, ("interrupted (ctrl-c)", "kept: 1 of 4 epoch(s)", "--resume"),
@@ -707,8 +709,10 @@ def _apply_patch(name: str | None, monkeypatch, d: Path, out: Path, cleanup: Cal
         shutil.copy(d / "vec_ok.safetensors", out / "v.safetensors")
     elif name == "locked_by_other":
         _hold_lock(out, cleanup)
-    elif name == "rm_interrupted_in_out":
+    elif name in ("rm_interrupted_in_out", "rm_interrupted_in_out_locked"):
         shutil.copytree(d / "rm_interrupted", out, ignore=shutil.ignore_patterns(".rlhf-interp.lock"))
+        if name.endswith("_locked"):
+            _hold_lock(out, cleanup)
     elif name in ("rm_sigint_after_epoch_1", "rm_sigterm_after_epoch_1"):
         import rlhf_interp.reward.training as training
 
