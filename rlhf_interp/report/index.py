@@ -65,7 +65,8 @@ def report_dirs(root: str | Path) -> list[Path]:
 
 
 def write_index(root: str | Path) -> Path:
-    """Write ``root/index.html`` and ``root/README.md`` from every report's manifest; return the HTML path."""
+    """Write ``root/index.html`` and ``root/README.md`` from every report's manifest, and the findings table of the
+    README beside ``root`` (`write_findings`); return the HTML path."""
     from rlhf_interp.core.io import atomic_write_text
 
     root = Path(root)
@@ -90,6 +91,7 @@ def write_index(root: str | Path) -> Path:
     md += ["", HOW_TO_ADD, ""]
     body.append(H.markdown_to_html(HOW_TO_ADD))
     atomic_write_text(root / "README.md", "\n".join(md))
+    write_findings(root.resolve().parent / "README.md", root)  # the top-level README's table, if it has the markers
     return atomic_write_text(root / "index.html", H.page("Reports", "\n".join(body)))
 
 

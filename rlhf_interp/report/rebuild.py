@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable
 
-from rlhf_interp.report.index import report_dirs, write_findings, write_index
+from rlhf_interp.report.index import report_dirs, write_index
 from rlhf_interp.report.page import read_manifest
 
 if TYPE_CHECKING:
@@ -71,6 +71,5 @@ def rebuild_all(root: str | Path, only: list[str] | None = None) -> dict[str, fl
             raise ValueError(f"no report named {unknown} under {root}; there are: {[d.name for d in dirs]}")
         dirs = [d for d in dirs if d.name in only]
     seconds = {d.name: rebuild(d) for d in dirs}
-    write_index(root)
-    write_findings(Path(root).resolve().parent / "README.md", root)  # its findings table, if it has the markers
+    write_index(root)  # and the README's findings table
     return seconds
