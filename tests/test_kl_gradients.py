@@ -220,3 +220,15 @@ def test_unweighted_k1_in_the_loss_pushes_pi_away_from_pi_old():
     away = -torch.autograd.grad((probs[:, None] * kl_old_pi).sum() / problem.horizon, theta)[0]
     torch.testing.assert_close(k1, away, rtol=1e-10, atol=1e-13)
     assert kl_audit.compare(k1, kl_audit.true_gradient(problem, "pi_ref", "loss"))["cosine"] < 0
+
+
+def test_kl_penalty_is_the_one_place_that_decides():
+    seq = KLPenalty("ref_pi", "k1", "sequence", coef=0.1)
+    assert seq.uses_bank and not seq.in_reward and seq.reward_coef(0.1) == 0.0 and seq.loss_coef(0.1) == 0.1
+    assert not KLPenalty("ref_pi", "k1", "sequence", coef=0.0).uses_bank  # nothing to draw without a penalty
+    reward = KLPenalty("pi_ref", "k1", "reward", coef=0.2)
+    assert reward.reward_coef(0.2) == 0.2 and reward.loss_term(*[torch.zeros(1, 2)] * 4) is None
+    assert reward.value_metric == "kl_pi_ref_k1_per_token" and reward.controlled_metric == "kl_pi_ref_per_token"
+    assert KLPenalty("ref_pi", "exact", "loss").keeps_ref_logp_all
+    with pytest.raises(ValueError, match="kl_placement' = 'reward' is refused with algorithm"):
+        reward.require_placement(("loss", "sequence"), "algorithm 'grpo'")

@@ -121,8 +121,9 @@ class KLPenalty:
 
     @property
     def uses_bank(self) -> bool:
-        """Whether the update needs the reference's own samples (`reference_bank.ReferenceBank`)."""
-        return self.placement == "sequence"
+        """Whether the update needs the reference's own samples (`reference_bank.ReferenceBank`): the sequence
+        placement with a coefficient that can be nonzero (kl_coef 0 without the controller draws no bank)."""
+        return self.placement == "sequence" and (self.coef > 0 or self.adaptive)
 
     @property
     def keeps_ref_logp_all(self) -> bool:
