@@ -33,7 +33,7 @@ def child(args: argparse.Namespace) -> None:
     config = PPOConfig.load(None, [
         "model=smollm2-135m", "reward=char_count", "reward_kwargs={char: '.'}", f"phases={args.phases}",
         "batch_size=16", "max_new_tokens=24", f"ppo_epochs={EPOCHS}", f"minibatch_size={16 // MINIBATCHES}",
-        "freeze_layers=0", "train_embeddings=true", "kl_estimator=k1", "kl_placement=reward", "kl_direction=forward",
+        "freeze_layers=0", "train_embeddings=true", "kl_estimator=k1", "kl_placement=reward", "kl_direction=pi_ref",
         f"kl_coef={KL_COEF}", "adaptive_kl=false", f"lr={LR}", "checkpoint_every=0", "sample_every=0",
         "stop_at_eos=false", "precision=bf16"])
     faults: list[int] = []

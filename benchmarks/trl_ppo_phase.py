@@ -42,7 +42,7 @@ def run_ours(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
         "model=smollm2-135m", "reward=char_count", "reward_kwargs={char: '.'}", f"phases={updates}",
         f"batch_size={batch}", f"max_new_tokens={new_tokens}", f"ppo_epochs={EPOCHS}",
         f"minibatch_size={batch // MINIBATCHES}", "freeze_layers=0", "train_embeddings=true", "kl_estimator=k1",
-        "kl_placement=reward", "kl_direction=forward", f"kl_coef={KL_COEF}", "adaptive_kl=false", f"lr={LR}",
+        "kl_placement=reward", "kl_direction=pi_ref", f"kl_coef={KL_COEF}", "adaptive_kl=false", f"lr={LR}",
         "checkpoint_every=0", "sample_every=0", "stop_at_eos=false", f"precision={precision}"])
     with tempfile.TemporaryDirectory() as out:
         trainer = PPOTrainer(config, out, progress=False)
