@@ -1,6 +1,9 @@
 """RLHF with a KL penalty on a TransformerBridge policy: PPO, GRPO, RLOO and DPO (``algorithm``).
 
-- `config`: ``PPOConfig``, one validated flat config per run (which KL options exist: `rlhf_interp.core.kl`);
+- `config`: ``PPOConfig``, one validated flat config per run;
+- `kl_penalty`: ``KLPenalty``, the run's KL (direction x estimator x placement x coefficient), built once: which
+  options exist, and the only code that branches on them (the rollout's terms, the advantages' coefficient, the loss term);
+- `reference_bank`: the reference's own samples per prompt, drawn once, for the sequence-level KL(ref||pi);
 - `rollout`: sample, then one forward pass per model -> ``Rollout``;
 - `losses`: GAE, the clipped policy and value losses, the KL in the advantages;
 - `algorithms`: what differs between PPO, GRPO, RLOO and DPO -- advantages and loss, one module each (docs/algorithms.md);
