@@ -1191,16 +1191,25 @@ def test_interrupted_reward_model_train_resumes(d, tmp_path, sig):
     argv = ["reward-model", "train", data, "--base", "tiny-test", "--epochs", "6", "--patience", "0", "--no-cache",
             "--no-progress", "--out", out]
     cli = "import sys\nfrom rlhf_interp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    proc = _python(cli, *argv)
-    import time
-
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-        if any(json.loads(x)["epoch"] == 2 and json.loads(x)["split"] == "val" for x in lines if x.endswith("}")):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.02)
+    go = tmp_path / "go"
+    # The child pauses once epoch 2's validation record is written, so the signal lands mid-training however
+    # fast or loaded the machine is (a polling race let a quick child finish all 6 epochs first).
+    pause_after_epoch_2 = ("import os, sys, time\n"
+                           "import rlhf_interp.reward.training as training\n"
+                           "real = training.append_jsonl\n"
+                           "def append(path, record):\n"
+                           "    real(path, record)\n"
+                           "    if record.get('epoch') == 2 and record.get('split') == 'val':\n"
+                           "        print('READY', flush=True)\n"
+                           "        while not os.path.exists(os.environ['GO']):\n"
+                           "            time.sleep(0.05)\n"
+                           "training.append_jsonl = append\n" + cli)
+    proc = _python(pause_after_epoch_2, *argv, env={"GO": str(go)})
+    try:
+        _wait_ready(proc)
+        proc.send_signal(sig)
+    finally:
+        go.touch()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "Traceback" not in err

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rlhf_interp.core.kl import LOG_RATIO_BOUND, kl_loss_terms, kl_reward_terms, kl_sequence_terms
-from rlhf_interp.ppo import PPOConfig, kl_audit, losses
+from rlhf_interp.ppo import PPOConfig, kl_audit, kl_audit_tables, losses
 from rlhf_interp.ppo.kl_penalty import KLPenalty, check_kl_option, kl_options, nearest_kl_option
 
 N_SAMPLES = kl_audit.N_SAMPLES  # Monte-Carlo sequences per check (100,000)
@@ -184,7 +184,7 @@ def test_sequence_terms_values_estimate_the_sequence_kl():
 
 
 def test_sequence_bank_variance_falls_with_bank_size():
-    table = kl_audit.bank_table(sizes=(1, 4, 16), distances=(2.0,), repeats=100)
+    table = kl_audit_tables.bank_table(sizes=(1, 4, 16), distances=(2.0,), repeats=100)
     for estimator, df in table.groupby("estimator"):
         errors = df.sort_values("bank_size").rms_rel_error.to_numpy()
         assert errors[0] > errors[1] > errors[2], (estimator, errors)
@@ -197,7 +197,7 @@ def test_reward_placement_outside_its_proof():
     """The reward placement is exact with GAE lambda 1 (or any lambda with the exact critic) on the first
     minibatch; under the shipped lambda 0.95 with an imperfect critic, or in later epochs, it is not (docs/kl.md
     gives the numbers, docs/kl_conditions.csv)."""
-    table = kl_audit.conditions_table(distances=(1.0,))
+    table = kl_audit_tables.conditions_table(distances=(1.0,))
     first = table[table.theta == "first_minibatch"]
     exact_cases = first[(first.gae_lambda == 1.0) | (first.critic == "exact")]
     assert exact_cases.rel_error.max() < 1e-9

@@ -260,10 +260,14 @@ def test_iterated_rm_study_end_to_end_and_from_csv(rm_dir, tmp_path):
     assert (phases[phases.setting == "frozen"].rm_version == 0).all()
     assert phases[["true_z", "rm_z", "gap", "kl_pi_ref_per_token"]].notna().all().all()
     summary = pd.read_csv(out / "summary.csv")
-    headline = json.loads((out / "report.json").read_text())["headline"]
-    for setting in ("frozen", "refreshed"):
+    written = json.loads((out / "report.json").read_text())
+    claims = {claim["id"]: claim for claim in written["claims"]}
+    for setting in ("frozen", "refreshed"):  # the headline states each gap as its claim: mean over seeds, interval
         row = summary[(summary.setting == setting) & (summary.quantity == "gap")].iloc[0]
-        assert f"{row['mean']:.2f} ± {row['sd']:.2f}" in headline
+        claim = claims[f"gap_{setting}"]
+        assert claim["value"] == pytest.approx(row["mean"]) and claim["low"] <= claim["value"] <= claim["high"]
+        assert claim["n"]["seeds"] == 2
+        assert f"{claim['value']:.2f} [{claim['low']:.2f}, {claim['high']:.2f}]" in written["headline"]
     readme = (out / "README.md").read_text()
     html5lib.parse((out / "index.html").read_text())
     (out / "README.md").unlink()
