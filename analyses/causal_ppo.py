@@ -382,7 +382,7 @@ def render(report_dir: str | Path) -> Report:
         "1 - KL(patched || donor) / KL(receiver || donor), a ratio of means over positions: into base, "
         "1 - KL(patched||tuned) / KL(base||tuned). **Reward proxy** = mean log P(next token contains "
         f"{config.get('reward_substring', '.')!r}); `reward_proxy_recovered` is the patch's share of the gap "
-        "between receiver and donor. KL in nats (`rlhf_interp.kl.kl_divergence`, exact over the vocabulary).")
+        "between receiver and donor. KL in nats (`rlhf_interp.core.kl.kl_divergence`, exact over the vocabulary).")
     report.section("Findings", f"Descriptive, on these {config.get('n_texts', '?')} texts (no intervals: per-text "
                    "values were not stored):\n\n" + "\n".join(f"- {line}" for line in lines))
 
