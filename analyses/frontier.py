@@ -713,8 +713,11 @@ def frontier_claims(points: pd.DataFrame, table: pd.DataFrame, scan: pd.DataFram
             k = int(row["selected_from"]) if pd.notna(row.get("selected_from")) else 1
             return (f" (the best of {k} layers, chosen on the same prompts: optimistic)" if k > 1 else "")
 
-        def n_of(row):
-            return {"prompts": int(row["n_prompts"]), "samples_per_prompt": int(row["samples_per_prompt"]), "seeds": 1}
+        def n_of(row):  # rows of older CSVs carry no counts: the base model's prompts, one sample each
+            prompts = row.get("n_prompts")
+            samples = row.get("samples_per_prompt")
+            return {"prompts": int(prompts) if pd.notna(prompts) else n_base,
+                    "samples_per_prompt": int(samples) if pd.notna(samples) else 1, "seeds": 1}
 
         iv = _row_interval(best)
         out.append(Claim.estimate(
@@ -722,11 +725,11 @@ def frontier_claims(points: pd.DataFrame, table: pd.DataFrame, scan: pd.DataFram
             "{value} {ci} periods per {tokens} tokens{selection}.", iv, n=n_of(best),
             params={"tokens": tokens, "budget": f"{budget:g}", "nats": "nat" if budget == 1 else "nats", "method": best["method"], "selection": sel(best)}))
         diff = stats.summary_difference(best["reward_mean"], best["reward_stderr"], iv.n["prompts"],
-                                        second["reward_mean"], second["reward_stderr"], int(second["n_prompts"]),
+                                        second["reward_mean"], second["reward_stderr"], n_of(second)["prompts"],
                                         note="unpaired: per-prompt rows of the edits are not stored")
         out.append(Claim.compare(
             f"top_two_at_{tag}_nats", "Its lead over {second}{selection}: {value} {ci}; {verdict}.", diff,
-            best["method"], second["method"], n={"prompts": min(int(best["n_prompts"]), int(second["n_prompts"])),
+            best["method"], second["method"], n={"prompts": min(n_of(best)["prompts"], n_of(second)["prompts"]),
                                                  "seeds": 1},
             params={"second": second["method"], "selection": sel(second)}))
     traj = points[(points["kind"] == "fine-tuning") & is_true(points["trajectory"])].sort_values("step")

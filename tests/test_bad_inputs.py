@@ -718,6 +718,9 @@ def _apply_patch(name: str | None, monkeypatch, d: Path, out: Path, cleanup: Cal
 
         real_append = training.append_jsonl
         sig = signal.SIGINT if name == "rm_sigint_after_epoch_1" else signal.SIGTERM
+        if sig == signal.SIGINT:  # Ctrl-C raises KeyboardInterrupt, as in a fresh process, whatever ran before here
+            previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+            cleanup(lambda: signal.signal(signal.SIGINT, previous))
 
         def append(path, record):
             real_append(path, record)

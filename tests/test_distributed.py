@@ -49,6 +49,7 @@ def _equality_worker(out: Path, models: Path) -> None:
     from rlhf_interp.bridge.heads import ValueHead
     from rlhf_interp.ppo import PPOConfig, losses
     from rlhf_interp.ppo.distributed import Distributed
+    from rlhf_interp.ppo.kl_penalty import KLPenalty
     from rlhf_interp.ppo.rollout import collect
     from rlhf_interp.ppo.algorithms import UpdateContext, get_algorithm
     from rlhf_interp.ppo.update import ppo_update
@@ -70,7 +71,7 @@ def _equality_worker(out: Path, models: Path) -> None:
     torch.manual_seed(11)
     rollout = collect(sampler, sampler_head, lambda t, m: reference(t, attention_mask=m),
                       get_reward("length", unit="chars"), PROMPTS, max_new_tokens=cfg.max_new_tokens,
-                      kl_estimator=cfg.kl_estimator)
+                      kl_penalty=KLPenalty.from_config(cfg))
     same = dist.gather(rollout.tokens.reshape(1, -1), dim=1)
     assert torch.equal(same[0], same[1]), "the two processes sampled different rollouts"
     # Sequences of different lengths (as EOS makes them): the processes hold different token counts.
