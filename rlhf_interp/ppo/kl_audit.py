@@ -23,14 +23,13 @@ Targets, both scaled by ``1 / horizon`` because PPO averages over tokens:
 the sequence option's by bank size, `targets_table` how far the per-token KL(ref||pi) targets point from the
 sequence-level one.
 
-Rebuild docs/kl.md's tables: ``python -m rlhf_interp.ppo.kl_audit --docs docs`` (a few minutes on one core):
+Rebuild docs/kl.md's tables: ``python -m rlhf_interp.ppo.kl_audit_tables --docs docs`` (a few minutes on one core):
 docs/kl_gradients.csv, kl_summary.csv, kl_drift.csv, kl_conditions.csv, kl_variance.csv, kl_sequence_bank.csv,
 kl_targets.csv.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import pandas as pd
@@ -316,38 +315,3 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------------------
 # Where the proofs do not hold exactly: the shipped defaults, variance far from the reference, bank size.
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", help="write every table into this directory (docs/kl_*.csv)")
-    parser.add_argument("--csv", help="write the full table here")
-    parser.add_argument("--summary-csv", help="write the one-row-per-option summary here")
-    parser.add_argument("--drift-csv", help="write the repeated-steps table (why k1 is refused in the loss) here")
-    parser.add_argument("--n-samples", type=int, default=N_SAMPLES)
-    args = parser.parse_args(argv)
-    fmt = "%.4f"
-    if args.docs:
-        from pathlib import Path
-
-        from rlhf_interp.ppo.kl_audit_tables import bank_table, conditions_table, targets_table, variance_table
-
-        out = Path(args.docs)
-        args.csv, args.summary_csv, args.drift_csv = (str(out / f"kl_{x}.csv") for x in ("gradients", "summary", "drift"))
-        conditions_table().to_csv(out / "kl_conditions.csv", index=False, float_format=fmt)
-        variance_table().to_csv(out / "kl_variance.csv", index=False, float_format=fmt)
-        bank_table().to_csv(out / "kl_sequence_bank.csv", index=False, float_format=fmt)
-        targets_table().to_csv(out / "kl_targets.csv", index=False, float_format=fmt)
-    if args.drift_csv:
-        drift_table().to_csv(args.drift_csv, index=False, float_format=fmt)
-    table = audit_table(args.n_samples)
-    if args.csv:
-        table.to_csv(args.csv, index=False, float_format=fmt)
-    short = summary(table)
-    if args.summary_csv:
-        short.to_csv(args.summary_csv, index=False, float_format=fmt)
-    print(short.to_markdown(index=False, floatfmt=".4f"))
-
-
-if __name__ == "__main__":
-    main()

@@ -2,16 +2,20 @@
 conditions (GAE lambda < 1, a learned critic, later PPO epochs), its Monte-Carlo error at logit distances 1-3,
 the sequence-level option's error by bank size, and how far the per-token KL(ref||pi) targets point from the
 sequence-level one. All on the enumerable tabular policies of `rlhf_interp.ppo.kl_audit`.
+
+Rebuild every table of docs/kl.md: ``python -m rlhf_interp.ppo.kl_audit_tables --docs docs``.
 """
 
 from __future__ import annotations
 
+import argparse
+
 import pandas as pd
 import torch
 
-from rlhf_interp.ppo.kl_audit import (OFF_POLICY, PROBLEMS, TabularProblem, all_sequences, compare, exact_critic,
-                                      make_problem, sampling_distribution, sequence_logprob, state_index,
-                                      surrogate_gradient, true_gradient)
+from rlhf_interp.ppo.kl_audit import (N_SAMPLES, OFF_POLICY, PROBLEMS, TabularProblem, all_sequences, audit_table,
+                                      compare, drift_table, exact_critic, make_problem, sampling_distribution,
+                                      sequence_logprob, state_index, summary, surrogate_gradient, true_gradient)
 from rlhf_interp.ppo.kl_penalty import kl_options
 
 REWARD_OPTIONS = [(d, e) for d, e, p, ok in kl_options() if ok and p == "reward"]
@@ -103,3 +107,34 @@ def targets_table(distances: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0), horizons:
     return pd.DataFrame(rows)
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", help="write every table into this directory (docs/kl_*.csv)")
+    parser.add_argument("--csv", help="write the full table here")
+    parser.add_argument("--summary-csv", help="write the one-row-per-option summary here")
+    parser.add_argument("--drift-csv", help="write the repeated-steps table (why k1 is refused in the loss) here")
+    parser.add_argument("--n-samples", type=int, default=N_SAMPLES)
+    args = parser.parse_args(argv)
+    fmt = "%.4f"
+    if args.docs:
+        from pathlib import Path
+
+        out = Path(args.docs)
+        args.csv, args.summary_csv, args.drift_csv = (str(out / f"kl_{x}.csv") for x in ("gradients", "summary", "drift"))
+        conditions_table().to_csv(out / "kl_conditions.csv", index=False, float_format=fmt)
+        variance_table().to_csv(out / "kl_variance.csv", index=False, float_format=fmt)
+        bank_table().to_csv(out / "kl_sequence_bank.csv", index=False, float_format=fmt)
+        targets_table().to_csv(out / "kl_targets.csv", index=False, float_format=fmt)
+    if args.drift_csv:
+        drift_table().to_csv(args.drift_csv, index=False, float_format=fmt)
+    table = audit_table(args.n_samples)
+    if args.csv:
+        table.to_csv(args.csv, index=False, float_format=fmt)
+    short = summary(table)
+    if args.summary_csv:
+        short.to_csv(args.summary_csv, index=False, float_format=fmt)
+    print(short.to_markdown(index=False, floatfmt=".4f"))
+
+
+if __name__ == "__main__":
+    main()
