@@ -1197,7 +1197,10 @@ def test_interrupted_reward_model_train_resumes(d, tmp_path, sig):
     go = tmp_path / "go"
     # The child pauses once epoch 2's validation record is written, so the signal lands mid-training however
     # fast or loaded the machine is (a polling race let a quick child finish all 6 epochs first).
-    pause_after_epoch_2 = ("import os, sys, time\n"
+    # A foreground terminal's Ctrl-C: the default SIGINT handler, even when this suite was started in the
+    # background (a shell's background job inherits SIGINT ignored, and so would the child).
+    pause_after_epoch_2 = ("import os, signal, sys, time\n"
+                           "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                            "import rlhf_interp.reward.training as training\n"
                            "real = training.append_jsonl\n"
                            "def append(path, record):\n"
