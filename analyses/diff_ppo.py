@@ -32,6 +32,7 @@ import torch
 
 from rlhf_interp import load_model, load_prompts, save_hf_model, tokenize
 from rlhf_interp.checkpoints import list_checkpoints
+from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.diff import check_compatible, diff_models, diff_trajectory, most_changed_heads, policy_samples
 from rlhf_interp.diff.attention_view import head_patterns
 from rlhf_interp.diff.lens import token_id
@@ -79,7 +80,7 @@ def make_demo_run(base_name: str, run_dir: Path, *, steps: int, lr: float, seed:
 
     model, tokenizer, _ = load_hf_model(base_name, device="cpu")
     bridge_for_tokens = load_model(base_name, device="cpu")
-    tokens, mask = tokenize(bridge_for_tokens, load_prompts(limit=8, seed=seed + 1000))
+    tokens, mask = tokenize(bridge_for_tokens, load_prompts(limit=8, seed=mix_seed(seed, 1000)))
     del bridge_for_tokens
     dot = tokenizer(".", add_special_tokens=False)["input_ids"][0]
     model.train()

@@ -35,6 +35,7 @@ import pandas as pd
 
 from rlhf_interp.bridge import load_model
 from rlhf_interp.bridge.generation import generate
+from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
 from rlhf_interp.prompts import load_prompts
 from rlhf_interp.report import Report, read_config, read_table, write_tables
@@ -126,13 +127,14 @@ def train_rm(args, pairs_path: Path, rm_dir: Path) -> tuple[pd.DataFrame, float]
 def heldout_texts(args, rm, reward, max_new_tokens: int) -> pd.DataFrame:
     """Fresh completions of the base model (another seed than the pairs): truth vs RM."""
     sampler = load_model(args.model, dtype=args.synth_dtype)
-    prompts = load_prompts(seed=args.seed + 1)
+    heldout_seed = mix_seed(args.seed, 1)  # apart from the pairs' stream, mix_seed(seed, call)
+    prompts = load_prompts(seed=heldout_seed)
     texts: list[str] = []
     call = 0
     while len(texts) < args.heldout:
         batch = [prompts[(call * args.synth_batch_size + i) % len(prompts)] for i in range(args.synth_batch_size)]
         texts += generate(sampler, batch, max_new_tokens=max_new_tokens, stop_at_eos=False,
-                          seed=10_000 + args.seed * 1000 + call).texts
+                          seed=mix_seed(heldout_seed, call)).texts
         call += 1
     texts = texts[:args.heldout]
     return pd.DataFrame({"text": texts, "true_reward": score(reward, texts).tolist(),

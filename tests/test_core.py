@@ -103,6 +103,30 @@ def test_seeds_mix_deterministically_and_leave_the_callers_rng_alone():
     assert torch.equal(a, b) and torch.equal(torch.rand(3), expected)
 
 
+def _seed_arithmetic(source: str) -> list[int]:
+    """Lines where a name holding a seed meets +, - or * (a seed derived by hand, not by `mix_seed`)."""
+    import ast
+
+    def seedy(node: ast.AST) -> bool:
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        return "seed" in name.lower()
+
+    return sorted({node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.BinOp)
+                   and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)) and (seedy(node.left) or seedy(node.right))})
+
+
+def test_every_seed_of_the_package_is_derived_by_mix_seed():
+    """One derivation (core/seeding.py): no module adds to or multiplies a seed itself (the trainer's minibatch
+    orders were ``seed * 7919 + phase``, the policy samples ``seed + batch``). The check sees such code."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "rlhf_interp"
+    found = {str(path.relative_to(root)): lines for path in sorted(root.rglob("*.py"))
+             if path.name != "seeding.py" and (lines := _seed_arithmetic(path.read_text()))}
+    assert found == {}
+    assert _seed_arithmetic("g.manual_seed(cfg.seed * 7919 + phase)\nx = seed + 1\ny = mix_seed(seed, 1)\n") == [1, 2]
+
+
 def test_key_values_are_yaml_and_errors_name_the_item():
     assert parse_key_values(["kl_coef=0.05", "adaptive_kl=false", "char=.", "reward_kwargs={}", "layers=[1, 2]",
                              "device="]) == {"kl_coef": 0.05, "adaptive_kl": False, "char": ".", "reward_kwargs": {},

@@ -33,9 +33,11 @@ def vector_from_args(args: argparse.Namespace, model, layers, measured: list[str
     from rlhf_interp.cli.steer_cmd import build_vector
     from rlhf_interp.edits import contrastive, pca_direction
     from rlhf_interp.frontier import reward_pairs, scale_to_residual
+    from rlhf_interp.core.seeding import mix_seed
     from rlhf_interp.prompts import load_prompts
 
-    others = [p for p in load_prompts(args.prompts, seed=args.seed + 1) if p not in set(measured)]
+    # another shuffle of the prompt file than the measured prompts' (seed): the direction is fit on other prompts
+    others = [p for p in load_prompts(args.prompts, seed=mix_seed(args.seed, 1)) if p not in set(measured)]
     direction_prompts = others[:args.direction_prompts] or measured
     if any([args.vector, args.positive, args.negative, args.pairs, args.base, args.tuned]):
         vector = build_vector(args, model, layers)

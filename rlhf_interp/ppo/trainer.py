@@ -41,6 +41,7 @@ from rlhf_interp.prompts import load_prompts
 from rlhf_interp.reward.functions import RewardFn, get_reward
 
 PhaseCallback = Callable[["PPOTrainer", dict[str, Any], Rollout], None]
+_ORDER_TAG = 17  # the minibatch orders' stream (rm_refresh uses 20, dpo 31; ranks are 0, 1, ...)
 
 
 class PPOTrainer:
@@ -194,9 +195,10 @@ class PPOTrainer:
         return self.dist.shard(prompts)  # every process draws the same batch and samples its own block
 
     def _minibatch_orders(self) -> list[torch.Tensor]:
-        """One shuffled order of the batch per PPO epoch, seeded by (seed, phase)."""
+        """One shuffled order of the batch per PPO epoch, seeded by (seed, phase) through `mix_seed` (the one
+        derivation); the tag keeps this stream apart from the phase's sampling seed ``mix_seed(seed, phase)``."""
         cfg = self.dist.local_config(self.config)  # this process's share of the batch
-        generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.phase)
+        generator = torch.Generator().manual_seed(mix_seed(cfg.seed, self.phase, _ORDER_TAG))
         return [torch.randperm(cfg.batch_size, generator=generator) for _ in range(cfg.ppo_epochs)]
 
     def run_phase(self) -> tuple[dict[str, Any], Rollout]:
