@@ -5,7 +5,9 @@ and the steering vectors they use.
 - `positions`: which tokens an edit touches, correct with and without the KV cache;
 - `steering`: `Steering`; `ablation`: `Ablation` (zero / mean / resample); `direction`:
   `DirectionAblation` and `orthogonalize_weights`; `rank_one`: `RankOneEdit`, a ROME/MEMIT-style
-  rank-one weight edit of one MLP's output matrix;
+  rank-one weight edit of one MLP's output matrix; `prompting`: `Prompting` / `few_shot`, a prefix before every
+  prompt (measured in its own context by `rlhf_interp.measure.context`); `amplify`: `LogitAmplification`,
+  logits_tuned + a (logits_tuned - logits_base);
 - `vectors`: `SteeringVector` and where vectors come from (mean difference, contrastive, PCA,
   fine-tuning direction).
 """
@@ -23,6 +25,8 @@ _WHERE = {
                  "reference_activations"),
     **names_from(".direction", "DirectionAblation", "orthogonalize_weights", "project_out"),
     **names_from(".rank_one", "RankOneEdit", "key_statistics", "output_matrix", "rank_one_edit", "target_direction"),
+    **names_from(".prompting", "Prompting", "changes_context", "few_shot"),
+    **names_from(".amplify", "LogitAmplification"),
     **names_from(".vectors", "SteeringVector", "contrastive", "finetuning_direction", "mean_difference",
                  "paired_differences", "pca_direction", "reduced_activations", "residual_norms"),
 }

@@ -19,6 +19,8 @@ from rlhf_interp.bridge.tokens import check_context
 from rlhf_interp.edits.base import Edit
 from rlhf_interp.core.kl import (entropy_from_logprobs, kl_estimate, kl_from_logprobs, mean_and_stderr,
                             sampling_logprobs)
+from rlhf_interp.edits.prompting import changes_context
+from rlhf_interp.measure.context import continuation_logits, sample_in_context
 from rlhf_interp.measure.token_shift import bind, check_reference, forward_logits
 from rlhf_interp.reward.functions import get_reward, score
 
@@ -45,12 +47,11 @@ def score_generation(model, edit: Edit | None, gen: Generation, *, reference=Non
     edit = bind(model, edit)
     ref_model = reference if reference is not None else model
     ref_logits = forward_logits(ref_model, gen.tokens, gen.attention_mask, gen.prompt_len, batch_size)
-    with edit:
-        logits = forward_logits(model, gen.tokens, gen.attention_mask, gen.prompt_len, batch_size)
     p = gen.prompt_len
     targets = gen.tokens[:, p:].cpu()
     tmask = gen.generated_mask[:, p:].cpu().float()
-    predicting, ref_predicting = logits[:, p - 1:-1], ref_logits[:, p - 1:-1]  # the logits that chose each new token
+    # the logits that chose each new token (a prompting edit's come from its own, shifted context: measure.context)
+    predicting, ref_predicting = continuation_logits(model, edit, gen, batch_size), ref_logits[:, p - 1:-1]
     logp_all = sampling_logprobs(predicting, temperature)
     logq_all = sampling_logprobs(ref_predicting, temperature)
     logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
@@ -87,6 +88,9 @@ def sample(model, edit: Edit | None, prompts: Sequence[str], *, max_new_tokens: 
     check_context(model, list(prompts), max_new_tokens)
     edit = bind(model, edit)
     prompts = [p for p in prompts for _ in range(samples_per_prompt)]
+    if changes_context(edit):  # a prompting edit: sampled after its prefix, returned in the user's frame
+        return sample_in_context(model, edit, prompts, max_new_tokens=max_new_tokens, seed=seed,
+                                 temperature=temperature, use_past_kv_cache=use_past_kv_cache)
     with edit:
         return generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature,
                         use_past_kv_cache=use_past_kv_cache)
