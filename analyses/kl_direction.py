@@ -21,13 +21,13 @@ ref_pi_loss (exact, in the loss, coefficient 0.3).
 Two tasks: **periods** (reward = number of '.' in the continuation: RL pushes a behaviour up) and
 **suppress** (reward = -(number of occurrences of a behaviour X): RL pushes a behaviour of the reference
 down). X is the word "I" (first-person narration, ~18% of base continuations; `Study.behaviour`), or given
-with --behaviour, or with ``--behaviour auto`` chosen in the ``base`` step from `probes.behaviour.CANDIDATES` as
+with --behaviour, or with ``--behaviour auto`` chosen in the ``base`` step from `measure.behaviour.CANDIDATES` as
 the one whose rate in the base model's continuations of the shipped prompts is closest to 20% within 10-30%.
 
 Measured per phase (from the rollout, free): reward, exact KL both directions per token and per sequence,
 entropy, token-id distinct-1/2/3, the rate of X. Every ``eval_every`` phases (and at the end) on fixed
 prompts with a fixed seed (the same random numbers for every run): the same on more samples, plus coverage
-of the reference (`probes.coverage`: N pre-drawn reference samples per prompt scored under the policy), plus
+of the reference (`measure.coverage`: N pre-drawn reference samples per prompt scored under the policy), plus
 the per-token scores that `analyses/kl_estimators.py` audits. Runs are PPOTrainer run directories and resume
 from their last checkpoint; evaluations are written per phase and redone if missing.
 """
@@ -60,7 +60,7 @@ from rlhf_interp.core.io import (
     trim_jsonl,
     write_jsonl,
 )
-from rlhf_interp.probes.behaviour import (
+from rlhf_interp.measure.behaviour import (
     CANDIDATES,
     Behaviour,
     behaviour_rates,
@@ -68,7 +68,7 @@ from rlhf_interp.probes.behaviour import (
     collapse_onset,
     token_distinct,
 )
-from rlhf_interp.probes.matching import common_level, matched, seed_spread
+from rlhf_interp.measure.matched_runs import common_level, matched, seed_spread
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.plots import series_style
 
@@ -204,7 +204,7 @@ def run_base(study: Study, study_dir: Path) -> None:
     import torch
 
     from rlhf_interp.bridge import generate, load_model
-    from rlhf_interp.probes.coverage import draw_reference_samples
+    from rlhf_interp.measure.coverage import draw_reference_samples
     from rlhf_interp.prompts import load_prompts
 
     base_dir = study_dir / "base"
@@ -276,8 +276,8 @@ def evaluate(policy, reference_forward, refs, study: Study, behaviour: Behaviour
     marks the evaluation complete).
     """
     from rlhf_interp.bridge import generate
-    from rlhf_interp.probes.coverage import coverage_summary, measure_coverage
-    from rlhf_interp.probes.scoring import forward_of, score_tokens
+    from rlhf_interp.measure.coverage import coverage_summary, measure_coverage
+    from rlhf_interp.measure.token_scores import forward_of, score_tokens
 
     target = out_dir / f"{updates:04d}"
     target.mkdir(parents=True, exist_ok=True)
@@ -347,7 +347,7 @@ def train_run(study: Study, study_dir: Path, name: str, progress: bool = True) -
     """Train one run to ``study.phases`` (resuming from its latest checkpoint), with the probe attached."""
     from rlhf_interp.checkpoints import latest_checkpoint
     from rlhf_interp.ppo import PPOTrainer
-    from rlhf_interp.probes.coverage import ReferenceSamples
+    from rlhf_interp.measure.coverage import ReferenceSamples
 
     task, penalty, seed = parse_run_name(name)
     base = read_base(study_dir)
@@ -871,7 +871,7 @@ def render(report_dir: Path) -> Report:
 
         Evaluations (every {study['eval_every']} phases): {study['eval_prompts']} fixed prompts × {study['eval_samples']}
         samples with one seed for all runs; coverage on {study['ref_samples']} reference samples per prompt drawn once
-        (`probes.coverage`): Δ = log π(y) − log ref(y) per sequence; a sample is *lost* when Δ < −log 100.
+        (`measure.coverage`): Δ = log π(y) − log ref(y) per sequence; a sample is *lost* when Δ < −log 100.
         −mean Δ is the sequence-level KL(ref‖π), the quantity a mass-covering penalty controls.""")
     train_s, eval_s = float(trajectory["seconds"].sum()), float(evals["seconds"].sum())
     report.text(f"Cost: {train_s / 60:.0f} min of PPO phases over {trajectory.groupby(RUN_KEYS).ngroups} runs "

@@ -6,7 +6,7 @@
 Input: the per-token scores that ``analyses/kl_direction.py`` writes at every evaluation of every run
 (``runs/<run>/evals/<updates>/tokens.csv.gz``): for each token the policy generated (and each token of the
 reference's own samples), the exact per-token KL in both directions over the vocabulary and both models'
-log-probs of the token. Nothing is trained or loaded here. `rlhf_interp.probes.estimators` turns them into
+log-probs of the token. Nothing is trained or loaded here. `rlhf_interp.measure.kl_estimator_audit` turns them into
 the estimators' values:
 
 - ``pi_ref|policy``: KL(pi || ref) from tokens sampled by the policy, k1 / k2 / k3 (what PPO's per-token
@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from rlhf_interp.probes.estimators import (
+from rlhf_interp.measure.kl_estimator_audit import (
     SETTINGS,
     binned_audit,
     estimates,

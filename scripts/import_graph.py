@@ -40,7 +40,7 @@ LAYERS: dict[str, float] = {
     "reward": 4, "rewards": 4.5, "reward_model": 4.5, "preference_data": 4.5,
     "edits": 4, "steering": 4.5,                          # edits know no training
     "ppo": 5, "measure": 5, "diff": 5,                    # training; measurements and diffs of models
-    "patching": 6, "frontier": 6, "probes": 6,            # analyses built on edits, measure and diff
+    "patching": 6, "frontier": 6,                         # analyses built on edits, measure and diff
     "report": 7, "plots": 7.5,                            # tables and figures -> pages
     "cli": 8, "__main__": 9,                              # the command line
     "__init__": 10,                                       # the root facade (lazy re-exports)

@@ -1039,7 +1039,7 @@ API_CASES = [
       .load_model(str(d / "evil_bin"), device="cpu"), RuntimeError, ("refused unopened",)),
     A("diff-directions-crafted", lambda d, t: __import__("rlhf_interp.diff.accumulators", fromlist=["x"])
       .DifferenceDirections.load(d / "evil_directions.pt"), pickle.UnpicklingError, ("weights only load failed",)),
-    A("reference-samples-crafted", lambda d, t: __import__("rlhf_interp.probes.coverage", fromlist=["x"])
+    A("reference-samples-crafted", lambda d, t: __import__("rlhf_interp.measure.coverage", fromlist=["x"])
       .ReferenceSamples.load(d / "evil_reference_samples.pt"), pickle.UnpicklingError, ("weights only load failed",)),
     A("model-truncated-weights", lambda d, t: __import__("rlhf_interp.bridge", fromlist=["load_model"])
       .load_model(str(d / "cut_weights"), device="cpu"), RuntimeError, ("unreadable", "cut short")),

@@ -55,6 +55,10 @@ def reward_name(reward: RewardFn) -> str:
     return getattr(reward, "reward_name", getattr(reward, "__name__", repr(reward)))
 
 
+# ``module:function`` rewards whose module moved; run directories written before the move still resume.
+MOVED_REWARDS = {"rlhf_interp.probes.behaviour:pattern_count": "rlhf_interp.measure.behaviour:pattern_count"}
+
+
 def get_reward(spec: str | RewardFn, **kwargs) -> RewardFn:
     """Resolve a reward: a callable, a builtin name (``char_count``, ``sentiment``, ``length``),
     ``module:function`` (a Python callable taking ``list[str]``), or ``reward_model:PATH``.
@@ -75,7 +79,7 @@ def get_reward(spec: str | RewardFn, **kwargs) -> RewardFn:
 
         return load_reward_model(spec.split(":", 1)[1], **kwargs).as_reward()
     elif ":" in spec:
-        module_name, _, attr = spec.partition(":")
+        module_name, _, attr = MOVED_REWARDS.get(spec, spec).partition(":")  # old run dirs record old paths
         if not module_name or module_name.startswith(".") or not attr:
             raise ValueError(f"Reward {spec!r}: give 'module:function' with the module's full dotted name as "
                              f"imported from PYTHONPATH (e.g. mypackage.rewards:periods), not a relative name.")

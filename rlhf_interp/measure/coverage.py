@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from rlhf_interp.bridge import Generation, generate
-from rlhf_interp.probes.scoring import Forward, TokenScores, forward_of, score_tokens
+from rlhf_interp.measure.token_scores import Forward, TokenScores, forward_of, score_tokens
 
 # Default lost-mode thresholds (nats of sequence log-prob): 10x, 100x and 1000x less likely than under the reference.
 THRESHOLDS: tuple[float, ...] = (math.log(10), math.log(100), math.log(1000))
@@ -65,7 +65,7 @@ class ReferenceSamples:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: draw the reference samples first "
-                                    f"(probes.coverage.draw_reference_samples(...).save(path)).")
+                                    f"(measure.coverage.draw_reference_samples(...).save(path)).")
         data = torch.load(path, weights_only=True)
         return cls(prompts=data["prompts"], n_per_prompt=data["n_per_prompt"], settings=data["settings"],
                    samples=Generation(**data["samples"]), greedy=Generation(**data["greedy"]),

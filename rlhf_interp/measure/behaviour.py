@@ -3,7 +3,7 @@
 Why a named, regex-defined behaviour: the KL-direction study asks whether a penalty keeps alive a
 behaviour of the reference that the reward dislikes. The same definition must count X in the base
 model's samples (its base rate), score X in PPO's reward (``pattern_count`` with a negative
-``reward_scale``, usable from a config as ``rlhf_interp.probes.behaviour:pattern_count``) and measure X
+``reward_scale``, usable from a config as ``rlhf_interp.measure.behaviour:pattern_count``) and measure X
 along training, so it lives in one place.
 
 Diversity is measured on token ids (not whitespace words): it sees repeated punctuation and
@@ -32,7 +32,7 @@ def _compiled(pattern: str) -> re.Pattern:
 
 def pattern_count(texts: list[str], pattern: str) -> Tensor:
     """How many non-overlapping matches of the regex ``pattern`` each text holds (a reward function:
-    ``reward: rlhf_interp.probes.behaviour:pattern_count``, ``reward_kwargs: {pattern: ...}``)."""
+    ``reward: rlhf_interp.measure.behaviour:pattern_count``, ``reward_kwargs: {pattern: ...}``)."""
     rx = _compiled(pattern)
     return torch.tensor([float(len(rx.findall(t))) for t in texts])
 
@@ -60,7 +60,7 @@ class Behaviour:
 
     def reward_config(self) -> dict:
         """PPOConfig fields that reward X's absence: ``-count(X)`` per continuation."""
-        return {"reward": "rlhf_interp.probes.behaviour:pattern_count", "reward_kwargs": {"pattern": self.pattern},
+        return {"reward": "rlhf_interp.measure.behaviour:pattern_count", "reward_kwargs": {"pattern": self.pattern},
                 "reward_scale": -1.0}
 
 
@@ -109,8 +109,8 @@ def token_distinct(tokens: Tensor, mask: Tensor, ns: Sequence[int] = (1, 2, 3), 
 
     Distinct-n depends on how many tokens are pooled: compare only batches of the same size and length.
     """
-    # distinct-n's one home; imported here because measure imports the bridge (heavy) at import time
-    from rlhf_interp.measure import distinct_n
+    # distinct-n's one home; imported here because measure.sequences imports the bridge (heavy) at import time
+    from rlhf_interp.measure.sequences import distinct_n
 
     lists = generated_token_lists(tokens, mask, exclude)
     return {f"distinct_{n}": distinct_n(lists, n) for n in ns}

@@ -1,4 +1,4 @@
-"""Probes for the KL-direction study: behaviour rates and token-id diversity, teacher-forced scores,
+"""The KL-direction study's measurements (rlhf_interp.measure): behaviour rates and token-id diversity, teacher-forced scores,
 coverage of the reference, and the k1/k2/k3 estimator audit against exact KLs on an enumerable case."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from rlhf_interp.bridge import bridge_from_hf, build_tiny_model, load_tokenizer
 from rlhf_interp.core.kl import entropy, kl_divergence
-from rlhf_interp.probes.behaviour import (
+from rlhf_interp.measure.behaviour import (
     Behaviour,
     behaviour_rates,
     chunked_distinct,
@@ -20,19 +20,19 @@ from rlhf_interp.probes.behaviour import (
     pattern_count,
     token_distinct,
 )
-from rlhf_interp.probes.coverage import (
+from rlhf_interp.measure.coverage import (
     ReferenceSamples,
     coverage_summary,
     draw_reference_samples,
     measure_coverage,
 )
-from rlhf_interp.probes.estimators import (
+from rlhf_interp.measure.kl_estimator_audit import (
     binned_audit,
     estimates,
     overall_audit,
     sequence_sums,
 )
-from rlhf_interp.probes.scoring import forward_of, score_tokens
+from rlhf_interp.measure.token_scores import forward_of, score_tokens
 from rlhf_interp.reward import get_reward, score
 
 PROMPTS = ["The old lighthouse keeper", "Hi", "Once upon a time in a quiet village,"]
@@ -220,7 +220,7 @@ def test_binned_audit_separates_states_and_sequence_spread_grows_with_length():
 
 
 def test_runs_are_read_at_the_first_crossing_of_a_common_level():
-    from rlhf_interp.probes.matching import at_level, common_level, matched, seed_spread
+    from rlhf_interp.measure.matched_runs import at_level, common_level, matched, seed_spread
 
     a = pd.DataFrame({"run": "a", "phase": [1, 2, 3, 4], "kl": [0.0, 0.1, 0.3, 0.2], "reward": [1.0, 2.0, 4.0, 9.0]})
     b = pd.DataFrame({"run": "b", "phase": [1, 2, 3], "kl": [0.0, 0.05, 0.25], "reward": [1.0, 1.0, 3.0]})

@@ -6,7 +6,7 @@ tokens a policy actually generated: at each generated token the exact KL over th
 each estimator's value from the sampled token), and the estimator's error is binned by the true KL.
 
 Three settings (the ``setting`` column), from per-token tables with ``logp`` (the sampling model's log-prob
-of the token), ``logp_ref``, ``kl_pi_ref`` and ``kl_ref_pi`` (`scoring.TokenScores.to_frame`):
+of the token), ``logp_ref``, ``kl_pi_ref`` and ``kl_ref_pi`` (`token_scores.TokenScores.to_frame`):
 
 - ``pi_ref|policy``: tokens sampled from pi, estimating KL(pi || ref): k1, k2, k3 (`kl.kl_estimate`);
 - ``ref_pi|reference``: tokens sampled from ref, estimating KL(ref || pi): k1, k2, k3 with the roles swapped;
