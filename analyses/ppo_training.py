@@ -28,7 +28,7 @@ import yaml
 
 from rlhf_interp.core.kl import upgrade_kl_name
 from rlhf_interp.measure import distinct_n
-from rlhf_interp.probes.behaviour import collapse_onset
+from rlhf_interp.measure.behaviour import collapse_onset
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.charts import facet_lines
 from rlhf_interp.report.plots import nonneg_symlog, series_style
