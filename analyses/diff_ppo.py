@@ -31,12 +31,11 @@ import pandas as pd
 import torch
 
 from rlhf_interp import load_model, load_prompts, save_hf_model, tokenize
-from rlhf_interp.checkpoints import list_checkpoints
+from rlhf_interp.bridge import RunDir, checkpoint_dir
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.diff import check_compatible, diff_models, diff_trajectory, most_changed_heads, policy_samples
 from rlhf_interp.diff.attention_view import head_patterns
 from rlhf_interp.diff.lens import token_id
-from rlhf_interp.diff.trajectory import trajectory_checkpoints
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.rebuild import rerender
 from rlhf_interp.report.charts import xy_chart
@@ -94,7 +93,7 @@ def make_demo_run(base_name: str, run_dir: Path, *, steps: int, lr: float, seed:
         optimizer.step()
         print(f"[demo] step {step}: mean log p('.') = {-loss.item():.3f}", file=sys.stderr)
         if step in save_at:
-            save_hf_model(model, tokenizer, run_dir / f"checkpoint-{step:06d}",
+            save_hf_model(model, tokenizer, checkpoint_dir(run_dir, step),
                           meta={"step": step, "base_model": base_name, "demo": "gradient ascent on log p('.')",
                                 "lr": lr, "mean_logp_period": -loss.item()})
     return run_dir
@@ -241,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="diff_ppo_demo_") as tmp:
         tuned_path = Path(args.tuned) if args.tuned else make_demo_run(
             args.base, Path(tmp) / "run", steps=args.demo_steps, lr=args.demo_lr, seed=args.seed)
-        checkpoints = list_checkpoints(tuned_path)
-        final_path = checkpoints[-1] if checkpoints else tuned_path
+        checkpoints = RunDir(tuned_path).checkpoints  # (step, path); [] for one checkpoint or HF dir
+        final_path = checkpoints[-1][1] if checkpoints else tuned_path
 
         base = load_model(args.base, device="cpu")
         tuned = load_model(str(final_path), device="cpu")
@@ -260,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
         traj, chosen = None, []
         if len(checkpoints) > 1:
-            chosen = evenly_spaced(trajectory_checkpoints(tuned_path), args.max_checkpoints)
+            chosen = evenly_spaced(checkpoints, args.max_checkpoints)
             traj = diff_trajectory(base, tuned_path, texts[: args.trajectory_texts], checkpoints=chosen,
                                    analyses=("residual", "directions", "output", "weights"),
                                    batch_size=args.batch_size, watch_tokens=args.watch_token, per_token=False)

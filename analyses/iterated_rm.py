@@ -118,16 +118,16 @@ def ppo_overrides(args, rm_dir: Path, seed: int, setting: str) -> list[str]:
 
 def run_ppo(args, rm_dir: Path, run_dir: Path, seed: int, setting: str) -> tuple[float, float]:
     """Train one run (resume it if ``--reuse`` and it was killed); returns the wall and CPU seconds spent now."""
-    from rlhf_interp.bridge.run_dirs import latest_checkpoint
+    from rlhf_interp.bridge import RunDir
     from rlhf_interp.ppo import PPOConfig, PPOTrainer
 
     config = PPOConfig.load(args.ppo_config, ppo_overrides(args, rm_dir, seed, setting))
-    metrics = run_dir / "metrics.jsonl"
-    done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    run = RunDir(run_dir)
+    done = len(run.metrics()) if (run_dir / "metrics.jsonl").exists() else 0
     start, cpu = time.perf_counter(), time.process_time()
     if args.reuse and done >= config.phases:
         return 0.0, 0.0
-    if args.reuse and latest_checkpoint(run_dir) is not None:
+    if args.reuse and run.latest is not None:
         trainer = PPOTrainer.resume(run_dir, progress=not args.no_progress)
     else:
         trainer = PPOTrainer(config, run_dir, progress=not args.no_progress, overwrite=True)
@@ -156,6 +156,7 @@ def pairwise_accuracy(true: pd.Series, learned: pd.Series) -> float:
 def measure_runs(args, rm_dir: Path, work: Path, reward, heldout: pd.DataFrame
                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Run every (seed, setting); score the samples offline. Returns samples, metrics, versions, runs."""
+    from rlhf_interp.bridge import RunDir
     from rlhf_interp.ppo.rm_refresh import list_versions, version_dir
     from rlhf_interp.reward import (
         load_reward_model,
@@ -173,8 +174,8 @@ def measure_runs(args, rm_dir: Path, work: Path, reward, heldout: pd.DataFrame
         total = {"wall_seconds": before["wall_seconds"] + wall, "cpu_seconds": before["cpu_seconds"] + cpu}
         timing.write_text(json.dumps(total))
         runs.append({"setting": setting, "seed": seed, **total})
-        samples.append(read_jsonl_frame(run_dir / "samples.jsonl").assign(setting=setting, seed=seed))
-        metrics.append(read_jsonl_frame(run_dir / "metrics.jsonl").assign(setting=setting, seed=seed))
+        samples.append(RunDir(run_dir).samples().assign(setting=setting, seed=seed))
+        metrics.append(RunDir(run_dir).metrics().assign(setting=setting, seed=seed))
     samples = pd.concat(samples, ignore_index=True).rename(columns={"reward": "rm_reward"})
     samples["completion"] = samples.completion.fillna("")
     samples["sample"] = samples.groupby(["setting", "seed", "phase"]).cumcount()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlhf_interp.bridge import load_model
+from rlhf_interp.bridge import RunDir, load_model
 from rlhf_interp.bridge.generation import generate
 from rlhf_interp.core.seeding import mix_seed
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
@@ -164,7 +164,7 @@ def run_ppo(args, rm_dir: Path, run_dir: Path, reward) -> tuple[pd.DataFrame, pd
 
         PPOTrainer(config, run_dir, callbacks=[record], progress=not args.no_progress).train()
     samples = pd.DataFrame([json.loads(x) for x in samples_path.read_text().splitlines() if x.strip()])
-    metrics = pd.DataFrame([json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()])
+    metrics = RunDir(run_dir).metrics()
     return samples, metrics
 
 

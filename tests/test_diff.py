@@ -27,7 +27,7 @@ from rlhf_interp.diff import (
 )
 from rlhf_interp.diff.lens import token_id
 from rlhf_interp.diff.stream import paired_batches
-from rlhf_interp.bridge import bridge_from_hf, build_tiny_model, load_tokenizer
+from rlhf_interp.bridge import RunDir, bridge_from_hf, build_tiny_model, load_tokenizer
 
 PROMPTS = load_prompts(limit=6, seed=0)
 
@@ -276,6 +276,47 @@ def test_trajectory_has_a_step_column(tiny, tiny_run):
     assert (res.loc[5] == 0).all()
     assert (res.loc[9].loc[0] == 0).all() and res.loc[(9, 1, "hook_attn_out")] > 0
     assert result.config["steps"] == [5, 9]
+
+
+
+def test_run_dir_reads_checkpoints_logs_and_config(tiny_run, tmp_path):
+    """`RunDir`, the one reader of a run directory: checkpoints by step, one loaded model at a time (dropped
+    before the next loads), metrics with the pre-issue-29 KL names mapped, samples, and the config."""
+    import gc
+    import json
+    import shutil
+    import weakref
+
+    run = RunDir(tiny_run)
+    assert run.steps == [5, 9] and run.latest == tiny_run / "checkpoint-000009"
+    assert run.checkpoint(9) == run.latest and run.checkpoints[0] == (5, tiny_run / "checkpoint-000005")
+    with pytest.raises(ValueError, match=r"no checkpoint for step 7; it has \[5, 9\]"):
+        run.checkpoint(7)
+    loaded, alive = [], []
+    for ckpt in run.for_each_checkpoint([9, 5], load=lambda p: load_model(str(p), device="cpu")):
+        q = ckpt.model.original_model.model.layers[1].self_attn.q_proj.weight
+        loaded.append((ckpt.step, ckpt.path.name, q.detach().clone()))
+        alive.append(weakref.ref(ckpt.model))
+    gc.collect()
+    assert [(s, n) for s, n, _ in loaded] == [(9, "checkpoint-000009"), (5, "checkpoint-000005")]
+    assert not torch.equal(loaded[0][2], loaded[1][2])  # step 9 has layer 1's W_Q edited
+    assert [ref() for ref in alive] == [None, None]  # nothing kept a model past its loop body
+    assert [c.model for c in run.for_each_checkpoint()] == [None, None]  # no load: steps and paths only
+    with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
+        next(RunDir(tmp_path / "nothing").for_each_checkpoint())
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run / "checkpoint-000005", copy / "checkpoint-000005")
+    (copy / "metrics.jsonl").write_text(json.dumps({"phase": 1, "kl_forward_per_token": 0.5}) + "\n"
+                                        + json.dumps({"phase": 2, "kl_forward_per_token": 0.25}) + "\n")
+    (copy / "samples.jsonl").write_text(json.dumps({"phase": 1, "prompt": "Hi", "completion": ".", "reward": 1}) + "\n")
+    assert RunDir(copy).metrics()["kl_pi_ref_per_token"].tolist() == [0.5, 0.25]
+    assert RunDir(copy).samples().iloc[0].to_dict() == {"phase": 1, "prompt": "Hi", "completion": ".", "reward": 1}
+    assert RunDir(copy).config() == {}  # neither config.yaml nor a config in meta.json
+    (copy / "config.yaml").write_text("model: tiny-test\nphases: 2\n")
+    assert RunDir(copy).config() == {"model": "tiny-test", "phases": 2}
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl is missing"):
+        RunDir(tiny_run).metrics()
 
 
 def test_cli_diff_writes_tables_and_figures(tiny_run, tmp_path, capsys):

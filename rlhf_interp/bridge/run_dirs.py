@@ -1,6 +1,8 @@
 """Where the model is inside what a training tool wrote, recognised from the directory layout alone.
 
 Pure filesystem reading, no model: `rlhf_interp.checkpoints` writes our layout, the loader reads every layout.
+`RunDir` is the one reader of a run directory of ours (checkpoints by step, latest, metrics, samples, config,
+and a loop over the checkpoints): diff, patching, frontier, the CLI and the analyses read runs through it.
 
 Layouts recognised (`resolve_layout`), each as its tool writes it:
 
@@ -21,11 +23,16 @@ converts them: verl FSDP shards before the model merger (``model_world_size_W_ra
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from rlhf_interp.bridge.aliases import ModelLoadError
 
@@ -81,6 +88,119 @@ def read_meta(checkpoint: str | Path) -> dict[str, Any]:
     """A checkpoint's ``meta.json`` (empty when it has none)."""
     path = Path(checkpoint) / "meta.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The training step of a checkpoint: ``meta.json``'s ``step``, else the number in ``checkpoint-NNNNNN``."""
+    meta = read_meta(checkpoint)
+    if "step" in meta:
+        return int(meta["step"])
+    match = CHECKPOINT_PATTERN.match(Path(checkpoint).name)
+    if match is None:
+        raise ValueError(f"{checkpoint}: no 'step' in meta.json and the name is not checkpoint-NNNNNN.")
+    return int(match.group(1))
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint of a run as `RunDir.for_each_checkpoint` hands it out: its step and directory, and the
+    loaded model while the loop body runs (when asked to load; dropped before the next one loads)."""
+
+    step: int
+    path: Path
+    model: Any = None
+
+
+@dataclass(frozen=True, init=False)
+class RunDir:
+    """A run directory written by `rlhf-interp train`: ``config.yaml``, ``metrics.jsonl``, ``samples.jsonl``
+    and ``checkpoint-NNNNNN/`` folders (layout: `rlhf_interp.ppo.run_dir`). Reading only; the trainer writes.
+
+    Why one class: listing, picking and looping over a run's checkpoints and reading its logs was written in
+    diff, patching, frontier, the CLI and every analysis, each with its own error message.
+    """
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    @property
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """``(step, checkpoint_dir)`` of every finished checkpoint, oldest first ([] when there are none)."""
+        return sorted((checkpoint_step(c), c) for c in list_checkpoints(self.path))
+
+    def require_checkpoints(self) -> list[tuple[int, Path]]:
+        """`checkpoints`, or a FileNotFoundError saying what the directory should be when it has none."""
+        found = self.checkpoints
+        if not found:
+            raise FileNotFoundError(f"{self.path} holds no finished checkpoint-NNNNNN/ directories (with "
+                                    f"config.json): pass a run directory written by `rlhf-interp train`.")
+        return found
+
+    @property
+    def steps(self) -> list[int]:
+        return [step for step, _ in self.checkpoints]
+
+    @property
+    def latest(self) -> Path | None:
+        """The newest finished checkpoint, or None."""
+        return latest_checkpoint(self.path)
+
+    def checkpoint(self, step: int) -> Path:
+        """The checkpoint of ``step``; a ValueError naming the steps there are when it has none."""
+        found = dict(self.checkpoints)
+        if int(step) not in found:
+            raise ValueError(f"{self.path} has no checkpoint for step {step}; it has {sorted(found)}.")
+        return found[int(step)]
+
+    def config(self) -> dict[str, Any]:
+        """The run's config: ``config.yaml``, else the newest checkpoint's ``meta.json`` (``{}`` if neither)."""
+        import yaml
+
+        path = self.path / "config.yaml"
+        if path.exists():
+            return yaml.safe_load(path.read_text()) or {}
+        latest = self.latest
+        return dict(read_meta(latest).get("config", {})) if latest is not None else {}
+
+    def metrics(self) -> "pd.DataFrame":
+        """``metrics.jsonl`` as one row per phase; KL names logged before issue 29 read as today's."""
+        from rlhf_interp.core.kl import upgrade_kl_record
+
+        return self._log("metrics.jsonl", upgrade_kl_record)
+
+    def samples(self) -> "pd.DataFrame":
+        """``samples.jsonl`` as one row per logged sample (phase, prompt, completion, reward ...)."""
+        return self._log("samples.jsonl", None)
+
+    def _log(self, name: str, upgrade: Callable[[dict], dict] | None) -> "pd.DataFrame":
+        import pandas as pd
+
+        from rlhf_interp.core.io import read_jsonl
+
+        path = self.path / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: is {self.path} a run directory written by "
+                                    f"`rlhf-interp train`?")
+        return pd.DataFrame([upgrade(r) if upgrade else r for _, r in read_jsonl(path)])
+
+    def for_each_checkpoint(self, steps: Sequence[int] | None = None, *,
+                            load: Callable[[Path], Any] | None = None) -> Iterator[Checkpoint]:
+        """Each checkpoint (``steps``: those steps, in that order; default all, oldest first) as a `Checkpoint`.
+
+        ``load(path) -> model`` (e.g. ``lambda p: load_model(p, device=...)``) loads one checkpoint at a time
+        into ``.model``; it is dropped and garbage-collected before the next one loads, so keep no other
+        reference to it past the loop body. Raises FileNotFoundError when the run has no checkpoint.
+        """
+        found = self.require_checkpoints()
+        chosen = [(int(s), self.checkpoint(s)) for s in steps] if steps is not None else found
+        for step, path in chosen:
+            item = Checkpoint(step, path, load(path) if load is not None else None)
+            yield item
+            if load is not None:
+                item.model = None
+                gc.collect()
 
 
 def find_model_dir(path: Path) -> Path:

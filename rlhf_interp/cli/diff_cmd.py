@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhf_interp.bridge import list_checkpoints, load_model
+    from rlhf_interp.bridge import RunDir, load_model
     from rlhf_interp.diff import RESID_HOOKS, check_compatible, diff_models, diff_trajectory, policy_samples
     from rlhf_interp.report.plots import diff_figures, save_figure
     from rlhf_interp.prompts import load_prompts
@@ -58,14 +58,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 0:
         raise ValueError(f"--samples {args.samples}: give a number of new tokens >= 0 (0: prompts only).")
-    checkpoints = list_checkpoints(args.tuned)
+    checkpoints = RunDir(args.tuned).checkpoints  # [] for a checkpoint or HF directory
     if args.trajectory and not checkpoints:
         raise ValueError(f"--trajectory needs a run directory with checkpoint-NNNNNN/ folders; {args.tuned} has none.")
     prompts = load_prompts(args.prompts, limit=args.n_prompts, seed=args.seed)
     claim_dir(args.out, "diff", _outputs(), overwrite=args.overwrite,  # before any compute; never an input
               inputs=input_paths(args))
     base = load_model(args.base, device=args.device, dtype=args.dtype)
-    first = load_model(str(checkpoints[-1]) if checkpoints else args.tuned, device=args.device, dtype=args.dtype)
+    first = load_model(args.tuned, device=args.device, dtype=args.dtype)  # a run dir: its latest checkpoint
     check_compatible(base, first)  # before any forward pass
     if args.samples > 0:
         print(f"sampling {args.samples} tokens per prompt from the tuned model ...")
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         result = diff_trajectory(base, args.tuned, prompts, **kwargs)
     else:
         if len(checkpoints) > 1:
-            print(f"{args.tuned} holds {len(checkpoints)} checkpoints; diffing the latest ({checkpoints[-1].name}). "
+            print(f"{args.tuned} holds {len(checkpoints)} checkpoints; diffing the latest ({checkpoints[-1][1].name}). "
                   f"Add --trajectory to diff every one.")
         result = diff_models(base, first, prompts, **kwargs)
     result.config.update({"prompts": args.prompts or "shipped", "seed": args.seed, "samples": args.samples})

@@ -42,8 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhf_interp.bridge import load_model
-    from rlhf_interp.checkpoints import list_checkpoints
+    from rlhf_interp.bridge import RunDir, load_model
     from rlhf_interp.diff import check_compatible, policy_samples
     from rlhf_interp.patching import (
         COMPONENTS,
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 0:
         raise ValueError(f"--samples {args.samples}: give a number of new tokens >= 0 (0: prompts only).")
-    checkpoints = list_checkpoints(args.tuned)
+    checkpoints = RunDir(args.tuned).checkpoints  # [] for a checkpoint or HF directory
     if args.trajectory and not checkpoints:
         raise ValueError(f"--trajectory needs a run directory with checkpoint-NNNNNN/ folders; {args.tuned} has none.")
     if not args.reward_substring:
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     claim_dir(args.out, "patch", OUTPUTS, overwrite=args.overwrite,  # before any compute; never an input
               inputs=input_paths(args))
     base = load_model(args.base, device=args.device, dtype=args.dtype)
-    tuned = load_model(str(checkpoints[-1]) if checkpoints else args.tuned, device=args.device, dtype=args.dtype)
+    tuned = load_model(args.tuned, device=args.device, dtype=args.dtype)  # a run dir: its latest checkpoint
     check_compatible(base, tuned)  # before any forward pass
     if args.samples > 0:
         texts = policy_samples(tuned, texts, max_new_tokens=args.samples, seed=args.seed)

@@ -3,8 +3,8 @@
 Modules (one job each): `compat` (refuse incomparable models), `stream` (run both models on the same
 batches), `metrics` (pure per-token math), `accumulators` (fixed-size running statistics), `lens`
 (logit lens of a direction), `weights` (parameter diff), `attention_view` (circuitsvis view),
-`core` (`diff_models` and one-analysis helpers), `trajectory` (every checkpoint of a run), `texts`
-(policy samples as diff inputs). Names are re-exported lazily (PEP 562).
+`core` (`diff_models` and one-analysis helpers), `trajectory` (every checkpoint of a run, read through
+`rlhf_interp.bridge.RunDir`), `texts` (policy samples as diff inputs). Names are re-exported lazily (PEP 562).
 """
 
 from rlhf_interp.core.lazy import lazy_exports, names_from
@@ -19,7 +19,8 @@ _WHERE = {
     **names_from(".lens", "direction_logit_scores", "logit_lens_table", "logit_lens_token_ranks"),
     **names_from(".stream", "RESID_HOOKS"),
     **names_from(".texts", "policy_samples"),
-    **names_from(".trajectory", "checkpoint_step", "diff_trajectory", "trajectory_checkpoints"),
+    **names_from(".trajectory", "diff_trajectory"),
+    **names_from("rlhf_interp.bridge.run_dirs", "checkpoint_step"),  # its home; analyses/causal_ppo.py imports it here
     **names_from(".weights", "classify_param", "summarize_weight_diff", "weight_diff"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

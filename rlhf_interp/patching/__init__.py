@@ -14,7 +14,7 @@ _WHERE = {
     **names_from(".activation", "COMPONENTS", "activation_patching", "hooks_to_replace", "patched",
                  "residual_attribution"),
     **names_from(".weights", "SWAP_COMPONENTS", "layer_parameters", "swapped_weights", "weight_patching"),
-    **names_from(".trajectory", "patching_trajectory", "run_checkpoints"),
+    **names_from(".trajectory", "patching_trajectory"),
     **names_from(".undo", "attribution_layers", "undo_rlhf", "undo_settings"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
