@@ -2,6 +2,7 @@
 
     python analyses/algorithms.py run --runs runs/algorithms          # train every (algorithm, seed); resumable
     python analyses/algorithms.py report --runs runs/algorithms      # tables, claims and the page
+    python analyses/algorithms.py diff --runs runs/algorithms        # where each run's change lives (vs the base)
     python analyses/algorithms.py report --rebuild                   # the page again from the committed CSVs
 
 Each run is `rlhf-interp train configs/periods[_grpo|_rloo|_dpo].yaml` as shipped (same model, reward, KL penalty
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from rlhf_interp.measure.trajectory_fit import per_run_fits, run_difference, run_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"ppo": "configs/periods.yaml", "grpo": "configs/periods_grpo.yaml", "rloo": "configs/periods_rloo.yaml",
@@ -81,6 +84,28 @@ def run_all(runs: Path, algorithms: list[str], seeds: list[int], phases: int, jo
             print(time.strftime("%H:%M:%S"), message, flush=True)
 
 
+DIFF_PROMPTS, DIFF_SEED = 32, 7  # the texts every run is diffed on: base-model continuations of shipped prompts
+
+
+def diff_all(runs: Path, report_dir: Path) -> None:
+    """Where each run's change lives: every run's final checkpoint diffed against the base model on the same
+    texts (the base model's own seeded continuations, so no run is favoured), written as two tidy tables."""
+    from rlhf_interp import load_model, load_prompts
+    from rlhf_interp.diff import policy_samples
+    from rlhf_interp.diff.across_runs import where_change_lives
+    from rlhf_interp.report import write_tables
+
+    base = load_model("smollm2-135m", device="cpu", frozen=True)
+    prompts = load_prompts(limit=DIFF_PROMPTS, seed=DIFF_SEED)
+    texts = policy_samples(base, prompts, max_new_tokens=24, seed=DIFF_SEED)
+    found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and any(p.glob("checkpoint-*"))}
+    tables = where_change_lives(base, found, texts, progress=True)
+    for name, df in tables.items():
+        parts = df.run.str.rsplit("_s", n=1, expand=True)
+        tables[name] = df.drop(columns="run").assign(algorithm=parts[0], seed=parts[1].astype(int))
+    write_tables(report_dir, {"where_residual": tables["residual"], "where_weights": tables["weights"]})
+
+
 # ----------------------------------------------------------------------------------------------- tables
 
 ORDER = ["ppo", "grpo", "rloo", "dpo"]
@@ -126,68 +151,6 @@ def _algorithm_order(col: pd.Series) -> pd.Series:
     return col.map(lambda a: ORDER.index(a) if a in ORDER else len(ORDER)) if col.name == "algorithm" else col
 
 
-def per_run_table(phases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """One row per run: the slope of reward on the policy's KL(pi||ref) per sequence over its phases (reward per
-    nat), the fitted reward at the matched KL (the smallest end-of-run KL of any run, so no run is extrapolated),
-    start / end reward, KL and entropy, and the seconds it spent per nat of KL."""
-    ends = phases.groupby(["algorithm", "seed"]).apply(lambda g: g.nlargest(LATE, "phase").kl_pi_ref_per_sequence.mean())
-    matched = float(ends.min())
-    out = []
-    for (algorithm, seed), g in phases.groupby(["algorithm", "seed"], sort=False):
-        x, y = g.kl_pi_ref_per_sequence.to_numpy(), g.reward.to_numpy()
-        slope, intercept = np.polyfit(x, y, 1)
-        resid = y - (intercept + slope * x)
-        s2 = float((resid ** 2).sum() / max(1, len(x) - 2))
-        sxx = float(((x - x.mean()) ** 2).sum())
-        late, first = g.nlargest(LATE, "phase"), g.nsmallest(1, "phase").iloc[0]
-        cpu = runs[(runs.algorithm == algorithm) & (runs.seed == seed)].cpu_seconds.sum()
-        end_kl = late.kl_pi_ref_per_sequence.mean()
-        out.append({"algorithm": algorithm, "seed": seed, "phases": len(g), "reward_per_nat": slope,
-                    "reward_per_nat_se": np.sqrt(s2 / max(sxx, 1e-12)),
-                    "reward_at_matched_kl": intercept + slope * matched,
-                    "reward_at_matched_kl_se": np.sqrt(s2 * (1 / len(x) + (matched - x.mean()) ** 2 / max(sxx, 1e-12))),
-                    "reward_start": first.reward, "reward_end": late.reward.mean(),
-                    "kl_pi_ref_per_sequence_end": end_kl, "kl_pi_ref_per_token_end": late.kl_pi_ref_per_token.mean(),
-                    "kl_ref_pi_per_token_end": late.kl_ref_pi_per_token.mean(),
-                    "entropy_start": first.entropy, "entropy_end": late.entropy.mean(),
-                    "train_seconds": g.seconds.sum(), "cpu_seconds": cpu,
-                    "seconds_per_nat": g.seconds.sum() / max(end_kl, 1e-9)})
-    return pd.DataFrame(out), matched
-
-
-def _interval(r: pd.DataFrame, column: str):
-    """Over seeds (t over per-seed values) with >= 2 seeds; with one seed, the OLS fit's t interval over its phases
-    (seed-to-seed variation not included, and said so)."""
-    from scipy import stats as sps
-
-    from rlhf_interp.core import stats
-
-    if len(r) >= 2:
-        return stats.seeds_interval(r[column], r.seed, n={"seeds": len(r)})
-    row = r.iloc[0]
-    q = float(sps.t.ppf(0.975, df=max(1, int(row.phases) - 2)))
-    se = float(row[f"{column}_se"])
-    return stats.Interval(float(row[column]), float(row[column]) - q * se, float(row[column]) + q * se, 0.95,
-                          "t over phases (OLS fit of one run)", {"seeds": 1, "phases": int(row.phases)},
-                          "one seed: seed-to-seed variation not included")
-
-
-def _difference(r: pd.DataFrame, base: pd.DataFrame, column: str):
-    from scipy import stats as sps
-
-    from rlhf_interp.core import stats
-
-    if len(r) >= 2 and len(base) >= 2:
-        return stats.welch_difference(r[column], base[column], n={"seeds": len(r) + len(base)})
-    a, b = r.iloc[0], base.iloc[0]
-    diff = float(r[column].mean() - base[column].mean())
-    se = float(np.sqrt(r[f"{column}_se"].pow(2).mean() + base[f"{column}_se"].pow(2).mean()))
-    q = float(sps.t.ppf(0.975, df=max(1, min(int(a.phases), int(b.phases)) - 2)))
-    return stats.Interval(diff, diff - q * se, diff + q * se, 0.95, "t, OLS fits of one run each",
-                          {"seeds": 1, "phases": int(min(a.phases, b.phases))},
-                          "one seed each: seed-to-seed variation not included")
-
-
 def claims_for(per_run: pd.DataFrame, matched: float, runs: pd.DataFrame) -> list:
     from rlhf_interp.core import stats
     from rlhf_interp.report.claims import Claim
@@ -197,19 +160,19 @@ def claims_for(per_run: pd.DataFrame, matched: float, runs: pd.DataFrame) -> lis
     n_seeds = int(per_run.groupby("algorithm").seed.nunique().min())
     per = {"tokens": 24}
     for a in present:
-        iv = _interval(per_run[per_run.algorithm == a], "reward_at_matched_kl")
+        iv = run_interval(per_run[per_run.algorithm == a], "reward_at_matched_kl")
         claims.append(Claim.estimate(f"{a}_reward_at_matched_kl", f"{a.upper()}: {{value}} periods per {{tokens}} "
                                      f"tokens {{ci}} at the matched KL(π‖ref) of {{kl}} nats per sequence ({{n}}).",
                                      iv, params={"kl": round(matched, 3), **per}))
     for a in present:
-        iv = _interval(per_run[per_run.algorithm == a], "reward_per_nat")
+        iv = run_interval(per_run[per_run.algorithm == a], "reward_per_nat")
         claims.append(Claim.estimate(f"{a}_reward_per_nat", f"{a.upper()} gains {{value}} periods per nat of "
                                      f"sequence KL(π‖ref) {{ci}} ({{n}}).", iv, headline=False))
     base = per_run[per_run.algorithm == "ppo"]
     for a in present:
         if a == "ppo" or base.empty:
             continue
-        diff = _difference(per_run[per_run.algorithm == a], base, "reward_at_matched_kl")
+        diff = run_difference(per_run[per_run.algorithm == a], base, "reward_at_matched_kl")
         claims.append(Claim.compare(f"{a}_minus_ppo", f"{a.upper()} minus PPO at the matched KL: {{value}} {{ci}}; "
                                     f"{{verdict}}.", diff, a.upper(), "PPO", headline=False))
     for a in present:
@@ -228,9 +191,6 @@ def claims_for(per_run: pd.DataFrame, matched: float, runs: pd.DataFrame) -> lis
                                              "e0": round(float(r.entropy_start.iloc[0]), 3),
                                              "e1": round(float(r.entropy_end.iloc[0]), 3)},
                                      n={"runs": 1}, headline=False))
-    claims.append(Claim.not_measured("where_change_lives", "Where in the network each algorithm's change lives "
-                                     "(`rlhf-interp diff` per run): not yet measured with enough samples (the CPU "
-                                     "time went to the training runs).", headline=False))
     trained = runs[runs.phases > 0]
     claims.append(Claim.fact("cpu", "CPU time of the study: {cpu} CPU-minutes ({pairs} of them synthesising the DPO "
                              "pairs, {abandoned} in runs of further seeds stopped before their first phase) over "
@@ -241,6 +201,64 @@ def claims_for(per_run: pd.DataFrame, matched: float, runs: pd.DataFrame) -> lis
                                      "runs": len(trained), "seeds": n_seeds, "phases": int(trained.phases.min())},
                              n={"runs": len(trained)}))
     return claims
+
+
+def where_claims(residual: pd.DataFrame, weights: pd.DataFrame) -> list:
+    """Where each algorithm's change lives, over seeds: the last layer's residual change, the share of the weight
+    change in MLPs, and each algorithm minus PPO on the first."""
+    from rlhf_interp.core import stats
+    from rlhf_interp.report.claims import Claim
+
+    last = residual[(residual.hook == "hook_resid_post") & (residual.layer == residual.layer.max())]
+    w = weights[weights.layer >= 0].assign(diff_sq=lambda d: d.diff_norm ** 2)
+    mlp_share = (w[w.group == "mlp"].groupby(["algorithm", "seed"]).diff_sq.sum()
+                 / w.groupby(["algorithm", "seed"]).diff_sq.sum()).rename("mlp_share").reset_index()
+    n_texts = {"texts": DIFF_PROMPTS}
+    claims = []
+    for a in [a for a in ORDER if a in set(last.algorithm)]:
+        r = last[last.algorithm == a]
+        if r.seed.nunique() < 2:  # the interval is over seeds (no per-text values are kept)
+            claims.append(Claim.not_measured(f"{a}_where", f"Where {a.upper()}'s change lives: not yet measured with "
+                                             "enough samples (one seed diffed).", headline=False))
+            continue
+        iv = stats.seeds_interval(r.rel_diff_norm, r.seed, n={"seeds": r.seed.nunique(), **n_texts})
+        claims.append(Claim.estimate(f"{a}_last_layer_change", f"{a.upper()} moved the last layer's residual "
+                                     f"(hook_resid_post) by {{value}} of its norm {{ci}} ({{n}}).", iv, fmt=".3f",
+                                     headline=False))
+        m = mlp_share[mlp_share.algorithm == a]
+        iv = stats.seeds_interval(m.mlp_share, m.seed, n={"seeds": m.seed.nunique()})
+        claims.append(Claim.estimate(f"{a}_mlp_share", f"{a.upper()}: share of the squared weight change in MLP "
+                                     f"weights {{value}} {{ci}} ({{n}}).", iv, headline=False))
+        if a != "ppo" and (last.algorithm == "ppo").any() and len(r) >= 2:
+            diff = stats.welch_difference(r.rel_diff_norm, last[last.algorithm == "ppo"].rel_diff_norm,
+                                          n={"seeds": len(r) + int((last.algorithm == "ppo").sum()), **n_texts})
+            claims.append(Claim.compare(f"{a}_minus_ppo_last_layer_change", f"{a.upper()} minus PPO in the last "
+                                        f"layer's residual change: {{value}} {{ci}}; {{verdict}}.", diff, a.upper(),
+                                        "PPO", fmt=".3f", headline=False))
+    return claims
+
+
+def plot_where(residual: pd.DataFrame, weights: pd.DataFrame):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    res = residual[residual.hook == "hook_resid_post"]
+    w = weights[weights.layer >= 0].groupby(["algorithm", "seed", "layer"], as_index=False)[["diff_norm", "base_norm"]]
+    w = w.agg(lambda x: float(np.sqrt((x ** 2).sum()))).assign(rel=lambda d: d.diff_norm / d.base_norm)
+    for ax, table, column in ((axes[0], res, "rel_diff_norm"), (axes[1], w, "rel")):
+        for i, a in enumerate(a for a in ORDER if a in set(table.algorithm)):
+            per_layer = table[table.algorithm == a].groupby("layer")[column]
+            mean = per_layer.mean()
+            ax.plot(mean.index, mean.values, color=f"C{i}", lw=2, label=a.upper())
+            ax.fill_between(mean.index, per_layer.min().values, per_layer.max().values, color=f"C{i}", alpha=0.2)
+        ax.legend(fontsize=8)
+    axes[0].set(xlabel="layer", ylabel="||tuned − base|| / ||base||", title="residual (hook_resid_post) change")
+    axes[1].set(xlabel="layer", ylabel="||ΔW||_F / ||W||_F", title="weight change per block")
+    fig.tight_layout()
+    return fig
 
 
 def plot_curves(phases: pd.DataFrame, per_run: pd.DataFrame, matched: float):
@@ -281,8 +299,8 @@ def render(report_dir: Path):
     # Every run compared over the same phases: the first `common` (the shortest run's); longer runs' later phases
     # are in the curves and in per_run_all_phases.
     common = int(phases.groupby(["algorithm", "seed"]).phase.max().min())
-    per_run, matched = per_run_table(phases[phases.phase <= common], runs)
-    per_run_all, _ = per_run_table(phases, runs)
+    per_run, matched = per_run_fits(phases[phases.phase <= common], runs, late=LATE)
+    per_run_all, _ = per_run_fits(phases, runs, late=LATE)
     claims = claims_for(per_run, matched, runs)
     report = Report.at(report_dir, "PPO, GRPO, RLOO and DPO on the period task at matched KL", source=__file__)
     report.claim(*claims)
@@ -304,6 +322,18 @@ few seeds); with one seed, the fit's own t interval over its phases. Short runs 
 other jobs (each run got 5-7% of a core): these are early-training slopes, not converged policies.
 """)
     report.figure("curves", plot_curves(phases, per_run, matched), title="KL trajectory, reward vs KL, entropy")
+    if (report_dir / "where_residual.csv").exists():
+        residual, weights = read_table(report_dir, "where_residual"), read_table(report_dir, "where_weights")
+        report.claim(*where_claims(residual, weights))
+        report.text(f"""
+**Where each change lives.** Every run's final checkpoint diffed against the base model on the same
+{DIFF_PROMPTS} texts (shipped prompts with the base model's own seeded 24-token continuations): the relative
+change of the residual stream at each layer's `hook_resid_post` (mean over tokens), and of each block's weights.
+Lines: mean over seeds; bands: min-max over seeds.
+""")
+        report.figure("where", plot_where(residual, weights), title="Where the change lives, by algorithm")
+        report.table("where_residual", residual, title="Residual change per run and layer", show=0)
+        report.table("where_weights", weights, title="Weight change per run, layer and group", show=0)
     report.table("per_run", per_run, title=f"Per run, its first {common} phases (what the claims use)", show=20)
     report.table("per_run_all_phases", per_run_all, title="Per run, all its phases", show=20)
     report.table("phases", phases, title="Per run and phase", show=0)
@@ -324,9 +354,13 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("report")
     r.add_argument("--runs", default="runs/algorithms")
     r.add_argument("--rebuild", action="store_true", help="only re-render from the committed CSVs")
+    d = sub.add_parser("diff", help="where each run's change lives (final checkpoints vs the base model)")
+    d.add_argument("--runs", default="runs/algorithms")
     args = parser.parse_args(argv)
     if args.command == "run":
         run_all(Path(args.runs), args.algorithms, args.seeds, args.phases, args.jobs, args.extra)
+    elif args.command == "diff":
+        diff_all(Path(args.runs), REPORT)
     elif args.rebuild:
         from rlhf_interp.report.rebuild import rerender
 
