@@ -88,3 +88,17 @@ def test_refusals(tiny, tuned):
         LogitAmplification(tiny, 1.0).on(tiny)
     with pytest.raises(EditError, match="finite"):
         LogitAmplification(tiny, float("inf"))
+
+
+def test_amplification_family_in_the_budget_search(tiny, tuned):
+    """equal_kl bisects s = 1 + a: s = 0 is the base model (KL 0), larger s spends more KL."""
+    from rlhf_interp.frontier import equal_kl
+    from rlhf_interp.frontier.new_methods import amplification_family
+
+    family = amplification_family(tiny)
+    assert family.make(1.0).a == 0.0 and family.make(0.0).a == -1.0
+    points, evaluations = equal_kl(tuned, family, PROMPTS, "char_count", [0.5], reference=tiny, max_new_tokens=4,
+                                   rel_tol=0.3, max_evals_per_budget=4)
+    assert len(points) == 1 and len(evaluations) >= 1
+    ordered = evaluations.sort_values("strength")
+    assert ordered.kl_exact_mean.is_monotonic_increasing or len(ordered) == 1

@@ -89,3 +89,17 @@ def test_few_shot_strength():
     assert few_shot(examples, 1, instruction="Be brief.").prefix == "Be brief.\n\nA. B.\n\n"
     with pytest.raises(EditError, match="shots"):
         few_shot(examples, 4)
+
+
+def test_prompting_family_steps_through_the_library(tiny):
+    from rlhf_interp.frontier.new_methods import closest_to_budgets, prompting_family, prompting_library
+
+    library = prompting_library()
+    family = prompting_family(library)
+    assert family.make(0).prefix == "" and family.make(2.4) is library[2] and family.make(99) is library[-1]
+    assert [e.strength for e in library] == list(range(len(library)))
+    import pandas as pd
+
+    cands = pd.DataFrame({"strength": [1, 2, 3], "kl_exact_mean": [0.4, 1.1, 3.5]})
+    picked = closest_to_budgets(cands, [1.0, 4.0])
+    assert picked.strength.tolist() == [2, 3] and picked.hit.tolist() == [True, True]
