@@ -161,7 +161,10 @@ def part_checkpoints(ctx) -> None:
                 continue
             tuned = load_model(run.checkpoints[step], device=ctx["base"].cfg.device, frozen=True)
             algorithm = run.config.get("algorithm", name.lower())
-            labels = {"method": f"{name} ({algorithm}, seed {run.config.get('seed', 0)})", "kind": "fine-tuning",
+            # kind "algorithm" for the algorithms study's runs (8 phases, one seed): not the v2 page's PPO
+            # trajectory and not its freezing study, which select kind == "fine-tuning"
+            kind = "fine-tuning" if which == "all" else "algorithm"
+            labels = {"method": f"{name} ({algorithm}, seed {run.config.get('seed', 0)})", "kind": kind,
                       "setting": f"step {step}", "step": step, "run": str(path),
                       "trajectory": which == "all", "last": step == max(run.checkpoints),
                       "freeze_layers": run.freeze_layers, "lora_r": run.lora_r}
