@@ -12,10 +12,17 @@ from typing import Sequence
 
 import pandas as pd
 
-_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-            "#17becf"]
-_SYMBOLS = ["circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star", "pentagon",
-            "hexagon"]
+from rlhf_interp.report import style as S
+
+
+def family_styles(values) -> dict:
+    """{series value: {"color", "symbol"}} from the site's fixed family marks (`rlhf_interp.report.style`), for
+    series named by method ("steer: PCA", "best-of-n", "PPO LoRA r=16" ...)."""
+    out = {}
+    for value in dict.fromkeys(values):
+        mark = S.mark_of(str(value))
+        out[value] = {"color": mark.color, "symbol": mark.plotly_symbol}
+    return out
 
 
 def _hover(df: pd.DataFrame, columns: Sequence[str]) -> tuple[list[list], str]:
@@ -64,7 +71,7 @@ def xy_chart(df: pd.DataFrame, x: str, y: str, *, series: str | None = None, err
         custom, template = _hover(group, hover_cols)
         style = styles.get(value)
         if style is None:
-            style = {"color": _PALETTE[i % 10], "symbol": _SYMBOLS[i % 10]}
+            style = S.cycle(i)
             i += 1
         fig.add_trace(go.Scatter(
             x=group[x].tolist(), y=group[y].tolist(), mode=mode,
@@ -73,9 +80,9 @@ def xy_chart(df: pd.DataFrame, x: str, y: str, *, series: str | None = None, err
             line={"color": style["color"], "width": 1.5},
             error_y={"type": "data", "array": group[error].fillna(0).tolist(), "visible": True} if error else None,
             customdata=custom, hovertemplate=template))
-    if hline is not None:
-        fig.add_hline(y=hline[0], line_dash="dot", line_color="grey", annotation_text=hline[1],
-                      annotation_position="bottom right")
+    if hline is not None:  # a reference line, dashed and dark: never mistaken for a gridline
+        fig.add_hline(y=hline[0], line_dash="dash", line_color=S.REFERENCE["baseline"]["color"], line_width=1.5,
+                      annotation_text=hline[1], annotation_position="bottom right")
     menus = []
     if log_x is not None:
         menus.append(_axis_buttons("x", log_x, len(menus)))
@@ -106,8 +113,9 @@ def facet_lines(df: pd.DataFrame, x: str, panels: Sequence[tuple[str, str]], *, 
             custom, template = _hover(group, cols)
             fig.add_trace(go.Scatter(x=group[x].tolist(), y=group[column].tolist(), mode="lines+markers",
                                      name=str(value), legendgroup=str(value), showlegend=j == 0,
-                                     marker={"color": _PALETTE[i % 10], "symbol": _SYMBOLS[i % 10], "size": 5},
-                                     line={"color": _PALETTE[i % 10], "width": 1.5},
+                                     marker={"color": S.cycle(i)["color"], "symbol": S.cycle(i)["symbol"],
+                                             "size": 5},
+                                     line={"color": S.cycle(i)["color"], "width": 1.5},
                                      customdata=custom, hovertemplate=template), row=1, col=j + 1)
             fig.update_xaxes(title_text=xlabel or x, row=1, col=j + 1, showgrid=True)
             fig.update_yaxes(title_text=panels[j][1], showgrid=True, row=1, col=j + 1)

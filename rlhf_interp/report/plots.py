@@ -81,8 +81,12 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 
 def series_style(i: int) -> dict:
-    """Colour + marker for the i-th series: tab10 and a distinct marker, so neighbours never look alike."""
-    return {"color": plt.get_cmap("tab10")(i % 10), "marker": _MARKERS[i % len(_MARKERS)]}
+    """Colour + marker for the i-th series (`rlhf_interp.report.style.cycle`: the same as the interactive charts;
+    10 colours x 7 markers, so no two of 70 series look alike)."""
+    from rlhf_interp.report.style import cycle
+
+    style = cycle(i)
+    return {"color": style["color"], "marker": style["marker"]}
 
 
 def nonneg_symlog(ax, axis: str = "y", linthresh: float = 0.1, top: float | None = None, *, linscale: float = 1.0,
