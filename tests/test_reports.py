@@ -20,7 +20,8 @@ import pytest  # noqa: E402
 
 from rlhf_interp.report import Report, read_manifest  # noqa: E402
 from rlhf_interp.report.charts import xy_chart  # noqa: E402
-from rlhf_interp.report.index import report_dirs, write_index  # noqa: E402
+from rlhf_interp.report.index import report_dirs, takeaway, write_index  # noqa: E402
+from rlhf_interp.report.tables import md_escape  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "reports"
@@ -166,18 +167,25 @@ def test_every_report_is_indexed_with_its_headline():
     for d in dirs:
         manifest = read_manifest(d)
         assert f'href="{d.name}/index.html"' in index
-        assert manifest["headline"].replace("|", "/") in readme
+        assert md_escape(takeaway(manifest)) in readme  # one line per report: its first claim
         assert re.search(r"\d", manifest["headline"]), f"{d.name}: a headline states its numbers"
         for name in manifest["files"]:
             assert (d / name).is_file(), f"{d.name}/{name} listed in report.json is missing"
 
 
-def test_index_matches_manifests(tmp_path):
-    """The committed index is exactly what write_index makes from the committed report.json files."""
+def test_index_matches_manifests(tmp_path, monkeypatch):
+    """The committed index is exactly what write_index makes from the committed report.json files (and thumbnails;
+    the data dates come from the git history of the committed directories)."""
+    import rlhf_interp.report.index as index_module
+
+    real_date = index_module.data_date
+    monkeypatch.setattr(index_module, "data_date", lambda d: real_date(REPORTS / Path(d).name))
     copy = tmp_path / "reports"
     for d in report_dirs(REPORTS):
         (copy / d.name).mkdir(parents=True)
         shutil.copy(d / "report.json", copy / d.name / "report.json")
+        if (d / "thumbnail.png").exists():
+            shutil.copy(d / "thumbnail.png", copy / d.name / "thumbnail.png")
         for csv in d.glob("*.csv"):
             (copy / d.name / csv.name).write_text("")
     write_index(copy)

@@ -18,12 +18,20 @@ import plotly.io as pio
 ASSETS_DIR = "assets"  # under the reports root: JS libraries shared by every page (one copy each)
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
-nav{font-size:14px;margin-bottom:1em}p.headline{font-size:1.1em;background:#f4f7fb;border-left:4px solid #4c72b0;padding:.6em .9em}
-table.tbl{border-collapse:collapse;font-size:13px;margin:.4em 0}table.tbl td,table.tbl th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
+nav{font-size:14px;margin-bottom:1em}p.headline{font-size:1.05em;background:#f4f7fb;border-left:4px solid #4c72b0;padding:.6em .9em}
+aside.answers{background:#f4f7fb;border-left:4px solid #4c72b0;padding:.5em 1em;margin:1em 0}aside.answers p{margin:.3em 0}
+aside.answers ul{margin:.2em 0 .4em;padding-left:1.3em}aside.answers li{margin:.15em 0}
+nav.toc{background:#fafafa;border:1px solid #e4e4e4;padding:.4em 1em;font-size:14px}nav.toc ol{margin:.3em 0;padding-left:1.4em;columns:2;column-gap:2em}nav.toc li{break-inside:avoid}
+nav.toc ul{margin:0;padding-left:1.2em;list-style:circle}nav.toc li{margin:.05em 0}
+table.tbl{border-collapse:collapse;font-size:12.5px;margin:.4em 0;max-width:100%}table.tbl td,table.tbl th{padding:3px 7px;border-bottom:1px solid #ddd;text-align:right;vertical-align:top}
+table.tbl th{overflow-wrap:normal}table.tbl .left{text-align:left}table.tbl td{overflow-wrap:anywhere}
 table.tbl td:first-child,table.tbl th:first-child{text-align:left}figure{margin:1em 0}figcaption,p.caption{font-size:14px;color:#444}
 img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}pre{background:#f6f6f6;padding:8px;overflow:auto}
-div.chart{margin:.5em 0;border:1px solid #eee}details{margin:.4em 0}footer{margin-top:3em;font-size:13px;color:#666}
-div.table-wrap{overflow-x:auto}"""
+div.chart{margin:.5em 0;border:1px solid #eee}details{margin:.4em 0}details>summary{cursor:pointer;color:#1f4e8c}
+footer{margin-top:3em;font-size:13px;color:#666}div.table-wrap{overflow-x:auto;max-width:100%}
+section.report{display:grid;grid-template-columns:220px 1fr;gap:1em;border-top:1px solid #e4e4e4;padding:.8em 0}
+section.report img.thumb{width:220px;border:1px solid #ddd}section.report h2{margin:.1em 0 .3em;font-size:1.2em}
+section.report p{margin:.25em 0}span.stage{font-size:12px;color:#666;text-transform:uppercase;letter-spacing:.04em}"""
 
 
 def markdown_to_html(text: str) -> str:

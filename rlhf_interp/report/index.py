@@ -11,6 +11,8 @@ import html
 from pathlib import Path
 
 from rlhf_interp.report import html as H
+from rlhf_interp.report import layout as L
+from rlhf_interp.report import tables as T
 from rlhf_interp.report.page import MANIFEST, _inline_md, read_manifest
 
 INTRO = ("Each report is one analysis of this project: a page (`index.html`, offline, interactive charts beside "
@@ -56,6 +58,30 @@ the caption say what is drawn (`rlhf_interp.report.plots.label`, `series_style`,
 Interactive charts: `rlhf_interp.report.charts` (Plotly; the JS is one shared file, `assets/plotly.min.js`)."""
 
 
+def takeaway(manifest: dict) -> str:
+    """One line for the index: the page's first headline claim (its sentence, with interval and n), else the
+    first sentence of its headline."""
+    from rlhf_interp.report.claims import Claim
+
+    for data in manifest.get("claims", []):
+        if data.get("headline", True):
+            return Claim.from_dict(data).sentence().strip()
+    text = manifest.get("headline", "")
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
+def data_date(report_dir: Path) -> str:
+    """The date of the last commit that changed the report's CSVs (its data), YYYY-MM-DD; "" outside git."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", "*.csv", "config.json"], cwd=report_dir, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def report_dirs(root: str | Path) -> list[Path]:
     """Report directories under ``root``: those with a ``report.json``, by name."""
     root = Path(root)
@@ -74,20 +100,33 @@ def write_index(root: str | Path) -> Path:
     if not manifests:
         raise FileNotFoundError(f"no report under {root}: no */{MANIFEST} (run an analysis or `rlhf-interp report "
                                 f"--rebuild` first).")
-    md = ["# Reports", "", INTRO, "", "| report | headline |", "| --- | --- |"]
-    body = ["<h1>Reports</h1>", H.markdown_to_html(INTRO)]
+    manifests.sort(key=lambda m: L.order_key(m["name"]))
+    md = ["# Reports", "", INTRO, "", "In the order of the work: train → diff → edit → frontier → causal → KL studies → "
+          "reward models → algorithms.", "", "| stage | report | takeaway | data of |", "| --- | --- | --- | --- |"]
+    body = ["<h1>Reports</h1>", H.markdown_to_html(INTRO),
+            "<p class=\"caption\">In the order of the work: train → diff → edit → frontier → causal → KL studies → "
+            "reward models → algorithms. Each takeaway is the page's first claim (95% interval, n); the page has "
+            "the rest.</p>"]
     for m in manifests:
         name = m["name"]
-        md.append(f"| [{m['title']}]({name}/README.md) (`{name}`) | {m['headline'].replace('|', '/')} |")
+        stage = L.WORK_ORDER.get(name, ("other", ""))[0]
+        line = takeaway(m)
+        date = data_date(root / name)
+        md.append(f"| {stage} | [{T.md_escape(m['title'])}]({name}/README.md) (`{name}`) | {T.md_escape(line)} | "
+                  f"{date} |")
         source = (f" · made by <code>{html.escape(m['source'])}</code>" if m.get("source") else "")
         csvs = sum(1 for f in (root / name).glob("*.csv"))
         href = html.escape(name)  # a directory name: escaped like every other text on the page
-        body.append(f"<section><h2 id=\"{H.slug(name)}\"><a href=\"{href}/index.html\">{html.escape(m['title'])}</a>"
-                    f"</h2><p class=\"headline\">{_inline_md(m['headline'])}</p>"
-                    f"<p class=\"caption\"><a href=\"{href}/index.html\">page</a> · "
+        thumb = (f"<a href=\"{href}/index.html\"><img class=\"thumb\" alt=\"{html.escape(m['title'])}\" "
+                 f"src=\"{href}/thumbnail.png\"></a>" if (root / name / "thumbnail.png").is_file() else "<div></div>")
+        body.append(f"<section class=\"report\" id=\"{H.slug(name)}\">{thumb}<div>"
+                    f"<span class=\"stage\">{html.escape(stage)}</span>"
+                    f"<h2><a href=\"{href}/index.html\">{html.escape(m['title'])}</a></h2>"
+                    f"<p class=\"takeaway\">{_inline_md(line)}</p>"
+                    f"<p class=\"caption\">{('data of ' + date + ' · ') if date else ''}"
+                    f"{len(m.get('claims', []))} claims · <a href=\"{href}/index.html\">page</a> · "
                     f"<a href=\"{href}/README.md\">markdown</a> · {csvs} CSV table{'s' if csvs != 1 else ''} in "
-                    f"<code>{href}/</code>"
-                    f"{source}</p></section>")
+                    f"<code>{href}/</code>{source}</p></div></section>")
     md += ["", HOW_TO_ADD, ""]
     body.append(H.markdown_to_html(HOW_TO_ADD))
     atomic_write_text(root / "README.md", "\n".join(md))

@@ -32,6 +32,7 @@ import html
 import io
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ import pandas as pd
 
 from rlhf_interp.report import claims as C
 from rlhf_interp.report import html as H
+from rlhf_interp.report import layout as L
+from rlhf_interp.report import tables as T
 
 REPORTS_ROOT = Path("reports")
 MANIFEST = "report.json"
@@ -72,6 +75,7 @@ class Report:
     config: dict[str, Any] | None = None
     blocks: list[_Block] = field(default_factory=list)
     claims: list[Any] = field(default_factory=list)  # report.claims.Claim: checked on save, in report.json
+    question: str = ""  # what the page answers (the box at its top); default: layout.WORK_ORDER's, else the title
 
     @classmethod
     def at(cls, report_dir: str | Path, title: str, **kwargs: Any) -> "Report":
@@ -109,14 +113,15 @@ class Report:
         return self
 
     def figure(self, name: str, fig, *, title: str = "", caption: str = "", chart=None,
-               chart_height: int = 460) -> "Report":
+               chart_height: int = 460, fold: str = "") -> "Report":
         """A matplotlib figure saved as ``<name>.png`` (embedded in the HTML, shown in README.md).
 
         ``chart``: an optional Plotly figure of the same data; the HTML page shows it (hover, zoom, toggle
         series) above the static image, which stays in a "static image" fold; README.md keeps the PNG.
+        ``fold``: the summary of a ``<details>`` the whole figure is folded into (detail one click away).
         """
         self.blocks.append(_Block("figure", name=_check_name(name), title=title, caption=caption, body=fig,
-                                  extra={"chart": chart, "chart_height": chart_height}))
+                                  extra={"chart": chart, "chart_height": chart_height, "fold": fold}))
         return self
 
     def circuitsvis(self, name: str, rendered, *, title: str = "", caption: str = "", page_intro: str = "",
@@ -135,7 +140,7 @@ class Report:
         """Write the page and its files into ``out_dir`` (each file atomically; other files are kept)."""
         import matplotlib.pyplot as plt
 
-        from rlhf_interp.core.io import atomic_path, atomic_write_json, atomic_write_text
+        from rlhf_interp.core.io import atomic_write_json, atomic_write_text
 
         claims = C.check_claims(self.claims)
         self.headline = C.headline(claims) if claims else self.headline  # made from the claims, never beside them
@@ -143,21 +148,26 @@ class Report:
         out.mkdir(parents=True, exist_ok=True)
         md: list[str] = [f"# {self.title}", ""]
         body: list[str] = [f"<h1>{html.escape(self.title)}</h1>"]
-        if self.headline:
-            md += [f"**{self.headline}**", ""]
-            body.append(f"<p class=\"headline\">{_inline_md(self.headline)}</p>")
-        for md_part, html_part in [C.claims_parts(claims)] if claims else []:  # every claim, in a table
-            md, body = md + [md_part, ""], body + [html_part]
+        sentences = [c.sentence().strip() for c in claims if c.headline] if claims else (
+            [self.headline] if self.headline else [])
+        box_md, box_html = L.answer_parts(self.question or L.question_for(self.name, self.title), sentences,
+                                          _inline_md)
+        md += [box_md, "", "<!-- contents -->", ""]
+        body += [box_html, "<!-- contents -->"]
         sections: list[str] = []
+        headings: list[tuple[int, str, str]] = []
         written: list[str] = []
         assets: set[str] = set()
-        ids: set[str] = set()
+        ids: set[str] = {"what-this-answers", "claims"}
+
+        thumbnail: list[bytes] = []
 
         def heading(level: int, title: str) -> None:
             anchor = _unique(H.slug(title), ids)
             md.extend([f"{'#' * level} {title}", ""])
             body.append(f"<h{level} id=\"{anchor}\">{_inline_md(title)}</h{level}>")
             sections.append(title)
+            headings.append((level, title, anchor))
 
         for block in self.blocks:
             if block.kind == "section":
@@ -165,7 +175,7 @@ class Report:
             elif block.kind == "text":
                 md += [block.body, ""]
                 sections.extend(_md_headings(block.body))
-                body.append(H.markdown_to_html(block.body))
+                body.append(L.anchor_headings(H.markdown_to_html(block.body), ids, headings, _unique))
             elif block.kind == "table":
                 if block.title:
                     heading(3, block.title)
@@ -173,7 +183,8 @@ class Report:
                 if extra["save"]:
                     _write_csv_if_changed(df, out / f"{block.name}.csv")
                     written.append(f"{block.name}.csv")
-                md_part, html_part = _table_parts(block.name, df, extra["preview"], extra["floatfmt"], block.caption)
+                md_part, html_part = T.table_parts(block.name, df, extra["preview"], extra["floatfmt"], block.caption,
+                                                    _inline_md)
                 md += [md_part, ""]
                 body.append(html_part)
             elif block.kind == "figure":
@@ -184,27 +195,33 @@ class Report:
                 block.body.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
                 plt.close(block.body)
                 data = buffer.getvalue()
-                if not png.exists() or png.read_bytes() != data:
-                    with atomic_path(png) as tmp:
-                        tmp.write_bytes(data)
+                L.write_if_changed(png, data)
                 written.append(png.name)
                 caption = block.caption
+                if not thumbnail:
+                    thumbnail.append(L.thumbnail(data))
+                chart = block.extra["chart"]
+                if chart is not None:  # the key of marks is made from the chart; a caption promising more is flagged
+                    for problem in L.caption_problems(caption, chart):
+                        warnings.warn(f"{self.name}/{block.name}: {problem}", stacklevel=2)
+                    key = L.chart_key(chart)
+                    caption = f"{caption} {key}".strip() if key else caption
                 md += [f"![{block.name}]({block.name}.png)", ""] + ([f"*{caption}*", ""] if caption else [])
                 img = (f"<img alt=\"{html.escape(block.title or block.name)}\" "
                        f"src=\"data:image/png;base64,{base64.b64encode(data).decode()}\">")
-                chart = block.extra["chart"]
+                figcaption = f"<figcaption>{_inline_md(caption)}</figcaption>" if caption else ""
                 if chart is not None:
                     assets.add(H.ensure_asset(self.root, "plotly.min.js"))
                     md += ["(Interactive version on `index.html`.)", ""]
-                    body.append("<figure>" + H.plotly_snippet(chart, f"chart-{block.name}",
-                                                              height=block.extra["chart_height"])
-                                + f"<details><summary>static image ({block.name}.png)</summary>{img}</details>"
-                                + (f"<figcaption>{_inline_md(caption)}</figcaption>" if caption else "")
-                                + "</figure>")
+                    shown = ("<figure>" + H.plotly_snippet(chart, f"chart-{block.name}",
+                                                          height=block.extra["chart_height"])
+                             + f"<details><summary>static image ({block.name}.png)</summary>{img}</details>"
+                             + figcaption + "</figure>")
                 else:
-                    body.append(f"<figure>{img}"
-                                + (f"<figcaption>{_inline_md(caption)}</figcaption>" if caption else "")
-                                + "</figure>")
+                    shown = f"<figure>{img}{figcaption}</figure>"
+                fold = block.extra.get("fold")
+                body.append(f"<details class=\"figure\"><summary>{_inline_md(fold)}</summary>{shown}</details>"
+                            if fold else shown)
             elif block.kind == "circuitsvis":
                 assets.add(H.ensure_asset(self.root, "circuitsvis.js"))
                 parts = []
@@ -221,6 +238,18 @@ class Report:
                 body.append(f"<p>Same view on its own page: <a href=\"{block.name}.html\">{block.name}.html</a></p>")
                 atomic_write_text(out / f"{block.name}.html", self._view_page(block, parts))
                 written.append(f"{block.name}.html")
+        if claims:  # every claim with its interval and n, one click away
+            claims_md, claims_html = C.claims_parts(claims)
+            heading(2, "Claims")
+            md += [claims_md, ""]
+            body.append(f"<details class=\"claims\"><summary>Every claim on this page ({len(claims)}) with its 95% "
+                        f"interval, n and verdict</summary>{claims_html}</details>")
+        toc_md, toc_html = L.toc_parts(headings, _inline_md)
+        md[md.index("<!-- contents -->")] = toc_md
+        body[body.index("<!-- contents -->")] = toc_html
+        if thumbnail:
+            L.write_if_changed(out / "thumbnail.png", thumbnail[0])
+            written.append("thumbnail.png")
         footer = (f"<footer>Every number on this page is in the CSV files beside it. Rebuild: "
                   f"<code>rlhf-interp report --rebuild --only {html.escape(self.name)}</code>"
                   + (f" (renders <code>{html.escape(self._source())}</code>)" if self._source() else "")
@@ -364,37 +393,3 @@ def _write_csv_if_changed(df: pd.DataFrame, path: Path) -> None:
         return
     atomic_write_text(path, text)
 
-
-def _cell(value: Any, floatfmt: str) -> Any:
-    if isinstance(value, float):
-        if value != value:  # NaN: an empty cell, not "nan"
-            return ""
-        if value.is_integer() and abs(value) < 1e15 and floatfmt.endswith("g"):
-            return str(int(value))
-        return format(value, floatfmt)
-    return value
-
-
-def _table_parts(name: str, df: pd.DataFrame, preview: pd.DataFrame | None, floatfmt: str, caption: str
-                 ) -> tuple[str, str]:
-    """(markdown, html) of a table block: caption, preview (never empty), link to the whole CSV."""
-    size = f"{len(df)} rows × {len(df.columns)} columns"
-    link_md = f"[`{name}.csv`]({name}.csv)"
-    link_html = f"<a href=\"{name}.csv\"><code>{name}.csv</code></a>"
-    md, out = [], []
-    if caption:
-        md.append(caption)
-        out.append(f"<p class=\"caption\">{_inline_md(caption)}</p>")
-    if preview is not None and len(preview) and len(preview.columns):
-        shown = preview.apply(lambda col: col.map(lambda v: _cell(v, floatfmt)))
-        align = ["right" if pd.api.types.is_numeric_dtype(preview[c]) else "left" for c in preview.columns]
-        md.append(shown.to_markdown(index=False, disable_numparse=True, colalign=align))
-        out.append("<div class=\"table-wrap\">" + shown.to_html(index=False, border=0, classes="tbl", na_rep="")
-                   + "</div>")
-        whole = "shown whole" if len(preview) == len(df) else f"{len(preview)} shown"
-        md.append(f"*{size} ({whole}) in {link_md}.*")
-        out.append(f"<p class=\"caption\"><i>{size} ({whole}) in {link_html}.</i></p>")
-    else:
-        md.append(f"*Not shown here: {size} in {link_md}.*")
-        out.append(f"<p class=\"caption\"><i>Not shown here: {size} in {link_html}.</i></p>")
-    return "\n\n".join(md), "\n".join(out)
