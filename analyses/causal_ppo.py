@@ -20,11 +20,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
-from matplotlib.ticker import MaxNLocator
 
 from rlhf_interp import load_model, load_prompts
 from rlhf_interp.checkpoints import list_checkpoints
@@ -38,6 +35,7 @@ from rlhf_interp.patching import (
     undo_rlhf,
     weight_patching,
 )
+from rlhf_interp.patching.figures import figure_attribution, figure_patching, figure_trajectory, figure_weights
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 
 NAME = "causal_ppo"
@@ -231,85 +229,6 @@ def undo_findings(undo: pd.DataFrame) -> list[str]:
     return lines
 
 
-def figure_patching(act: pd.DataFrame):
-    directions = list(act["direction"].unique())
-    components = [c for c in ("hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
-                  if c in set(act["component"])]
-    fig, axes = plt.subplots(len(directions), 1, figsize=(11, 1.2 + 0.55 * len(components) * len(directions) + 0.8),
-                             squeeze=False)
-    for ax, direction in zip(axes[:, 0], directions):
-        sub = act[(act["direction"] == direction) & act["component"].isin(components)]
-        grid = sub.pivot_table(index="component", columns="layer", values="fraction_recovered").reindex(components)
-        im = ax.imshow(grid.values, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_yticks(range(len(components)), components)
-        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=7)
-        ax.set_title(f"{direction}: fraction of the KL recovered by one patch", fontsize=10)
-        fig.colorbar(im, ax=ax, fraction=0.025)
-    axes[-1, 0].set_xlabel("layer")
-    fig.tight_layout()
-    return fig
-
-
-def figure_attribution(parts: pd.DataFrame):
-    directions = list(parts["direction"].unique())
-    fig, axes = plt.subplots(1, len(directions), figsize=(6 * len(directions), 3.6), squeeze=False, sharey=True)
-    for ax, direction in zip(axes[0], directions):
-        sub = parts[parts["direction"] == direction]
-        for offset, (component, color) in enumerate((("embed", "grey"), ("attn", "tab:blue"), ("mlp", "tab:orange"),
-                                                     ("block", "tab:green"), ("unembed", "black"))):
-            rows = sub[sub["component"] == component]
-            if len(rows):
-                ax.bar(rows["layer"] + (0.2 if component == "mlp" else -0.2 if component == "attn" else 0),
-                       rows["increment"], width=0.4, color=color, label=component)
-        ax.axhline(0, color="k", lw=0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{direction}: additive attribution (sums to 1)", fontsize=10)
-        ax.set_xlabel("layer (-1 = embedding, n = ln_final + unembed)")
-        ax.legend(fontsize=8)
-    axes[0, 0].set_ylabel("share of the KL recovered")
-    fig.tight_layout()
-    return fig
-
-
-def figure_weights(weights: pd.DataFrame, act: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    w = weights[weights["direction"] == "into_base"]
-    for component, style in (("attn", "tab:blue"), ("mlp", "tab:orange"), ("block", "tab:green")):
-        rows = w[w["component"] == component]
-        ax.plot(rows["layer"], rows["fraction_recovered"], marker="o", ms=3, color=style, label=f"weights: {component}")
-    a = act[act["direction"] == "into_base"]
-    for component, style in (("hook_attn_out", "tab:blue"), ("hook_mlp_out", "tab:orange")):
-        rows = a[a["component"] == component]
-        ax.plot(rows["layer"], rows["fraction_recovered"], ls=":", color=style, label=f"activation: {component}")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("fraction of KL(base||tuned) recovered")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def figure_trajectory(parts: pd.DataFrame, traj: pd.DataFrame):
-    blocks = parts[parts["component"] == "block"]
-    inc = blocks.pivot_table(index="step", columns="layer", values="increment")
-    resid = traj[traj["component"] == "hook_resid_post"].pivot_table(index="step", columns="layer",
-                                                                      values="fraction_recovered")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.9 + 0.45 * len(inc)), squeeze=False)
-    for ax, grid, title, cmap, lim in ((axes[0, 0], inc, "increment per layer (block)", "RdBu_r", None),
-                                       (axes[0, 1], resid, "fraction recovered by tuned's hook_resid_post", "viridis",
-                                        (0, 1))):
-        vmax = lim[1] if lim else max(float(np.nanmax(np.abs(grid.values))), 1e-9)
-        im = ax.imshow(grid.values, aspect="auto", cmap=cmap, vmin=lim[0] if lim else -vmax, vmax=vmax)
-        ax.set_yticks(range(len(grid)), [str(s) for s in grid.index])
-        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=7)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("checkpoint step")
-        ax.set_title(title, fontsize=10)
-        fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    return fig
-
-
 def causal_claims(tables: dict[str, pd.DataFrame], config: dict) -> list:
     """The page's claims. Patching fractions have no interval (they were measured on a few fixed texts and no
     per-text values were stored), so where the change lives is stated as not yet measured; the sampled rewards
@@ -393,9 +312,12 @@ def render(report_dir: str | Path) -> Report:
                 "`hook_resid_mid` is the residual after attention, patched as `hook_resid_pre` + `hook_attn_out` "
                 "(in TransformerLens 4's bridge `hook_resid_mid` is the MLP input only, and replacing it would "
                 "leave the skip connection unpatched). The layer-0 `hook_resid_pre` row is the embedding.")
+    zero = sorted(int(layer) for layer, g in act.groupby("layer") if (g["fraction_recovered"].fillna(0) == 0).all())
+    zero_note = f"; 0 at layers {zero[0]}-{zero[-1]}, where no patch changes anything" if zero else ""
     report.figure("patching_heatmap", figure_patching(act), title="Fraction of the KL recovered, per layer and component",
-                  caption="Each cell: one patch, `fraction_recovered` of `activation_patching.csv` (red: towards the "
-                          "donor; blue: away from it).")
+                  caption=f"Each cell: one patch, `fraction_recovered` of `activation_patching.csv` (1: the patch "
+                          "recovers all of the KL to the donor). The colour scale runs over the values' own range "
+                          f"(sequential when no value is negative beyond a tenth of the maximum; diverging around 0 otherwise{zero_note}).")
     report.table("top_patches", act[act["component"].isin(SUBLAYERS)].sort_values("fraction_recovered", ascending=False)
                  .groupby("direction").head(8), title="Strongest sublayer patches per direction",
                  caption="The 8 sublayer-output patches with the largest fraction recovered, per direction.")

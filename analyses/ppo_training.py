@@ -30,8 +30,8 @@ from rlhf_interp.core.kl import upgrade_kl_name
 from rlhf_interp.measure import distinct_n
 from rlhf_interp.measure.behaviour import collapse_onset
 from rlhf_interp.report import Report, read_config, read_table, write_tables
-from rlhf_interp.report.charts import facet_lines
-from rlhf_interp.report.plots import nonneg_symlog, series_style
+from rlhf_interp.report.panels import Line, Panel, to_matplotlib, to_plotly
+from rlhf_interp.report.style import cycle
 
 NAME = "ppo_periods"
 BATCH = 16  # samples per phase (configs/periods.yaml batch_size; every run here)
@@ -109,53 +109,48 @@ def summary_table(metrics: pd.DataFrame, window: int = END_WINDOW) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def curves_figure(metrics: pd.DataFrame):
-    """Reward gets one panel per run (each on its own axis, so a collapsed run's 60 periods do not flatten the
-    penalised run's rise); KL (symlog), entropy and the KL coefficient share panels."""
+def curve_panels(metrics: pd.DataFrame, diversity: pd.DataFrame) -> list[Panel]:
+    """The training curves as a 2 x 3 grid (one spec for the PNG and the interactive chart): reward of the
+    penalised runs, reward of the KL-0 run on its own axis (its ~60 periods would flatten the main result to a
+    line near zero), KL per token (log axis, dashed budget), entropy, the KL coefficient, and distinct-2 of the
+    logged samples (points only: a run logged at two phases is two points, not a line)."""
     runs = list(dict.fromkeys(metrics["run"]))
-    n = len(runs) + 3
-    fig, axes = plt.subplots(1, n, figsize=(3.9 * n, 3.9))
-    style = {run: series_style(i) for i, run in enumerate(runs)}
-    for ax, run in zip(axes, runs):
-        g = metrics[metrics["run"] == run].sort_values("phase")
-        ax.plot(g["phase"], g["reward_mean"], lw=1.0, markersize=2.5, alpha=0.6, **style[run], label="per phase")
-        ax.plot(g["phase"], g["reward_mean"].rolling(5, min_periods=1).mean(), color="k", lw=1.6,
-                label="mean of last 5 phases")
-        ax.set_ylim(0, max(float(g["reward_mean"].max()) * 1.12, 1.0))
-        ax.set_title(f"reward: {run.split(' (')[0]}", fontsize=10)
-        ax.set_ylabel("mean reward (periods per 24-token sample)")
-        ax.legend(fontsize=7, loc="upper left")
-    panels = [("kl_pi_ref_per_token", "exact KL(π ‖ ref) per token (nats)"),
-              ("entropy", "policy entropy per token (nats)"), ("kl_coef", "KL coefficient β")]
-    for ax, (column, ylabel) in zip(axes[len(runs):], panels):
-        for run in runs:
+    style = {run: cycle(i) for i, run in enumerate(runs)}
+    free = [r for r in runs if "coef 0," in r]
+
+    def lines(column, which, rolling=False, positive=False):
+        out = []
+        for run in which:
             g = metrics[metrics["run"] == run].sort_values("phase")
-            ax.plot(g["phase"], g[column], lw=1.3, markersize=2.5, label=run.split(" (")[0], **style[run])
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(bottom=0, top=max(float(metrics[column].max()) * 1.12, 1e-3))
-        ax.legend(fontsize=7)
-    kl_ax = axes[len(runs)]
-    nonneg_symlog(kl_ax, "y", linthresh=0.01, top=float(metrics["kl_pi_ref_per_token"].max()) * 1.6)
-    kl_ax.axhline(KL_BUDGET, color="grey", ls="--", lw=0.8)
-    kl_ax.text(1, KL_BUDGET * 1.15, f"{KL_BUDGET} nats/token budget", fontsize=7, color="grey")
-    for ax in axes:
-        ax.set_xlabel("PPO phase")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+            g = g[g[column] > 0] if positive else g
+            st = style[run]
+            out.append(Line(_short(run), g["phase"].tolist(), g[column].tolist(), st["color"], st["marker"],
+                            st["symbol"], width=0.8 if rolling else 1.5, size=2.5, alpha=0.45 if rolling else 1.0,
+                            legend=not rolling))
+            if rolling:
+                out.append(Line(f"{_short(run)}: rolling mean (5 phases)", g["phase"].tolist(),
+                                g[column].rolling(5, min_periods=1).mean().tolist(), st["color"], mode="lines",
+                                width=2.6))
+        return out
 
-
-def diversity_figure(diversity: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, (run, g) in enumerate(diversity.groupby("run", sort=False)):
-        ax.plot(g["phase"], g["distinct_2"], lw=1.4, label=run.split(" (")[0], **series_style(i))
-    ax.set_xlabel("PPO phase (logged phases only)")
-    ax.set_ylabel("distinct-2 over token ids (0-1)")
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    kl = _kl_column(metrics)
+    reward_label = "mean reward (periods per 24-token sample)"
+    panels = [Panel("Reward, penalised runs", "PPO phase", reward_label,
+                    lines(reward := "reward_mean", [r for r in runs if r not in free], rolling=True), ylim=(0, None)),
+              Panel("Reward, KL coefficient 0 (its own axis)", "PPO phase", reward_label,
+                    lines(reward, free, rolling=True), ylim=(0, None)),
+              Panel("Exact KL(π‖ref) per token (log axis)", "PPO phase", "nats per token", lines(kl, runs, positive=True),
+                    log_y=True, hlines=[(KL_BUDGET, f"budget {KL_BUDGET} nats/token")]),
+              Panel("Policy entropy per token", "PPO phase", "nats per token", lines("entropy", runs), ylim=(0, None)),
+              Panel("KL coefficient β", "PPO phase", "β", lines("kl_coef", runs), ylim=(0, None))]
+    div = []
+    for run, g in diversity.groupby("run", sort=False):
+        st = style.get(run, cycle(len(style)))
+        div.append(Line(_short(run), g["phase"].tolist(), g["distinct_2"].tolist(), st["color"], st["marker"],
+                        st["symbol"], mode="markers" if len(g) <= 2 else "lines+markers", size=6))
+    panels.append(Panel("distinct-2 of logged samples (points: logged phases)", "PPO phase",
+                        "distinct-2 over token ids (0-1)", div, ylim=(0, 1.05)))
+    return panels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,19 +286,16 @@ def render(report_dir: Path) -> Report:
         "estimator and placement). Reward = number of `.` in the 24-token continuation, 16 samples per phase. "
         "KL is the exact KL(π ‖ ref) summed over the vocabulary, averaged over generated tokens.")
     report.section("Training curves")
-    first_seen = metrics.groupby("run", sort=False).head(1)
+    panels = curve_panels(metrics, diversity)
+    logged = diversity.groupby("run")["phase"].apply(lambda p: ", ".join(map(str, sorted(p))))
     report.figure(
-        "curves", curves_figure(metrics),
-        caption=("Left: mean reward per phase for each run on its own y axis (thin: each phase; black: mean of the "
-                 "last 5 phases). Then, shared by the runs: exact KL(π ‖ ref) per token (symlog axis, linear below "
-                 f"0.01; dashed: the {KL_BUDGET} nats/token budget), policy entropy per token, and the KL "
-                 f"coefficient (phase 1: {', '.join(f'{v:g}' for v in first_seen['kl_coef'])})."),
-        chart=facet_lines(metrics, "phase", [("reward_mean", "mean reward (periods per sample)"),
-                                             (_kl_column(metrics), "KL(π ‖ ref) per token (nats)"),
-                                             ("entropy", "entropy per token (nats)"), ("kl_coef", "KL coefficient")],
-                          series="run", hover=["seconds"], xlabel="PPO phase",
-                          title="Training curves (click a run in the legend to hide it)"),
-        chart_height=430)
+        "curves", to_matplotlib(panels), chart=to_plotly(panels), chart_height=760,
+        caption=("Six panels. Top row: mean reward per phase (thin; thick: rolling mean of 5 phases) of the "
+                 "penalised runs, and of the KL-0 run on its own axis (it reaches ~60 periods and would flatten the "
+                 f"others); exact KL(π ‖ ref) per token on a log axis (dashed: the {KL_BUDGET} nats/token budget; "
+                 "phases with KL 0 are not drawn on it). Bottom row: policy entropy, the KL coefficient, and distinct-2 "
+                 "of the logged samples, drawn as points only at the phases that were logged ("
+                 + "; ".join(f"{_short(r)}: {p}" for r, p in logged.items()) + ")."))
     report.table("summary", summary, title="Start and end of each run",
                  caption=(f"`reward_end`, `kl_per_token_end`, `entropy_end`: means over the last {END_WINDOW} phases "
                           "(`end_phases`); `_start`: phase 1. Seconds per phase on a shared 2-core CPU (median, "
@@ -318,10 +310,12 @@ def render(report_dir: Path) -> Report:
         report.text(f"`samples.csv` holds {'/'.join(map(str, sizes))} completions per run at its first and last logged "
                     "phase only (the runs' full `samples.jsonl` logs were not kept), so this is a before/after "
                     "comparison; re-running `--runs` on the run directories gives every logged phase.")
-    report.figure("diversity", diversity_figure(diversity),
+    report.figure("diversity", to_matplotlib(panels[-1:], cols=1, panel_size=(6.5, 4)),
+                  chart=to_plotly(panels[-1:], cols=1, height_per_row=380),
                   caption=(f"distinct-2 over token ids of the logged completions per run and phase "
                            f"({'/'.join(map(str, sizes))} samples per point; `diversity.csv` has distinct-1 and the "
-                           f"share of distinct completions too)."))
+                           f"share of distinct completions too). A run logged at two phases is two points: nothing "
+                           f"is known between them."))
     report.table("diversity", diversity, title="Diversity of logged samples")
     report.section("Samples")
     firsts_lasts = samples[samples.groupby("run")["phase"].transform(lambda p: p.isin([p.min(), p.max()]))]

@@ -34,8 +34,9 @@ from rlhf_interp.edits import NoEdit, Steering, mean_difference, residual_norms
 from rlhf_interp.measure import LogitsCache, sweep
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.rebuild import rerender
-from rlhf_interp.report.charts import xy_chart
-from rlhf_interp.report.plots import plot_steering_sweep, plot_sweep_curves
+from rlhf_interp.report.panels import Line, Panel, to_matplotlib, to_plotly
+from rlhf_interp.report.plots import plot_sweep_curves
+from rlhf_interp.report.style import cycle
 
 NAME = "steering_sweep"
 SWEEP_COLUMNS = ["layer", "coef", "n_sequences", "reward_mean", "reward_stderr", "kl_exact_mean", "kl_exact_stderr",
@@ -262,6 +263,27 @@ def sweep_claims(table: pd.DataFrame, seqs: pd.DataFrame, baseline: pd.Series, s
     return out
 
 
+def sweep_panels(table: pd.DataFrame, baseline: pd.Series) -> list[Panel]:
+    """KL vs coefficient, periods vs coefficient and periods vs KL, one line per layer (the PNG and the interactive
+    chart are drawn from these panels); the unsteered setting is a dashed reference line."""
+    steered = table[table.coef > 0]
+    lines = {key: [] for key in ("kl", "reward", "frontier")}
+    for i, (layer, g) in enumerate(steered.groupby("layer")):
+        st, g = cycle(i), g.sort_values("coef")
+        for key, x, y, err in (("kl", "coef", "kl_exact_mean", "kl_exact_stderr"),
+                               ("reward", "coef", "reward_mean", "reward_stderr"),
+                               ("frontier", "kl_exact_mean", "reward_mean", "reward_stderr")):
+            lines[key].append(Line(f"layer {layer}", g[x].tolist(), g[y].tolist(), st["color"], st["marker"],
+                                   st["symbol"], yerr=g[err].fillna(0).tolist()))
+    unsteered = [(float(baseline.reward_mean), "unsteered (coefficient 0)")]
+    kl_label = "KL(steered ‖ unsteered) per sequence (nats)"
+    return [Panel("KL cost by coefficient", "steering coefficient", kl_label, lines["kl"], log_y=True, log_x=True),
+            Panel("periods by coefficient", "steering coefficient", "periods per continuation", lines["reward"],
+                  log_x=True, hlines=unsteered),
+            Panel("periods against KL (coefficient rising)", kl_label, "periods per continuation", lines["frontier"],
+                  log_x=True, hlines=unsteered)]
+
+
 def render(report_dir: Path) -> Report:
     """The page from ``sweep.csv``, ``vector_norms.csv``, ``sequences.csv`` and ``config.json`` (no model)."""
     report_dir = Path(report_dir)
@@ -297,19 +319,14 @@ shared 2-core CPU; whole run {seconds / 60:.1f} min.
 """)
     report.section("Would a later layer make a smaller change?", answer(table, layers, baseline))
     report.section("KL and reward by layer and coefficient")
-    fig = plot_steering_sweep(table, reward_label="periods")
-    chart = xy_chart(table[table.coef > 0], "kl_exact_mean", "reward_mean", series="layer", error="reward_stderr",
-                     hover=["coef", "kl_exact_stderr", "push_over_resid", "distinct_2"], series_label="layer ",
-                     xlabel="KL(steered ‖ unsteered) per sequence (nats)", ylabel="periods per continuation",
-                     title="Periods against KL, one line per layer (coefficient rising along each line)", log_x=True,
-                     hline=(float(baseline.reward_mean), f"unsteered: {baseline.reward_mean:.2f} periods at 0 nats"))
-    report.figure("sweep", fig, chart=chart, caption=(
-        "Left: KL per sequence against the coefficient (symlog axis: linear below 0.1 nats, so coefficient 0 at "
-        "exactly 0 is drawn; no negative half). Middle: periods per continuation against the coefficient. Right: "
-        "periods against KL, one line per layer, coefficient rising along each line (symlog KL axis). Error bars: "
-        f"one standard error over the {args.n_prompts} sequences. The interactive chart shows the right panel "
-        "(hover for coefficient and standard errors; log KL axis, so the unsteered setting at 0 nats is the dotted "
-        "line)."))
+    panels = sweep_panels(table, baseline)
+    report.figure("sweep", to_matplotlib(panels, cols=3, panel_size=(5.2, 4.0)), chart=to_plotly(panels, cols=3),
+                  chart_height=460, caption=(
+        "Left: KL per sequence against the coefficient (log axes; coefficient 0 has KL 0 and is not on them). "
+        "Middle: periods per continuation against the coefficient (log coefficient axis; dashed: unsteered). "
+        "Right: periods against KL, one line per layer, coefficient rising along each line (log KL axis; dashed: "
+        f"the unsteered {baseline.reward_mean:.2f} periods at 0 nats). Error bars: one standard error over the "
+        f"{args.n_prompts} sequences. Hover a point for its value."))
     fig = plot_sweep_curves(table[table.coef > 0], "kl_exact_mean", x="push_over_resid", err="kl_exact_stderr",
                             title="KL per sequence vs size of the push relative to the residual stream",
                             ylabel="KL(steered ‖ unsteered) per sequence (nats)")
