@@ -12,7 +12,9 @@ reward it buys? And for a trained policy: which of the reference's behaviours di
 - `behaviour`: the rate of a regex-defined behaviour X, a reward for its absence, token-id distinct-n, collapse onset;
 - `coverage`: the reference's own samples scored under a policy (lost modes, sequence-level KL(ref || pi));
 - `kl_estimator_audit`: k1/k2/k3 against the exact per-token KL, binned by the true KL, and per-sequence sums;
-- `matched_runs`: training runs read at a common KL (or reward) level.
+- `matched_runs`: training runs read at a common KL (or reward) level;
+- `kl_study`, `kl_study_runs`, `kl_study_tables`: the KL-direction study (settings and run names, the base step,
+  evaluations and training a run with a trainer handed in, per-prompt tables with intervals and paired comparisons).
 
 Column conventions: ``kl_pi_ref`` = KL(edited || reference), ``kl_ref_pi`` = KL(reference || edited),
 in nats. All KL and entropy arithmetic is `rlhf_interp.core.kl`'s.

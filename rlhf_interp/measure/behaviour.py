@@ -80,6 +80,9 @@ CANDIDATES: dict[str, Behaviour] = {b.name: b for b in [
     Behaviour("dash", r"-|\u2014|\u2013", "a hyphen or dash"),
     Behaviour("word_he_she", r"\b(?:[Hh]e|[Ss]he)\b", "the word 'he' or 'she'"),
     Behaviour("period", r"\.", "a period"),
+    # common in any text (never picked by the 10-30% rule on real models); on the tiny random model it is the one
+    # behaviour frequent enough to give PPO a reward signal, which the study's tests need
+    Behaviour("capital", r"[A-Z]", "a capital letter"),
 ]}
 
 

@@ -1,0 +1,163 @@
+"""The KL-direction study's claims, from its CSVs alone (``per_prompt.csv``, ``levels.csv``, ``comparisons.csv``).
+
+Why a module: the page, the index and the README state these sentences; the tests check them on the tiny study.
+Every number is a field of a `Claim` with its 95% interval and n (prompts x samples per prompt, seeds):
+
+- the base model's rate of X: Wilson interval over its samples (prompt clustering not included: noted);
+- each penalty's X rate, reward and coverage (share of the reference's samples made 10x / 100x less likely) at the
+  end of training and at equal KL(pi||ref): t over the seeds' means of per-prompt values (`levels_and_comparisons`);
+- each penalty against pi_ref and against none, paired by seed and prompt, with its verdict (decided, or the largest
+  difference not ruled out);
+- issue 29's question: does the sequence-level KL(ref||pi) keep >= 95% of the reference's samples within 10x
+  likelihood where the per-token reward placement keeps fewer?
+
+A penalty or comparison without finished runs is a ``not_measured`` claim naming how many runs finished.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from rlhf_interp.core.stats import Interval, proportion_interval
+from rlhf_interp.measure.kl_study import PENALTIES
+from rlhf_interp.report.claims import NOT_MEASURED, Claim
+
+METRIC_WORDS = {"x_rate": ("X's rate", ".1%"), "reward": ("reward (−count of X per continuation)", ".3f"),
+                "lost_10x": ("share of the reference's samples made {tenfold}× less likely", ".1%"),
+                "lost_100x": ("share of the reference's samples made {hundredfold}× less likely", ".1%"),
+                "kept_10x": ("share of the reference's samples kept within {tenfold}× likelihood", ".1%")}
+AT_WORDS = {"end": "at the end of training", "equal_kl": "at equal KL(π‖ref) per token = {level:.3g} nats"}
+FACTORS = {"tenfold": 10, "hundredfold": 100}
+HEADLINE_VS_PI_REF = ("ref_pi_reward", "ref_pi_loss", "ref_pi_seq", "none")
+
+
+def _n(prompts: int, per_prompt: int, seeds: int | None = None) -> dict[str, int]:
+    n = {"prompts": int(prompts), "samples_per_prompt": int(per_prompt)}
+    return {**n, "seeds": int(seeds)} if seeds is not None else n
+
+
+def _words(metric: str) -> tuple[str, str]:
+    words, fmt = METRIC_WORDS[metric]
+    return words, fmt
+
+
+def base_claim(per_prompt: pd.DataFrame, description: str) -> Claim:
+    """X's rate in the base model's evaluation samples, Wilson interval."""
+    base = per_prompt[(per_prompt["penalty"] == "base") & (per_prompt["at"] == "end")]
+    k = int(round(float((base["x_rate"] * base["n_samples"]).sum())))
+    total = int(base["n_samples"].sum())
+    iv = proportion_interval(k, total, n=_n(base["prompt_idx"].nunique(), base["n_samples"].min()))
+    return Claim.estimate("base_x_rate", "The base model shows X ({x}) in {value} {ci} of its evaluation samples "
+                          "({n}; Wilson).", iv, fmt=".1%", params={"x": description},
+                          note="Wilson over samples: the clustering of samples within prompts is not included")
+
+
+def level_claims(levels: pd.DataFrame, matched_level: float | None) -> list[Claim]:
+    """Each penalty's value of each metric at the end and at equal KL (not in the headline)."""
+    out = []
+    for at in ("end", "equal_kl"):
+        for penalty in PENALTIES:
+            rows = levels[(levels["at"] == at) & (levels["penalty"] == penalty)]
+            where = AT_WORDS[at]
+            if rows.empty:
+                out.append(Claim.not_measured(f"{at}_{penalty}", f"{penalty} {where.split(' =')[0]}: {NOT_MEASURED} "
+                                              "(no finished run reached it).", headline=False))
+                continue
+            for metric in ("x_rate", "reward", "lost_10x", "lost_100x"):
+                r = rows[rows["metric"] == metric].iloc[0]
+                words, fmt = _words(metric)
+                iv = Interval(r["value"], r["low"], r["high"], method=r["method"],
+                              n=_n(r["prompts"], r["per_prompt"], r["seeds"]), note=str(r["note"] or ""))
+                if not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+                    out.append(Claim.not_measured(f"{at}_{penalty}_{metric}", f"{penalty}'s {words} {where}: "
+                                                  f"{NOT_MEASURED} (too few units for an interval).",
+                                                  params={**FACTORS, "level": matched_level or 0.0}, headline=False))
+                    continue
+                out.append(Claim.estimate(f"{at}_{penalty}_{metric}", f"{penalty}'s {words} {where}: {{value}} "
+                                          "{ci} ({n}).", iv, fmt=fmt, headline=False,
+                                          params={**FACTORS, "level": matched_level or 0.0}))
+    return out
+
+
+def comparison_claims(comparisons: pd.DataFrame, matched_level: float | None) -> list[Claim]:
+    """Every penalty against pi_ref and against none (and ref_pi_seq against ref_pi_reward on coverage)."""
+    out = []
+    for _, r in comparisons.iterrows():
+        words, fmt = _words(r["metric"])
+        fmt = ".1%" if fmt == ".1%" else ".3f"
+        iv = Interval(r["difference"], r["low"], r["high"], method=r["method"],
+                      n=_n(r["prompts"], r["per_prompt"], r["seeds"]),
+                      note=str(r["note"] if isinstance(r["note"], str) else ""))
+        cid = f"{r['at']}_{r['metric']}_{r['a']}_vs_{r['b']}"
+        where = AT_WORDS[r["at"]]
+        headline = r["at"] == "end" and r["metric"] == "x_rate" and r["b"] == "pi_ref" and r["a"] in HEADLINE_VS_PI_REF
+        if not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+            out.append(Claim.not_measured(cid, f"{r['a']} − {r['b']} in {words} {where}: {NOT_MEASURED} (too few "
+                                          "units for an interval).", params={**FACTORS, "level": matched_level or 0.0},
+                                          headline=False))
+            continue
+        text = (f"{r['a']} − {r['b']} in {words} {where}: {{value}} {{ci}} ({{n}}, paired by seed and prompt); "
+                "{verdict}.")
+        out.append(Claim.compare(cid, text, iv, r["a"], r["b"], fmt=fmt, headline=bool(headline),
+                                 params={**FACTORS, "level": matched_level or 0.0}))
+    return out
+
+
+def coverage_question(levels: pd.DataFrame, comparisons: pd.DataFrame, finished: int, planned: int,
+                      threshold: float = 0.95) -> Claim:
+    """Issue 29: does ref_pi_seq keep >= ``threshold`` of the reference's samples within 10x likelihood where
+    ref_pi_reward keeps fewer? Both levels with intervals, their paired difference and its verdict."""
+    end = levels[(levels["at"] == "end") & (levels["metric"] == "kept_10x")].set_index("penalty")
+    key = comparisons[(comparisons["at"] == "end") & (comparisons["metric"] == "kept_10x")
+                      & (comparisons["a"] == "ref_pi_seq") & (comparisons["b"] == "ref_pi_reward")]
+    if key.empty or not {"ref_pi_seq", "ref_pi_reward"} <= set(end.index) or not (
+            math.isfinite(key["low"].iloc[0]) and math.isfinite(key["high"].iloc[0])):
+        return Claim.not_measured(
+            "seq_keeps_reference_samples",
+            "Whether the sequence-level KL(ref‖π) (ref_pi_seq) keeps at least {threshold:.0%} of the reference's "
+            f"samples within {{tenfold}}× likelihood where the per-token reward placement (ref_pi_reward) keeps "
+            f"fewer: {NOT_MEASURED} ({{finished}} of {{planned}} runs finished).",
+            params={"threshold": threshold, "tenfold": 10, "finished": finished, "planned": planned})
+    s, w, r = end.loc["ref_pi_seq"], end.loc["ref_pi_reward"], key.iloc[0]
+    if s["low"] >= threshold:
+        met = "its whole interval is at or above the mark"
+    elif s["high"] < threshold:
+        met = "its whole interval is below the mark"
+    else:
+        met = "its interval straddles the mark (not decided)"
+    iv = Interval(r["difference"], r["low"], r["high"], method=r["method"],
+                  n=_n(r["prompts"], s["per_prompt"], r["seeds"]), note=str(r["note"] if isinstance(r["note"], str)
+                                                                         else ""))
+    return Claim.compare(
+        "seq_keeps_reference_samples",
+        "At the end of training the sequence-level KL(ref‖π) (ref_pi_seq) keeps {seq:.1%} [{seq_low:.1%}, "
+        "{seq_high:.1%}] of the reference's samples within {tenfold}× likelihood (against a mark of "
+        "{threshold:.0%}: {met}) and the per-token reward placement (ref_pi_reward) {rew:.1%} [{rew_low:.1%}, "
+        "{rew_high:.1%}]; ref_pi_seq − ref_pi_reward {value} {ci} ({n}, paired by seed and prompt): {verdict}.",
+        iv, "ref_pi_seq", "ref_pi_reward", fmt=".1%",
+        params={"seq": float(s["value"]), "seq_low": float(s["low"]), "seq_high": float(s["high"]),
+                "rew": float(w["value"]), "rew_low": float(w["low"]), "rew_high": float(w["high"]),
+                "tenfold": 10, "threshold": threshold, "met": met})
+
+
+def study_claims(per_prompt: pd.DataFrame, levels: pd.DataFrame, comparisons: pd.DataFrame, config: dict,
+                 finished: int, planned: int, matched_level: float | None) -> list[Claim]:
+    """Every claim of the page, headline first: X's base rate, issue 29's question, X's rate against pi_ref."""
+    if comparisons.empty:  # a CSV never written (no finished run) has no columns either
+        comparisons = pd.DataFrame(columns=["at", "metric", "a", "b", "difference", "low", "high"])
+    if levels.empty:
+        levels = pd.DataFrame(columns=["at", "penalty", "metric", "value", "low", "high"])
+    claims = [base_claim(per_prompt, config["base"]["description"]),
+              coverage_question(levels, comparisons, finished, planned)]
+    if finished == 0:
+        claims.append(Claim.not_measured(
+            "penalties_compared", "X's rate, reward and coverage under each penalty against pi_ref and none, at the "
+            f"end of training and at equal KL(π‖ref): {NOT_MEASURED} ({{finished}} of {{planned}} runs finished).",
+            params={"finished": finished, "planned": planned}))
+        return claims
+    comps = comparison_claims(comparisons[~((comparisons["a"] == "ref_pi_seq") & (comparisons["b"] == "ref_pi_reward"))],
+                              matched_level)
+    return claims + [c for c in comps if c.headline] + level_claims(levels, matched_level) + \
+        [c for c in comps if not c.headline]
