@@ -1,7 +1,7 @@
 """How good are k1, k2, k3 along a real PPO run? Schulman's table, measured on the policy's own tokens.
 
     python analyses/kl_estimators.py --study runs/kl_direction     # tables from the study -> reports/kl_estimators/
-    python analyses/kl_estimators.py --from-csv                     # the page again, from its CSVs alone
+    python analyses/kl_estimators.py --rebuild                      # the page and its claims, from its CSVs alone
 
 Input: the per-token scores that ``analyses/kl_direction.py`` writes at every evaluation of every run
 (``runs/<run>/evals/<updates>/tokens.csv.gz``): for each token the policy generated (and each token of the
@@ -14,7 +14,9 @@ the estimators' values:
 - ``ref_pi|reference``: KL(ref || pi) from the reference's samples, k1 / k2 / k3;
 - ``ref_pi|policy-iw``: KL(ref || pi) from the policy's tokens by importance weighting, k1 / k3.
 
-Some RL libraries call these directions the other way round.
+A KL is named by its argument order (pi_ref = KL(pi || ref), ref_pi = KL(ref || pi)), not "forward" / "reverse",
+which the field uses both ways round. The committed CSVs come from the first KL-direction study (2026-11; its run
+directory is gone), so the page and its claims (`rlhf_interp.report.kl_estimator_claims`) are rebuilt from them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from rlhf_interp.measure.kl_estimator_audit import (
     sequence_sums,
 )
 from rlhf_interp.report import Report, read_config, read_table, write_tables
+from rlhf_interp.report.kl_estimator_claims import estimator_claims
 from rlhf_interp.report.plots import series_style
 
 NAME = "kl_estimators"
@@ -194,44 +197,20 @@ def figure_spread(spread: pd.DataFrame):
     return fig
 
 
-def _row(binned: pd.DataFrame, setting: str, estimator: str, which: str, min_n: int) -> pd.Series | None:
-    g = binned[(binned["setting"] == setting) & (binned["estimator"] == estimator) & (binned["n"] >= min_n)]
-    if g.empty:
-        return None
-    return g.sort_values("bin_lo").iloc[0 if which == "low" else -1]
-
-
-def headline(binned: pd.DataFrame, along: pd.DataFrame, seq: pd.DataFrame, min_n: int = 50) -> str:
-    parts = []
-    for which in ("low", "high"):
-        rows = {e: _row(binned, "pi_ref|policy", e, which, min_n) for e in ("k1", "k2", "k3")}
-        if any(r is None for r in rows.values()):
-            continue
-        k1, k2, k3 = rows["k1"], rows["k2"], rows["k3"]
-        parts.append(f"at true KL {k1['kl_bin']} (mean {k1['exact_mean']:.3g} nats/token, n={int(k1['n'])}) "
-                     f"the bias/std of k1, k2, k3 are {k1['bias']:+.2g}/{k1['std']:.2g}, {k2['bias']:+.2g}/"
-                     f"{k2['std']:.2g}, {k3['bias']:+.2g}/{k3['std']:.2g}")
-    k1 = along[(along["setting"] == "pi_ref|policy") & (along["estimator"] == "k1")]
-    s1 = seq[(seq["setting"] == "pi_ref|policy") & (seq["estimator"] == "k1")]
-    neg = ""
-    if len(k1) and len(s1):
-        neg = (f" Negative k1: {100 * k1['share_negative'].min():.0f}-{100 * k1['share_negative'].max():.0f}% of "
-               f"tokens and {100 * s1['share_negative_sum'].min():.0f}-{100 * s1['share_negative_sum'].max():.0f}% of "
-               f"whole sequences, across runs and checkpoints.")
-    return ("On the policy's own tokens, estimating KL(π‖ref) per token: " + "; ".join(parts) + "." + neg)
-
-
 def render(report_dir: Path) -> Report:
     config = read_config(report_dir)
     binned, by_ckpt = read_table(report_dir, "binned"), read_table(report_dir, "binned_by_checkpoint")
     along, spread = read_table(report_dir, "along_runs"), read_table(report_dir, "sequence_spread")
     by_run = read_table(report_dir, "sequence_spread_by_run")
-    report = Report.at(report_dir, "KL estimators on a real policy: k1, k2, k3 against the exact KL",
-                       headline=headline(binned, along, by_run), source=__file__, config=config)
+    report = Report.at(report_dir, "KL estimators on a real policy: k1, k2, k3 against the exact KL", source=__file__,
+                       config=config, claims=estimator_claims(binned, spread, by_run))
+    penalties = sorted(set(along["penalty"]))
     report.text(f"""
-        Every token below was generated in the PPO runs of [kl_direction](../kl_direction/index.html) (checkpoints
+        Every token below was generated in the PPO runs of the first KL-direction study (penalties
+        {', '.join(f'`{p}`' for p in penalties)}, the exact per-token KL in the loss; checkpoints
         {', '.join(str(c) for c in config['checkpoints'])}; {config['n_tokens']['policy']} policy tokens and
-        {config['n_tokens']['reference']} reference tokens). At each token the exact per-token KL over the vocabulary
+        {config['n_tokens']['reference']} reference tokens; its run directory is gone, so this page is rebuilt from
+        its CSVs; the re-run study is [kl_direction](../kl_direction/index.html)). At each token the exact per-token KL over the vocabulary
         is known, so each estimator's error is measured token by token: **bias** = mean(estimate − exact), **std** =
         std(estimate − exact) (the sampling noise alone; the spread of the true KL across states is removed),
         **corr** = correlation of estimate and exact within the bin. k1 = −log r, k2 = (log r)²/2,
@@ -276,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", type=Path, default=Path("runs/kl_direction"))
     parser.add_argument("--report-dir", type=Path, default=Path("reports") / NAME)
-    parser.add_argument("--from-csv", action="store_true", help="render the page from the CSVs only")
+    parser.add_argument("--rebuild", "--from-csv", dest="rebuild", action="store_true",
+                        help="the page and its claims from the CSVs only (--from-csv: the old name)")
     args = parser.parse_args(argv)
     try:
-        if not args.from_csv:
+        if not args.rebuild:
             compute(args.study, args.report_dir)
         out = render(args.report_dir).save()
     except (FileNotFoundError, ValueError) as err:

@@ -29,7 +29,7 @@ from rlhf_interp.report.index import findings_rows, report_dirs, write_findings,
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "reports"
 # Reports whose owners are converting them to claims (issue 29: the KL-direction reports); empty when all are done.
-PENDING: set[str] = {"kl_direction", "kl_estimators"}
+PENDING: set[str] = set()
 
 
 def reward_claim() -> Claim:
