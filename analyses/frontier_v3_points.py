@@ -8,7 +8,7 @@ Settings are the v2 frontier's (reports/edit_vs_finetune/config.json): reward ch
 temperature 1, sampling seed 0, and its 16 report prompts (``load_prompts('default', limit=16, seed=0)``). Each
 prompt gets ``--samples`` continuations (intervals over prompts, samples of a prompt averaged first). Strengths
 (a prefix of the prompting library, an amplification factor) are chosen on 16 *other* prompts, the KL closest to
-each budget, and reported on the report prompts. Writes ``new_methods*.csv`` and ``new_methods.json`` into
+each budget (``--selection-samples`` continuations each), and reported on the report prompts. Writes ``new_methods*.csv`` and ``new_methods.json`` into
 ``--out``; the work (one file per finished point) stays in ``--work-dir``.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-PARTS = ("base", "prompting", "amplification", "checkpoints")
+PARTS = ("base", "checkpoints", "prompting", "amplification")  # cheapest first: interrupted work keeps the most
 RUNS = {"PPO": "runs/algorithms/ppo_s0", "DPO": "runs/algorithms/dpo_s0", "GRPO": "runs/algorithms/grpo_s0",
         "RLOO": "runs/algorithms/rloo_s0"}
 
@@ -123,10 +123,10 @@ def part_amplification(ctx) -> None:
     if path.exists():
         chosen = pd.read_csv(path)
     else:
-        repeated = [p for p in ctx["setup"].selection_prompts for _ in range(ctx["args"].samples)]
+        repeated = [p for p in ctx["setup"].selection_prompts for _ in range(ctx["args"].selection_samples)]
         chosen, evaluations = equal_kl(tuned, amplification_family(ctx["base"]), repeated, ctx["args"].reward,
                                        ctx["args"].budgets, reference=ctx["base"], seed=ctx["args"].seed,
-                                       rel_tol=0.1, max_evals_per_budget=5)
+                                       rel_tol=0.15, max_evals_per_budget=4)
         evaluations.to_csv(ctx["work"] / "selection_amplification_evaluations.csv", index=False)
         chosen.to_csv(path, index=False)
     choices = []
@@ -208,6 +208,7 @@ def assemble(ctx) -> None:
         "capability_tokens": int(ctx["base_capability"]["n_tokens"].sum()),
         "capability_texts_available": ctx["available"], "report_prompts": setup.report_prompts,
         "selection_prompts": setup.selection_prompts, "samples_per_prompt": setup.samples_per_prompt,
+        "selection_samples_per_prompt": setup.selection_samples,
         "max_new_tokens": setup.max_new_tokens, "seed": setup.seed, "reward": str(ctx["args"].reward),
         "budgets": ctx["args"].budgets, "notes": ctx["notes"],
         "cpu_seconds_total": float(points.get("cpu_seconds", pd.Series(dtype=float)).sum())})
@@ -220,9 +221,10 @@ def main(argv=None) -> None:
     p.add_argument("--trajectory", type=Path, default=Path("runs/periods"), help="the v2 frontier's PPO run, if present")
     p.add_argument("--reward", default="char_count")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=4, help="continuations per prompt")
+    p.add_argument("--samples", type=int, default=4, help="continuations per report prompt")
+    p.add_argument("--selection-samples", type=int, default=2, help="continuations per selection prompt")
     p.add_argument("--budgets", type=lambda t: [float(x) for x in t.split(",")], default=[1.0, 2.0, 4.0])
-    p.add_argument("--capability-texts", type=int, default=256)
+    p.add_argument("--capability-texts", type=int, default=128)
     p.add_argument("--parts", type=lambda t: t.split(","), default=list(PARTS))
     p.add_argument("--work-dir", type=Path, default=Path("runs/frontier_v3"))
     p.add_argument("--out", type=Path, default=Path("reports/edit_vs_finetune"))
@@ -244,7 +246,8 @@ def main(argv=None) -> None:
     else:
         base_capability = text_nll(base, None, list(texts.texts))
         base_capability.to_csv(cap_path, index=False)
-    setup = Setup(base, report, selection, args.reward, 24, args.seed, args.samples, texts.texts, base_capability)
+    setup = Setup(base, report, selection, args.reward, 24, args.seed, args.samples, texts.texts, base_capability,
+                  args.selection_samples)
     ctx = {"args": args, "base": base, "setup": setup, "work": args.work_dir, "points": Points(args.work_dir),
            "notes": [], "base_capability": base_capability, "available": texts.available}
     if args.trajectory is not None and not args.trajectory.exists():

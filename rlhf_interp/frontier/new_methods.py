@@ -31,8 +31,11 @@ from rlhf_interp.measure.capability import capability_columns, continuation_nll,
 from rlhf_interp.reward import get_reward, score
 
 # The prompting library for the period task (written here: they are the edit, not evaluation data). Strength =
-# index: instructions first, then more and more period-dense examples.
+# index: the lightest prefixes and instructions first, then more and more period-dense examples. (On SmolLM2 a
+# one-line instruction already costs several nats per 24-token continuation, hence the near-empty prefixes.)
 PERIOD_INSTRUCTIONS = (
+    ". ",  # the prompt follows a finished sentence: the lightest push
+    "Story:\n",
     "Write in short sentences.\n",
     "Continue the story in very short sentences. Every sentence ends with a period.\n",
 )
@@ -91,6 +94,7 @@ class Setup:
     samples_per_prompt: int = 4
     texts: Sequence[str] = ()
     base_capability: pd.DataFrame | None = None
+    selection_samples: int = 1  # continuations per selection prompt (choosing needs the KL roughly, not tightly)
 
     def prompts(self, split: str) -> list[str]:
         return self.report_prompts if split == "report" else self.selection_prompts
@@ -111,7 +115,7 @@ def measure_point(setup: Setup, model, edit: Edit | None, *, reference=None, spl
     (``reference``: the base model when ``model`` is a tuned one, None when the edit is on the base), the base
     model's NLL of the continuations (fluency) and, with ``capability``, NLL / top-1 on the capability texts."""
     prompts = setup.prompts(split)
-    k = setup.samples_per_prompt
+    k = setup.samples_per_prompt if split == "report" else setup.selection_samples
     gen = sample(model, edit, prompts, max_new_tokens=setup.max_new_tokens, seed=setup.seed, samples_per_prompt=k)
     seqs = score_generation(model, edit, gen, reference=reference)
     reward_fn = get_reward(setup.reward) if not callable(setup.reward) else setup.reward
