@@ -138,3 +138,27 @@ def test_runs_record_the_moved_reward_path_and_the_old_one_still_resolves():
     old = get_reward("rlhf_interp.probes.behaviour:pattern_count", pattern=r"\bI\b")  # run dirs before issue 27
     assert old(["I think I can", "no"]).tolist() == [2.0, 0.0]
     assert math.isclose(config_fields(STUDY, "suppress", "none", 0, CANDIDATES["word_I"])["kl_coef"], 0.0)
+
+
+def test_the_estimator_audit_and_its_claims_run_on_the_studys_tokens(study_dir):
+    """What analyses/kl_estimators.py computes, through the package: every evaluation's tokens -> k1/k2/k3 audit ->
+    claims with n and intervals (the tiny study's 8-token continuations: the sequence claim uses length 8)."""
+    from rlhf_interp.measure.kl_estimator_audit import binned_audit, estimates, sequence_sums
+    from rlhf_interp.report.kl_estimator_claims import estimator_claims
+
+    parts = []
+    for path in sorted((study_dir / "runs").glob("*/evals/*/tokens.csv.gz")):
+        task, penalty, seed = path.parent.parent.parent.name.rsplit("-", 2)
+        parts.append(pd.read_csv(path).assign(task=task, penalty=penalty, seed=int(seed.lstrip("s"))))
+    tokens = pd.concat(parts, ignore_index=True)
+    keep = ["task", "penalty", "seed", "updates", "row", "pos", "logp", "logp_ref", "kl_pi_ref", "kl_ref_pi"]
+    long = pd.concat([estimates(tokens.loc[tokens["sampling"] == s, keep], s) for s in ("policy", "reference")],
+                     ignore_index=True)
+    binned = binned_audit(long)
+    assert set(binned["setting"]) == {"pi_ref|policy", "ref_pi|reference", "ref_pi|policy-iw"}
+    assert (binned.loc[binned["estimator"] != "k1", "share_negative"] == 0).all()
+    spread = sequence_sums(long, (1, 2, 4, 8, 24), by=["penalty"], seq_keys=["task", "seed", "updates", "row"])
+    by_run = sequence_sums(long, (64,), by=["task", "penalty", "updates"], seq_keys=["seed", "row"])
+    claims = check_claims(estimator_claims(binned, spread, by_run))
+    seq = next(c for c in claims if c.id == "k3_vs_k1_sequence_spread")
+    assert seq.kind == "comparison" and seq.params["length"] == STUDY.max_new_tokens and seq.n["runs"] == len(PENALTIES)

@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from rlhf_interp.core.stats import Interval, mean_interval, summary_interval
-from rlhf_interp.report.claims import Claim
+from rlhf_interp.report.claims import NOT_MEASURED, Claim
 
 SETTING_WORDS = {"pi_ref|policy": "KL(π‖ref) from the policy's tokens",
                  "ref_pi|reference": "KL(ref‖π) from the reference's tokens",
@@ -68,6 +68,9 @@ def bin_claims(binned: pd.DataFrame, min_n: int = 30) -> list[Claim]:
 def k2_bias_claim(binned: pd.DataFrame, setting: str = "pi_ref|policy", min_n: int = 100) -> Claim:
     """The largest-KL bin with ``min_n`` tokens: k2's bias there (k2 is biased: E[k2] != KL), in the headline."""
     g = binned[(binned["setting"] == setting) & (binned["estimator"] == "k2") & (binned["n"] >= min_n)]
+    if g.empty:
+        return Claim.not_measured("k2_bias_at_large_kl", "`k2`'s bias at large per-token KL: " + NOT_MEASURED +
+                                  " (no true-KL bin holds {min_n} tokens).", params={"min_n": min_n})
     r = g.sort_values("bin_lo").iloc[-1]
     k3 = binned[(binned["setting"] == setting) & (binned["estimator"] == "k3") & (binned["kl_bin"] == r["kl_bin"])]
     iv = summary_interval(r["bias"], r["bias_stderr"], int(r["n"]), units={"tokens": int(r["n"])}, note=TOKEN_NOTE)
@@ -83,8 +86,13 @@ def k2_bias_claim(binned: pd.DataFrame, setting: str = "pi_ref|policy", min_n: i
 
 def sequence_spread_claim(spread: pd.DataFrame, by_run: pd.DataFrame, length: int = 24,
                           setting: str = "pi_ref|policy") -> Claim:
-    """Issue 28's fact: at ``length`` tokens k3's sequence-sum error std (mean over penalties) exceeds k1's; its
+    """Issue 28's fact: at ``length`` tokens (or the longest length measured below it) k3's sequence-sum error std (mean over penalties) exceeds k1's; its
     interval from the per-run table (k3 - k1 per run and checkpoint, checkpoint-averaged per run, t over runs)."""
+    both = set(spread["length"]) & set(by_run["length"])
+    if not both:
+        return Claim.not_measured("k3_vs_k1_sequence_spread", "Whether `k3`'s sequence-sum error std differs from "
+                                  f"`k1`'s: {NOT_MEASURED} (no length in both tables).", params={})
+    length = int(max((x for x in both if x <= length), default=min(both)))
     s = spread[(spread["setting"] == setting) & (spread["length"] == length)]
     pooled = s.groupby("estimator")["sum_error_std"].mean()
     per_penalty = s.groupby("penalty")["n_sequences"].first()
@@ -92,6 +100,9 @@ def sequence_spread_claim(spread: pd.DataFrame, by_run: pd.DataFrame, length: in
         index=["task", "penalty", "updates"], columns="estimator", values="sum_error_std")
     cells["d"] = cells["k3"] - cells["k1"]
     runs = cells.groupby(level=["task", "penalty"])["d"].mean()
+    if runs.size < 2:
+        return Claim.not_measured("k3_vs_k1_sequence_spread", "Whether `k3`'s sequence-sum error std differs from "
+                                  f"`k1`'s: {NOT_MEASURED} (fewer than two runs).", params={})
     n_seq = int(by_run.loc[(by_run["setting"] == setting) & (by_run["length"] == length), "n_sequences"].min())
     n = {"runs": int(runs.size), "checkpoints": int(cells.groupby(level=["task", "penalty"]).size().min()),
          "sequences": n_seq}
