@@ -302,22 +302,24 @@ def render(report_dir: str | Path) -> Report:
         "1 - KL(patched||tuned) / KL(base||tuned). **Reward proxy** = mean log P(next token contains "
         f"{config.get('reward_substring', '.')!r}); `reward_proxy_recovered` is the patch's share of the gap "
         "between receiver and donor. KL in nats (`rlhf_interp.core.kl.kl_divergence`, exact over the vocabulary).")
-    report.section("Findings", f"Descriptive, on these {config.get('n_texts', '?')} texts (no intervals: per-text "
-                   "values were not stored):\n\n" + "\n".join(f"- {line}" for line in lines))
-
     act = tables["activation_patching"]
-    report.section("Activation patching", "One patch at a time, at every position. A sublayer-output patch "
-                "(`hook_attn_out`, `hook_mlp_out`) imports that component's output as the donor computed it, so "
-                "it also carries the effect of earlier changes on it (its *total* effect; these overlap). "
-                "`hook_resid_mid` is the residual after attention, patched as `hook_resid_pre` + `hook_attn_out` "
-                "(in TransformerLens 4's bridge `hook_resid_mid` is the MLP input only, and replacing it would "
-                "leave the skip connection unpatched). The layer-0 `hook_resid_pre` row is the embedding.")
+    report.section("Where the change lives", "Each cell patches one activation of one model into the other at every "
+                   "position (the colour bar gives the fraction recovered). The rows `hook_resid_mid` / "
+                   "`hook_resid_post` carry every change up to that layer, the sublayer rows only their own output.")
     zero = sorted(int(layer) for layer, g in act.groupby("layer") if (g["fraction_recovered"].fillna(0) == 0).all())
     zero_note = f"; 0 at layers {zero[0]}-{zero[-1]}, where no patch changes anything" if zero else ""
     report.figure("patching_heatmap", figure_patching(act), title="Fraction of the KL recovered, per layer and component",
                   caption=f"Each cell: one patch, `fraction_recovered` of `activation_patching.csv` (1: the patch "
                           "recovers all of the KL to the donor). The colour scale runs over the values' own range "
                           f"(sequential when no value is negative beyond a tenth of the maximum; diverging around 0 otherwise{zero_note}).")
+    report.section("Findings", f"Descriptive, on these {config.get('n_texts', '?')} texts (no intervals: per-text "
+                   "values were not stored):\n\n" + "\n".join(f"- {line}" for line in lines))
+    report.section("Activation patching", "One patch at a time, at every position. A sublayer-output patch "
+                "(`hook_attn_out`, `hook_mlp_out`) imports that component's output as the donor computed it, so "
+                "it also carries the effect of earlier changes on it (its *total* effect; these overlap). "
+                "`hook_resid_mid` is the residual after attention, patched as `hook_resid_pre` + `hook_attn_out` "
+                "(in TransformerLens 4's bridge `hook_resid_mid` is the MLP input only, and replacing it would "
+                "leave the skip connection unpatched). The layer-0 `hook_resid_pre` row is the embedding.")
     report.table("top_patches", act[act["component"].isin(SUBLAYERS)].sort_values("fraction_recovered", ascending=False)
                  .groupby("direction").head(8), title="Strongest sublayer patches per direction",
                  caption="The 8 sublayer-output patches with the largest fraction recovered, per direction.")

@@ -148,7 +148,7 @@ def curve_panels(metrics: pd.DataFrame, diversity: pd.DataFrame) -> list[Panel]:
         st = style.get(run, cycle(len(style)))
         div.append(Line(_short(run), g["phase"].tolist(), g["distinct_2"].tolist(), st["color"], st["marker"],
                         st["symbol"], mode="markers" if len(g) <= 2 else "lines+markers", size=6))
-    panels.append(Panel("distinct-2 of logged samples (points: logged phases)", "PPO phase",
+    panels.append(Panel("distinct-2 (points: logged phases)", "PPO phase",
                         "distinct-2 over token ids (0-1)", div, ylim=(0, 1.05)))
     return panels
 

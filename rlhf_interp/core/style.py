@@ -104,7 +104,8 @@ def color_word(color: str) -> str:
     for hex_, name in zip(CYCLE_COLORS, CYCLE_NAMES):
         if hex_ == color:
             return name
-    return {"black": "black", "grey": "grey", "gray": "grey", "red": "red"}.get(color, color)
+    return {"black": "black", "grey": "grey", "gray": "grey", "red": "red", "#444444": "dark grey",
+            "#555555": "dark grey", "#999999": "grey"}.get(color, color)
 
 
 def cycle(i: int) -> dict:

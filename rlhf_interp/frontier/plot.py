@@ -107,7 +107,12 @@ def answer_spec(lines: pd.DataFrame, points: pd.DataFrame) -> tuple[list[Series]
 
 
 def _limits(series: list[Series], base: float | None) -> tuple[tuple[float, float], tuple[float, float]]:
-    xs = np.array([x for s in series for x in s.x if x > 0])
+    xs = [x for s in series for x in s.x if x > 0]
+    for s in series:  # error bars included: no cap outside the axes (left: halfway to 0 on a log axis)
+        for x, e in zip(s.x, s.xerr or []):
+            if x > 0 and e:
+                xs += [x + e, x - e if x - e > 0 else x / 3]
+    xs = np.array(xs)
     ys = [y for s in series for y in s.y]
     for s in series:
         if s.band:

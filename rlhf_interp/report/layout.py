@@ -57,9 +57,9 @@ def question_for(name: str, title: str) -> str:
 def answer_parts(question: str, sentences: list[str], inline_md) -> tuple[str, str]:
     """(markdown, html) of the "what this answers" box: the question, then the answer, one claim per line."""
     merged: list[str] = []
-    for s in sentences:  # a claim that continues the previous one's sentence ("at KL 1.79 ...") joins it
-        if merged and s[:1].islower():
-            merged[-1] = f"{merged[-1].rstrip('.')} {s}"
+    for s in sentences:  # a claim continuing the previous one ("at KL 1.79 ...", "Its lead over ...") joins it
+        if merged and (s[:1].islower() or s.startswith(("It ", "Its "))):
+            merged[-1] = f"{merged[-1].rstrip('.') if s[:1].islower() else merged[-1]} {s}"
         else:
             merged.append(s)
     sentences = merged
@@ -77,27 +77,12 @@ def github_anchor(title: str) -> str:
 
 
 def toc_parts(headings: list[tuple[int, str, str]], inline_md) -> tuple[str, str]:
-    """(markdown, html) of the table of contents: ``headings`` = (level, title, html anchor), h2 and h3."""
-    md = ["**Contents:** " + " · ".join(f"[{t}](#{github_anchor(t)})" for lvl, t, _ in headings if lvl == 2)]
-    items, open_sub = [], False
-    for level, title, anchor in headings:
-        link = f"<a href=\"#{html.escape(anchor)}\">{inline_md(title)}</a>"
-        if level == 2:
-            if open_sub:
-                items.append("</ul></li>")
-                open_sub = False
-            elif items:
-                items.append("</li>")
-            items.append(f"<li>{link}")
-        else:
-            if not items:
-                items.append("<li>")
-            if not open_sub:
-                items.append("<ul>")
-                open_sub = True
-            items.append(f"<li>{link}</li>")
-    items.append("</ul></li>" if open_sub else ("</li>" if items else ""))
-    return "\n".join(md), f"<nav class=\"toc\" aria-label=\"contents\"><b>Contents</b><ol>{''.join(items)}</ol></nav>"
+    """(markdown, html) of the table of contents: one line of links to the sections (h2), so the first screen
+    keeps room for the answer; ``headings`` = (level, title, html anchor)."""
+    top = [(t, a) for lvl, t, a in headings if lvl == 2]
+    md = "**Contents:** " + " · ".join(f"[{t}](#{github_anchor(t)})" for t, _ in top)
+    links = " · ".join(f"<a href=\"#{html.escape(a)}\">{inline_md(t)}</a>" for t, a in top)
+    return md, f"<nav class=\"toc\" aria-label=\"contents\"><b>Contents:</b> {links}</nav>"
 
 
 # ----------------------------------------------------------------------------------------------

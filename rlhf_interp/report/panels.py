@@ -112,7 +112,8 @@ def to_plotly(panels: list[Panel], cols: int = 3, height_per_row: int = 330, tit
         row, col = i // cols + 1, i % cols + 1
         for line in panel.lines:
             first = line.legend and line.name not in shown
-            shown.add(line.name)
+            if line.legend:
+                shown.add(line.name)
             fig.add_trace(go.Scatter(
                 x=list(line.x), y=list(line.y), name=line.name, legendgroup=line.name, showlegend=first,
                 mode=line.mode, opacity=line.alpha,
@@ -130,8 +131,10 @@ def to_plotly(panels: list[Panel], cols: int = 3, height_per_row: int = 330, tit
                                      hoverinfo="skip"), row=row, col=col)
         ticks = _few_x(panel)
         fig.update_xaxes(title_text=panel.xlabel, showgrid=True, type="log" if panel.log_x else "linear", row=row,
-                         col=col, **({"tickvals": ticks, "ticktext": [f"{v:g}" for v in ticks]} if ticks else {}))
-        yaxis = {"title_text": panel.ylabel, "showgrid": True, "type": "log" if panel.log_y else "linear"}
+                         col=col, **({"tickvals": ticks, "ticktext": [f"{v:g}" for v in ticks]} if ticks else
+                                     {"dtick": 1, "exponentformat": "none"} if panel.log_x else {}))
+        yaxis = {"title_text": panel.ylabel, "showgrid": True, "type": "log" if panel.log_y else "linear",
+                 **({"dtick": 1, "exponentformat": "none"} if panel.log_y else {})}  # 0.01 0.1 1, not "2 5"
         if panel.ylim != (None, None) and not panel.log_y:
             lo, hi = panel.ylim
             ys = [v for line in panel.lines for v in line.y if v is not None and np.isfinite(v)]
