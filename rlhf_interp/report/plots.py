@@ -235,10 +235,9 @@ def diff_figures(tables: dict[str, pd.DataFrame], *, hook: str = "hook_resid_pos
         figs["token_shifts"] = plot_token_shifts(shifts)
     ranks = tables.get("logit_lens_tokens")
     if ranks is not None and not trajectory:
-        labelled = ranks.assign(series=ranks["token"].map(repr) + " via " + ranks["model"])
-        figs["logit_lens_token_rank"] = plot_diff_by_layer(labelled, "rank", hue="series", logy=True,
-                                                           title="rank of watched tokens in each layer's mean "
-                                                                 "difference (1 = most promoted)")
+        from rlhf_interp.report.lens_plot import plot_logit_lens_ranks
+
+        figs["logit_lens_token_rank"] = plot_logit_lens_ranks(ranks)
     return figs
 
 
