@@ -53,9 +53,13 @@ page and rewrites this index and the findings table of the top-level README (bet
 comments), all from the claims. Commit the CSVs, `config.json`, `report.json` and the rendered files. Every number
 a headline states is a claim with its 95% interval and n (`rlhf_interp.core.stats` makes them; a "best" is chosen
 on prompts it is not reported on, or marked as a selection); `tests/test_claims.py` refuses a claim without n or
-interval and a README or index number that no claim carries. Figures: label both axes with units, keep every point inside the axes, and make
-the caption say what is drawn (`rlhf_interp.report.plots.label`, `series_style`, `nonneg_symlog` help).
-Interactive charts: `rlhf_interp.report.charts` (Plotly; the JS is one shared file, `assets/plotly.min.js`)."""
+interval and a README or index number that no claim carries. Every page opens with a "what this answers" box
+(`Report(question=...)`, else the question `rlhf_interp.report.layout.WORK_ORDER` gives the report) and a table of
+contents. Figures: label both axes with units, keep every point inside the axes, draw each method in its family's
+fixed colour and marker (`rlhf_interp.report.style`), and build the PNG and the interactive chart from one spec
+(`rlhf_interp.report.panels`): the caption's key of marks is generated from the chart, and `tests/test_report_pages.py`
+checks in Chromium that no caption promises what its chart lacks. Interactive charts: `rlhf_interp.report.charts`
+(Plotly; the JS is one shared file, `assets/plotly.min.js`)."""
 
 
 def takeaway(manifest: dict) -> str:

@@ -1,8 +1,8 @@
 """`Report`: one analysis -> ``reports/<name>/``, a page a reader can trust, rebuilt from its CSVs alone.
 
-A report is a name, a title, a one-sentence **headline** (with its numbers; it also goes on
-``reports/index.html``) and an ordered list of blocks: markdown text, section headings, tables (saved whole
-as ``<name>.csv``, previewed on the page), matplotlib figures (``<name>.png``), optional interactive
+A report is a name, a title, the **question** it answers, a **headline** made from its claims (their first is
+the takeaway on ``reports/index.html``) and an ordered list of blocks: markdown text, section headings, tables
+(saved whole as ``<name>.csv``, previewed on the page), matplotlib figures (``<name>.png``), optional interactive
 Plotly charts beside them, and circuitsvis views. ``save()`` writes
 
 - ``README.md``: renders on GitHub (static PNGs, table previews, links to the CSVs);
