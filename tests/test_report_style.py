@@ -108,3 +108,10 @@ def test_page_rules(tmp_path):
     assert '<aside class="answers"' in page and "What is the answer?" in page and "The answer is 1." in page
     assert "14 columns, wider than the page" in page and "60 rows; the whole table is long.csv" in page
     assert "What this answers" in md and "[Tokens](#tokens)" in md
+
+
+def test_runs_of_one_family_get_distinct_markers():
+    marks = S.distinct_marks(["PPO first 10 layers frozen", "PPO first 20 layers frozen", "PPO LoRA r=16"],
+                             ["fine-tuning"] * 3)
+    assert marks["PPO first 10 layers frozen"]["color"] == marks["PPO first 20 layers frozen"]["color"]
+    assert len({(m["color"], m["marker"]) for m in marks.values()}) == 3

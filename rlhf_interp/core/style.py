@@ -168,6 +168,24 @@ def mark_of(method: str, kind: str | None = None, trajectory: bool = False) -> M
     return FAMILIES[family(method, kind, trajectory)]
 
 
+def distinct_marks(methods: list[str], kinds: list[str | None] | None = None) -> dict[str, dict]:
+    """{method: matplotlib kwargs} for several methods of possibly one family (three frozen-N runs): the family's
+    colour for each, its own marker for the first and then markers it does not use, so no two look alike."""
+    kinds = kinds or [None] * len(methods)
+    used: dict[str, int] = {}
+    out = {}
+    for method, kind in dict(zip(methods, kinds)).items():
+        fam = family(method, kind)
+        mark_ = FAMILIES[fam]
+        k = used[fam] = used.get(fam, -1) + 1
+        spare = [m for m, _ in CYCLE_MARKERS if m != mark_.marker]
+        kw = mark_.mpl()
+        if k:
+            kw["marker"] = spare[(k - 1) % len(spare)]
+        out[method] = kw
+    return out
+
+
 def collisions(marks: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
     """Pairs of series names drawn with the same (colour, marker): a reader cannot tell them apart."""
     seen: dict[tuple[str, str], str] = {}
@@ -180,4 +198,4 @@ def collisions(marks: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-__all__ = ["FAMILIES", "Mark", "REFERENCE", "SYMBOL_WORDS", "collisions", "color_word", "cycle", "family", "mark", "mark_of"]
+__all__ = ["FAMILIES", "Mark", "REFERENCE", "SYMBOL_WORDS", "collisions", "color_word", "cycle", "distinct_marks", "family", "mark", "mark_of"]

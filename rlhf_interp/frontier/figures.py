@@ -8,6 +8,7 @@ showing those tables draws them alike; ``analyses/frontier.py`` keeps only the s
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 import pandas as pd
 
 from rlhf_interp.core import style as S
@@ -30,6 +31,8 @@ def layer_scan_figure(scan: pd.DataFrame, reward_label: str):
     axes[0].set_ylabel(f"{reward_label} at {scan['budget'].iloc[0]:g} nats")
     axes[1].plot(scan["layer"], scan["strength"], **mark)
     axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.12, not 1.2x10^-1
+    axes[1].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axes[1].set_xlabel("layer steered")
     axes[1].set_ylabel("strength that spends the budget\n(push / residual norm)")
     for ax in axes:
@@ -82,10 +85,11 @@ def freezing_figure(freezing: pd.DataFrame):
 def collateral_figure(points: pd.DataFrame):
     fig, ax = _subplots(figsize=(7.5, 4.5))
     pts = points[points["collateral_kl_mean"].notna() & (points["kl_exact_mean"] > 0)]
-    for method, g in pts.groupby("method", sort=False):
-        mark = S.mark_of(method, g["kind"].iloc[0] if "kind" in g else None)
+    groups = list(pts.groupby("method", sort=False))
+    marks = S.distinct_marks([m for m, _ in groups], [g["kind"].iloc[0] if "kind" in g else None for _, g in groups])
+    for method, g in groups:
         ax.errorbar(g["kl_exact_mean"], g["collateral_kl_mean"], yerr=g["collateral_kl_stderr"], ls="none",
-                    label=method, ms=6, capsize=2, **mark.mpl())
+                    label=method, ms=6, capsize=2, **marks[method])
     ax.set_xscale("log")
     top = float((pts["collateral_kl_mean"] + pts["collateral_kl_stderr"].fillna(0)).max()) if len(pts) else 1.0
     ax.set_yscale("symlog", linthresh=1e-3)

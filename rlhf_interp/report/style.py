@@ -11,10 +11,11 @@ from rlhf_interp.core.style import (  # noqa: F401
     collisions,
     color_word,
     cycle,
+    distinct_marks,
     family,
     mark,
     mark_of,
 )
 
 __all__ = ["CYCLE_COLORS", "CYCLE_MARKERS", "FAMILIES", "REFERENCE", "SYMBOL_WORDS", "Mark", "collisions",
-           "color_word", "cycle", "family", "mark", "mark_of"]
+           "color_word", "cycle", "distinct_marks", "family", "mark", "mark_of"]
