@@ -13,10 +13,9 @@ Texts: by default the tuned policy's own samples (prompt + ``--samples`` sampled
 tuned behaviour shows where the policy writes, not in the prompt openings; ``--samples 0`` diffs on
 the shipped prompts alone.
 
-``--demo-tuned`` stands in for a PPO checkpoint until one exists: it copies the base model into a
-temporary run directory and takes a few Adam steps that raise log p(".") at every position of a few
-prompts (a hand-written "period" objective, no PPO, no KL penalty), saving checkpoints along the way,
-so every part of the analysis (trajectory included) runs end to end. The report says so at the top.
+``--demo-tuned`` stands in for a PPO checkpoint until one exists (`rlhf_interp.diff.demo`: a few Adam steps
+raising log p(".") in a temporary run directory); the report says so at the top. The library pieces (trajectory,
+tidy attention patterns and their views) live in `rlhf_interp.diff`; this script keeps the study's choices and page.
 """
 
 from __future__ import annotations
@@ -30,11 +29,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rlhf_interp import load_model, load_prompts, save_hf_model, tokenize
-from rlhf_interp.bridge import RunDir, checkpoint_dir
-from rlhf_interp.core.seeding import mix_seed
+from rlhf_interp import load_model, load_prompts
+from rlhf_interp.bridge import RunDir
 from rlhf_interp.diff import check_compatible, diff_models, diff_trajectory, most_changed_heads, policy_samples
-from rlhf_interp.diff.attention_view import head_patterns
+from rlhf_interp.diff.attention_view import attention_views, head_patterns, pattern_table
+from rlhf_interp.diff.demo import make_demo_run
+from rlhf_interp.diff.trajectory import evenly_spaced, trajectory_summary
 from rlhf_interp.diff.lens import token_id
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.rebuild import rerender
@@ -70,48 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------
-# The stand-in tuned run (only with --demo-tuned)
-
-
-def make_demo_run(base_name: str, run_dir: Path, *, steps: int, lr: float, seed: int) -> Path:
-    """Adam on -mean log p('.') over every real position of 8 prompts; checkpoints at steps/4, steps/2, steps."""
-    from rlhf_interp.bridge import load_hf_model
-
-    model, tokenizer, _ = load_hf_model(base_name, device="cpu")
-    bridge_for_tokens = load_model(base_name, device="cpu")
-    tokens, mask = tokenize(bridge_for_tokens, load_prompts(limit=8, seed=mix_seed(seed, 1000)))
-    del bridge_for_tokens
-    dot = tokenizer(".", add_special_tokens=False)["input_ids"][0]
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    save_at = sorted({max(1, steps // 4), max(1, steps // 2), steps})
-    for step in range(1, steps + 1):
-        logprobs = torch.log_softmax(model(input_ids=tokens, attention_mask=mask).logits, dim=-1)[..., dot]
-        loss = -(logprobs * mask).sum() / mask.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        print(f"[demo] step {step}: mean log p('.') = {-loss.item():.3f}", file=sys.stderr)
-        if step in save_at:
-            save_hf_model(model, tokenizer, checkpoint_dir(run_dir, step),
-                          meta={"step": step, "base_model": base_name, "demo": "gradient ascent on log p('.')",
-                                "lr": lr, "mean_logp_period": -loss.item()})
-    return run_dir
-
-
-# ----------------------------------------------------------------------------------------------
 # Reading the tables (the same functions serve the full run and the rebuild from CSV)
 
 RESULT_TABLES = ["residual", "residual_by_position", "directions", "components", "logit_lens", "logit_lens_tokens",
                  "attention", "output_summary", "output_tokens", "token_shifts", "weights", "weights_summary"]
 TRAJECTORY_TABLES = ["residual", "directions", "logit_lens_tokens", "output_summary", "weights_summary"]
-
-
-def evenly_spaced(items: list, k: int) -> list:
-    if len(items) <= k:
-        return items
-    picks = {round(i * (len(items) - 1) / (k - 1)) for i in range(k)}
-    return [items[i] for i in sorted(picks)]
 
 
 def findings(t: dict[str, pd.DataFrame], watch: list[str]) -> list[str]:
@@ -159,71 +122,6 @@ def findings(t: dict[str, pd.DataFrame], watch: list[str]) -> list[str]:
     lines.append("Weights that moved most (relative Frobenius): "
                  + ", ".join(f"L{r.layer} {r.component} ({r.rel_diff_norm:.3g})" for r in weights.itertuples()) + ".")
     return lines
-
-
-def trajectory_summary(t: dict[str, pd.DataFrame], watch: list[str]) -> pd.DataFrame:
-    """One row per step: where the residual change peaks, its size, KL, and the watched token's best lens rank."""
-    residual, output = t["trajectory_residual"], t["trajectory_output_summary"]
-    weights, lens = t.get("trajectory_weights_summary"), t["trajectory_logit_lens_tokens"]
-    rows = []
-    for step, group in residual[residual["hook"] == HOOK].groupby("step"):
-        peak = group.loc[group["rel_diff_norm"].idxmax()]
-        out = output[output["step"] == step].iloc[0]
-        row = {"step": step, "peak_layer": int(peak["layer"]), "peak_rel_diff_norm": peak["rel_diff_norm"],
-               "mean_rel_diff_norm": group["rel_diff_norm"].mean(), "kl_pi_ref": out["kl_pi_ref"],
-               "kl_ref_pi": out["kl_ref_pi"]}
-        if weights is not None and not weights.empty:
-            w = weights[weights["step"] == step]
-            row["weights_rel_diff_norm"] = (w["diff_norm"] ** 2).sum() ** 0.5 / (w["base_norm"] ** 2).sum() ** 0.5
-        for token in watch:
-            r = lens[(lens["step"] == step) & (lens["token"] == token) & (lens["model"] == "tuned")]
-            row[f"best_lens_rank_{token}"] = r["rank"].min()
-            row[f"last_layer_lens_rank_{token}"] = r.loc[r["layer"].idxmax(), "rank"]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def pattern_table(tokens: list[str], heads: list[tuple[int, int]], patterns: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Tidy attention patterns of the shown heads: one row per (head, model, query, key <= query)."""
-    rows = []
-    for model, tensor in patterns.items():
-        for i, (layer, head) in enumerate(heads):
-            for q in range(len(tokens)):
-                for k in range(q + 1):
-                    rows.append({"layer": layer, "head": head, "model": model, "query_pos": q, "key_pos": k,
-                                 "query_token": tokens[q], "key_token": tokens[k], "weight": float(tensor[i, q, k])})
-    return pd.DataFrame(rows)
-
-
-def attention_views(patterns: pd.DataFrame, heads: list[tuple[int, int]]):
-    """circuitsvis views from the tidy pattern table: base/tuned side by side, and tuned - base."""
-    import circuitsvis
-    import numpy as np
-
-    n = int(patterns["query_pos"].max()) + 1
-    tokens = patterns.drop_duplicates("query_pos").sort_values("query_pos")["query_token"].tolist()
-    grids = {}
-    for (layer, head, model), g in patterns.groupby(["layer", "head", "model"]):
-        grid = np.zeros((n, n))
-        grid[g["query_pos"], g["key_pos"]] = g["weight"]
-        grids[(layer, head, model)] = grid
-    pairs = np.stack([grids[(layer, head, model)] for layer, head in heads for model in ("base", "tuned")])
-    names = [f"L{layer}H{head} {model}" for layer, head in heads for model in ("base", "tuned")]
-    side_by_side = circuitsvis.attention.attention_heads(attention=pairs, tokens=tokens, attention_head_names=names)
-    diff = np.stack([grids[(layer, head, "tuned")] - grids[(layer, head, "base")] for layer, head in heads])
-    bound = float(np.abs(diff).max()) or 1.0
-    difference = circuitsvis.attention.attention_heads(
-        attention=diff, tokens=tokens, attention_head_names=[f"L{layer}H{head} tuned − base" for layer, head in heads],
-        min_value=-bound, max_value=bound, negative_color="red", positive_color="blue")
-    # per head: the key token whose attention changed most, averaged over the query rows that can see it
-    visible = np.tril(np.ones((n, n)))
-    column_change = diff.sum(axis=1) / visible.sum(axis=0)
-    moves = []
-    for i, (layer, head) in enumerate(heads):
-        up, down = int(column_change[i].argmax()), int(column_change[i].argmin())
-        moves.append(f"L{layer}H{head}: {tokens[up]!r} (position {up}) {column_change[i, up]:+.3f}, "
-                     f"{tokens[down]!r} (position {down}) {column_change[i, down]:+.3f}")
-    return tokens, side_by_side, difference, bound, moves
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,7 +385,8 @@ def render(report_dir: Path) -> Report:
                            title=f"{HOOK}: relative change by layer, one line per checkpoint step"))
         report.figure("trajectory_rel_diff_norm_curves", tfigs["trajectory_rel_diff_norm_curves"],
                       caption="The same, one line per checkpoint step.")
-        report.table("trajectory_summary", trajectory_summary(t, watch), caption=(
+        traj = {name: t[f"trajectory_{name}"] for name in TRAJECTORY_TABLES if f"trajectory_{name}" in t}
+        report.table("trajectory_summary", trajectory_summary(traj, watch, HOOK), caption=(
             "Per step: the layer where the change peaks and its size, the mean over layers, KL per token both ways, "
             "the pooled relative weight change, and the watched token's best and last-layer logit-lens rank."))
         for name in TRAJECTORY_TABLES:

@@ -36,30 +36,20 @@ import json
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 
+from rlhf_interp.bridge import RunDir
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.charts import facet_lines
-from rlhf_interp.report.plots import series_style
-from rlhf_interp.report.rebuild import load_analysis, rerender
+from rlhf_interp.report.refresh_figures import plot_probe_bars, plot_setting_curves
+from rlhf_interp.report.rebuild import rerender
+from rlhf_interp.reward.hacking import PPO_OVERRIDES
 
-HERE = Path(__file__).resolve().parent
 # CPU-sized, after reward_hacking.py's defaults: half its batch, the last 6 of SmolLM2's 30 blocks trained, so the
 # lr is doubled (fewer samples, fewer weights); ~25 min of one core for the whole default study.
 STUDY_OVERRIDES = ["batch_size=8", "freeze_layers=24", "lr=1e-4"]
 SETTINGS = ("frozen", "refreshed")
 PROBES = [".", "?", "!", "\n"]
-
-
-def reward_hacking():
-    """`analyses/reward_hacking.py`: its pair synthesis, RM training, held-out texts, probes and proxy counts."""
-    return load_analysis(HERE / "reward_hacking.py")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,7 +97,7 @@ def ppo_overrides(args, rm_dir: Path, seed: int, setting: str) -> list[str]:
     """The one PPO config of both settings; the refreshed one adds the rm_refresh_* fields."""
     common = [f"reward=reward_model:{rm_dir}", "reward_kwargs={}", f"phases={args.ppo_phases}", f"model={args.model}",
               f"seed={seed}", "sample_every=1", f"checkpoint_every={args.refresh_every}", "keep_checkpoints=1",
-              *reward_hacking().DEFAULT_PPO_OVERRIDES, *STUDY_OVERRIDES, *args.ppo_set]
+              *PPO_OVERRIDES, *STUDY_OVERRIDES, *args.ppo_set]
     if setting == "frozen":
         return common
     return [*common, f"rm_refresh_every={args.refresh_every}", f"rm_refresh_pairs={args.refresh_pairs}",
@@ -116,59 +106,20 @@ def ppo_overrides(args, rm_dir: Path, seed: int, setting: str) -> list[str]:
             f"rm_refresh_replay={args.refresh_replay}"]
 
 
-def run_ppo(args, rm_dir: Path, run_dir: Path, seed: int, setting: str) -> tuple[float, float]:
-    """Train one run (resume it if ``--reuse`` and it was killed); returns the wall and CPU seconds spent now."""
-    from rlhf_interp.bridge import RunDir
-    from rlhf_interp.ppo import PPOConfig, PPOTrainer
-
-    config = PPOConfig.load(args.ppo_config, ppo_overrides(args, rm_dir, seed, setting))
-    run = RunDir(run_dir)
-    done = len(run.metrics()) if (run_dir / "metrics.jsonl").exists() else 0
-    start, cpu = time.perf_counter(), time.process_time()
-    if args.reuse and done >= config.phases:
-        return 0.0, 0.0
-    if args.reuse and run.latest is not None:
-        trainer = PPOTrainer.resume(run_dir, progress=not args.no_progress)
-    else:
-        trainer = PPOTrainer(config, run_dir, progress=not args.no_progress, overwrite=True)
-    trainer.train()
-    return time.perf_counter() - start, time.process_time() - cpu
-
-
-def read_jsonl_frame(path: Path) -> pd.DataFrame:
-    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
-
-
-def pairwise_accuracy(true: pd.Series, learned: pd.Series) -> float:
-    """Share of the sample pairs with different true rewards that ``learned`` orders the same way (a tie in
-    ``learned`` counts half): the RM's accuracy on the phase's own samples, as a preference labeller."""
-    t, r = true.to_numpy(), learned.to_numpy()
-    right = total = 0.0
-    for i, j in itertools.combinations(range(len(t)), 2):
-        if t[i] == t[j]:
-            continue
-        total += 1
-        d = (r[i] - r[j]) * np.sign(t[i] - t[j])
-        right += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
-    return right / total if total else float("nan")
-
-
 def measure_runs(args, rm_dir: Path, work: Path, reward, heldout: pd.DataFrame
                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Run every (seed, setting); score the samples offline. Returns samples, metrics, versions, runs."""
-    from rlhf_interp.bridge import RunDir
-    from rlhf_interp.ppo.rm_refresh import list_versions, version_dir
-    from rlhf_interp.reward import (
-        load_reward_model,
-        load_version,
-        read_version_meta,
-        score,
-    )
+    """Run every (seed, setting), resuming killed runs with ``--reuse``; score the samples offline. Returns samples,
+    metrics, versions, runs."""
+    from rlhf_interp.ppo import PPOConfig
+    from rlhf_interp.ppo.refresh_tables import version_table
+    from rlhf_interp.ppo.runs import train_or_resume
+    from rlhf_interp.reward import load_reward_model, score
 
     runs, samples, metrics = [], [], []
     for seed, setting in itertools.product(args.seeds, SETTINGS[::-1]):  # refreshed first: its errors show early
         run_dir = work / f"{setting}-s{seed}"
-        wall, cpu = run_ppo(args, rm_dir, run_dir, seed, setting)
+        config = PPOConfig.load(args.ppo_config, ppo_overrides(args, rm_dir, seed, setting))
+        wall, cpu = train_or_resume(config, run_dir, reuse=args.reuse, progress=not args.no_progress)
         timing = run_dir / "analysis_seconds.json"  # the run's time, summed over resumptions
         before = json.loads(timing.read_text()) if timing.exists() else {"wall_seconds": 0.0, "cpu_seconds": 0.0}
         total = {"wall_seconds": before["wall_seconds"] + wall, "cpu_seconds": before["cpu_seconds"] + cpu}
@@ -184,95 +135,18 @@ def measure_runs(args, rm_dir: Path, work: Path, reward, heldout: pd.DataFrame
 
     rm = load_reward_model(rm_dir)  # v0, then each version put on it in turn
     samples["rm0_reward"] = rm.score(samples.completion.tolist()).tolist()
-    texts = heldout.text.tolist()
-    rows = []
-    base = rm.score(texts)
-    for seed, setting in itertools.product(args.seeds, SETTINGS):
-        run_dir = work / f"{setting}-s{seed}"
-        for version in list_versions(run_dir) or [0]:
-            meta = read_version_meta(version_dir(run_dir, version)) if list_versions(run_dir) else {"phase": 0}
-            scores = load_version(rm, version_dir(run_dir, version)).score(texts) if version else base
-            rows.append({"setting": setting, "seed": seed, "version": version, "phase": meta.get("phase", 0),
-                         "heldout_mean": float(scores.mean()), "heldout_std": float(scores.std()),
-                         "heldout_spearman": float(pd.Series(scores.tolist()).corr(heldout.true_reward,
-                                                                                  method="spearman")),
-                         **{k.removeprefix("rm_refresh_"): v for k, v in meta.items() if k.startswith("rm_refresh_")}})
-    return samples, metrics, pd.DataFrame(rows), pd.DataFrame(runs)
+    keyed = [({"setting": setting, "seed": seed}, work / f"{setting}-s{seed}")
+             for seed, setting in itertools.product(args.seeds, SETTINGS)]
+    return samples, metrics, version_table(rm, keyed, heldout), pd.DataFrame(runs)
 
 
 def probe_table(args, rm_dir: Path, work: Path, reward, heldout: pd.DataFrame) -> pd.DataFrame:
     """What one appended string is worth to v0 and to each refreshed run's last version."""
-    from rlhf_interp.ppo.rm_refresh import list_versions, version_dir
-    from rlhf_interp.reward import load_reward_model, load_version
+    from rlhf_interp.ppo.refresh_tables import version_probes
+    from rlhf_interp.reward import load_reward_model
 
-    rh = reward_hacking()
-    rm = load_reward_model(rm_dir)
-    texts = heldout.text.tolist()
-    frames = [rh.probe_suffixes(rm, reward, texts, PROBES).assign(rm="v0 (frozen)")]
-    for seed in args.seeds:
-        run_dir = work / f"refreshed-s{seed}"
-        last = max(list_versions(run_dir))
-        if last:
-            load_version(rm, version_dir(run_dir, last))
-            frames.append(rh.probe_suffixes(rm, reward, texts, PROBES).assign(rm=f"v{last} (refreshed, seed {seed})"))
-    return pd.concat(frames, ignore_index=True)[["rm", "suffix", "true_delta", "rm_delta", "rm_delta_stderr"]]
-
-
-def phase_table(samples: pd.DataFrame, metrics: pd.DataFrame, versions: pd.DataFrame, heldout: pd.DataFrame
-                ) -> pd.DataFrame:
-    """Per run and phase: rewards (raw and in held-out std units of the RM version that scored), gaps, accuracy."""
-    t_mean, t_std = heldout.true_reward.mean(), heldout.true_reward.std()
-    r0_mean, r0_std = heldout.rm_reward.mean(), heldout.rm_reward.std()
-    rows = []
-    for (setting, seed, phase), group in samples.groupby(["setting", "seed", "phase"]):
-        m = metrics[(metrics.setting == setting) & (metrics.seed == seed) & (metrics.phase == phase)].iloc[0]
-        version = int(m.get("rm_version", 0)) if pd.notna(m.get("rm_version", 0)) else 0
-        v = versions[(versions.setting == setting) & (versions.seed == seed) & (versions.version == version)].iloc[0]
-        # the PPO reward is (raw - mean_v) / std_v of the version's own normalisation; re-centre on held-out texts
-        true_z = (group.true_reward.mean() - t_mean) / t_std
-        rm_z = (group.rm_reward.mean() - v.heldout_mean) / v.heldout_std
-        rm0_z = (group.rm0_reward.mean() - r0_mean) / r0_std
-        rows.append({"setting": setting, "seed": int(seed), "phase": int(phase), "rm_version": version,
-                     "true_reward": group.true_reward.mean(), "rm_reward": group.rm_reward.mean(),
-                     "rm0_reward": group.rm0_reward.mean(), "true_z": true_z, "rm_z": rm_z, "rm0_z": rm0_z,
-                     "gap": rm_z - true_z, "gap_rm0": rm0_z - true_z,
-                     "accuracy": pairwise_accuracy(group.true_reward, group.rm_reward),
-                     "accuracy_rm0": pairwise_accuracy(group.true_reward, group.rm0_reward),
-                     "kl_pi_ref_per_token": m.kl_pi_ref_per_token, "entropy": m.entropy, "seconds": m.seconds,
-                     "rm_refresh_seconds": float(m.get("rm_refresh_seconds", 0.0) or 0.0)})
-    return pd.DataFrame(rows).sort_values(["setting", "seed", "phase"], ignore_index=True)
-
-
-END_COLUMNS = ["true_reward", "true_z", "rm_z", "gap", "gap_rm0", "accuracy", "accuracy_rm0", "kl_pi_ref_per_token",
-               "entropy"]
-
-
-def end_table(phases: pd.DataFrame, late: int) -> pd.DataFrame:
-    """Per run: the mean of the last ``late`` phases of each quantity, plus its total seconds of PPO and refresh."""
-    rows = []
-    for (setting, seed), run in phases.groupby(["setting", "seed"]):
-        tail = run.sort_values("phase").tail(late)
-        rows.append({"setting": setting, "seed": seed, "phases": f"{int(tail.phase.min())}-{int(tail.phase.max())}",
-                     **{c: tail[c].mean() for c in END_COLUMNS},
-                     "ppo_seconds": run.seconds.sum(), "refresh_seconds": run.rm_refresh_seconds.sum()})
-    return pd.DataFrame(rows)
-
-
-def summary_table(end: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std over seeds of every end quantity, per setting."""
-    rows = []
-    for setting, runs in end.groupby("setting", sort=False):
-        for quantity in [*END_COLUMNS, "ppo_seconds", "refresh_seconds"]:
-            rows.append({"setting": setting, "quantity": quantity, "mean": runs[quantity].mean(),
-                         "sd": runs[quantity].std() if len(runs) > 1 else float("nan"), "seeds": len(runs)})
-    return pd.DataFrame(rows)
-
-
-def proxy_table(samples: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
-    rh = reward_hacking()
-    frames = [rh.proxy_counts(run, heldout).assign(setting=setting, seed=seed)
-              for (setting, seed), run in samples.groupby(["setting", "seed"])]
-    return pd.concat(frames, ignore_index=True)[["setting", "seed", "phase", "feature", "mean_count"]]
+    runs = [(f"refreshed, seed {seed}", work / f"refreshed-s{seed}") for seed in args.seeds]
+    return version_probes(load_reward_model(rm_dir), reward, heldout.text.tolist(), runs, PROBES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,18 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_csv:
         return rerender(render, out)
 
+    from rlhf_interp.core.io import read_jsonl
     from rlhf_interp.ppo import PPOConfig
+    from rlhf_interp.ppo.refresh_tables import end_table, phase_table, run_proxy_counts, summary_table
     from rlhf_interp.reward import METRICS_FILE, get_reward, load_reward_model
+    from rlhf_interp.reward.hacking import RMRecipe
 
     clock = time.process_time()
     wall = time.perf_counter()
-    rh = reward_hacking()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     reward = get_reward("char_count", char=args.char)
     preview = PPOConfig.load(args.ppo_config, ppo_overrides(args, Path("."), args.seeds[0], "refreshed"))
     max_new_tokens = args.max_new_tokens or preview.max_new_tokens
-    rm_args = argparse.Namespace(**{**vars(args), "seed": args.rm_seed})
+    recipe = RMRecipe.from_namespace(args, seed=args.rm_seed)
     stages: dict[str, float] = {}
 
     def stage(name: str) -> None:  # CPU seconds of this process per step, printed and kept in config.json
@@ -303,17 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.rm:
         rm_dir = Path(args.rm)
         metrics_file = rm_dir / METRICS_FILE
-        rm_metrics = read_jsonl_frame(metrics_file) if metrics_file.exists() else pd.DataFrame()
+        rm_metrics = pd.DataFrame([r for _, r in read_jsonl(metrics_file)]) if metrics_file.exists() else pd.DataFrame()
     else:
         rm_dir = work / "rm"
-        rh.make_pairs(rm_args, reward, max_new_tokens, work / "pairs.jsonl")
-        rm_metrics, _ = rh.train_rm(rm_args, work / "pairs.jsonl", rm_dir)
+        recipe.pairs(work / "pairs.jsonl", reward, max_new_tokens, reuse=args.reuse, progress=not args.no_progress)
+        rm_metrics, _ = recipe.train(work / "pairs.jsonl", rm_dir, reuse=args.reuse, progress=not args.no_progress)
     stage("reward model")
     heldout_path = work / "heldout.csv"
     if args.reuse and heldout_path.exists():
         heldout = pd.read_csv(heldout_path, keep_default_na=False)
     else:
-        heldout = rh.heldout_texts(rm_args, load_reward_model(rm_dir), reward, max_new_tokens)
+        heldout = recipe.heldout(load_reward_model(rm_dir), reward, args.heldout, max_new_tokens)
         heldout.to_csv(heldout_path, index=False)
     stage("held-out texts")
 
@@ -324,14 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     phases = phase_table(samples, metrics, versions, heldout)
     end = end_table(phases, args.late)
     tables = {"summary": summary_table(end), "end": end, "phases": phases, "versions": versions, "probes": probes,
-              "proxy_counts": proxy_table(samples, heldout), "heldout": heldout, "runs": runs,
+              "proxy_counts": run_proxy_counts(samples, heldout), "heldout": heldout, "runs": runs,
               "rm_training": rm_metrics,
               "samples": samples[["setting", "seed", "phase", "sample", "rm_version", "completion", "true_reward",
                                   "rm_reward", "rm0_reward"]] if "rm_version" in samples else
               samples[["setting", "seed", "phase", "sample", "completion", "true_reward", "rm_reward", "rm0_reward"]]}
     config = {**{k: v for k, v in vars(args).items() if k != "from_csv"},
               "ppo_overrides": {s: ppo_overrides(args, rm_dir, args.seeds[0], s) for s in SETTINGS},
-              "tuning_overrides": [*rh.DEFAULT_PPO_OVERRIDES, *STUDY_OVERRIDES, *args.ppo_set],
+              "tuning_overrides": [*PPO_OVERRIDES, *STUDY_OVERRIDES, *args.ppo_set],
               "cpu_seconds": time.process_time() - clock, "wall_seconds": time.perf_counter() - wall,
               "stage_cpu_seconds": stages}
     write_tables(out, tables, config=config)
@@ -354,54 +230,6 @@ def _stat(summary: pd.DataFrame, setting: str, quantity: str) -> tuple[float, fl
 def _pm(summary: pd.DataFrame, setting: str, quantity: str, fmt: str = ".2f") -> str:
     mean, sd = _stat(summary, setting, quantity)
     return f"{mean:{fmt}} (sd {sd:{fmt}} over seeds)" if pd.notna(sd) else f"{mean:{fmt}}"  # not an interval
-
-
-def plot_curves(phases: pd.DataFrame, panels: list[tuple[str, str]], title: str) -> plt.Figure:
-    """One panel per quantity; per setting its mean over seeds (thick) and each seed (thin)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    for ax, (column, ylabel) in zip(axes[0], panels):
-        for i, setting in enumerate(SETTINGS):
-            runs = phases[phases.setting == setting]
-            if runs.empty:
-                continue
-            style = series_style(i)
-            for _, run in runs.groupby("seed"):
-                ax.plot(run.phase, run[column], color=style["color"], lw=0.7, alpha=0.45)
-            mean = runs.groupby("phase")[column].mean()
-            ax.plot(mean.index, mean.values, color=style["color"], marker=style["marker"], lw=2,
-                    label=f"{setting} (mean of {runs.seed.nunique()} seeds)")
-        if column in ("gap", "gap_rm0"):
-            ax.axhline(0, color="grey", lw=0.8, ls=":")
-        if column.startswith("accuracy"):
-            ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-            ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("PPO phase")
-        ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-def plot_probes(probes: pd.DataFrame) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    names = list(dict.fromkeys(probes.rm))
-    suffixes = list(dict.fromkeys(probes.suffix))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        rows = probes[probes.rm == name].set_index("suffix").loc[suffixes]
-        ax.bar(np.arange(len(suffixes)) + i * width, rows.rm_delta, width, yerr=2 * rows.rm_delta_stderr,
-               color=series_style(i)["color"], label=name)
-    ax.set_xticks(np.arange(len(suffixes)) + width * (len(names) - 1) / 2, [repr(s) for s in suffixes])
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("string appended to each held-out base-model text")
-    ax.set_ylabel("mean change in RM score (normalised RM units)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def iterated_claims(end: pd.DataFrame, versions: pd.DataFrame, n_phases: int, batch: int, refresh_every) -> list:
@@ -511,14 +339,14 @@ rates the policy's samples as highly as the truth does, relative to base text.
               ("gap", "RM − true (held-out std units)"),
               ("accuracy", "RM accuracy on the phase's samples")]
     mean = phases.groupby(["setting", "phase"], as_index=False)[[c for c, _ in panels] + ["kl_pi_ref_per_token"]].mean()
-    report.figure("curves", plot_curves(phases, panels, "frozen vs refreshed RM (thin: seeds; thick: their mean)"),
+    report.figure("curves", plot_setting_curves(phases, panels, "frozen vs refreshed RM (thin: seeds; thick: their mean)"),
                   chart=facet_lines(mean, "phase", panels, series="setting", xlabel="PPO phase",
                                     title="frozen vs refreshed RM (mean over seeds)"),
                   caption="Per phase: the mean true count of the batch's samples; the gap between the scoring RM's "
                           "reward and the true reward, each in held-out std units (0: the RM rates the samples as "
                           "the truth does); the share of the batch's sample pairs with different true counts that the "
                           "scoring RM orders right (0.5: chance).")
-    report.figure("cost", plot_curves(phases, [("kl_pi_ref_per_token", "KL(π‖base) per token (nats)"),
+    report.figure("cost", plot_setting_curves(phases, [("kl_pi_ref_per_token", "KL(π‖base) per token (nats)"),
                                                ("gap_rm0", "v0 RM − true (held-out std units)")],
                                       "what the refresh costs, and how the starting RM sees each policy"),
                   caption="Left: the exact KL(π‖base) per generated token. Right: the gap measured "
@@ -531,7 +359,7 @@ rates the policy's samples as highly as the truth does, relative to base text.
                          "yardstick); heldout_spearman: its rank correlation with the true count there; pairs, ties, "
                          "replay, accuracy_before/after (on the refresh's fresh pairs), best_epoch: the refresh.")
     report.section("Proxy features")
-    report.figure("probes", plot_probes(probes),
+    report.figure("probes", plot_probe_bars(probes),
                   caption="Mean change of the RM score when one string is appended to each held-out base text "
                           "(error bars: 2 standard errors), for the starting RM and each refreshed run's last "
                           f"version. Only `{char}` changes the true reward.")

@@ -27,37 +27,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from rlhf_interp.bridge import RunDir, load_model
-from rlhf_interp.bridge.generation import generate
-from rlhf_interp.core.seeding import mix_seed
-from rlhf_interp.ppo import PPOConfig, PPOTrainer
-from rlhf_interp.prompts import load_prompts
+from rlhf_interp.bridge import RunDir
+from rlhf_interp.core.io import append_jsonl, read_jsonl
+from rlhf_interp.ppo import PPOConfig
+from rlhf_interp.ppo.runs import phases_done, train_or_resume
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.rebuild import rerender
 from rlhf_interp.report.charts import xy_chart
 from rlhf_interp.report.plots import plot_learned_vs_true, plot_reward_hacking, plot_reward_model_training
-from rlhf_interp.reward import (
-    METRICS_FILE,
-    MODEL_SUBDIR,
-    RewardTrainingConfig,
-    get_reward,
-    load_reward_model,
-    read_preferences,
-    score,
-    synthesize_pairs,
-    train_reward_model,
-    write_preferences,
+from rlhf_interp.reward import MODEL_SUBDIR, get_reward, load_reward_model, read_preferences, score
+from rlhf_interp.reward.hacking import (
+    PPO_OVERRIDES,
+    RMRecipe,
+    exploits,
+    phase_table,
+    probe_suffixes,
+    proxy_counts,
+    spearman,
 )
 
-# A weaker, slower-adapting KL penalty and a higher lr than periods.yaml: the settings that moved the period
-# count fastest in the lead's CPU-sized runs, so 20 phases show where the policy goes.
-DEFAULT_PPO_OVERRIDES = ["kl_coef=0.05", "kl_horizon=2000", "lr=5e-5"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ppo-config", default="configs/periods.yaml")
     p.add_argument("--ppo-phases", type=int, default=20)
     p.add_argument("--ppo-set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"PPO config overrides, after the defaults {DEFAULT_PPO_OVERRIDES} (repeatable)")
+                   help=f"PPO config overrides, after the defaults {PPO_OVERRIDES} (repeatable)")
     p.add_argument("--work-dir", default="runs/reward_hacking")
     p.add_argument("--name", default="reward_hacking", help="report name (reports/<name>/)")
     p.add_argument("--reuse", action="store_true", help="reuse pairs / RM / PPO run already in --work-dir")
@@ -90,141 +82,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def spearman(a: pd.Series, b: pd.Series) -> float:
-    return float(a.corr(b, method="spearman"))
-
-
-def make_pairs(args, reward, max_new_tokens: int, path: Path) -> dict:
-    if args.reuse and path.exists():
-        info = json.loads(path.with_suffix(".info.json").read_text()) if path.with_suffix(".info.json").exists() else {}
-        return {**info, "reused": True}
-    sampler = load_model(args.model, dtype=args.synth_dtype)
-    pairs, stats = synthesize_pairs(sampler, reward, load_prompts(), args.n_pairs, max_new_tokens=max_new_tokens,
-                                    batch_size=args.synth_batch_size, label_noise=args.label_noise, seed=args.seed,
-                                    progress=not args.no_progress)
-    write_preferences(pairs, path)
-    info = {**stats.to_dict(), "dtype": args.synth_dtype, "max_new_tokens": max_new_tokens}
-    path.with_suffix(".info.json").write_text(json.dumps(info, indent=2))
-    return info
-
-
-def train_rm(args, pairs_path: Path, rm_dir: Path) -> tuple[pd.DataFrame, float]:
-    timing = rm_dir / "train_seconds.json"  # wall time of the whole training (prefix cache, epochs, save)
-    if args.reuse and (rm_dir / MODEL_SUBDIR / "meta.json").exists():
-        frame = pd.DataFrame([json.loads(x) for x in (rm_dir / METRICS_FILE).read_text().splitlines() if x.strip()])
-        seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else float(frame.seconds.sum())
-        return frame, seconds
-    start = time.perf_counter()
-    config = RewardTrainingConfig(epochs=args.epochs, batch_size=args.rm_batch_size, lr=args.lr, head_lr=args.head_lr,
-                                  freeze_layers=args.freeze_layers, head=args.head, seed=args.seed)
-    _, frame = train_reward_model(pairs_path, args.model, rm_dir, config, progress=not args.no_progress,
-                                  overwrite=True)
-    seconds = time.perf_counter() - start
-    timing.write_text(json.dumps({"seconds": seconds}))
-    return frame, seconds
-
-
-def heldout_texts(args, rm, reward, max_new_tokens: int) -> pd.DataFrame:
-    """Fresh completions of the base model (another seed than the pairs): truth vs RM."""
-    sampler = load_model(args.model, dtype=args.synth_dtype)
-    heldout_seed = mix_seed(args.seed, 1)  # apart from the pairs' stream, mix_seed(seed, call)
-    prompts = load_prompts(seed=heldout_seed)
-    texts: list[str] = []
-    call = 0
-    while len(texts) < args.heldout:
-        batch = [prompts[(call * args.synth_batch_size + i) % len(prompts)] for i in range(args.synth_batch_size)]
-        texts += generate(sampler, batch, max_new_tokens=max_new_tokens, stop_at_eos=False,
-                          seed=mix_seed(heldout_seed, call)).texts
-        call += 1
-    texts = texts[:args.heldout]
-    return pd.DataFrame({"text": texts, "true_reward": score(reward, texts).tolist(),
-                         "rm_reward": rm.score(texts).tolist()})
-
-
 def run_ppo(args, rm_dir: Path, run_dir: Path, reward) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """PPO against the RM; returns per-sample and per-phase-metric tables."""
+    """PPO against the RM while a callback records the true count and the RM's score of every rollout sample;
+    returns per-sample and per-phase-metric tables (with ``--reuse``, a finished run is read back)."""
     samples_path = run_dir / "reward_hacking_samples.jsonl"
-    if not (args.reuse and samples_path.exists() and (run_dir / "metrics.jsonl").exists()):
-        overrides = [f"reward=reward_model:{rm_dir}", "reward_kwargs={}", f"phases={args.ppo_phases}",
-                     f"model={args.model}", "checkpoint_every=0", f"seed={args.seed}", *DEFAULT_PPO_OVERRIDES,
-                     *args.ppo_set]
-        config = PPOConfig.load(args.ppo_config, overrides)
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+    overrides = [f"reward=reward_model:{rm_dir}", "reward_kwargs={}", f"phases={args.ppo_phases}",
+                 f"model={args.model}", "checkpoint_every=0", f"seed={args.seed}", *PPO_OVERRIDES, *args.ppo_set]
+    config = PPOConfig.load(args.ppo_config, overrides)
+    reuse = args.reuse and samples_path.exists() and phases_done(run_dir) >= config.phases
+    if not reuse:
+        samples_path.unlink(missing_ok=True)
 
         def record(trainer, metrics, rollout) -> None:
             true = score(reward, rollout.completions).tolist()
-            with open(samples_path, "a") as f:
-                for i, (text, t, r) in enumerate(zip(rollout.completions, true, rollout.scores.tolist())):
-                    f.write(json.dumps({"phase": metrics["phase"], "sample": i, "completion": text,
-                                        "true_reward": t, "rm_reward": r}) + "\n")
+            for i, (text, t, r) in enumerate(zip(rollout.completions, true, rollout.scores.tolist())):
+                append_jsonl(samples_path, {"phase": metrics["phase"], "sample": i, "completion": text,
+                                            "true_reward": t, "rm_reward": r})
 
-        PPOTrainer(config, run_dir, callbacks=[record], progress=not args.no_progress).train()
-    samples = pd.DataFrame([json.loads(x) for x in samples_path.read_text().splitlines() if x.strip()])
-    metrics = RunDir(run_dir).metrics()
-    return samples, metrics
-
-
-def phase_table(samples: pd.DataFrame, metrics: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
-    """Per phase: mean true and RM reward, both also in held-out base-text standard units, and their Spearman."""
-    rows = []
-    t_mean, t_std = heldout.true_reward.mean(), heldout.true_reward.std()
-    r_mean, r_std = heldout.rm_reward.mean(), heldout.rm_reward.std()
-    for phase, group in samples.groupby("phase"):
-        rows.append({"phase": int(phase), "true_reward": group.true_reward.mean(), "rm_reward": group.rm_reward.mean(),
-                     "true_reward_z": (group.true_reward.mean() - t_mean) / t_std,
-                     "rm_reward_z": (group.rm_reward.mean() - r_mean) / r_std,
-                     "spearman": spearman(group.true_reward, group.rm_reward)})
-    table = pd.DataFrame(rows)
-    keep = [c for c in ("phase", "kl_pi_ref_per_token", "entropy", "kl_coef") if c in metrics]
-    return table.merge(metrics[keep], on="phase", how="left")
-
-
-def exploits(samples: pd.DataFrame, heldout: pd.DataFrame, k: int = 12) -> pd.DataFrame:
-    """Late-phase samples the RM overrates most relative to their true count (both in held-out z units)."""
-    late = samples[samples.phase > samples.phase.max() - max(3, samples.phase.max() // 4)].copy()
-    late["rm_z"] = (late.rm_reward - heldout.rm_reward.mean()) / heldout.rm_reward.std()
-    late["true_z"] = (late.true_reward - heldout.true_reward.mean()) / heldout.true_reward.std()
-    late["overrating"] = late.rm_z - late.true_z
-    return late.sort_values("overrating", ascending=False).head(k)[
-        ["phase", "completion", "true_reward", "rm_reward", "overrating"]]
-
-
-PROBE_SUFFIXES = [".", " .", "?", "!", "...", "\n", " and"]
-PROXY_CHARS = {"period": ".", "question": "?", "exclamation": "!", "newline": "\n"}
-
-
-def probe_suffixes(rm, reward, texts: list[str], suffixes: list[str] = PROBE_SUFFIXES) -> pd.DataFrame:
-    """What the RM pays for one appended string vs what the true reward pays: mean change over ``texts``.
-
-    Columns: suffix, true_delta, rm_delta (normalised RM units), rm_delta_stderr. A suffix with rm_delta > 0
-    but true_delta == 0 is something a policy can buy RM reward with, without the true reward.
-    """
-    base_true, base_rm = score(reward, texts), rm.score(texts)
-    rows = []
-    for suffix in suffixes:
-        edited = [t + suffix for t in texts]
-        d_true, d_rm = score(reward, edited) - base_true, rm.score(edited) - base_rm
-        rows.append({"suffix": suffix, "true_delta": float(d_true.mean()), "rm_delta": float(d_rm.mean()),
-                     "rm_delta_stderr": float(d_rm.std() / len(texts) ** 0.5)})
-    return pd.DataFrame(rows)
-
-
-def proxy_counts(samples: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
-    """Mean count per sample of each proxy character: the base texts (phase 0) and every PPO phase.
-
-    Columns: phase (0 = held-out base-model texts), feature, mean_count.
-    """
-    rows = []
-    frames = [(0, heldout.text)] + [(int(p), g.completion) for p, g in samples.groupby("phase")]
-    for phase, texts in frames:
-        texts = texts.fillna("")
-        for name, char in PROXY_CHARS.items():
-            rows.append({"phase": phase, "feature": name, "mean_count": float(texts.str.count(re.escape(char)).mean())})
-    return pd.DataFrame(rows)
+        train_or_resume(config, run_dir, reuse=False, callbacks=[record], progress=not args.no_progress)
+    return pd.DataFrame([r for _, r in read_jsonl(samples_path)]), RunDir(run_dir).metrics()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,15 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     reward = get_reward("char_count", char=args.char)
-    ppo_preview = PPOConfig.load(args.ppo_config, [f"phases={args.ppo_phases}", *DEFAULT_PPO_OVERRIDES, *args.ppo_set])
+    ppo_preview = PPOConfig.load(args.ppo_config, [f"phases={args.ppo_phases}", *PPO_OVERRIDES, *args.ppo_set])
     max_new_tokens = args.max_new_tokens or ppo_preview.max_new_tokens
 
     pairs_path, rm_dir, run_dir = work / "pairs.jsonl", work / "rm", work / "ppo"
-    synth = make_pairs(args, reward, max_new_tokens, pairs_path)
+    recipe = RMRecipe.from_namespace(args)
+    synth = recipe.pairs(pairs_path, reward, max_new_tokens, reuse=args.reuse, progress=not args.no_progress)
     n_pairs = len(read_preferences(pairs_path))
-    rm_metrics, rm_seconds = train_rm(args, pairs_path, rm_dir)
+    rm_metrics, rm_seconds = recipe.train(pairs_path, rm_dir, reuse=args.reuse, progress=not args.no_progress)
     rm = load_reward_model(rm_dir)
-    heldout = heldout_texts(args, rm, reward, max_new_tokens)
+    heldout = recipe.heldout(rm, reward, args.heldout, max_new_tokens)
     rho = spearman(heldout.true_reward, heldout.rm_reward)
     probes = probe_suffixes(rm, reward, heldout.text.tolist())
     del rm
@@ -273,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         ("true reward z, mean of last 5 phases", float(tail.true_reward_z.mean())),
         ("RM reward z, mean of last 5 phases", float(tail.rm_reward_z.mean())),
     ], columns=["quantity", "value"])
-    config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "ppo_overrides": DEFAULT_PPO_OVERRIDES}
+    config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "ppo_overrides": PPO_OVERRIDES}
     write_tables(out, {"summary": summary, "rm_training": rm_metrics, "heldout": heldout, "ppo_phases": phases,
                        "probes": probes, "proxy_counts": proxies, "ppo_samples": samples}, config=config)
     report = render(out)
@@ -365,7 +242,7 @@ def render(report_dir: Path) -> Report:
     proxies = read_table(report_dir, "proxy_counts")
     samples = read_table(report_dir, "ppo_samples", keep_default_na=False)
     char = config.get("char", ".")
-    overrides = config.get("ppo_overrides", DEFAULT_PPO_OVERRIDES) + list(config.get("ppo_set", []))
+    overrides = config.get("ppo_overrides", PPO_OVERRIDES) + list(config.get("ppo_set", []))
 
     best = rm_metrics[rm_metrics.split == "val"].sort_values("loss").iloc[0]
     rho = float(quantity["Spearman(RM, true) on held-out base texts"])

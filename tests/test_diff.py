@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -317,6 +319,48 @@ def test_run_dir_reads_checkpoints_logs_and_config(tiny_run, tmp_path):
     assert RunDir(copy).config() == {"model": "tiny-test", "phases": 2}
     with pytest.raises(FileNotFoundError, match="metrics.jsonl is missing"):
         RunDir(tiny_run).metrics()
+
+
+
+def test_demo_run_trajectory_summary_and_attention_views(tiny, tmp_path):
+    """The library half of analyses/diff_ppo.py: the demo run raises log p('.') and saves checkpoints; the summary
+    of its trajectory has one row per step with the peak where the diff says; the tidy attention patterns hold the
+    heads' weights and rebuild base, tuned and tuned - base views without a model; the checkpoints picked keep
+    the first and the last."""
+    from rlhf_interp.diff.attention_view import attention_views, head_patterns, pattern_table
+    from rlhf_interp.diff.demo import make_demo_run
+    from rlhf_interp.diff.trajectory import evenly_spaced, trajectory_summary
+
+    assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9] and evenly_spaced([1, 2], 4) == [1, 2]
+    run = make_demo_run("tiny-test", tmp_path / "run", steps=4, lr=1e-2, seed=0)
+    metas = [json.loads((path / "meta.json").read_text()) for _, path in RunDir(run).checkpoints]
+    assert RunDir(run).steps == [1, 2, 4] and all("demo" in m for m in metas)
+    assert metas[-1]["mean_logp_period"] > metas[0]["mean_logp_period"]  # the objective went up
+
+    result = diff_trajectory(tiny, run, PROMPTS[:2], analyses=("residual", "directions", "output", "weights"),
+                             watch_tokens=["."], per_token=False)
+    tables = result.tables()
+    summary = trajectory_summary(tables, ["."], "hook_resid_post")
+    assert summary.step.tolist() == [1, 2, 4] and (summary["best_lens_rank_."] >= 1).all()
+    post = tables["residual"].query("hook == 'hook_resid_post'")
+    for row in summary.itertuples():
+        at = post[post.step == row.step]
+        assert row.peak_rel_diff_norm == at.rel_diff_norm.max() and row.peak_layer == at.loc[at.rel_diff_norm.idxmax(),
+                                                                                              "layer"]
+    assert (summary.weights_rel_diff_norm > 0).all()
+
+    tuned = load_model(str(RunDir(run).latest), device="cpu")
+    heads = [(0, 0), (1, 1)]
+    tokens, base_patterns = head_patterns(tiny, PROMPTS[0], heads)
+    _, tuned_patterns = head_patterns(tuned, PROMPTS[0], heads)
+    table = pattern_table(tokens, heads, {"base": base_patterns, "tuned": tuned_patterns})
+    n = len(tokens)
+    assert len(table) == 2 * len(heads) * n * (n + 1) // 2  # models x heads x (query, key <= query)
+    sums = table.groupby(["model", "layer", "head", "query_pos"]).weight.sum()
+    assert sums.to_numpy() == pytest.approx(1.0, abs=1e-5)  # each query row of a causal pattern sums to 1
+    shown_tokens, side_by_side, difference, bound, moves = attention_views(table, heads)
+    assert shown_tokens == tokens and len(moves) == len(heads)
+    assert bound == pytest.approx(float((tuned_patterns - base_patterns).abs().max()) or 1.0, abs=1e-6)
 
 
 def test_cli_diff_writes_tables_and_figures(tiny_run, tmp_path, capsys):

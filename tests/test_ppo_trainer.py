@@ -104,6 +104,35 @@ def test_resume_equals_uninterrupted(tmp_path):
         assert a[2][key] == pytest.approx(b[2][key], rel=1e-5, abs=1e-7), key
 
 
+
+def test_train_or_resume_finishes_a_killed_run_and_leaves_a_finished_one(tmp_path):
+    """`rlhf_interp.ppo.runs.train_or_resume`, what the studies call: a run killed after phase 1 of 2 is resumed to
+    the uninterrupted run's metrics, a finished one is left alone (0 s, files untouched), and without ``reuse``
+    the run starts again."""
+    from rlhf_interp.ppo.runs import phases_done, train_or_resume
+
+    config = tiny_config(phases=2)
+    train_or_resume(config, tmp_path / "full", progress=False)
+
+    def kill_after_phase_1(trainer, metrics, rollout):
+        if trainer.phase == 1:
+            raise KeyboardInterrupt  # as if the process were killed right after checkpoint-000001
+
+    with pytest.raises(KeyboardInterrupt):
+        train_or_resume(config, tmp_path / "run", callbacks=[kill_after_phase_1], progress=False)
+    assert phases_done(tmp_path / "run") == 1 and phases_done(tmp_path / "nothing") == 0
+    wall, cpu = train_or_resume(config, tmp_path / "run", progress=False)
+    assert wall > 0 and cpu > 0
+    full, resumed = _metrics(tmp_path / "full"), _metrics(tmp_path / "run")
+    for key in ("reward_mean", "kl_pi_ref_per_token", "entropy", "policy_loss"):
+        assert [m[key] for m in resumed] == pytest.approx([m[key] for m in full], rel=1e-5, abs=1e-7), key
+    before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    assert train_or_resume(config, tmp_path / "run", progress=False) == (0.0, 0.0)
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
+    train_or_resume(tiny_config(phases=1), tmp_path / "run", reuse=False, progress=False)
+    assert phases_done(tmp_path / "run") == 1  # started again: the old two phases are gone
+
+
 def test_bad_reward_gives_clear_error(tmp_path):
     def wrong_length(texts):
         return [1.0]

@@ -278,3 +278,64 @@ def test_get_reward_leaves_the_shared_builtin_unnamed():
     assert periods.reward_name == "periods" and counts.reward_name == "char_count"
     assert not hasattr(char_count, "reward_name")
     assert score(counts, ["a!.!"]).tolist() == [2.0]
+
+
+# ---------------------------------------------------------------------------------------------- learned vs true
+
+
+def test_hacking_measures_on_a_trained_rm(trained, tiny, tmp_path):
+    """`rlhf_interp.reward.hacking`, the pieces the reward-hacking and iterated-RM studies share: held-out texts are
+    seeded and scored by both rewards; an appended '.' is worth exactly 1 to the period count and nothing else is;
+    proxy counts and per-phase tables are what the samples say; a made RM and its pairs are reused unopened."""
+    import pandas as pd
+
+    from rlhf_interp.reward.hacking import (
+        RMRecipe,
+        exploits,
+        heldout_texts,
+        pairwise_accuracy,
+        phase_table,
+        probe_suffixes,
+        proxy_counts,
+    )
+
+    out, rm, frame, pairs = trained
+    periods = get_reward("char_count", char=".")
+    prompts = ["Say", "Once upon a time"]
+    heldout = heldout_texts(tiny, rm, periods, prompts, 5, max_new_tokens=6, batch_size=2, seed=3)
+    again = heldout_texts(tiny, rm, periods, prompts, 5, max_new_tokens=6, batch_size=2, seed=3)
+    pd.testing.assert_frame_equal(heldout, again)
+    assert list(heldout.columns) == ["text", "true_reward", "rm_reward"] and len(heldout) == 5
+    assert heldout.true_reward.tolist() == [float(t.count(".")) for t in heldout.text]
+    assert heldout.rm_reward.tolist() == pytest.approx(rm.score(heldout.text.tolist()).tolist(), abs=1e-5)
+
+    probes = probe_suffixes(rm, periods, heldout.text.tolist(), [".", " ...", "?"]).set_index("suffix")
+    assert probes.true_delta.tolist() == [1.0, 3.0, 0.0]
+    assert (probes.rm_delta_stderr >= 0).all()
+
+    samples = pd.DataFrame({"phase": [1, 1, 2, 2], "completion": ["a.", "?", "..", "b"],
+                            "true_reward": [1.0, 0.0, 2.0, 0.0], "rm_reward": [0.5, 0.1, 0.9, -0.2]})
+    counts = proxy_counts(samples, pd.DataFrame({"text": ["x.", "y!"]})).set_index(["phase", "feature"]).mean_count
+    assert counts[(0, "period")] == 0.5 and counts[(0, "exclamation")] == 0.5
+    assert counts[(1, "question")] == 0.5 and counts[(2, "period")] == 1.0
+    table = phase_table(samples, pd.DataFrame({"phase": [1, 2], "entropy": [3.0, 2.5]}),
+                        pd.DataFrame({"true_reward": [0.0, 2.0], "rm_reward": [0.0, 1.0]}))
+    assert table.true_reward.tolist() == [0.5, 1.0] and table.entropy.tolist() == [3.0, 2.5]
+    assert table.true_reward_z.tolist() == pytest.approx([(0.5 - 1) / 2 ** 0.5, 0.0])
+    assert table.spearman.tolist() == pytest.approx([1.0, 1.0])
+    assert exploits(samples, pd.DataFrame({"true_reward": [0.0, 2.0], "rm_reward": [0.0, 1.0]}), k=1
+                    ).completion.tolist() == ["?"]  # RM z (0.1-0.5)/0.71 = -0.57 vs true z -1/1.41 = -0.71
+    assert pairwise_accuracy(pd.Series([1, 2, 3, 3]), pd.Series([0.1, 0.3, 0.2, 0.2])) == pytest.approx(
+        (1 + 1 + 1 + 0 + 0) / 5)  # (1,2) (1,3) (1,3') right, (2,3) (2,3') wrong; (3,3') tied in truth: skipped
+    assert pairwise_accuracy(pd.Series([1, 2]), pd.Series([0.5, 0.5])) == 0.5
+
+    recipe = RMRecipe(model="does-not-exist", n_pairs=4)  # reuse opens no model: a wrong name does no harm
+    write_preferences(pairs[:4], tmp_path / "pairs.jsonl")
+    assert recipe.pairs(tmp_path / "pairs.jsonl", periods, 8, reuse=True) == {"reused": True}
+    reused, seconds = recipe.train(tmp_path / "pairs.jsonl", out, reuse=True)
+    pd.testing.assert_frame_equal(reused, frame, check_dtype=False)
+    assert seconds == pytest.approx(frame.seconds.sum())
+    import argparse
+
+    assert RMRecipe.from_namespace(argparse.Namespace(model="m", epochs=2, other=1), seed=5) == RMRecipe(
+        model="m", epochs=2, seed=5)

@@ -244,9 +244,6 @@ def test_iterated_rm_study_end_to_end_and_from_csv(rm_dir, tmp_path):
     from rlhf_interp.report.rebuild import load_analysis
 
     study = load_analysis(Path(__file__).parent.parent / "analyses" / "iterated_rm.py")
-    assert study.pairwise_accuracy(pd.Series([1, 2, 3, 3]), pd.Series([0.1, 0.3, 0.2, 0.2])) == pytest.approx(
-        (1 + 1 + 1 + 0 + 0) / 5)  # (1,2) (1,3) (1,3') right, (2,3) (2,3') wrong; (3,3') tied in truth: skipped
-    assert study.pairwise_accuracy(pd.Series([1, 2]), pd.Series([0.5, 0.5])) == 0.5
     root = tmp_path / "reports"
     args = ["--model", "tiny-test", "--rm", str(rm_dir), "--char", "e", "--ppo-config", str(CONFIGS / "tiny.yaml"),
             "--heldout", "12", "--ppo-phases", "2", "--seeds", "0", "1", "--refresh-every", "1", "--refresh-pairs", "4",
@@ -273,3 +270,30 @@ def test_iterated_rm_study_end_to_end_and_from_csv(rm_dir, tmp_path):
     (out / "README.md").unlink()
     assert study.main(["--from-csv", "--root", str(root)]) == 0
     assert (out / "README.md").read_text() == readme
+
+
+def test_refresh_tables_from_hand_made_runs(rm_dir, tmp_path):
+    """`rlhf_interp.ppo.refresh_tables`: a run without versions is scored by version 0 (its held-out yardstick is the
+    RM's own scores); the end of a run is the mean of its last phases; the summary is mean and sd over seeds."""
+    from rlhf_interp.ppo.refresh_tables import END_COLUMNS, end_table, summary_table, version_table
+
+    rm = load_reward_model(rm_dir)
+    heldout = pd.DataFrame({"text": ["Say.", "Say", "Say..."], "true_reward": [1.0, 0.0, 3.0]})
+    versions = version_table(rm, [({"setting": "frozen", "seed": 0}, tmp_path / "no-versions")], heldout)
+    scores = rm.score(heldout.text.tolist())
+    assert versions[["setting", "seed", "version", "phase"]].values.tolist() == [["frozen", 0, 0, 0]]
+    assert versions.heldout_mean.item() == pytest.approx(float(scores.mean()))
+    assert versions.heldout_spearman.item() == pytest.approx(
+        pd.Series(scores.tolist()).corr(heldout.true_reward, method="spearman"))
+
+    rows = [{"setting": setting, "seed": seed, "phase": phase, "seconds": 2.0, "rm_refresh_seconds": 1.0 * (phase == 2),
+             **{c: float(phase + seed) for c in END_COLUMNS}}
+            for setting in ("frozen", "refreshed") for seed in (0, 1) for phase in (1, 2, 3)]
+    end = end_table(pd.DataFrame(rows), late=2)
+    first = end[(end.setting == "frozen") & (end.seed == 1)].iloc[0]
+    assert first.phases == "2-3" and first.gap == 3.5 and first.ppo_seconds == 6.0 and first.refresh_seconds == 1.0
+    summary = summary_table(end).set_index(["setting", "quantity"])
+    assert summary.loc[("refreshed", "gap"), "mean"] == 3.0 and summary.loc[("refreshed", "gap"), "seeds"] == 2
+    assert summary.loc[("refreshed", "gap"), "sd"] == pytest.approx(2 ** 0.5 / 2)  # 2.5 and 3.5
+    assert summary_table(end[end.seed == 0]).sd.isna().all()  # one seed: no spread to report
+

@@ -4,7 +4,8 @@ Modules (one job each): `compat` (refuse incomparable models), `stream` (run bot
 batches), `metrics` (pure per-token math), `accumulators` (fixed-size running statistics), `lens`
 (logit lens of a direction), `weights` (parameter diff), `attention_view` (circuitsvis view),
 `core` (`diff_models` and one-analysis helpers), `trajectory` (every checkpoint of a run, read through
-`rlhf_interp.bridge.RunDir`), `texts` (policy samples as diff inputs). Names are re-exported lazily (PEP 562).
+`rlhf_interp.bridge.RunDir`; evenly spaced picks, a per-step summary), `texts` (policy samples as diff inputs),
+`demo` (a stand-in tuned run). Names are re-exported lazily (PEP 562).
 """
 
 from rlhf_interp.core.lazy import lazy_exports, names_from

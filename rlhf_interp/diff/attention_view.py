@@ -1,4 +1,7 @@
-"""A circuitsvis view of the heads whose attention changed most: base and tuned side by side."""
+"""A circuitsvis view of the heads whose attention changed most: base and tuned side by side, and tuned - base.
+
+`pattern_table` stores the shown heads' patterns as a tidy table, so `attention_views` rebuilds the views from a
+report's CSV alone (no model)."""
 
 from __future__ import annotations
 
@@ -43,3 +46,46 @@ def attention_diff_view(base, tuned, prompt: str, heads: list[tuple[int, int]]):
     stacked = torch.stack([base_patterns, tuned_patterns], dim=1).flatten(0, 1)  # base, tuned, base, tuned...
     names = [f"L{layer}H{head} {which}" for layer, head in heads for which in ("base", "tuned")]
     return circuitsvis.attention.attention_heads(attention=stacked, tokens=str_tokens, attention_head_names=names)
+
+
+def pattern_table(tokens: list[str], heads: list[tuple[int, int]], patterns: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Tidy attention patterns of the shown heads: one row per (head, model, query, key <= query)."""
+    rows = []
+    for model, tensor in patterns.items():
+        for i, (layer, head) in enumerate(heads):
+            for q in range(len(tokens)):
+                for k in range(q + 1):
+                    rows.append({"layer": layer, "head": head, "model": model, "query_pos": q, "key_pos": k,
+                                 "query_token": tokens[q], "key_token": tokens[k], "weight": float(tensor[i, q, k])})
+    return pd.DataFrame(rows)
+
+
+def attention_views(patterns: pd.DataFrame, heads: list[tuple[int, int]]):
+    """circuitsvis views from the tidy pattern table: base/tuned side by side, and tuned - base."""
+    import circuitsvis
+    import numpy as np
+
+    n = int(patterns["query_pos"].max()) + 1
+    tokens = patterns.drop_duplicates("query_pos").sort_values("query_pos")["query_token"].tolist()
+    grids = {}
+    for (layer, head, model), g in patterns.groupby(["layer", "head", "model"]):
+        grid = np.zeros((n, n))
+        grid[g["query_pos"], g["key_pos"]] = g["weight"]
+        grids[(layer, head, model)] = grid
+    pairs = np.stack([grids[(layer, head, model)] for layer, head in heads for model in ("base", "tuned")])
+    names = [f"L{layer}H{head} {model}" for layer, head in heads for model in ("base", "tuned")]
+    side_by_side = circuitsvis.attention.attention_heads(attention=pairs, tokens=tokens, attention_head_names=names)
+    diff = np.stack([grids[(layer, head, "tuned")] - grids[(layer, head, "base")] for layer, head in heads])
+    bound = float(np.abs(diff).max()) or 1.0
+    difference = circuitsvis.attention.attention_heads(
+        attention=diff, tokens=tokens, attention_head_names=[f"L{layer}H{head} tuned − base" for layer, head in heads],
+        min_value=-bound, max_value=bound, negative_color="red", positive_color="blue")
+    # per head: the key token whose attention changed most, averaged over the query rows that can see it
+    visible = np.tril(np.ones((n, n)))
+    column_change = diff.sum(axis=1) / visible.sum(axis=0)
+    moves = []
+    for i, (layer, head) in enumerate(heads):
+        up, down = int(column_change[i].argmax()), int(column_change[i].argmin())
+        moves.append(f"L{layer}H{head}: {tokens[up]!r} (position {up}) {column_change[i, up]:+.3f}, "
+                     f"{tokens[down]!r} (position {down}) {column_change[i, down]:+.3f}")
+    return tokens, side_by_side, difference, bound, moves

@@ -11,6 +11,8 @@
 - `state`: ``TrainerState``, what a checkpoint restores besides the weights;
 - `trainer`: ``PPOTrainer``, the loop for every algorithm, logging, checkpoints and resume;
 - `rm_refresh`: iterated online RLHF, a learned reward model refreshed on the policy's samples (``rm_refresh_*``);
+  `refresh_tables`: frozen vs refreshed runs read back and scored offline, as tidy tables;
+- `runs`: ``train_or_resume``, a run brought to its end (resumed if killed, left alone if done) for the studies;
 - `kl_audit`: checks every KL option's gradient on an enumerable policy (docs/kl.md's table).
 
 Names are imported on first use (PEP 562), so ``import rlhf_interp.ppo`` stays light.

@@ -3,7 +3,8 @@
 Data flows one way inside: `functions` (builtin and user rewards) -> `preferences` (read, validate,
 write, split pairs) -> `synthetic` (pairs labelled by a reward function) -> `model` (the RM: backbone +
 scalar head, scoring, loading) -> `prefix` (frozen-prefix cache) -> `training` (Bradley-Terry training) ->
-`refresh` (versions of a fine-tuned RM, for iterated online RLHF).
+`refresh` (versions of a fine-tuned RM, for iterated online RLHF) -> `hacking` (a learned RM against the true
+reward: held-out texts, probes, proxy counts, per-phase tables; how the studies make their RM).
 The RM's head is `rlhf_interp.bridge.heads.ValueHead`; nothing here knows the PPO trainer.
 """
 
