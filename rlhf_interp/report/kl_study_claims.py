@@ -20,7 +20,7 @@ import math
 
 import pandas as pd
 
-from rlhf_interp.core.stats import Interval, proportion_interval
+from rlhf_interp.core.stats import Interval, proportion_interval, verdict
 from rlhf_interp.measure.kl_study import PENALTIES
 from rlhf_interp.report.claims import NOT_MEASURED, Claim
 
@@ -41,6 +41,12 @@ def _n(prompts: int, per_prompt: int, seeds: int | None = None) -> dict[str, int
 def _words(metric: str) -> tuple[str, str]:
     words, fmt = METRIC_WORDS[metric]
     return words, fmt
+
+
+def _in_units(claim: Claim, iv: Interval, a: str, b: str) -> Claim:
+    """The verdict's bound in the claim's own units (percentage points for shares, not a bare fraction)."""
+    claim.verdict = verdict(iv, a, b, fmt=claim.fmt if claim.fmt.endswith("%") else ".2g").text
+    return claim
 
 
 def base_claim(per_prompt: pd.DataFrame, description: str) -> Claim:
@@ -100,8 +106,8 @@ def comparison_claims(comparisons: pd.DataFrame, matched_level: float | None) ->
             continue
         text = (f"{r['a']} − {r['b']} in {words} {where}: {{value}} {{ci}} ({{n}}, paired by seed and prompt); "
                 "{verdict}.")
-        out.append(Claim.compare(cid, text, iv, r["a"], r["b"], fmt=fmt, headline=bool(headline),
-                                 params={**FACTORS, "level": matched_level or 0.0}))
+        out.append(_in_units(Claim.compare(cid, text, iv, r["a"], r["b"], fmt=fmt, headline=bool(headline),
+                                           params={**FACTORS, "level": matched_level or 0.0}), iv, r["a"], r["b"]))
     return out
 
 
@@ -130,7 +136,7 @@ def coverage_question(levels: pd.DataFrame, comparisons: pd.DataFrame, finished:
     iv = Interval(r["difference"], r["low"], r["high"], method=r["method"],
                   n=_n(r["prompts"], s["per_prompt"], r["seeds"]), note=str(r["note"] if isinstance(r["note"], str)
                                                                          else ""))
-    return Claim.compare(
+    return _in_units(Claim.compare(
         "seq_keeps_reference_samples",
         "At the end of training the sequence-level KL(ref‖π) (ref_pi_seq) keeps {seq:.1%} [{seq_low:.1%}, "
         "{seq_high:.1%}] of the reference's samples within {tenfold}× likelihood (against a mark of "
@@ -139,7 +145,7 @@ def coverage_question(levels: pd.DataFrame, comparisons: pd.DataFrame, finished:
         iv, "ref_pi_seq", "ref_pi_reward", fmt=".1%",
         params={"seq": float(s["value"]), "seq_low": float(s["low"]), "seq_high": float(s["high"]),
                 "rew": float(w["value"]), "rew_low": float(w["low"]), "rew_high": float(w["high"]),
-                "tenfold": 10, "threshold": threshold, "met": met})
+                "tenfold": 10, "threshold": threshold, "met": met}), iv, "ref_pi_seq", "ref_pi_reward")
 
 
 def study_claims(per_prompt: pd.DataFrame, levels: pd.DataFrame, comparisons: pd.DataFrame, config: dict,
