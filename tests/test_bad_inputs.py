@@ -23,28 +23,14 @@ import torch
 
 from rlhf_interp.cli import main as cli_main
 
+from helpers import save_tiny
+
 CONFIGS = Path(__file__).parent.parent / "configs"
 D_MODEL = 64  # tiny-test
 
 
 # ----------------------------------------------------------------------------------------------
 # The files a user might hand over
-
-
-def _save_tiny(directory: Path, *, vocab: int | None = None, tokenizer: bool = True) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rlhf_interp.bridge import build_tiny_model, load_tokenizer
-
-    model = build_tiny_model()
-    if vocab is not None:
-        cfg = LlamaConfig(**{**model.config.to_dict(), "vocab_size": vocab})
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg)
-    model.save_pretrained(directory)
-    if tokenizer:
-        load_tokenizer().save_pretrained(directory)
-    return directory
 
 
 def _permute_tokenizer(directory: Path) -> None:
@@ -111,9 +97,9 @@ def d(tmp_path_factory) -> Path:
     (d / "prefs_same.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "a"}\n')
     (d / "prefs_one.jsonl").write_text('{"prompt": "p", "chosen": "a.", "rejected": "b"}\n')
     # models
-    _permute_tokenizer(_save_tiny(d / "permuted"))
-    _save_tiny(d / "small_vocab_no_tokenizer", vocab=1000, tokenizer=False)
-    cut = _save_tiny(d / "cut_weights")
+    _permute_tokenizer(save_tiny(d / "permuted"))
+    save_tiny(d / "small_vocab_no_tokenizer", vocab=1000, tokenizer=False)
+    cut = save_tiny(d / "cut_weights")
     weights = (cut / "model.safetensors").read_bytes()
     (cut / "model.safetensors").write_bytes(weights[: len(weights) // 3])
     (d / "not_a_model").mkdir()
@@ -136,13 +122,13 @@ def d(tmp_path_factory) -> Path:
     shutil.copytree(d / "run", d / "crafted")
     _crafted_pickle(d / "crafted" / "checkpoint-000001" / "trainer_state.pt", d / "pwned")
     # every other pickle-based file the toolkit reads, crafted the same way
-    evil_bin = _save_tiny(d / "evil_bin")
+    evil_bin = save_tiny(d / "evil_bin")
     (evil_bin / "model.safetensors").unlink()
     torch.save({"model.embed_tokens.weight": _Evil(d / "pwned")}, evil_bin / "pytorch_model.bin")
     torch.save({"hooks": ["hook_resid_post"], "mean": _Evil(d / "pwned")}, d / "evil_directions.pt")
     torch.save({"prompts": ["a"], "samples": _Evil(d / "pwned")}, d / "evil_reference_samples.pt")
     # issue 26: NaN weights, a crafted PEFT adapter, broken reward modules, enough pairs to train an RM
-    nan = _save_tiny(d / "nan_weights")
+    nan = save_tiny(d / "nan_weights")
     from safetensors.torch import load_file, save_file
 
     weights = load_file(str(nan / "model.safetensors"))

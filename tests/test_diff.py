@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhf_interp import load_model, load_prompts, save_hf_model, tokenize
+from rlhf_interp import load_model, load_prompts, tokenize
 from rlhf_interp.cli import main as cli_main
 from rlhf_interp.diff import (
     RESID_HOOKS,
@@ -31,23 +31,15 @@ from rlhf_interp.diff.lens import token_id
 from rlhf_interp.diff.stream import paired_batches
 from rlhf_interp.bridge import RunDir, bridge_from_hf, build_tiny_model, load_tokenizer
 
+from helpers import perturbed_tiny, save_run, where
+
 PROMPTS = load_prompts(limit=6, seed=0)
 
 
 def tiny_copy(edit_q_layer: int | None = None, scale: float = 0.3, seed: int = 0):
     """An independent tiny-test bridge, optionally with layer ``edit_q_layer``'s W_Q perturbed."""
-    model = load_model("tiny-test", device="cpu")
-    if edit_q_layer is not None:
-        q = model.original_model.model.layers[edit_q_layer].self_attn.q_proj.weight
-        with torch.no_grad():
-            q.add_(scale * torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)))
-    return model
-
-
-def rows(df: pd.DataFrame, **where) -> pd.DataFrame:
-    for key, value in where.items():
-        df = df[df[key] == value]
-    return df
+    weight = None if edit_q_layer is None else f"model.layers.{edit_q_layer}.self_attn.q_proj.weight"
+    return perturbed_tiny(weight, scale=scale, seed=seed)
 
 
 def test_self_diff_is_exactly_zero(tiny):
@@ -90,13 +82,13 @@ def test_planted_vector_is_found_at_its_layer_and_not_before(tiny):
         assert res.loc[key, "rel_diff_norm"] > 0.1 and res.loc[key, "cosine_sim"] < 1.0, key
     torch.testing.assert_close(result.vectors.vector(1), planted, atol=1e-5, rtol=1e-4)
     assert result.vectors.vector(0).abs().max() == 0
-    layer1 = rows(result.directions, layer=1).iloc[0]
+    layer1 = where(result.directions, layer=1).iloc[0]
     assert layer1["mean_share"] == pytest.approx(1.0, abs=1e-6)  # a constant shift has no variance
-    ranks = rows(result.logit_lens_tokens, layer=1, model="base")
+    ranks = where(result.logit_lens_tokens, layer=1, model="base")
     assert ranks["rank"].item() == 1
-    top = rows(result.logit_lens, layer=1, model="tuned", kind="promoted", rank=1)
+    top = where(result.logit_lens, layer=1, model="tuned", kind="promoted", rank=1)
     assert top["token"].item() == "."
-    assert rows(result.token_shifts, direction="up", rank=1)["token"].item() == "."
+    assert where(result.token_shifts, direction="up", rank=1)["token"].item() == "."
     assert (result.attention["js_divergence"] == 0.0).all()  # patterns are computed before the planted hook
     assert (result.weights["diff_norm"] == 0.0).all()  # a hook changes no weight
 
@@ -262,12 +254,7 @@ def test_classify_param_uses_transformerlens_names():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A run directory with an unchanged checkpoint (step 5) and one with layer 1's W_Q edited (step 9)."""
-    run = tmp_path_factory.mktemp("run")
-    for step, edit in ((5, None), (9, 1)):
-        model = tiny_copy(edit_q_layer=edit)
-        save_hf_model(model.original_model, model.tokenizer, run / f"checkpoint-{step:06d}",
-                      meta={"step": step, "base_model": "tiny-test"})
-    return run
+    return save_run(tmp_path_factory.mktemp("run"), {5: tiny_copy(), 9: tiny_copy(edit_q_layer=1)})
 
 
 def test_trajectory_has_a_step_column(tiny, tiny_run):

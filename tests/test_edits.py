@@ -4,6 +4,7 @@ weight-orthogonalization twin of direction ablation."""
 from __future__ import annotations
 
 from copy import deepcopy
+from functools import partial
 
 import pytest
 import torch
@@ -21,13 +22,12 @@ from rlhf_interp.edits import (
 )
 from rlhf_interp.bridge import generate
 
+from helpers import prompt_logits
+
 PROMPTS = ["The old lighthouse keeper", "Hi", "Once upon a time in a quiet village,"]
 
 
-def _logits(model, prompts=PROMPTS):
-    tokens, mask = tokenize(model, prompts)
-    with torch.no_grad():
-        return model(tokens, attention_mask=mask)
+_logits = partial(prompt_logits, prompts=PROMPTS)  # the file's prompts, BOS + left padding, no grad
 
 
 def _n_hooks(model) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ from rlhf_interp.frontier.best_of_n import unbiased_log_cdf
 from rlhf_interp.edits.rank_one import key_statistics, output_matrix
 from rlhf_interp.measure import evaluate_edit
 
+from helpers import prompt_logits
+
 PROMPTS = ["The old lighthouse keeper", "Once upon a time in a quiet village,", "Long ago, a young sailor",
            "The dragon lifted its head and"]
 PAIRS = [("The sea was calm. The sky was grey. We sat.", "The sea was calm and the sky was grey and we sat"),
@@ -55,10 +58,7 @@ def model():
     return load_model("tiny-test", device="cpu")
 
 
-def _logits(model, prompts=PROMPTS):
-    tokens, mask = tokenize(model, prompts)
-    with torch.no_grad():
-        return model(tokens, attention_mask=mask)
+_logits = partial(prompt_logits, prompts=PROMPTS)  # the file's prompts, BOS + left padding, no grad
 
 
 # ----------------------------------------------------------------------------------------------

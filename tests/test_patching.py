@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhf_interp import Steering, load_model, load_prompts, save_hf_model, tokenize
+from rlhf_interp import Steering, load_model, load_prompts, tokenize
 from rlhf_interp.bridge import bridge_from_hf, build_tiny_model, load_tokenizer
 from rlhf_interp.cli import main as cli_main
 from rlhf_interp.diff import ModelMismatchError
@@ -24,23 +24,20 @@ from rlhf_interp.patching import (
     weight_patching,
 )
 
+from helpers import perturbed_tiny, save_run, where
+
 TEXTS = load_prompts(limit=4, seed=0)
 
 
 def tiny_copy(mlp_layer: int | None = None, scale: float = 0.3, seed: int = 1):
     """An independent tiny-test bridge; with ``mlp_layer``, that layer's MLP down projection perturbed."""
-    model = load_model("tiny-test", device="cpu")
-    if mlp_layer is not None:
-        w = model.original_model.model.layers[mlp_layer].mlp.down_proj.weight
-        with torch.no_grad():
-            w.add_(scale * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)))
-    return model
+    weight = None if mlp_layer is None else f"model.layers.{mlp_layer}.mlp.down_proj.weight"
+    return perturbed_tiny(weight, scale=scale, seed=seed, relative=True)
 
 
-def row(df: pd.DataFrame, **where) -> pd.Series:
-    for key, value in where.items():
-        df = df[df[key] == value]
-    assert len(df) == 1, where
+def row(df: pd.DataFrame, **equal) -> pd.Series:
+    df = where(df, **equal)
+    assert len(df) == 1, equal
     return df.iloc[0]
 
 
@@ -162,12 +159,7 @@ def test_patch_hooks_are_removed_on_error(tiny):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A run directory: an unchanged checkpoint (step 5), then one with layer 1's MLP perturbed (step 9)."""
-    run = tmp_path_factory.mktemp("run")
-    for step, layer in ((5, None), (9, 1)):
-        model = tiny_copy(mlp_layer=layer)
-        save_hf_model(model.original_model, model.tokenizer, run / f"checkpoint-{step:06d}",
-                      meta={"step": step, "base_model": "tiny-test"})
-    return run
+    return save_run(tmp_path_factory.mktemp("run"), {5: tiny_copy(), 9: tiny_copy(mlp_layer=1)})
 
 
 def test_trajectory_attributes_each_checkpoint(tiny, tiny_run):

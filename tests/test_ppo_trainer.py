@@ -16,31 +16,17 @@ from rlhf_interp.core.kl import kl_from_logprobs, masked_mean, sampling_logprobs
 from rlhf_interp.ppo.kl_penalty import kl_options
 from rlhf_interp.ppo import PPOConfig, PPOTrainer
 
+from helpers import save_tiny
+
 CONFIGS = Path(__file__).parent.parent / "configs"
 ACCEPTED = [(d, e, p) for d, e, p, ok in kl_options() if ok]
-
-
-def _save_tiny(directory: Path, *, logit_scale: float = 1.0, noise: float = 0.0, attention_dropout: float = 0.0) -> Path:
-    """tiny-test as a HF directory: logits sharpened by scaling the final norm (tiny-test alone is nearly
-    uniform), block weights perturbed by ``noise`` x their std, optional dropout in the config."""
-    hf = build_tiny_model()
-    generator = torch.Generator().manual_seed(123)
-    with torch.no_grad():
-        hf.model.norm.weight.mul_(logit_scale)
-        for name, param in hf.named_parameters():
-            if noise and "layers." in name and "norm" not in name:
-                param.add_(noise * param.std() * torch.randn(param.shape, generator=generator))
-    hf.config.attention_dropout = attention_dropout
-    hf.save_pretrained(directory)
-    load_tokenizer().save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
 def ref_and_policy(tmp_path_factory) -> tuple[Path, Path]:
     """A reference with some structure (exact KL ~0.4/token to the policy) and a perturbed copy as policy."""
     root = tmp_path_factory.mktemp("models")
-    return (_save_tiny(root / "ref", logit_scale=10.0), _save_tiny(root / "policy", logit_scale=10.0, noise=0.5))
+    return (save_tiny(root / "ref", logit_scale=10.0), save_tiny(root / "policy", logit_scale=10.0, noise=0.5))
 
 
 SHORT_PROMPTS = ["Hello", "The cat", "I think", "Today we", "In the", "My name is", "Once", "The best", "Why do",
@@ -255,7 +241,7 @@ def test_tempered_rollout_logs_the_exact_tempered_kl(tmp_path, ref_and_policy):
 
 def test_ratio_is_one_before_any_step_with_dropout_in_the_model_config(tmp_path):
     """lr 0: every minibatch of every epoch sees the policy that sampled, so every ratio must be 1."""
-    model_dir = _save_tiny(tmp_path / "dropout", attention_dropout=0.5)
+    model_dir = save_tiny(tmp_path / "dropout", attention_dropout=0.5)
     config = tiny_config(model=str(model_dir), ref_model="tiny-test", phases=1, ppo_epochs=2, batch_size=4,
                          minibatch_size=2, lr=0.0, head_lr=0.0, checkpoint_every=0, sample_every=0)
     trainer = PPOTrainer(config, tmp_path / "run", progress=False)
