@@ -143,26 +143,13 @@ def _equality_worker(out: Path, models: Path) -> None:
 # ----------------------------------------------------------------------------------------------- tests
 
 
-def _save_tiny(directory: Path, *, logit_scale: float, noise: float) -> None:
-    from rlhf_interp.bridge import build_tiny_model, load_tokenizer
-
-    hf = build_tiny_model()
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        hf.model.norm.weight.mul_(logit_scale)
-        for name, param in hf.named_parameters():
-            if noise and "layers." in name and "norm" not in name:
-                param.add_(noise * param.std() * torch.randn(param.shape, generator=generator))
-    hf.save_pretrained(directory)
-    load_tokenizer().save_pretrained(directory)
-
-
 def test_two_process_update_equals_one_process_update_on_the_whole_batch(tmp_path):
+    from helpers import save_tiny
     from rlhf_interp.ppo.distributed import launch_command
 
     models = tmp_path / "models"
-    _save_tiny(models / "ref", logit_scale=10.0, noise=0.0)
-    _save_tiny(models / "policy", logit_scale=10.0, noise=0.5)
+    save_tiny(models / "ref", logit_scale=10.0, seed=7)
+    save_tiny(models / "policy", logit_scale=10.0, noise=0.5, seed=7)
     out = tmp_path / "result.json"
     cmd = launch_command(2, [])
     cmd = cmd[:cmd.index("-m", cmd.index("--main_process_port"))] + [str(Path(__file__).resolve()), "equality",
