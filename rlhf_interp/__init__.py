@@ -1,9 +1,23 @@
 """rlhf_interp: train RLHF policies with PPO on TransformerLens bridges and see what RLHF changed inside.
 
-Data flows one way (lower packages never import higher ones)::
+Data flows one way: lower packages never import higher ones.
 
-    core -> bridge -> reward -> ppo -> checkpoints
-               \\-> edits -> measure, diff, patching -> report -> cli
+Layout, written from the import graph by ``python scripts/import_graph.py --write`` (each unit by layer,
+with the units it imports; a unit imports only lower layers)::
+
+     [0] core         -> (nothing of ours)
+     [1] prompts      -> core
+     [2] bridge       -> core
+     [3] checkpoints  -> core, bridge
+     [4] edits        -> core, prompts, bridge
+     [4] reward       -> core, prompts, bridge, checkpoints
+     [5] diff         -> core, prompts, bridge, checkpoints
+     [5] measure      -> core, prompts, bridge, checkpoints, edits, reward
+     [5] ppo          -> core, prompts, bridge, checkpoints, reward
+     [6] frontier     -> core, prompts, bridge, edits, reward, measure
+     [6] patching     -> core, bridge, checkpoints, edits, diff, measure
+     [7] report       -> core, measure, frontier
+     [8] cli          -> core, prompts, bridge, edits, reward, diff, measure, ppo, frontier, patching, report
 
 Names below are re-exported lazily (PEP 562): ``import rlhf_interp`` imports no torch; the module that
 defines a name is imported the first time the name is used.

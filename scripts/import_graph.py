@@ -5,6 +5,7 @@
     python scripts/import_graph.py --modules    # module-level graph
     python scripts/import_graph.py --check      # exit 1 on a cycle, an upward import or an unknown unit
     python scripts/import_graph.py --fresh      # also import every module alone (see `fresh_imports`)
+    python scripts/import_graph.py --write      # rewrite the layout in rlhf_interp/__init__.py and README.md
 
 The graph is read from the source (AST), not by importing: every ``import`` statement counts, also those
 inside functions, and the lazy re-export tables of ``__init__`` files (``names_from("module", ...)``) are
@@ -14,6 +15,9 @@ A *unit* is a top-level subpackage or module of rlhf_interp (``bridge``, ``kl``,
 ranks them: a unit may import only units of a lower rank (its own modules aside). That one rule says
 "core imports nothing of ours", "reward knows no trainer", "edits and diff know no training" and
 "nothing below the CLI knows the CLI".
+
+The package docstring's layout section and the README's layout sentence are this graph's output (`write_layout`),
+so they cannot drift from the code: tests/test_import_graph.py fails when they are stale.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import subprocess
 import sys
 import traceback
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -231,6 +236,74 @@ def problems(modules: dict[str, Path] | None = None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# The layout, written where people read it
+
+LAYOUT_INTRO = ("Layout, written from the import graph by ``python scripts/import_graph.py --write`` (each unit by layer,\n"
+                "with the units it imports; a unit imports only lower layers)::")
+README_START = "<!-- layout: written by `python scripts/import_graph.py --write` -->"
+README_END = "<!-- /layout -->"
+_FACADES = ("__init__", "__main__")  # the root facade and `python -m`: not layers of the package
+
+
+def layout_rows(modules: dict[str, Path] | None = None) -> list[tuple[float, str, list[str]]]:
+    """``(layer, unit, units it imports)`` for every unit of the package, lowest layer first."""
+    modules = modules or discover()
+    units = unit_edges(module_edges(modules))
+    order = lambda u: (LAYERS.get(u, 99), u)  # noqa: E731
+    return [(LAYERS.get(u, 99), u, sorted(units[u], key=order)) for u in sorted(units, key=order) if u not in _FACADES]
+
+
+def docstring_layout(modules: dict[str, Path] | None = None) -> str:
+    """The package docstring's layout section: `LAYOUT_INTRO`, then one indented line per unit."""
+    rows = layout_rows(modules)
+    width = max(len(u) for _, u, _ in rows)
+    lines = [f"    {f'[{layer:g}]':>4} {unit:<{width}}  -> {', '.join(deps) or '(nothing of ours)'}"
+             for layer, unit, deps in rows]
+    return LAYOUT_INTRO + "\n\n" + "\n".join(lines) + "\n"
+
+
+def readme_layout(modules: dict[str, Path] | None = None) -> str:
+    """The README's layout sentence: the layers from the bottom up, units of one layer joined by '/'."""
+    layers: dict[float, list[str]] = defaultdict(list)
+    for layer, unit, _ in layout_rows(modules):
+        layers[layer].append(f"`{unit}`")
+    chain = " -> ".join("/".join(units) for _, units in sorted(layers.items()))
+    return (f"The package layout (one job per subpackage, imports only go down: {chain}) is printed by "
+            f"`python scripts/import_graph.py`.")
+
+
+def _with_docstring_layout(text: str, layout: str) -> str:
+    pattern = re.compile(re.escape(LAYOUT_INTRO) + r"\n\n(?:    .*\n)+")
+    if not pattern.search(text):
+        raise ValueError(f"rlhf_interp/__init__.py's docstring has no section starting {LAYOUT_INTRO[:40]!r}...")
+    return pattern.sub(lambda _: layout, text, count=1)
+
+
+def _with_readme_layout(text: str, sentence: str) -> str:
+    pattern = re.compile(re.escape(README_START) + r"\n.*?\n" + re.escape(README_END), flags=re.S)
+    if not pattern.search(text):
+        raise ValueError(f"README.md has no {README_START} ... {README_END} block.")
+    return pattern.sub(lambda _: f"{README_START}\n{sentence}\n{README_END}", text, count=1)
+
+
+def write_layout(root: Path = ROOT, *, check: bool = False) -> list[Path]:
+    """Rewrite the layout in ``rlhf_interp/__init__.py`` and ``README.md`` from the graph; the files that changed.
+    ``check``: write nothing, return the files that are stale."""
+    modules = discover(root)
+    targets = {root / PACKAGE / "__init__.py": lambda t: _with_docstring_layout(t, docstring_layout(modules)),
+               root / "README.md": lambda t: _with_readme_layout(t, readme_layout(modules))}
+    stale = []
+    for path, rewrite in targets.items():
+        text = path.read_text(encoding="utf-8")
+        new = rewrite(text)
+        if new != text:
+            stale.append(path)
+            if not check:
+                path.write_text(new, encoding="utf-8")
+    return stale
+
+
+# ----------------------------------------------------------------------------------------------
 # Importing each module alone
 
 
@@ -304,12 +377,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", action="store_true", help="print the module-level graph")
     parser.add_argument("--check", action="store_true", help="exit 1 on any violation")
     parser.add_argument("--fresh", action="store_true", help="also import every module alone")
+    parser.add_argument("--write", action="store_true",
+                        help="rewrite the layout in rlhf_interp/__init__.py's docstring and README.md from the graph")
     parser.add_argument("--_fork-imports", dest="fork_imports", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.fork_imports:
         _fork_imports_main()
     modules = discover()
     edges = module_edges(modules)
+    if args.write:
+        changed = write_layout()
+        print("rewrote " + ", ".join(str(p.relative_to(ROOT)) for p in changed) if changed else "layout up to date")
     if args.modules:
         for src in sorted(edges):
             print(f"{src} -> {', '.join(sorted(edges[src])) or '(nothing of ours)'}")

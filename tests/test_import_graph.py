@@ -140,3 +140,27 @@ def test_hook_names_are_built_in_one_place():
                  if p.name != "hook_names.py"
                  for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"""f["']blocks\.\{""", line)]
     assert not offenders, f"hand-built hook names (use block_hook): {offenders}"
+
+
+def test_the_layout_in_the_package_docstring_and_readme_is_the_graphs(tmp_path):
+    """rlhf_interp/__init__.py's layout section and README.md's layout sentence are written from the import graph
+    (``python scripts/import_graph.py --write``), so they cannot drift from the code; a stale copy is seen."""
+    import shutil
+
+    assert graph.write_layout(check=True) == [], "stale layout: run python scripts/import_graph.py --write"
+    import rlhf_interp
+
+    assert graph.docstring_layout() in rlhf_interp.__doc__
+    assert graph.readme_layout() in (ROOT / "README.md").read_text()
+    units = [unit for _, unit, _ in graph.layout_rows()]
+    assert units[0] == "core" and units[-1] == "cli" and "__init__" not in units
+
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "rlhf_interp", copy / "rlhf_interp", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    shutil.copy(ROOT / "README.md", copy / "README.md")
+    (copy / "rlhf_interp" / "lenses").mkdir()  # a new subpackage: in both places once written
+    (copy / "rlhf_interp" / "lenses" / "__init__.py").write_text("from rlhf_interp.core import io\n")
+    assert set(graph.write_layout(copy, check=True)) == {copy / "rlhf_interp" / "__init__.py", copy / "README.md"}
+    assert graph.write_layout(copy) and graph.write_layout(copy, check=True) == []
+    assert "lenses" in (copy / "rlhf_interp" / "__init__.py").read_text().split('"""')[1]
+    assert "-> `cli` -> `lenses`) is printed" in (copy / "README.md").read_text()
