@@ -203,6 +203,10 @@ def assemble(ctx) -> None:
     if selection:
         pd.concat(selection, ignore_index=True).to_csv(out / "new_methods_selection.csv", index=False)
     setup = ctx["setup"]
+    ctx["notes"].append("prompting rows: the capability text is scored after the prefix, which also gives the first "
+                        "tokens of each text more context than BOS alone, so part of their lower NLL is that context, "
+                        "not a change in what the model knows; compare prompting on fluency and reward, and hook edits "
+                        "and tuned models on capability")
     atomic_write_json(out / "new_methods.json", {
         "capability_source": SOURCE_NOTE, "capability_texts": len(setup.texts),
         "capability_tokens": int(ctx["base_capability"]["n_tokens"].sum()),
