@@ -43,6 +43,11 @@ def _words(metric: str) -> tuple[str, str]:
     return words, fmt
 
 
+def _caveat(n: dict) -> str:
+    """What a one-seed interval leaves out, said in the sentence itself (not only in the claim's note)."""
+    return "; one seed: over prompts only, seed-to-seed variation not included" if n.get("seeds") == 1 else ""
+
+
 def _in_units(claim: Claim, iv: Interval, a: str, b: str) -> Claim:
     """The verdict's bound in the claim's own units (percentage points for shares, not a bare fraction)."""
     claim.verdict = verdict(iv, a, b, fmt=claim.fmt if claim.fmt.endswith("%") else ".2g").text
@@ -82,8 +87,9 @@ def level_claims(levels: pd.DataFrame, matched_level: float | None) -> list[Clai
                                                   params={**FACTORS, "level": matched_level or 0.0}, headline=False))
                     continue
                 out.append(Claim.estimate(f"{at}_{penalty}_{metric}", f"{penalty}'s {words} {where}: {{value}} "
-                                          "{ci} ({n}).", iv, fmt=fmt, headline=False,
-                                          params={**FACTORS, "level": matched_level or 0.0}))
+                                          "{ci} ({n}{caveat}).", iv, fmt=fmt, headline=False,
+                                          params={**FACTORS, "level": matched_level or 0.0,
+                                                  "caveat": _caveat(iv.n)}))
     return out
 
 
@@ -104,10 +110,11 @@ def comparison_claims(comparisons: pd.DataFrame, matched_level: float | None) ->
                                           "units for an interval).", params={**FACTORS, "level": matched_level or 0.0},
                                           headline=False))
             continue
-        text = (f"{r['a']} − {r['b']} in {words} {where}: {{value}} {{ci}} ({{n}}, paired by seed and prompt); "
-                "{verdict}.")
+        text = (f"{r['a']} − {r['b']} in {words} {where}: {{value}} {{ci}} ({{n}}, paired by seed and "
+                "prompt{caveat}); {verdict}.")
         out.append(_in_units(Claim.compare(cid, text, iv, r["a"], r["b"], fmt=fmt, headline=bool(headline),
-                                           params={**FACTORS, "level": matched_level or 0.0}), iv, r["a"], r["b"]))
+                                           params={**FACTORS, "level": matched_level or 0.0,
+                                                   "caveat": _caveat(iv.n)}), iv, r["a"], r["b"]))
     return out
 
 
@@ -141,11 +148,13 @@ def coverage_question(levels: pd.DataFrame, comparisons: pd.DataFrame, finished:
         "At the end of training the sequence-level KL(ref‖π) (ref_pi_seq) keeps {seq:.1%} [{seq_low:.1%}, "
         "{seq_high:.1%}] of the reference's samples within {tenfold}× likelihood (against a mark of "
         "{threshold:.0%}: {met}) and the per-token reward placement (ref_pi_reward) {rew:.1%} [{rew_low:.1%}, "
-        "{rew_high:.1%}]; ref_pi_seq − ref_pi_reward {value} {ci} ({n}, paired by seed and prompt): {verdict}.",
+        "{rew_high:.1%}]; ref_pi_seq − ref_pi_reward {value} {ci} ({n}, paired by seed and prompt{caveat}): "
+        "{verdict}.",
         iv, "ref_pi_seq", "ref_pi_reward", fmt=".1%",
         params={"seq": float(s["value"]), "seq_low": float(s["low"]), "seq_high": float(s["high"]),
                 "rew": float(w["value"]), "rew_low": float(w["low"]), "rew_high": float(w["high"]),
-                "tenfold": 10, "threshold": threshold, "met": met}), iv, "ref_pi_seq", "ref_pi_reward")
+                "tenfold": 10, "threshold": threshold, "met": met, "caveat": _caveat(iv.n)}), iv, "ref_pi_seq",
+        "ref_pi_reward")
 
 
 def study_claims(per_prompt: pd.DataFrame, levels: pd.DataFrame, comparisons: pd.DataFrame, config: dict,
