@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rlhf_interp.core.style import mark
 from rlhf_interp.measure.trajectory_fit import per_run_fits, run_difference, run_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,10 +100,18 @@ def diff_all(runs: Path, report_dir: Path) -> None:
     prompts = load_prompts(limit=DIFF_PROMPTS, seed=DIFF_SEED)
     texts = policy_samples(base, prompts, max_new_tokens=24, seed=DIFF_SEED)
     found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and any(p.glob("checkpoint-*"))}
-    tables = where_change_lives(base, found, texts, progress=True)
+    files = {"residual": report_dir / "where_residual.csv", "weights": report_dir / "where_weights.csv"}
+    done = pd.read_csv(files["residual"]) if files["residual"].exists() else pd.DataFrame(columns=["algorithm", "seed"])
+    done_runs = {f"{a}_s{s}" for a, s in zip(done.algorithm, done.seed)}  # resumable: diffed runs are kept
+    todo = {k: v for k, v in found.items() if k not in done_runs}
+    if not todo:
+        return
+    tables = where_change_lives(base, todo, texts, progress=True)
     for name, df in tables.items():
         parts = df.run.str.rsplit("_s", n=1, expand=True)
-        tables[name] = df.drop(columns="run").assign(algorithm=parts[0], seed=parts[1].astype(int))
+        new = df.drop(columns="run").assign(algorithm=parts[0], seed=parts[1].astype(int))
+        tables[name] = pd.concat([pd.read_csv(files[name]), new]) if files[name].exists() else new
+        tables[name] = tables[name].sort_values(["algorithm", "seed"], key=_algorithm_order, kind="stable")
     write_tables(report_dir, {"where_residual": tables["residual"], "where_weights": tables["weights"]})
 
 
@@ -229,6 +238,12 @@ def where_claims(residual: pd.DataFrame, weights: pd.DataFrame) -> list:
         iv = stats.seeds_interval(m.mlp_share, m.seed, n={"seeds": m.seed.nunique()})
         claims.append(Claim.estimate(f"{a}_mlp_share", f"{a.upper()}: share of the squared weight change in MLP "
                                      f"weights {{value}} {{ci}} ({{n}}).", iv, headline=False))
+        ppo_share = mlp_share[mlp_share.algorithm == "ppo"].mlp_share
+        if a != "ppo" and len(ppo_share) >= 2 and len(m) >= 2:
+            diff = stats.welch_difference(m.mlp_share, ppo_share, n={"seeds": len(m) + len(ppo_share)})
+            claims.append(Claim.compare(f"{a}_minus_ppo_mlp_share", f"{a.upper()} minus PPO in the MLP share of the "
+                                        f"weight change: {{value}} {{ci}}; {{verdict}}.", diff, a.upper(), "PPO",
+                                        fmt=".3f", headline=False))
         if a != "ppo" and (last.algorithm == "ppo").any() and len(r) >= 2:
             diff = stats.welch_difference(r.rel_diff_norm, last[last.algorithm == "ppo"].rel_diff_norm,
                                           n={"seeds": len(r) + int((last.algorithm == "ppo").sum()), **n_texts})
@@ -249,11 +264,12 @@ def plot_where(residual: pd.DataFrame, weights: pd.DataFrame):
     w = weights[weights.layer >= 0].groupby(["algorithm", "seed", "layer"], as_index=False)[["diff_norm", "base_norm"]]
     w = w.agg(lambda x: float(np.sqrt((x ** 2).sum()))).assign(rel=lambda d: d.diff_norm / d.base_norm)
     for ax, table, column in ((axes[0], res, "rel_diff_norm"), (axes[1], w, "rel")):
-        for i, a in enumerate(a for a in ORDER if a in set(table.algorithm)):
+        for a in (a for a in ORDER if a in set(table.algorithm)):
             per_layer = table[table.algorithm == a].groupby("layer")[column]
             mean = per_layer.mean()
-            ax.plot(mean.index, mean.values, color=f"C{i}", lw=2, label=a.upper())
-            ax.fill_between(mean.index, per_layer.min().values, per_layer.max().values, color=f"C{i}", alpha=0.2)
+            ax.plot(mean.index, mean.values, lw=2, label=a.upper(), markersize=4, **mark(a.upper()).mpl())
+            ax.fill_between(mean.index, per_layer.min().values, per_layer.max().values, color=mark(a.upper()).color,
+                            alpha=0.2)
         ax.legend(fontsize=8)
     axes[0].set(xlabel="layer", ylabel="||tuned − base|| / ||base||", title="residual (hook_resid_post) change")
     axes[1].set(xlabel="layer", ylabel="||ΔW||_F / ||W||_F", title="weight change per block")
@@ -268,7 +284,7 @@ def plot_curves(phases: pd.DataFrame, per_run: pd.DataFrame, matched: float):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    colors = dict(zip(ORDER, ["C0", "C1", "C2", "C3"]))
+    colors = {a: mark(a.upper()).color for a in ORDER}  # the site's family colours
     for (a, seed), g in phases.groupby(["algorithm", "seed"], sort=False):
         axes[0].plot(g.phase, g.kl_pi_ref_per_token, color=colors.get(a), alpha=0.35, lw=1)
         axes[1].scatter(g.kl_pi_ref_per_sequence, g.reward, color=colors.get(a), s=8, alpha=0.4)
@@ -329,7 +345,9 @@ other jobs (each run got 5-7% of a core): these are early-training slopes, not c
 **Where each change lives.** Every run's final checkpoint diffed against the base model on the same
 {DIFF_PROMPTS} texts (shipped prompts with the base model's own seeded 24-token continuations): the relative
 change of the residual stream at each layer's `hook_resid_post` (mean over tokens), and of each block's weights.
-Lines: mean over seeds; bands: min-max over seeds.
+Lines: mean over seeds; bands: min-max over seeds. Each run is diffed at its own last checkpoint, so magnitudes
+are at each run's own final KL (the runs differ in length and KL); the profile's shape over depth and the MLP share
+of the weight change do not depend on how far a run went.
 """)
         report.figure("where", plot_where(residual, weights), title="Where the change lives, by algorithm")
         report.table("where_residual", residual, title="Residual change per run and layer", show=0)
