@@ -164,7 +164,7 @@ def part_checkpoints(ctx) -> None:
             # kind "algorithm" for the algorithms study's runs (8 phases, one seed): not the v2 page's PPO
             # trajectory and not its freezing study, which select kind == "fine-tuning"
             kind = "fine-tuning" if which == "all" else "algorithm"
-            labels = {"method": f"{name} ({algorithm}, seed {run.config.get('seed', 0)})", "kind": kind,
+            labels = {"method": f"{name} (algorithms study, seed {run.config.get('seed', 0)})", "kind": kind,
                       "setting": f"step {step}", "step": step, "run": str(path),
                       "trajectory": which == "all", "last": step == max(run.checkpoints),
                       "freeze_layers": run.freeze_layers, "lora_r": run.lora_r}
@@ -174,6 +174,7 @@ def part_checkpoints(ctx) -> None:
 
 def assemble(ctx) -> None:
     from rlhf_interp.core.io import atomic_write_json
+    from rlhf_interp.frontier.new_methods import prompting_library
     from rlhf_interp.measure.capability import SOURCE_NOTE
 
     out: Path = ctx["args"].out
@@ -185,6 +186,12 @@ def assemble(ctx) -> None:
     rows = [r for k, r in measured.items() if k not in budget_keys]
     rows += [{**measured[c["key"]], **{k: v for k, v in c.items() if k != "key"}} for c in chosen if c["key"] in measured]
     points = pd.DataFrame(rows)
+    library = prompting_library()  # labels from the library as it is now (rows keep their measured numbers)
+    is_prompt = points["kind"] == "prompting"
+    points.loc[is_prompt, "setting"] = [library[int(s)].label for s in points.loc[is_prompt, "strength"]]
+    is_algo = points["kind"] == "algorithm"
+    points.loc[is_algo, "method"] = [m.split(" (")[0] + " (algorithms study, seed 0)"
+                                     for m in points.loc[is_algo, "method"]]
     first = ["method", "kind", "setting", "strength", "budget", "hit", "step", "run", "reward_mean", "reward_stderr",
              "reward_low", "reward_high", "kl_exact_mean", "kl_exact_stderr", "kl_exact_low", "kl_exact_high",
              "kl_per_token", "capability_nll_mean", "capability_nll_low", "capability_nll_high",
@@ -201,7 +208,10 @@ def assemble(ctx) -> None:
                  for p in (ctx["work"] / "selection_prompting.csv", ctx["work"] / "selection_amplification.csv")
                  if p.exists()]
     if selection:
-        pd.concat(selection, ignore_index=True).to_csv(out / "new_methods_selection.csv", index=False)
+        sel = pd.concat(selection, ignore_index=True)
+        is_prompt = sel["part"] == "prompting"
+        sel.loc[is_prompt, "setting"] = [library[int(s)].label for s in sel.loc[is_prompt, "strength"]]
+        sel.to_csv(out / "new_methods_selection.csv", index=False)
     setup = ctx["setup"]
     ctx["notes"].append("prompting rows: the capability text is scored after the prefix, which also gives the first "
                         "tokens of each text more context than BOS alone, so part of their lower NLL is that context, "
@@ -215,7 +225,7 @@ def assemble(ctx) -> None:
         "selection_samples_per_prompt": setup.selection_samples,
         "max_new_tokens": setup.max_new_tokens, "seed": setup.seed, "reward": str(ctx["args"].reward),
         "budgets": ctx["args"].budgets, "notes": ctx["notes"],
-        "cpu_seconds_total": float(points.get("cpu_seconds", pd.Series(dtype=float)).sum())})
+        "cpu_seconds_total": float(sum(r.get("cpu_seconds", 0.0) for r in measured.values()))})
     print(f"wrote {out / 'new_methods.csv'} ({len(points)} points)")
 
 

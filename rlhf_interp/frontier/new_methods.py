@@ -54,7 +54,8 @@ def prompting_library(instructions: Sequence[str] = PERIOD_INSTRUCTIONS,
                       ) -> list[Prompting]:
     """The prefixes a prompting family steps through (index 0 is the empty prefix: the unchanged model)."""
     library = [Prompting("", label="no prefix", strength=0.0)]
-    library += [Prompting(text, label=f"instruction {i + 1}") for i, text in enumerate(instructions)]
+    library += [Prompting(text, label=f"prefix {text.strip()[:40]!r}" if text.strip() != "." else "prefix '. '")
+                for text in instructions]
     for k in shots:
         library.append(few_shot(list(examples), k, label=f"{k}-shot"))
     if instructions:
