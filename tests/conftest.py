@@ -12,7 +12,12 @@ import torch
 # Two threads on an idle 2-core machine; one when the machine is already busy, because OpenMP threads that
 # spin-wait for a descheduled sibling make an oversubscribed process many times slower, not 2x.
 _cores = os.cpu_count() or 1
-torch.set_num_threads(1 if os.getloadavg()[0] >= _cores else max(1, min(2, _cores)))
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # pytest-xdist: the cores are shared out
+_threads = max(1, min(2, _cores // _workers))
+if _workers > 1:
+    # Child processes a test starts (CLI runs, accelerate workers) inherit this, so they share out the cores too.
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+torch.set_num_threads(1 if os.getloadavg()[0] >= _cores else _threads)
 
 
 @pytest.fixture(scope="session")
