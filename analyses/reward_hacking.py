@@ -321,10 +321,11 @@ outside that distribution, which is where a learned reward can be exploited.
     report.figure("hacking", plot_reward_hacking(phases), chart=xy_chart(
         long, "phase", "z", series="reward", hover=["raw", "spearman", "kl_pi_ref_per_token"], xlabel="PPO phase",
         ylabel="mean reward (held-out base-text std units)", title="True vs learned reward of the policy's samples"),
-        caption=("Left: mean true period count and mean RM score of each phase's samples, both in standard units of "
+        caption=("Mean true period count and mean RM score of each phase's samples, both in standard units of "
                  "the held-out base-model texts (0 = the base model's mean, 1 = one standard deviation), so they "
                  "are comparable: a learned reward rising faster than the true one is the policy finding what the "
-                 "RM overrates. Right: the rank correlation (Spearman) of RM and true count within each phase."))
+                 "RM overrates. The rank correlation (Spearman) of RM and true count within each phase is in each "
+                 "point's hover text, in the static image's second panel and in the per-phase table."))
     report.table("ppo_phases", phases, title="Per PPO phase")
     report.section("Where the RM can be exploited")
     report.table("probes", probes, title="What one appended string is worth: true reward vs RM",
