@@ -232,7 +232,11 @@ def render(report_dir: Path):
 
     report_dir = Path(report_dir)
     config = read_config(report_dir)
-    points = T.tidy_points(read_table(report_dir, "points"))  # derived columns recomputed: the CSV is the input
+    from rlhf_interp.frontier.v3 import capability_section, merge_new_methods
+    from rlhf_interp.report.frontier_v3_claims import frontier_v3_claims
+
+    new = optional_table(report_dir, "new_methods")  # v3 round: prompting, amplification, algorithm checkpoints
+    points = T.tidy_points(merge_new_methods(read_table(report_dir, "points"), new))  # derived columns recomputed
     notes, scan, trials, moved, timings = (optional_table(report_dir, n) for n in
                                            ("notes", "layer_scan", "search_trials", "moved_tokens", "timings"))
     budgets = [float(b) for b in config.get("budgets", sorted(points["budget"].dropna().unique()))]
@@ -242,6 +246,7 @@ def render(report_dir: Path):
     freezing = T.freezing_table(points)
     claims = frontier_claims(points, table, scan, freezing, [b for b in (1.0, 2.0, 4.0) if b in budgets] or budgets[:3],
                              tokens=int(config.get("max_new_tokens", 24)))
+    claims += frontier_v3_claims(points, table, [b for b in (1.0, 2.0, 4.0) if b in budgets])
     report = Report.at(report_dir, TITLE, source=Path(__file__), claims=claims)
     missing = notes[notes["part"].isin(["finetune", "ablation"]) | notes["note"].str.contains("not computed")] \
         if notes is not None and len(notes) else None
@@ -260,7 +265,10 @@ def render(report_dir: Path):
                       "Each edit family's line joins its best layer at each budget, **chosen on the same prompts it is "
                       "reported on** (the CSVs hold no per-prompt rows to choose on held-out prompts: optimistic); "
                       "best-of-n is interpolated between its measured n within its measured KL range; shaded: 95% "
-                      "intervals over prompts. PPO checkpoints sit at their measured KL with 95% bars, not joined. "
+                      "intervals over prompts. PPO checkpoints sit at their measured KL with 95% bars, not joined; so do the "
+                      "algorithms study's DPO, GRPO, RLOO and PPO checkpoints. Prompting and logit amplification: "
+                      "strength chosen per budget on held-out selection prompts (no line where a budget is not "
+                      "reached). "
                       f"{SAMPLES_NOTE} Ablations (at {', '.join(sorted({f'{k:.0f}' for k in points.loc[points['kind'] == 'ablation', 'kl_exact_mean']}))} nats) "
                       "are off this axis: see the detail below."))
     report.table("reward_at_budget", table, caption="Reward at each KL budget per method, with its 95% interval over "
@@ -269,6 +277,7 @@ def render(report_dir: Path):
                  "many layers it is the best of). Best-of-n: each prompt's reward interpolated in sqrt(KL) between "
                  "the two n around the budget, never extrapolated. The PPO trajectory is not interpolated (its KL is "
                  "not monotone in the training step). reward_per_nat = (reward - base) / budget.", show=60)
+    capability_section(report, points, config.get("new_methods", {}))  # new_methods.json, in config
     detail = detail_spec(points)
     drawn = fits[fits["drawn"]] if len(fits) else fits
     report.figure("frontier", frontier_figure(points, drawn, reward_label), fold=(

@@ -11,14 +11,15 @@ of `Series`), so the two cannot disagree and the caption's key is generated from
   detail: colour = family, marker = layer, so no two series look alike; red rings on points whose budget search
   ended outside its tolerance; KL-0 points on the left edge; error bars on both axes.
 
-Columns read: kind ("base", "steering", "rank-one", "ablation", "fine-tuning", "best-of-n"), method,
+Columns read: kind ("base", "steering", "rank-one", "ablation", "fine-tuning", "best-of-n", "prompting",
+"amplification", "algorithm"), method,
 kl_exact_mean, reward_mean; optional: kl_exact_stderr, reward_stderr, layer, hit, trajectory.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import matplotlib
 
@@ -93,15 +94,28 @@ def answer_spec(lines: pd.DataFrame, points: pd.DataFrame) -> tuple[list[Series]
                      hover=[f"{m} · {s} · n={int(n) if pd.notna(n) else ''} prompts" for m, s, n in
                             zip(g["method"], g["setting"].fillna(""), g["n_prompts"])])
         out.append(_family_series(fam, g, fam, joined=True, band=True, label=fam))
-    ft = points[(points["kind"] == "fine-tuning") & (points["kl_exact_mean"] > 0)].copy()
-    ft["family"] = [S.family(m, "fine-tuning", bool(t)) for m, t in zip(ft["method"], is_true(ft["trajectory"]))]
-    for fam, g in ft.groupby("family", sort=False):
-        g = g.assign(x=g["kl_exact_mean"], y=g["reward_mean"], yerr=g["reward_stderr"].fillna(0) * 1.96,
+    # PPO checkpoints and the algorithms study's checkpoints (kind "algorithm": DPO, GRPO, RLOO, PPO seed 0) are
+    # points at their measured KL with 95% bars: the t interval where stored, else 1.96 s.e.
+    ft = points[points["kind"].isin(["fine-tuning", "algorithm"]) & (points["kl_exact_mean"] > 0)].copy()
+    ft["family"] = [S.family(m, k, bool(t)) for m, k, t in
+                    zip(ft["method"], ft["kind"], is_true(ft["trajectory"]))]
+    half = (ft["reward_high"] - ft["reward_mean"]) if "reward_high" in ft else pd.Series(np.nan, index=ft.index)
+    ft["yerr"] = half.fillna(ft["reward_stderr"].fillna(0) * 1.96)
+    for (fam, kind), g in ft.groupby(["family", "kind"], sort=False):
+        g = g.assign(x=g["kl_exact_mean"], y=g["reward_mean"],
                      hover=[f"{m} · {s}" for m, s in zip(g["method"], g["setting"])])
         label = {"PPO trajectory": "PPO trajectory (each checkpoint of one run)", "frozen-N PPO":
                  "PPO, first N layers frozen (last checkpoints)", "LoRA": "PPO LoRA (last checkpoint)",
                  "PPO": "PPO, all layers (last checkpoint)"}.get(fam, fam)
-        out.append(_family_series(fam, g, fam, joined=False, band=False, label=label))
+        if kind == "algorithm":
+            label = f"{fam} (algorithms study, seed 0)"
+        series = _family_series(fam, g, fam, joined=False, band=False, label=label)
+        if any(o.color == series.color and o.marker == series.marker for o in out):  # PPO of the second round
+            marker, symbol = next(m for m in LAYER_MARKERS if m[0] not in {o.marker for o in out
+                                                                           if o.color == series.color})
+            series = replace(series, marker=marker, symbol=symbol, size=8,
+                             words=f"{S.mark(fam).color_name} {S.SYMBOL_WORDS.get(symbol, symbol)}, not joined")
+        out.append(series)
     base = points.loc[points["kind"] == "base", "reward_mean"]
     return out, (float(base.iloc[0]) if len(base) else None)
 

@@ -20,7 +20,13 @@ from rlhf_interp.frontier.plot import is_true
 POINT_COLUMNS = ["method", "kind", "setting", "vector", "layer", "strength", "budget", "hit", "n", "step", "run",
                  "trajectory", "last", "freeze_layers", "lora_r", "wall_seconds", "reward_mean", "reward_stderr",
                  "kl_exact_mean", "kl_exact_stderr", "kl_analytic", "kl_per_token", "entropy_mean", "distinct_2",
-                 "collateral_kl_mean", "collateral_kl_stderr", "collateral_kl_max", "n_sequences"]
+                 "collateral_kl_mean", "collateral_kl_stderr", "collateral_kl_max", "n_sequences",
+                 # frontier v3 (new_methods.csv): intervals, capability and fluency, counts, held-out selection
+                 "reward_low", "reward_high", "kl_exact_low", "kl_exact_high", "capability_nll_mean",
+                 "capability_nll_low", "capability_nll_high", "capability_nll_delta_mean", "capability_nll_delta_low",
+                 "capability_nll_delta_high", "capability_top1_mean", "fluency_nll_mean", "fluency_nll_low",
+                 "fluency_nll_high", "n_prompts", "samples_per_prompt", "split", "selection_kl", "capability_n_texts",
+                 "capability_tokens"]
 
 
 def tidy_points(points: pd.DataFrame) -> pd.DataFrame:
@@ -126,6 +132,7 @@ def budget_table(points: pd.DataFrame, budgets: list[float], bon_prompts: pd.Dat
             "n_prompts": iv.n.get("prompts"), "samples_per_prompt": iv.n.get("samples_per_prompt"), "selected_from": 1,
             "how": "measured reward per prompt interpolated in sqrt(KL) between two n", "setting": got["from"]}
             if iv is not None else {"how": "outside the measured KL range"})})
+        rows.extend(_held_out_rows(points, budget))
         if len(traj):
             rows.append({"budget": budget, "method": f"{traj['method'].iloc[0]} (trajectory)",
                          "how": "not interpolated: the checkpoints' KL is not monotone in the training step"})
@@ -135,6 +142,28 @@ def budget_table(points: pd.DataFrame, budgets: list[float], bon_prompts: pd.Dat
     df.insert(3, "reward_gain", df["reward_mean"] - base_reward)
     df["reward_per_nat"] = df["reward_gain"] / df["budget"]
     return df
+
+
+def _held_out_rows(points: pd.DataFrame, budget: float) -> list[dict[str, Any]]:
+    """Prompting and logit amplification at ``budget``: the strength was chosen on the selection prompts and the
+    row measured on the report prompts, so its interval is the stored one (t over prompts), taken as it is. A
+    budget the family cannot reach keeps no reward: the row says how close its lightest setting came."""
+    rows = []
+    fam = points[points["kind"].isin(["prompting", "amplification"]) & (points["budget"] == budget)]
+    for _, r in fam.iterrows():
+        what = "prefix" if r["kind"] == "prompting" else "strength"
+        if not bool(is_true(pd.Series([r["hit"]])).iloc[0]):
+            rows.append({"budget": budget, "method": r["method"], "kl_exact_mean": r["kl_exact_mean"],
+                         "setting": r["setting"],
+                         "how": f"budget not reached; nearest {what} at {r['kl_exact_mean']:.1f} nats"})
+            continue
+        rows.append({"budget": budget, "method": r["method"], "reward_mean": r["reward_mean"],
+                     "reward_low": r["reward_low"], "reward_high": r["reward_high"],
+                     "reward_stderr": r["reward_stderr"], "kl_exact_mean": r["kl_exact_mean"],
+                     "n_prompts": r["n_prompts"], "samples_per_prompt": r["samples_per_prompt"], "selected_from": 1,
+                     "how": f"held out: {what} chosen on the selection prompts, reported on the report prompts",
+                     "setting": r["setting"]})
+    return rows
 
 
 def fits_table(points: pd.DataFrame) -> pd.DataFrame:

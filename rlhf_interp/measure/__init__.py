@@ -11,6 +11,7 @@ reward it buys? And for a trained policy: which of the reference's behaviours di
 - `token_scores`: teacher-forced per-token log-probs, entropy and exact KL both ways of fixed continuations;
 - `behaviour`: the rate of a regex-defined behaviour X, a reward for its absence, token-id distinct-n, collapse onset;
 - `coverage`: the reference's own samples scored under a policy (lost modes, sequence-level KL(ref || pi));
+- `context`, `capability`: a prompting prefix measured in the user's frame; capability NLL on held-out text, fluency;
 - `kl_estimator_audit`: k1/k2/k3 against the exact per-token KL, binned by the true KL, and per-sequence sums;
 - `matched_runs`: training runs read at a common KL (or reward) level;
 - `kl_study`, `kl_study_runs`, `kl_study_tables`: the KL-direction study (settings and run names, the base step,

@@ -37,7 +37,7 @@ def frontier_claims(points: pd.DataFrame, table: pd.DataFrame, scan: pd.DataFram
         g = table[(table["budget"] == budget) & table["reward_mean"].notna()]
         if len(g) < 2:
             continue
-        ranked = g.sort_values("reward_mean", ascending=False)
+        ranked = g.sort_values("reward_mean", ascending=False, kind="stable")  # ties: the table's order
         best, second = ranked.iloc[0], ranked.iloc[1]
         tag = f"{budget:g}".replace(".", "_")
 
