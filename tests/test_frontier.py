@@ -321,11 +321,8 @@ def _analysis():
     return load_analysis(Path(__file__).resolve().parent.parent / "analyses" / "frontier.py")
 
 
-def test_report_renders_from_csvs_and_states_its_numbers(tmp_path):
-    """The page is drawn from CSVs alone; the headline's numbers are the reward_at_budget table's."""
-    from rlhf_interp.report import write_tables
-
-    analysis = _analysis()
+def _v2_rows() -> list[dict]:
+    """A v2 frontier as the measuring code writes it: base, best-of-n, two steering layers, a PPO trajectory."""
     rows = [{"method": "base model", "kind": "base", "setting": "no change", "reward_mean": 1.0, "reward_stderr": 0.1}]
     for n, kl, r in ((1, 0.0, 1.0), (2, 0.19, 1.3), (4, 0.64, 1.6), (8, 1.2, 1.8), (16, 1.8, 2.0), (32, 2.5, 2.1)):
         rows.append({"method": "best-of-n", "kind": "best-of-n", "setting": f"n={n}", "n": n, "reward_mean": r,
@@ -344,7 +341,15 @@ def test_report_renders_from_csvs_and_states_its_numbers(tmp_path):
                      "reward_stderr": 0.1})
     for row in rows:  # as the measuring code writes them: 16 prompts, one continuation each
         row["n_sequences"] = 16
-    points = analysis.tidy_points(pd.DataFrame(rows))
+    return rows
+
+
+def test_report_renders_from_csvs_and_states_its_numbers(tmp_path):
+    """The page is drawn from CSVs alone; the headline's numbers are the reward_at_budget table's."""
+    from rlhf_interp.report import write_tables
+
+    analysis = _analysis()
+    points = analysis.tidy_points(pd.DataFrame(_v2_rows()))
     scan = pd.DataFrame({"vector": "contrastive", "layer": [0, 10, 20, 29], "budget": 2.0, "hit": True,
                          "strength": [0.1, 0.2, 0.3, 0.4], "reward_mean": [1.2, 1.5, 1.9, 2.2], "reward_stderr": 0.1,
                          "kl_exact_mean": 2.0, "n_sequences": 16})
@@ -374,3 +379,60 @@ def test_report_renders_from_csvs_and_states_its_numbers(tmp_path):
     # "Does a later layer cost less?" is a paired comparison of the scan's first and last layers, with a verdict.
     assert claims["later_layer"]["verdict"] and claims["later_layer"]["sentence"] in (out / "README.md").read_text()
     assert (out / "frontier.png").exists() and (out / "freezing.png").exists()
+
+
+def _v3_row(method, kind, setting, kl, reward, delta, **extra) -> dict:
+    """A new_methods.csv row: 16 prompts x 4 samples, t intervals stored, capability on 128 texts."""
+    half = 0.2
+    return {"method": method, "kind": kind, "setting": setting, "kl_exact_mean": kl, "kl_exact_stderr": 0.1,
+            "kl_exact_low": kl * 0.8, "kl_exact_high": kl * 1.2, "reward_mean": reward, "reward_stderr": half / 2.13,
+            "reward_low": reward - half, "reward_high": reward + half, "capability_nll_mean": 4.8 + delta,
+            "capability_nll_low": 4.6 + delta, "capability_nll_high": 5.0 + delta,
+            "capability_nll_delta_mean": delta, "capability_nll_delta_low": delta - 0.01,
+            "capability_nll_delta_high": delta + 0.01, "capability_top1_mean": 0.27, "fluency_nll_mean": 3.1,
+            "fluency_nll_low": 2.9, "fluency_nll_high": 3.3, "n_sequences": 64, "n_prompts": 16,
+            "samples_per_prompt": 4, "split": "report", "capability_n_texts": 128, "capability_tokens": 4808, **extra}
+
+
+def test_v3_rows_join_the_page_with_held_out_intervals_capability_and_unreached_budgets(tmp_path):
+    """new_methods.csv's rows reach the budget table (interval as stored), the answer chart, the capability
+    section and the claims; prompting's unreached budgets are stated as facts; the v2 points' capability is not
+    measured; re-rendering from the page's own points.csv adds no twin rows."""
+    from rlhf_interp.report import write_tables
+
+    analysis = _analysis()
+    new = pd.DataFrame([
+        _v3_row("base model", "base", "no change", 0.0, 1.1, 0.0),
+        _v3_row("DPO (algorithms study, seed 0)", "algorithm", "step 4", 0.7, 1.5, 0.03, step=4),
+        _v3_row("PPO (algorithms study, seed 0)", "algorithm", "step 4", 0.3, 1.3, 0.0, step=4),
+        *[_v3_row("prompting", "prompting", "prefix '. '", 3.3, 1.2, -0.14, budget=b, hit=False, strength=1)
+          for b in (1.0, 2.0)],
+        _v3_row("prompting", "prompting", "prefix 'Story:'", 3.8, 1.2, -0.4, budget=4.0, hit=True, strength=2),
+        *[_v3_row("logit amplification", "amplification", f"a={a} on run", b * 1.02, 1.4 + a / 10, 0.01 * a,
+                  budget=b, hit=True, strength=a) for b, a in ((1.0, 0.8), (2.0, 1.6), (4.0, 2.8))]])
+    report_dir = tmp_path / "edit_vs_finetune"
+    write_tables(report_dir, {"points": analysis.tidy_points(pd.DataFrame(_v2_rows())), "new_methods": new},
+                 config={"budgets": [1.0, 2.0, 4.0], "reward": "char_count", "seed": 0, "collateral_budget": 2.0,
+                         "cpu_seconds_total": 60.0, "new_methods": {"capability_texts": 128,
+                                                                    "capability_tokens": 4808, "notes": []}})
+    out = analysis.render(report_dir).save()
+    table = pd.read_csv(out / "reward_at_budget.csv")
+    prompt = table[table["method"] == "prompting"].set_index("budget")
+    assert prompt.loc[1.0, "how"] == "budget not reached; nearest prefix at 3.3 nats"
+    assert math.isnan(prompt.loc[1.0, "reward_mean"]) and prompt.loc[4.0, "reward_low"] == pytest.approx(1.0)
+    amp = table[table["method"] == "logit amplification"].set_index("budget")
+    assert amp.loc[2.0, "reward_high"] == pytest.approx(1.4 + 0.16 + 0.2)  # the stored interval, not re-derived
+    claims = {c["id"]: c for c in json.loads((out / "report.json").read_text())["claims"]}
+    assert claims["prompting_unreached_at_1_nats"]["kind"] == "fact"
+    assert "prompting_reward_at_4_nats" in claims and claims["amplification_vs_steering_at_2_nats"]["verdict"]
+    assert "unpaired" in claims["amplification_vs_ppo_at_4_nats"]["sentence"]
+    assert claims["capability_v2_points"]["kind"] == "not_measured"
+    dpo = claims["capability_dpo_algorithms_study_seed_0_step_4"]
+    assert (dpo["value"], dpo["n"]) == (pytest.approx(0.03), {"texts": 128, "tokens": 4808})
+    assert "context" in claims["capability_prompting_prefix_story"]["sentence"]
+    points = pd.read_csv(out / "points.csv")
+    base = points[points["kind"] == "base"]
+    assert len(base) == 1 and base["capability_nll_delta_mean"].iloc[0] == 0.0 and base["reward_mean"].iloc[0] == 1.0
+    assert (points["kind"] == "algorithm").sum() == 2 and (out / "capability.png").exists()
+    again = analysis.render(out).save()  # from its own points.csv, which already holds the v3 rows
+    assert len(pd.read_csv(again / "points.csv")) == len(points)
