@@ -246,7 +246,8 @@ def render(report_dir: Path):
     freezing = T.freezing_table(points)
     claims = frontier_claims(points, table, scan, freezing, [b for b in (1.0, 2.0, 4.0) if b in budgets] or budgets[:3],
                              tokens=int(config.get("max_new_tokens", 24)))
-    claims += frontier_v3_claims(points, table, [b for b in (1.0, 2.0, 4.0) if b in budgets])
+    claims += frontier_v3_claims(points, table, [b for b in (1.0, 2.0, 4.0) if b in budgets],
+                                 None if new is None else new[new["kind"] == "base"].iloc[0])
     report = Report.at(report_dir, TITLE, source=Path(__file__), claims=claims)
     missing = notes[notes["part"].isin(["finetune", "ablation"]) | notes["note"].str.contains("not computed")] \
         if notes is not None and len(notes) else None

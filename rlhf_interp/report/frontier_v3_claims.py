@@ -91,13 +91,22 @@ def _capability(row: pd.Series, name: str, claim_id: str):
                 "context": context}, fmt=".3f", headline=False)
 
 
-def frontier_v3_claims(points: pd.DataFrame, table: pd.DataFrame, headline_budgets) -> list:
+def frontier_v3_claims(points: pd.DataFrame, table: pd.DataFrame, headline_budgets,
+                       new_base: pd.Series | None = None) -> list:
     """Per headline budget: prompting and amplification (reached or not, with the reward interval, against the
     best steering family and PPO's best checkpoint within the budget); the algorithms study's points against
-    steering at the smallest headline budget; each new point's capability cost; v2's capability not measured."""
+    steering at the smallest headline budget; each new point's capability cost; v2's capability not measured.
+    ``new_base``: the second round's base-model row, compared with v2's so a reader sees the rounds' offset."""
     from rlhf_interp.report.claims import Claim
 
     out = []
+    base = points[points["kind"] == "base"]
+    if new_base is not None and len(base):
+        out.append(_compare("base_rounds", new_base, "the base model (second round)", base.iloc[0],
+                            "the base model (v2)", "", 0.0))
+        out[-1].template = ("The two rounds' base model on the same prompts: second round ({a_p} prompts x {a_s} "
+                            "samples) minus v2 ({b_p} prompts x {b_s}): {value} {ci} periods; {verdict} "
+                            "(unpaired; the offset every cross-round comparison below carries).")
     new = points[points["kind"].isin(["prompting", "amplification"])]
     for budget in headline_budgets:
         tag = f"{budget:g}".replace(".", "_")
