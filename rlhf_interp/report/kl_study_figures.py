@@ -128,7 +128,7 @@ def figure_matched(matched_summary: pd.DataFrame, match_on: str):
 def figure_levels(levels: pd.DataFrame, at: str = "end"):
     """Each penalty's X rate, reward and coverage with its 95% interval (``levels.csv``), one panel per metric;
     the base model as a grey band."""
-    metrics = [("x_rate", "rate of X", 100.0), ("reward", "reward (−count of X)", 1.0),
+    metrics = [("x_rate", "rate of X (%)", 100.0), ("reward", "reward (−count of X)", 1.0),
                ("lost_10x", "ref. samples 10× less likely (%)", 100.0),
                ("lost_100x", "ref. samples 100× less likely (%)", 100.0)]
     lv = levels[levels["at"] == at]
