@@ -110,7 +110,8 @@ def render(report_dir: Path) -> Report:
         seed). X's rate is the share of samples with X, its base rate measured on the same prompts. Coverage:
         {study['ref_samples']} reference samples per prompt, drawn once; a sample is *lost by 10×* (100×) when
         log π(y) − log ref(y) < −log 10 (−log 100), *kept* otherwise. **Intervals**: per-prompt values, t over the
-        seeds' means (df = seeds − 1, seed-to-seed variation included; one seed: over prompts, noted); differences
+        seeds' means (df = seeds − 1, seed-to-seed variation included; one seed: over prompts, noted; two seeds: the
+        wider of that and the t interval over prompts, since two close seed means give a spuriously narrow one); differences
         paired by seed and prompt (`core.stats`). **Equal KL**: each run read where its exact KL(π‖ref) per token on
         the evaluation samples reaches 0.8 × the smallest final KL over the runs; with evaluations only at the base
         and the end, each prompt's values are interpolated linearly in KL between the two (an assumption: the

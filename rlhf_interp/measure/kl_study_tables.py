@@ -111,18 +111,32 @@ def per_prompt_table(study: Study, study_dir: Path, matched_runs: pd.DataFrame |
     return pd.concat(rows, ignore_index=True)[cols]
 
 
+def _guarded(values: pd.Series, seeds: pd.Series, prompts: pd.Series):
+    """t over seed means; with two seeds also the t interval over prompts of the seed-averaged values, and the
+    wider of the two: a t interval from two seed means can be near zero width by chance (two close means)."""
+    from rlhf_interp.core.stats import Interval, mean_interval, seeds_interval
+
+    iv = seeds_interval(values, seeds)
+    if seeds.nunique() != 2:
+        return iv
+    over = mean_interval(values.groupby(prompts.to_numpy()).mean())
+    return Interval(iv.value, min(iv.low, over.low), max(iv.high, over.high), iv.level,
+                    "wider of t over 2 seed means and t over prompts", iv.n,
+                    "two seeds: the wider of the seed and the prompt interval")
+
+
 def levels_and_comparisons(prompts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``levels``: each penalty's value of every metric at the end and at equal KL, with a 95% interval (t over the
     seeds' means of per-prompt values; one seed: over prompts, noted; the base model: over prompts; shares clipped
     to [0, 1]);
     ``comparisons``: A - B for every penalty against pi_ref and against none, paired by seed and prompt, its interval
     and verdict (`core.stats.verdict`: decided, or the largest difference not ruled out)."""
-    from rlhf_interp.core.stats import mean_interval, paired_difference, seeds_interval, verdict
+    from rlhf_interp.core.stats import mean_interval, verdict
 
     levels, comps = [], []
     for (at, penalty), g in prompts.groupby(["at", "penalty"], sort=False):
         for metric in PROMPT_METRICS:
-            iv = mean_interval(g[metric]) if penalty == "base" else seeds_interval(g[metric], g["seed"])
+            iv = mean_interval(g[metric]) if penalty == "base" else _guarded(g[metric], g["seed"], g["prompt_idx"])
             low, high = (max(iv.low, 0.0), min(iv.high, 1.0)) if metric in SHARES else (iv.low, iv.high)
             levels.append({"at": at, "penalty": penalty, "metric": metric, "value": iv.value, "low": low,
                            "high": high, "seeds": 0 if penalty == "base" else g["seed"].nunique(),
@@ -139,7 +153,7 @@ def levels_and_comparisons(prompts: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
                                                  on=["seed", "prompt_idx"], suffixes=("", "_b"))
         if pairs.empty:
             continue
-        iv = paired_difference(pairs[metric], pairs[f"{metric}_b"], seeds=pairs["seed"])
+        iv = _guarded(pairs[metric] - pairs[f"{metric}_b"], pairs["seed"], pairs["prompt_idx"])
         v = verdict(iv, a, b, fmt=".2g")
         comps.append({"at": at, "metric": metric, "a": a, "b": b, "a_value": float(pairs[metric].mean()),
                       "b_value": float(pairs[f"{metric}_b"].mean()), "difference": iv.value, "low": iv.low,
