@@ -54,12 +54,19 @@ def question_for(name: str, title: str) -> str:
 # The answer box and the table of contents
 
 
+# Lower-case words that continue the previous claim's sentence; a claim opening with a name ("none − pi_ref",
+# "ref_pi_seq ...") stands on its own line.
+_CONTINUING = {"at", "and", "but", "with", "while", "which", "so", "then", "against", "where", "whereas", "to",
+               "from", "or", "than", "over", "on", "in", "for", "by", "its", "it"}
+
+
 def answer_parts(question: str, sentences: list[str], inline_md) -> tuple[str, str]:
     """(markdown, html) of the "what this answers" box: the question, then the answer, one claim per line."""
     merged: list[str] = []
     for s in sentences:  # a claim continuing the previous one ("at KL 1.79 ...", "Its lead over ...") joins it
-        if merged and (s[:1].islower() or s.startswith(("It ", "Its "))):
-            merged[-1] = f"{merged[-1].rstrip('.') if s[:1].islower() else merged[-1]} {s}"
+        lower = s.split(" ", 1)[0] in _CONTINUING  # "none − pi_ref ...", "ref_pi_seq ..." start claims of their own
+        if merged and (lower or s.startswith(("It ", "Its "))):
+            merged[-1] = f"{merged[-1].rstrip('.') if lower else merged[-1]} {s}"
         else:
             merged.append(s)
     sentences = merged
