@@ -96,16 +96,16 @@ def diff_all(runs: Path, report_dir: Path) -> None:
     from rlhf_interp.diff.across_runs import where_change_lives
     from rlhf_interp.report import write_tables
 
-    base = load_model("smollm2-135m", device="cpu", frozen=True)
-    prompts = load_prompts(limit=DIFF_PROMPTS, seed=DIFF_SEED)
-    texts = policy_samples(base, prompts, max_new_tokens=24, seed=DIFF_SEED)
     found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and any(p.glob("checkpoint-*"))}
     files = {"residual": report_dir / "where_residual.csv", "weights": report_dir / "where_weights.csv"}
     done = pd.read_csv(files["residual"]) if files["residual"].exists() else pd.DataFrame(columns=["algorithm", "seed"])
     done_runs = {f"{a}_s{s}" for a, s in zip(done.algorithm, done.seed)}  # resumable: diffed runs are kept
     todo = {k: v for k, v in found.items() if k not in done_runs}
-    if not todo:
+    if not todo:  # nothing left: no model is loaded
         return
+    base = load_model("smollm2-135m", device="cpu", frozen=True)
+    prompts = load_prompts(limit=DIFF_PROMPTS, seed=DIFF_SEED)
+    texts = policy_samples(base, prompts, max_new_tokens=24, seed=DIFF_SEED)
     tables = where_change_lives(base, todo, texts, progress=True)
     for name, df in tables.items():
         parts = df.run.str.rsplit("_s", n=1, expand=True)
