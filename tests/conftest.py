@@ -9,15 +9,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
 import pytest
 import torch
 
-# Two threads on an idle 2-core machine; one when the machine is already busy, because OpenMP threads that
-# spin-wait for a descheduled sibling make an oversubscribed process many times slower, not 2x.
-_cores = os.cpu_count() or 1
+from rlhf_interp.core.threads import apply_threads, usable_cores
+
+# The library's rule (rlhf_interp/core/threads.py): the user's OMP_NUM_THREADS wins; else the cores of this
+# worker's share (at most 2) minus those other processes keep busy now, because OpenMP threads that spin-wait for
+# a descheduled sibling make an oversubscribed process many times slower, not 2x.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # pytest-xdist: the cores are shared out
-_threads = max(1, min(2, _cores // _workers))
-if _workers > 1:
-    # Child processes a test starts (CLI runs, accelerate workers) inherit this, so they share out the cores too.
-    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
-torch.set_num_threads(1 if os.getloadavg()[0] >= _cores else _threads)
+_share = max(1, min(2, usable_cores() // _workers))
+_threads = apply_threads(cores=_share)
+# Fixed for the session from here: child processes a test starts (CLI runs, accelerate workers) share out the
+# cores too, and the trainer keeps this count rather than re-deciding per phase (tests compare runs' numbers).
+os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
 
 @pytest.fixture(scope="session")

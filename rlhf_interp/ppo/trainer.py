@@ -25,6 +25,7 @@ from rlhf_interp.bridge.run_dirs import latest_checkpoint, read_meta
 from rlhf_interp.bridge.tokens import check_context, pair_problems
 from rlhf_interp.core.allocator import reuse_freed_memory
 from rlhf_interp.core.seeding import mix_seed
+from rlhf_interp.core.threads import apply_threads
 from rlhf_interp.core.kl import masked_mean
 from rlhf_interp.ppo.kl_penalty import KLPenalty
 from rlhf_interp.ppo.reference_bank import ReferenceBank
@@ -209,6 +210,9 @@ class PPOTrainer:
         local = self.dist.local_config(cfg)  # batch and minibatch sizes of this process (all of them in one process)
         torch.manual_seed(self.dist.seed(cfg.seed, self.phase))
         start = time.perf_counter()
+        # CPU threads for this phase: fewer when other processes keep cores busy (OpenMP workers spin-wait for a
+        # descheduled sibling); the user's own count wins. Measured in ~0.1 s, counted in `seconds` (core/threads.py).
+        threads = apply_threads() if self.device.type == "cpu" else torch.get_num_threads()
         self.policy.eval()
         orders = self._minibatch_orders()
         # 1. rollout: samples, their log-probs under policy and reference, the KL terms, the rewards
@@ -270,6 +274,7 @@ class PPOTrainer:
             "seconds": seconds,
             "rollout_seconds": rollout_seconds,
             "tokens_per_second": n_tokens / seconds,
+            "threads": threads,
             **self.dist.phase_stats(),  # processes; peak CUDA memory
             **rm_info,
         }
