@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "ppo_phase_trl_malloc": ("ppo_phase_trl_malloc", ["trl_ppo_phase.py", "--rounds", "3", "--updates", "3",
                                                      "--trl-malloc"]),
     "allocator": ("allocator", ["allocator.py"]),
+    "phase_under_load": ("phase_under_load", ["phase_under_load.py"]),
     "rollout": ("rollout", ["rollout_vs_generate.py"]),
     "rollout_bf16": ("rollout_bf16", ["rollout_vs_generate.py", "--precision", "bf16"]),
     "learn_step": ("learn_step", ["learn_step.py"]),
