@@ -3,7 +3,8 @@
 A thin stateful shell over the pure pieces in ``rollout.py``, ``algorithms/`` (what PPO, GRPO, RLOO and DPO do
 differently: advantages and loss), ``update.py`` and ``kl.py``; what a checkpoint restores is a `TrainerState`.
 Determinism: every phase seeds its own RNG from ``(seed, phase)``, so a run that is killed and
-resumed from a checkpoint reproduces the uninterrupted run's metrics. Policy and reference stay in eval
+resumed from a checkpoint reproduces the uninterrupted run's metrics (bit for bit with a pinned CPU thread
+count, e.g. ``OMP_NUM_THREADS``: the count chosen per phase follows the machine's load, `core/threads.py`). Policy and reference stay in eval
 mode for the whole run (no dropout): the update's log-probs are those of the distribution that sampled.
 """
 
@@ -212,7 +213,9 @@ class PPOTrainer:
         start = time.perf_counter()
         # CPU threads for this phase: fewer when other processes keep cores busy (OpenMP workers spin-wait for a
         # descheduled sibling); the user's own count wins. Measured in ~0.1 s, counted in `seconds` (core/threads.py).
-        threads = apply_threads() if self.device.type == "cpu" else torch.get_num_threads()
+        # Not across processes: they measure at the same moment, each blind to the others (the launcher sets it).
+        adapt = self.device.type == "cpu" and not self.dist.active
+        threads = apply_threads() if adapt else torch.get_num_threads()
         self.policy.eval()
         orders = self._minibatch_orders()
         # 1. rollout: samples, their log-probs under policy and reference, the KL terms, the rewards
