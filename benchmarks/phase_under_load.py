@@ -180,7 +180,8 @@ def headline(records: list[dict], what: str) -> dict:
         return (f"{q['value']:.2f}x [{q['low']:.2f}, {q['high']:.2f}] with {'/'.join(map(str, used))} "
                 f"thread{'s' if used != [1] else ''}")
 
-    result = f"time / quiet time with 1 competitor: adaptive {text(adaptive)}" + (f"; fixed {text(fixed)}" if fixed else "")
+    result = f"time / quiet time with 1 competitor: adaptive {text(adaptive)}"
+    result += f"; fixed {text(fixed)}" if fixed else ""
     return {"what": what, "result": result + f" (n = {adaptive['n']} phases each)",
             "target": "<= 2x with 1 competitor", "met": adaptive["ratio_to_quiet"]["value"] <= 2.0}
 

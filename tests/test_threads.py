@@ -38,7 +38,8 @@ def test_the_rules_of_the_brief():
     assert decide_threads(2, 0.49) == 2 and decide_threads(2, 0.5) == 1  # a core counts from half busy
 
 
-@given(cores=st.integers(-2, 256), busy=st.floats(-1, 512) | st.just(float("nan")), explicit=st.none() | st.integers(-3, 512))
+@given(cores=st.integers(-2, 256), busy=st.floats(-1, 512) | st.just(float("nan")),
+       explicit=st.none() | st.integers(-3, 512))
 def test_the_count_is_at_least_one_and_at_most_the_cores_unless_explicit(cores, busy, explicit):
     chosen = decide_threads(cores, busy, explicit)
     assert chosen >= 1
