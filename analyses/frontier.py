@@ -36,6 +36,7 @@ Compute is split into resumable parts (``--parts``, ``--resume``): each part's t
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,6 +54,7 @@ from rlhf_interp.report import write_tables
 REPORT_DIR = Path("reports/edit_vs_finetune")
 PARTS = ("base", "best_of_n", "steering", "layer_scan", "rank_one", "ablation", "finetune", "search")
 TITLE = "Editing vs fine-tuning: reward bought per nat of KL, every method on one axis"
+SUPERSEDED = ("most_reward_at_", "top_two_at_", "editing_vs_finetuning")  # v2 claims the held-out round re-measured
 SAMPLES_NOTE = ("Intervals are 95% t intervals over the 16 held-out prompts (one sample each for edits and PPO "
                 "checkpoints; best-of-n from a pool per prompt); differences between methods are unpaired (the "
                 "per-prompt rows of the edits were not stored), so conservative. Each edit family's layer is chosen "
@@ -232,11 +234,12 @@ def render(report_dir: Path):
 
     report_dir = Path(report_dir)
     config = read_config(report_dir)
-    from rlhf_interp.frontier.v3 import capability_section, merge_new_methods
-    from rlhf_interp.report.frontier_v3_claims import frontier_v3_claims
+    from rlhf_interp.frontier.v3 import capability_section, heldout_section
+    from rlhf_interp.report.frontier_heldout_claims import heldout_claims
 
-    new = optional_table(report_dir, "new_methods")  # v3 round: prompting, amplification, algorithm checkpoints
-    points = T.tidy_points(merge_new_methods(read_table(report_dir, "points"), new))  # derived columns recomputed
+    v3 = {n: optional_table(report_dir, f"v3_{n}") for n in ("at_budget", "comparisons", "points")}
+    meta = json.loads((report_dir / "v3.json").read_text()) if (report_dir / "v3.json").exists() else {}
+    points = T.tidy_points(read_table(report_dir, "points"))  # the v2 round; derived columns recomputed
     notes, scan, trials, moved, timings = (optional_table(report_dir, n) for n in
                                            ("notes", "layer_scan", "search_trials", "moved_tokens", "timings"))
     budgets = [float(b) for b in config.get("budgets", sorted(points["budget"].dropna().unique()))]
@@ -246,18 +249,22 @@ def render(report_dir: Path):
     freezing = T.freezing_table(points)
     claims = frontier_claims(points, table, scan, freezing, [b for b in (1.0, 2.0, 4.0) if b in budgets] or budgets[:3],
                              tokens=int(config.get("max_new_tokens", 24)))
-    claims += frontier_v3_claims(points, table, [b for b in (1.0, 2.0, 4.0) if b in budgets],
-                                 None if new is None else new[new["kind"] == "base"].iloc[0])
+    if v3["at_budget"] is not None:  # the held-out round supersedes the v2 round's headline comparisons
+        claims = [c for c in claims if not c.id.startswith(SUPERSEDED)]
+        claims = heldout_claims(v3["at_budget"], v3["comparisons"], v3["points"], meta.get("budgets", [1, 2, 4]),
+                                int(meta.get("samples_per_prompt", 1))) + claims
     report = Report.at(report_dir, TITLE, source=Path(__file__), claims=claims)
     missing = notes[notes["part"].isin(["finetune", "ablation"]) | notes["note"].str.contains("not computed")] \
         if notes is not None and len(notes) else None
     if missing is not None and len(missing):
         report.text("**Missing pieces.** " + " ".join(f"{r.part}: {r.note}." for r in missing.itertuples()))
+    if v3["at_budget"] is not None:
+        heldout_section(report, v3["at_budget"], v3["comparisons"], v3["points"], meta, reward_label)
     lines = T.family_lines(table, points)
     series, base = answer_spec(lines, points)
     xlabel = "KL(changed ‖ base) per sequence, nats (log axis)"
     title = "Reward at equal KL: each method family's best setting per budget"
-    report.section("The answer: reward at equal KL")
+    report.section("The v2 round: reward at equal KL (16 prompts, layers chosen on them)")
     report.figure("answer", spec_to_matplotlib(series, base, xlabel=xlabel, ylabel=reward_label, title=title,
                                                budgets=budgets),
                   chart=spec_to_plotly(series, base, xlabel=xlabel, ylabel=reward_label, title=title, budgets=budgets),
@@ -267,9 +274,7 @@ def render(report_dir: Path):
                       "reported on** (the CSVs hold no per-prompt rows to choose on held-out prompts: optimistic); "
                       "best-of-n is interpolated between its measured n within its measured KL range; shaded: 95% "
                       "intervals over prompts. PPO checkpoints sit at their measured KL with 95% bars, not joined; so do the "
-                      "algorithms study's DPO, GRPO, RLOO and PPO checkpoints. Prompting and logit amplification: "
-                      "strength chosen per budget on held-out selection prompts (no line where a budget is not "
-                      "reached). "
+                      "The held-out round above supersedes this chart's comparisons. "
                       f"{SAMPLES_NOTE} Ablations (at {', '.join(sorted({f'{k:.0f}' for k in points.loc[points['kind'] == 'ablation', 'kl_exact_mean']}))} nats) "
                       "are off this axis: see the detail below."))
     report.table("reward_at_budget", table, caption="Reward at each KL budget per method, with its 95% interval over "
@@ -278,7 +283,8 @@ def render(report_dir: Path):
                  "many layers it is the best of). Best-of-n: each prompt's reward interpolated in sqrt(KL) between "
                  "the two n around the budget, never extrapolated. The PPO trajectory is not interpolated (its KL is "
                  "not monotone in the training step). reward_per_nat = (reward - base) / budget.", show=60)
-    capability_section(report, points, config.get("new_methods", {}))  # new_methods.json, in config
+    if v3["at_budget"] is None:
+        capability_section(report, points, config.get("new_methods", {}))
     detail = detail_spec(points)
     drawn = fits[fits["drawn"]] if len(fits) else fits
     report.figure("frontier", frontier_figure(points, drawn, reward_label), fold=(

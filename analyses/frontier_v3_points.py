@@ -13,13 +13,14 @@ The study's choices (everything else is `rlhf_interp.frontier.v3_round` / `heldo
   difference's 95% half-width near 0.15 periods.
 - reward: periods in 24 new tokens, temperature 1, sampling seed 0 for every method (common random numbers).
 - budgets: 1, 2 and 4 nats per sequence.
-- steering: the contrastive vector (base samples' best minus worst under the reward) and the fine-tuning direction
-  (PPO seed 0's last checkpoint minus base) at layers 20 and 28; rank-one edits at layers 20 and 28; the
+- steering: the contrastive vector (base samples' best minus worst under the reward) at layer 20 and the
+  fine-tuning direction (PPO seed 0's last checkpoint minus base) at layer 28, each the v2 round's best layer for
+  its vector; rank-one edits at layers 20 and 28; the
   prompting library; logit amplification of PPO seed 0's last checkpoint. Each family's strength is bisected to
   each budget on the selection split and the family with the highest selection reward is reported.
 - fine-tuning: three PPO runs (`configs/periods.yaml`, 20 phases, KL target 0.2 nats/token, seeds 0-2,
   checkpoints every 5 phases), interpolated per prompt between checkpoints to each budget and averaged over seeds;
-  the algorithms study's last checkpoints (PPO, GRPO, RLOO, DPO, seeds 0-2).
+  the algorithms study's last checkpoints of seed 0 (PPO, GRPO, RLOO, DPO: the CPU budget of this round).
 - best-of-n from a pool of 16 base samples per report prompt, n = 1, 2, 4, 8.
 """
 
@@ -32,7 +33,8 @@ import pandas as pd
 
 PARTS = ("base", "algorithms", "trajectory", "prompting", "steering", "rank_one", "amplification", "best_of_n")
 TRAJECTORY = [Path(f"runs/frontier_ppo_s{s}") for s in (0, 1, 2)]
-ALGORITHMS = {a: [Path(f"runs/algorithms/{a.lower()}_s{s}") for s in (0, 1, 2)] for a in ("PPO", "GRPO", "RLOO", "DPO")}
+ALGORITHMS = {a: [Path(f"runs/algorithms/{a.lower()}_s0")] for a in ("PPO", "GRPO", "RLOO", "DPO")}
+STEERING = (("contrastive", 20), ("fine-tuning direction", 28))  # v2's best layer of each vector
 LAYERS = (20, 28)
 
 
@@ -112,7 +114,8 @@ def part_steering(rnd, ctx) -> None:
     from rlhf_interp.edits import Steering
     from rlhf_interp.frontier.parts import steering_families
 
-    families = list(steering_families(ctx, ["contrastive", "fine-tuning direction"], layers(rnd.setup.base)))
+    families = [f for name, layer in STEERING
+                for f in steering_families(ctx, [name], [min(layer, int(rnd.setup.base.cfg.n_layers) - 1)])]
     chosen = rnd.select("steering", rnd.setup.base, families)
     vectors = ctx.vectors()
     report_choices(rnd, "steering", chosen,

@@ -21,7 +21,7 @@ POINT_COLUMNS = ["method", "kind", "setting", "vector", "layer", "strength", "bu
                  "trajectory", "last", "freeze_layers", "lora_r", "wall_seconds", "reward_mean", "reward_stderr",
                  "kl_exact_mean", "kl_exact_stderr", "kl_analytic", "kl_per_token", "entropy_mean", "distinct_2",
                  "collateral_kl_mean", "collateral_kl_stderr", "collateral_kl_max", "n_sequences",
-                 # frontier v3 (new_methods.csv): intervals, capability and fluency, counts, held-out selection
+                 # frontier v3 (the held-out round): intervals, capability and fluency, counts, held-out selection
                  "reward_low", "reward_high", "kl_exact_low", "kl_exact_high", "capability_nll_mean",
                  "capability_nll_low", "capability_nll_high", "capability_nll_delta_mean", "capability_nll_delta_low",
                  "capability_nll_delta_high", "capability_top1_mean", "fluency_nll_mean", "fluency_nll_low",

@@ -1,9 +1,8 @@
-"""Frontier v3 (issue 32): the new rows measured in ``new_methods.csv`` (prompting, logit amplification, the
-algorithms study's checkpoints) joined onto the v2 points, and the capability figure.
+"""Frontier v3 on the page (issues 31 and 32): the held-out, paired round's answer figure and tables, and the
+capability figure (capability change and fluency against KL for every point).
 
-Why a module: the page script (``analyses/frontier.py``) only chooses and lays out; joining two measurement
-rounds has one rule (the new base row carries the capability and fluency the old base row lacks: same model,
-same texts) that belongs in one place.
+Why a module: the page script (``analyses/frontier.py``) only chooses and lays out; these drawings and the order of
+the round's tables are shared by the page and its tests.
 """
 
 from __future__ import annotations
@@ -15,26 +14,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from rlhf_interp.core import style as S  # noqa: E402
-
-CARRIED = ["capability_nll_mean", "capability_nll_low", "capability_nll_high", "capability_nll_delta_mean",
-           "capability_nll_delta_low", "capability_nll_delta_high", "capability_top1_mean", "fluency_nll_mean",
-           "fluency_nll_low", "fluency_nll_high"]
-
-
-def merge_new_methods(points: pd.DataFrame, new: pd.DataFrame | None) -> pd.DataFrame:
-    """``points`` plus the non-base rows of ``new``; the new base row's capability and fluency columns are copied
-    onto the existing base row (the base model is one model whatever round measured it)."""
-    if new is None or new.empty:
-        return points
-    points = points.copy()
-    base_new = new[new["kind"] == "base"]
-    if len(base_new):
-        for col in CARRIED:
-            if col in base_new:
-                points.loc[points["kind"] == "base", col] = float(base_new[col].iloc[0])
-    rows = new[new["kind"] != "base"]
-    points = points[~points["kind"].isin(set(rows["kind"]))]  # a page re-rendered from its own points.csv: no twins
-    return pd.concat([points, rows], ignore_index=True, sort=False)
 
 
 def capability_points(points: pd.DataFrame) -> pd.DataFrame:
@@ -76,20 +55,23 @@ def capability_figure(points: pd.DataFrame):
     return fig
 
 
-def capability_section(report, points: pd.DataFrame, meta: dict) -> None:
-    """The page's capability section: the figure, then the table of every point with a capability value."""
+def capability_section(report, points: pd.DataFrame, meta: dict, which: str = "") -> None:
+    """The page's capability section: the figure, then the table of every point with a capability value.
+    ``which``: the caption's sentence on which points were measured."""
     cap = capability_points(points)
     if cap.empty:
         return
     notes = " ".join(meta.get("notes", []))
+    which = which or ("Only the base model, prompting, logit amplification and the algorithms study's checkpoints "
+                      "were measured; the v2 points (steering, rank-one, ablation, best-of-n, v2 PPO) have no "
+                      "capability value yet.")
     report.section("What each change costs in capability")
     report.figure("capability", capability_figure(points), caption=(
         f"Left: change in next-token NLL (nats per token) against the base model on {meta.get('capability_texts')} "
         f"held-out texts ({meta.get('capability_tokens')} tokens) from {meta.get('capability_source', 'held-out text')}"
         "; the paired delta over texts with its 95% interval, against KL per sequence (95% bars over prompts). "
-        "Right: fluency, the base model's NLL per token of each change's own continuations, 95% interval. Only the "
-        "base model, prompting, logit amplification and the algorithms study's checkpoints were measured; the v2 "
-        f"points (steering, rank-one, ablation, best-of-n, v2 PPO) have no capability value yet. Notes: {notes}"))
+        "Right: fluency, the base model's NLL per token of each change's own continuations, 95% interval. "
+        f"{which} {('Notes: ' + notes) if notes else ''}"))
     cols = ["method", "kind", "setting", "budget", "kl_exact_mean", "kl_exact_low", "kl_exact_high",
             "capability_nll_delta_mean", "capability_nll_delta_low", "capability_nll_delta_high",
             "capability_top1_mean", "fluency_nll_mean", "fluency_nll_low", "fluency_nll_high", "n_prompts",
@@ -99,4 +81,54 @@ def capability_section(report, points: pd.DataFrame, meta: dict) -> None:
                  "paired over texts).")
 
 
-__all__ = ["CARRIED", "capability_figure", "capability_points", "capability_section", "merge_new_methods"]
+def at_budget_figure(at: pd.DataFrame, reward_label: str):
+    """Reward at each KL budget per method (95% intervals over prompts), methods side by side at each budget."""
+    have = at[at["reward_mean"].notna()]
+    methods = list(dict.fromkeys(have["method"]))
+    budgets = sorted(have["budget"].unique())
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    width = 0.8 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        g = have[have["method"] == method].set_index("budget")
+        xs = [budgets.index(b) + (i - (len(methods) - 1) / 2) * width for b in g.index]
+        mark = S.mark(S.family(method, None))
+        ax.errorbar(xs, g["reward_mean"], yerr=[g["reward_mean"] - g["reward_low"], g["reward_high"] - g["reward_mean"]],
+                    fmt=mark.marker, color=mark.color, ms=7, capsize=3, label=method)
+    ax.set_xticks(range(len(budgets)), [f"{b:g} nats" for b in budgets])
+    ax.set_xlabel("KL(changed ‖ base) per sequence (budget)")
+    ax.set_ylabel(reward_label)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncol=3, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def heldout_section(report, at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataFrame, meta: dict,
+                    reward_label: str) -> None:
+    """The held-out, paired round: the answer figure, its table, the paired differences, every point, and the
+    capability of every point."""
+    n = f"{meta['report_prompts']} report prompts x {meta['samples_per_prompt']} samples"
+    report.section("The answer: reward at equal KL (held out, paired)")
+    report.figure("answer_v3", at_budget_figure(at, reward_label), caption=(
+        f"Reward at 1, 2 and 4 nats of KL per sequence, 95% t intervals over the {n} (samples of a prompt averaged "
+        f"first), one sampling seed shared by every method. Edits: the family (vector and layer, rank-one layer, "
+        f"prefix, amplification factor) and strength chosen on {meta['selection_prompts']} other prompts; PPO: 3 "
+        "training seeds, each prompt's reward interpolated linearly in KL between the two checkpoints around the "
+        "budget, then averaged over seeds; best-of-n: a pool of 16 base samples per prompt, interpolated between n. "
+        "A method without a mark at a budget did not reach it (see the table)."))
+    report.table("v3_at_budget", at, caption="Reward at each budget per method with its 95% interval (n_prompts, "
+                 "samples_per_prompt, seeds); kl_report: the chosen setting's KL on the report prompts (selection "
+                 "aims at the budget on other prompts); capability_delta: next-token NLL change on the held-out "
+                 "texts, paired over texts; how: where the number comes from.", show=40)
+    report.table("v3_comparisons", comparisons, caption="Paired differences in reward (a - b, periods), per budget: "
+                 "the top two, and every method against steering and against PPO; 95% t intervals over the prompts "
+                 "both have.", show=40)
+    report.table("v3_points", points, caption="Every measured point of this round (one row per checkpoint or chosen "
+                 "edit setting), with reward, KL, capability and fluency intervals.", show=20)
+    capability_section(report, points, {**meta, "notes": []}, which=(
+        "Every point of the held-out round is measured: the base model, the chosen edits, every PPO checkpoint of "
+        "the 3 seeds and the algorithms study's last checkpoints (3 seeds each)."))
+
+
+__all__ = ["at_budget_figure", "capability_figure", "capability_points", "capability_section",
+           "heldout_section"]
