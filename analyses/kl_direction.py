@@ -34,9 +34,10 @@ from rlhf_interp.measure.kl_study import PENALTY_LABEL, RUN_KEYS, Study, load_st
 from rlhf_interp.measure.kl_study_runs import Training, calibrate, run_base, train_run
 from rlhf_interp.measure.kl_study_tables import collect_tables, finished_runs
 from rlhf_interp.report import Report, read_config, read_table, write_tables
-from rlhf_interp.report.kl_study_claims import study_claims
+from rlhf_interp.report.kl_study_claims import pilot_claims, study_claims
 from rlhf_interp.report.kl_study_figures import (
     figure_coverage,
+    pilot_section,
     figure_levels,
     figure_matched,
     figure_over_training,
@@ -49,6 +50,10 @@ NAME = "kl_direction"
 # grows enough within 8 phases for the directions to differ), X = the word "I" (base rate ~20% on the shipped
 # prompts), evaluations at the base model and at the end: 32 prompts x 8 samples (256), 8 reference samples each.
 STUDY = Study(phases=8, eval_every=8)
+# Pilots at stronger coefficients (the main study's question, one seed each: the CPU budget of one session):
+# both placements at kl_coef 1 and 5, and the sequence-level penalty at 5 with a 16-sample bank (less noise in its
+# gradient). Each directory is a study like the main one (same base, prompts and evaluation).
+PILOTS = (Path("runs/kl_direction_strong"), Path("runs/kl_direction_b5"), Path("runs/kl_direction_b5_bank16"))
 
 
 def training() -> Training:
@@ -57,9 +62,29 @@ def training() -> Training:
     return Training(PPOTrainer, PPOConfig)
 
 
+def pilot_tables(pilots=PILOTS) -> dict[str, pd.DataFrame]:
+    """End-of-training coverage and X's rate of each pilot's finished runs, and its ref_pi_seq - ref_pi_reward
+    comparison, tagged with the pilot's coefficient and bank size."""
+    levels, comparisons = [], []
+    for pilot in pilots:
+        if not (pilot / "study.json").exists():
+            continue
+        study = load_study(pilot)
+        if not finished_runs(study, pilot):
+            continue
+        t = collect_tables(study, pilot)
+        tag = {"kl_coef": study.kl_coef, "kl_bank_size": study.kl_bank_size, "study_dir": str(pilot)}
+        lv, cp = t["levels"], t["comparisons"]
+        levels.append(lv[(lv["at"] == "end") & lv["metric"].isin(["kept_10x", "x_rate"]) & (lv["penalty"] != "base")]
+                      .assign(**tag))
+        comparisons.append(cp[(cp["at"] == "end") & (cp["metric"] == "kept_10x")].assign(**tag))
+    return {"pilot_levels": pd.concat(levels, ignore_index=True) if levels else pd.DataFrame(),
+            "pilot_comparisons": pd.concat(comparisons, ignore_index=True) if comparisons else pd.DataFrame()}
+
+
 def compute(study: Study, study_dir: Path, report_dir: Path) -> None:
     """Measured tables -> ``report_dir`` (an empty table is not written and a stale one is removed)."""
-    tables = collect_tables(study, study_dir)
+    tables = {**collect_tables(study, study_dir), **pilot_tables()}
     for name, table in tables.items():
         if table.empty:
             (report_dir / f"{name}.csv").unlink(missing_ok=True)
@@ -78,12 +103,14 @@ def render(report_dir: Path) -> Report:
     study, base = config["study"], config["base"]
     t = {name: _optional(report_dir, name) for name in ("trajectory", "evals", "end", "matched", "matched_summary",
                                                         "coverage_final", "collapse", "samples", "per_prompt",
-                                                        "levels", "comparisons")}
+                                                        "levels", "comparisons", "pilot_levels",
+                                                        "pilot_comparisons")}
     finished, planned = config["finished"], config["planned"]
     ms = t["matched_summary"]
     level = float(ms.loc[ms["match_on"] == "kl_pi_ref_per_token", "level"].iloc[0]) if len(ms) and (
         ms["match_on"] == "kl_pi_ref_per_token").any() else None
     claims = study_claims(t["per_prompt"], t["levels"], t["comparisons"], config, len(finished), len(planned), level)
+    claims += pilot_claims(t["pilot_levels"], t["pilot_comparisons"])
     report = Report.at(report_dir, "The wrong-way-around KL: KL(π‖ref) vs three kinds of KL(ref‖π) vs no penalty",
                        source=__file__, config=config, claims=claims)
     penalties = list(study["penalties"])
@@ -159,6 +186,7 @@ def render(report_dir: Path) -> Report:
         report.table("end", t["end"], title="End of training, run-level (mean, min, max over seeds)", show=0)
     if len(t["collapse"]):
         report.table("collapse", t["collapse"], title="Collapse onset (rollout distinct-2 below half the base's)")
+    pilot_section(report, t["levels"], t["pilot_levels"], t["pilot_comparisons"], study["kl_coef"])
     report.section("Samples")
     report.table("samples", t["samples"], title="Side by side: base model and each penalty at the end (lowest seed)",
                  show=40)

@@ -119,20 +119,23 @@ def comparison_claims(comparisons: pd.DataFrame, matched_level: float | None) ->
 
 
 def coverage_question(levels: pd.DataFrame, comparisons: pd.DataFrame, finished: int, planned: int,
-                      threshold: float = 0.95) -> Claim:
+                      threshold: float = 0.95, cid: str = "seq_keeps_reference_samples", lead: str = "",
+                      headline: bool = True, extra: dict | None = None) -> Claim:
     """Issue 29: does ref_pi_seq keep >= ``threshold`` of the reference's samples within 10x likelihood where
-    ref_pi_reward keeps fewer? Both levels with intervals, their paired difference and its verdict."""
+    ref_pi_reward keeps fewer? Both levels with intervals, their paired difference and its verdict. ``cid`` and
+    ``lead`` (words before the sentence, with ``{placeholders}`` filled from ``extra``, e.g. a pilot's coefficient)
+    for a second study's claim."""
     end = levels[(levels["at"] == "end") & (levels["metric"] == "kept_10x")].set_index("penalty")
     key = comparisons[(comparisons["at"] == "end") & (comparisons["metric"] == "kept_10x")
                       & (comparisons["a"] == "ref_pi_seq") & (comparisons["b"] == "ref_pi_reward")]
     if key.empty or not {"ref_pi_seq", "ref_pi_reward"} <= set(end.index) or not (
             math.isfinite(key["low"].iloc[0]) and math.isfinite(key["high"].iloc[0])):
         return Claim.not_measured(
-            "seq_keeps_reference_samples",
-            "Whether the sequence-level KL(ref‖π) (ref_pi_seq) keeps at least {threshold:.0%} of the reference's "
+            cid, lead + "Whether the sequence-level KL(ref‖π) (ref_pi_seq) keeps at least {threshold:.0%} of the reference's "
             f"samples within {{tenfold}}× likelihood where the per-token reward placement (ref_pi_reward) keeps "
             f"fewer: {NOT_MEASURED} ({{finished}} of {{planned}} runs finished).",
-            params={"threshold": threshold, "tenfold": 10, "finished": finished, "planned": planned})
+            params={"threshold": threshold, "tenfold": 10, "finished": finished, "planned": planned, **(extra or {})},
+            headline=headline)
     s, w, r = end.loc["ref_pi_seq"], end.loc["ref_pi_reward"], key.iloc[0]
     if s["low"] >= threshold:
         met = "its whole interval is at or above the mark"
@@ -144,8 +147,7 @@ def coverage_question(levels: pd.DataFrame, comparisons: pd.DataFrame, finished:
                   n=_n(r["prompts"], s["per_prompt"], r["seeds"]), note=str(r["note"] if isinstance(r["note"], str)
                                                                          else ""))
     return _in_units(Claim.compare(
-        "seq_keeps_reference_samples",
-        "At the end of training the sequence-level KL(ref‖π) (ref_pi_seq) keeps {seq:.1%} [{seq_low:.1%}, "
+        cid, lead + "At the end of training the sequence-level KL(ref‖π) (ref_pi_seq) keeps {seq:.1%} [{seq_low:.1%}, "
         "{seq_high:.1%}] of the reference's samples within {tenfold}× likelihood (against a mark of "
         "{threshold:.0%}: {met}) and the per-token reward placement (ref_pi_reward) {rew:.1%} [{rew_low:.1%}, "
         "{rew_high:.1%}]; ref_pi_seq − ref_pi_reward {value} {ci} ({n}, paired by seed and prompt{caveat}): "
@@ -153,8 +155,9 @@ def coverage_question(levels: pd.DataFrame, comparisons: pd.DataFrame, finished:
         iv, "ref_pi_seq", "ref_pi_reward", fmt=".1%",
         params={"seq": float(s["value"]), "seq_low": float(s["low"]), "seq_high": float(s["high"]),
                 "rew": float(w["value"]), "rew_low": float(w["low"]), "rew_high": float(w["high"]),
-                "tenfold": 10, "threshold": threshold, "met": met, "caveat": _caveat(iv.n)}), iv, "ref_pi_seq",
-        "ref_pi_reward")
+                "tenfold": 10, "threshold": threshold, "met": met, "caveat": _caveat(iv.n), **(extra or {})},
+        headline=headline), iv,
+        "ref_pi_seq", "ref_pi_reward")
 
 
 def study_claims(per_prompt: pd.DataFrame, levels: pd.DataFrame, comparisons: pd.DataFrame, config: dict,
@@ -176,3 +179,30 @@ def study_claims(per_prompt: pd.DataFrame, levels: pd.DataFrame, comparisons: pd
                               matched_level)
     return claims + [c for c in comps if c.headline] + level_claims(levels, matched_level) + \
         [c for c in comps if not c.headline]
+
+
+def pilot_claims(levels: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]:
+    """The stronger-coefficient pilots: per coefficient with both placements, `coverage_question`'s sentence; for
+    the sequence-level penalty with a larger bank, its coverage. The strongest paired pilot is a headline claim."""
+    if levels is None or levels.empty:
+        return []
+    out = []
+    paired = sorted(comparisons["kl_coef"].unique()) if comparisons is not None and len(comparisons) else []
+    for (coef, bank), g in levels.groupby(["kl_coef", "kl_bank_size"]):
+        tag = f"{coef:g}".replace(".", "_")
+        if coef in paired and set(g["penalty"]) >= {"ref_pi_seq", "ref_pi_reward"}:
+            out.append(coverage_question(
+                g, comparisons[comparisons["kl_coef"] == coef], 2, 2, cid=f"pilot_kl_coef_{tag}_seq_keeps",
+                lead="Pilot with kl_coef {beta}, one seed per placement: ", extra={"beta": f"{coef:g}"},
+                headline=coef == max(paired)))
+            continue
+        for r in g[g["metric"] == "kept_10x"].itertuples():
+            iv = Interval(r.value, r.low, r.high, method=r.method, n=_n(r.prompts, r.per_prompt, r.seeds),
+                          note=str(r.note if isinstance(r.note, str) else ""))
+            out.append(Claim.estimate(
+                f"pilot_kl_coef_{tag}_bank_{int(bank)}_{r.penalty}_kept",
+                "Pilot with kl_coef {beta} and a {bank}-sample reference bank, one seed: {penalty} keeps {value} {ci} "
+                "of the reference's samples within {tenfold}× likelihood ({n}{caveat}).", iv, fmt=".1%",
+                params={"beta": f"{coef:g}", "bank": str(int(bank)), "penalty": r.penalty, "tenfold": 10,
+                        "caveat": _caveat(iv.n)}, headline=False))
+    return out

@@ -151,3 +151,47 @@ def figure_levels(levels: pd.DataFrame, at: str = "end"):
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def figure_pilots(main_levels: pd.DataFrame, pilot_levels: pd.DataFrame, main_coef: float):
+    """Share of the reference's samples kept within 10x likelihood at the end of training against the coefficient:
+    the main study (3 seeds) at its coefficient, the one-seed pilots at stronger ones; 95% intervals; the 95% mark."""
+    main = main_levels[(main_levels["at"] == "end") & (main_levels["metric"] == "kept_10x")].assign(
+        kl_coef=main_coef, kl_bank_size=4)
+    rows = pd.concat([main, pilot_levels[pilot_levels["metric"] == "kept_10x"]], ignore_index=True)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for (penalty, bank), g in rows[rows["penalty"].isin(["ref_pi_seq", "ref_pi_reward"])].groupby(
+            ["penalty", "kl_bank_size"]):
+        g = g.sort_values("kl_coef")
+        style = COLORS[penalty]
+        label = f"{penalty}" + (f" (bank {int(bank)})" if penalty == "ref_pi_seq" else "")
+        ax.errorbar(g["kl_coef"] * (1.08 if bank != 4 else 1.0), g["value"] * 100,
+                    yerr=[(g["value"] - g["low"]) * 100, (g["high"] - g["value"]) * 100], color=style["color"],
+                    marker="s" if bank != 4 else style.get("marker", "o"), ls="--" if bank != 4 else "-", capsize=3,
+                    label=label)
+    ax.axhline(95, color="grey", ls=":", lw=1, label="the 95% mark")
+    ax.set_xscale("log")
+    ax.set_xlabel("kl_coef (log axis)")
+    ax.set_ylabel("reference samples kept within 10x (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def pilot_section(report, main_levels: pd.DataFrame, pilot_levels: pd.DataFrame, pilot_comparisons: pd.DataFrame,
+                  main_coef: float) -> None:
+    """The stronger-coefficient pilots on the page (nothing when none has finished)."""
+    if pilot_levels is None or pilot_levels.empty:
+        return
+    report.section("A stronger coefficient (one-seed pilots)")
+    report.figure("pilots", figure_pilots(main_levels, pilot_levels, main_coef), caption=(
+        "Reference samples kept within 10x likelihood at the end of training against the coefficient. At the main "
+        "study's coefficient: 3 seeds (t over seed means); the pilots: one seed each, t over the evaluation prompts "
+        "(seed-to-seed variation not included). Dashed: the sequence-level penalty with a 16-sample reference bank "
+        "per training prompt instead of 4."))
+    report.table("pilot_levels", pilot_levels, title="Pilots: coverage and X's rate at the end, per penalty "
+                 "(95% intervals)", show=20)
+    if pilot_comparisons is not None and len(pilot_comparisons):
+        report.table("pilot_comparisons", pilot_comparisons, title="Pilots: ref_pi_seq − ref_pi_reward in coverage, "
+                     "paired by prompt", show=10)
