@@ -18,7 +18,7 @@ The study's choices (everything else is `rlhf_interp.frontier.v3_round` / `heldo
   its vector; rank-one edits at layers 20 and 28; the
   prompting library; logit amplification of PPO seed 0's last checkpoint. Each family's strength is bisected to
   each budget on the selection split and the family with the highest selection reward is reported.
-- fine-tuning: three PPO runs (`configs/periods.yaml`, 20 phases, KL target 0.2 nats/token, seeds 0-2,
+- fine-tuning: three PPO runs (`configs/periods.yaml`, 25 phases, KL target 0.2 nats/token, seeds 0-2,
   checkpoints every 5 phases), interpolated per prompt between checkpoints to each budget and averaged over seeds;
   the algorithms study's last checkpoints of seed 0 (PPO, GRPO, RLOO, DPO: the CPU budget of this round).
 - best-of-n from a pool of 16 base samples per report prompt, n = 1, 2, 4, 8.

@@ -51,9 +51,8 @@ NAME = "kl_direction"
 # prompts), evaluations at the base model and at the end: 32 prompts x 8 samples (256), 8 reference samples each.
 STUDY = Study(phases=8, eval_every=8)
 # Pilots at stronger coefficients (the main study's question, one seed each: the CPU budget of one session):
-# both placements at kl_coef 1 and 5, and the sequence-level penalty at 5 with a 16-sample bank (less noise in its
-# gradient). Each directory is a study like the main one (same base, prompts and evaluation).
-PILOTS = (Path("runs/kl_direction_strong"), Path("runs/kl_direction_b5"), Path("runs/kl_direction_b5_bank16"))
+# both placements at kl_coef 1 and 5. Each directory is a study like the main one (same base, prompts, evaluation).
+PILOTS = (Path("runs/kl_direction_strong"), Path("runs/kl_direction_b5"))
 
 
 def training() -> Training:

@@ -114,3 +114,23 @@ def test_the_round_runs_on_the_tiny_model_and_its_claims_reach_the_page(tmp_path
             top = claims[f"v3_top_two_at_{budget:g}_nats".replace(".", "_")]
             assert top["verdict"] and top["n"]["prompts"] == 6 and top["n"]["samples_per_prompt"] == 2
     assert (page / "answer_v3.png").exists() and (page / "capability.png").exists()
+
+
+def test_fluency_taken_from_the_reference_pass_is_the_base_models_nll(tiny):
+    """measure_point reuses score_generation's base pass for fluency (a steering edit on the base model, scored
+    against the base without it): equal to `continuation_nll` on the same samples."""
+    from rlhf_interp import Steering, contrastive, load_prompts
+    from rlhf_interp.frontier.new_methods import Setup, base_scored, measure_point
+    from rlhf_interp.measure import sample
+    from rlhf_interp.measure.capability import continuation_nll
+
+    prompts = load_prompts("default", limit=3, seed=0)
+    vec = contrastive(tiny, [("The cat sat. It slept.", "The cat sat and it slept and")])
+    layer = int(tiny.cfg.n_layers) - 1
+    edit = Steering(vec, [layer], 4.0)
+    setup = Setup(tiny, prompts, prompts[:1], "char_count", 6, 0, 2)
+    assert base_scored(setup, tiny, edit, None) and not base_scored(setup, tiny, None, reference=object())
+    _, seqs, _ = measure_point(setup, tiny, edit, capability=False)
+    gen = sample(tiny, Steering(vec, [layer], 4.0), prompts, max_new_tokens=6, seed=0, samples_per_prompt=2)
+    direct = continuation_nll(tiny, gen)["fluency_nll"].to_numpy()
+    assert seqs["fluency_nll"].to_numpy() == pytest.approx(direct, rel=1e-4)

@@ -25,6 +25,7 @@ import pandas as pd
 
 from rlhf_interp.core.stats import mean_interval, unit_means
 from rlhf_interp.edits import Edit, LogitAmplification, Prompting, few_shot
+from rlhf_interp.edits.prompting import changes_context
 from rlhf_interp.frontier.budget import EditFamily
 from rlhf_interp.measure import distinct_n, sample, score_generation
 from rlhf_interp.measure.capability import capability_columns, continuation_nll, fluency_columns, text_nll
@@ -122,7 +123,12 @@ def measure_point(setup: Setup, model, edit: Edit | None, *, reference=None, spl
     reward_fn = get_reward(setup.reward) if not callable(setup.reward) else setup.reward
     seqs["reward"] = score(reward_fn, gen.texts).numpy()
     seqs["prompt_idx"] = np.arange(len(gen)) // k
-    fluency = continuation_nll(setup.base, gen)
+    if base_scored(setup, model, edit, reference):  # the reference pass was the base model on the user's frame
+        n = seqs["n_new_tokens"].to_numpy(dtype=float)
+        fluency = pd.DataFrame({"fluency_nll": -seqs["logprob_reference"].to_numpy(dtype=float)
+                                / np.where(n > 0, n, np.nan)})
+    else:
+        fluency = continuation_nll(setup.base, gen)
     seqs["fluency_nll"] = fluency["fluency_nll"].to_numpy()
     tokens = float(seqs["n_new_tokens"].sum())
     eos = model.tokenizer.eos_token_id
@@ -145,6 +151,15 @@ def measure_point(setup: Setup, model, edit: Edit | None, *, reference=None, spl
     return row, seqs.drop(columns=["prompt", "continuation"]).assign(continuation=gen.texts), per_text
 
 
+def base_scored(setup: Setup, model, edit: Edit | None, reference) -> bool:
+    """Whether `score_generation`'s reference log-probs are already the base model's NLL of the continuations
+    given the user's prompt (fluency): a tuned model scored against the base, or a hook edit on the base scored
+    against the base without it. A context edit scores in its prompted frame, so fluency is measured apart."""
+    if reference is not None:
+        return reference is setup.base
+    return model is setup.base and (edit is None or not changes_context(edit))
+
+
 def closest_to_budgets(candidates: pd.DataFrame, budgets: Sequence[float], *, rel_tol: float = 0.25
                        ) -> pd.DataFrame:
     """For each budget the candidate (a row of selection-split measurements with ``kl_exact_mean``) whose KL is
@@ -162,5 +177,5 @@ def closest_to_budgets(candidates: pd.DataFrame, budgets: Sequence[float], *, re
     return pd.DataFrame(rows)
 
 
-__all__ = ["PERIOD_EXAMPLES", "PERIOD_INSTRUCTIONS", "Setup", "amplification_family", "closest_to_budgets",
+__all__ = ["PERIOD_EXAMPLES", "PERIOD_INSTRUCTIONS", "Setup", "amplification_family", "base_scored", "closest_to_budgets",
            "interval_columns", "measure_point", "prompting_family", "prompting_library"]

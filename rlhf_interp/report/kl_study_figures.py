@@ -188,8 +188,7 @@ def pilot_section(report, main_levels: pd.DataFrame, pilot_levels: pd.DataFrame,
     report.figure("pilots", figure_pilots(main_levels, pilot_levels, main_coef), caption=(
         "Reference samples kept within 10x likelihood at the end of training against the coefficient. At the main "
         "study's coefficient: 3 seeds (t over seed means); the pilots: one seed each, t over the evaluation prompts "
-        "(seed-to-seed variation not included). Dashed: the sequence-level penalty with a 16-sample reference bank "
-        "per training prompt instead of 4."))
+        "(seed-to-seed variation not included)."))
     report.table("pilot_levels", pilot_levels, title="Pilots: coverage and X's rate at the end, per penalty "
                  "(95% intervals)", show=20)
     if pilot_comparisons is not None and len(pilot_comparisons):
