@@ -65,6 +65,7 @@ class PPOConfig:
     # `ppo.kl_penalty.KLPenalty`; table and derivations: docs/kl.md.
     kl_placement: Literal["reward", "loss", "sequence"] = "reward"
     kl_bank_size: int = 4  # sequence placement: reference samples per prompt, drawn once (ppo/reference_bank.py)
+    kl_bank_per_step: int = 1  # sequence placement: bank samples per prompt in each PPO step (a less noisy gradient)
     adaptive_kl: bool = False  # Ziegler et al. controller
     kl_target: float = 0.08  # per-token target for the adaptive controller (nats)
     kl_horizon: int = 10000  # in samples
@@ -139,7 +140,7 @@ class PPOConfig:
             "max_grad_norm": (0, 1e6), "lr": (0, 1), "head_lr": (0, 1), "warmup_phases": (0, 1e9),
             "freeze_layers": (0, 1e4), "lora_r": (0, 4096), "log_every": (1, 1e9), "sample_every": (0, 1e9),
             "checkpoint_every": (0, 1e9), "reward_scale": (-1e6, 1e6), "weight_decay": (0, 10),
-            "rm_refresh_pairs": (2, 1e6), "kl_bank_size": (1, 1e4), "rm_refresh_label_noise": (0, 1), "rm_refresh_epochs": (1, 1000),
+            "rm_refresh_pairs": (2, 1e6), "kl_bank_size": (1, 1e4), "kl_bank_per_step": (1, 1e4), "rm_refresh_label_noise": (0, 1), "rm_refresh_epochs": (1, 1000),
             "group_size": (1, 1e6), "dpo_beta": (1e-6, 1e3),
         }
         for name, (low, high) in ranges.items():
@@ -155,6 +156,10 @@ class PPOConfig:
             if value is not None and value < low:
                 raise ValueError(f"Config field {name!r} = {value!r} is out of range: use a whole number >= {low}, or "
                                  f"null ({'the RM stays frozen' if low else 'replay every earlier pair'}).")
+        if self.kl_bank_per_step > self.kl_bank_size:
+            raise ValueError(f"Config field 'kl_bank_per_step' = {self.kl_bank_per_step} is larger than kl_bank_size = "
+                             f"{self.kl_bank_size}: a step cannot use more reference samples than the bank holds; raise "
+                             "kl_bank_size or lower kl_bank_per_step.")
         if self.rm_refresh_every is not None and not self.rm_refresh_source.strip():
             raise ValueError("Config field 'rm_refresh_source' is empty: name the reward that labels the refresh "
                              "pairs, e.g. char_count or module:function.")

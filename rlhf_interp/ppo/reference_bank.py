@@ -55,10 +55,16 @@ class BankBatch:
     ref_logprobs: Tensor  # [batch, size, gen]
     offset: int  # which sample the first epoch uses (phase * epochs)
 
-    def rows(self, idx: Tensor, epoch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(tokens, attention_mask, gen_mask, ref_logprobs)`` of one sample per prompt in ``idx`` for ``epoch``."""
-        j = (self.offset + epoch) % self.tokens.shape[1]
-        return self.tokens[idx, j], self.attention_mask[idx, j], self.gen_mask[idx, j], self.ref_logprobs[idx, j]
+    def rows(self, idx: Tensor, epoch: int, per_step: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(tokens, attention_mask, gen_mask, ref_logprobs)`` of ``per_step`` samples per prompt in ``idx`` for
+        ``epoch`` (prompt-major rows): samples ``(offset + epoch) * per_step + i`` mod the bank's size, so
+        successive epochs and phases cycle through the bank."""
+        size = self.tokens.shape[1]
+        js = torch.tensor([((self.offset + epoch) * per_step + i) % size for i in range(per_step)],
+                          device=self.tokens.device)
+        pick = (idx[:, None].to(self.tokens.device), js[None, :])
+        return tuple(t[pick].flatten(0, 1) for t in (self.tokens, self.attention_mask, self.gen_mask,
+                                                     self.ref_logprobs))
 
 
 class ReferenceBank:
@@ -121,14 +127,16 @@ class ReferenceBank:
 
 
 def sequence_kl_loss(penalty, policy, head, bank: BankBatch, idx: Tensor, epoch: int, *, value_hook: str,
-                     temperature: float, precision: str = "fp32", reference: ReferenceLogits | None = None) -> Tensor:
-    """The sequence-level KL(ref||pi) loss term (`KLPenalty.sequence_loss_term`) on one bank sample of each prompt in
-    ``idx``, for this ``epoch``: one policy pass over the reference's text, with its graph (and, for the exact
-    estimator, one reference pass: its full distribution at the bank's states is not kept between steps)."""
+                     temperature: float, precision: str = "fp32", reference: ReferenceLogits | None = None,
+                     per_step: int = 1) -> Tensor:
+    """The sequence-level KL(ref||pi) loss term (`KLPenalty.sequence_loss_term`) on ``per_step`` bank samples of each
+    prompt in ``idx``, for this ``epoch``: one policy pass over the reference's text, with its graph (and, for the
+    exact estimator, one reference pass: its full distribution at the bank's states is not kept between steps).
+    More samples per step average more of the reference's sequences into each step's gradient (less noise)."""
     from rlhf_interp.core.kl import sampling_logprobs
     from rlhf_interp.ppo.rollout import gather_logprobs, policy_forward
 
-    tokens, attention_mask, gen_mask, ref_logprobs = bank.rows(idx, epoch)
+    tokens, attention_mask, gen_mask, ref_logprobs = bank.rows(idx, epoch, per_step)
     p = bank.prompt_len
     logits, _ = policy_forward(policy, head, tokens, attention_mask, p, value_hook, precision)
     logp_all = sampling_logprobs(logits, temperature)

@@ -117,7 +117,8 @@ class Algorithm:
                     returns=None if returns is None else returns[idx],
                     kl_sequence=None if rollout.bank is None else sequence_kl_loss(
                         ctx.kl_penalty, ctx.policy, ctx.head, rollout.bank, idx, epoch, value_hook=cfg.value_head_hook,
-                        temperature=cfg.temperature, precision=rollout.precision, reference=ctx.reference)), mask
+                        temperature=cfg.temperature, precision=rollout.precision, reference=ctx.reference,
+                        per_step=cfg.kl_bank_per_step)), mask
 
     def loss(self, batch: Minibatch, kl_coef: float, ctx: UpdateContext) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
