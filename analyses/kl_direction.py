@@ -51,8 +51,9 @@ NAME = "kl_direction"
 # prompts), evaluations at the base model and at the end: 32 prompts x 8 samples (256), 8 reference samples each.
 STUDY = Study(phases=8, eval_every=8)
 # Pilots at stronger coefficients (the main study's question, one seed each: the CPU budget of one session):
-# both placements at kl_coef 1 and 5. Each directory is a study like the main one (same base, prompts, evaluation).
-PILOTS = (Path("runs/kl_direction_strong"), Path("runs/kl_direction_b5"))
+# both placements at kl_coef 1 and 5, and the sequence-level penalty at 5 averaging 4 of 8 bank samples per prompt in
+# each step (a less noisy gradient). Each directory is a study like the main one (same base, prompts, evaluation).
+PILOTS = (Path("runs/kl_direction_strong"), Path("runs/kl_direction_b5"), Path("runs/kl_direction_b5_ps4"))
 
 
 def training() -> Training:
@@ -72,7 +73,8 @@ def pilot_tables(pilots=PILOTS) -> dict[str, pd.DataFrame]:
         if not finished_runs(study, pilot):
             continue
         t = collect_tables(study, pilot)
-        tag = {"kl_coef": study.kl_coef, "kl_bank_size": study.kl_bank_size, "study_dir": str(pilot)}
+        tag = {"kl_coef": study.kl_coef, "kl_bank_size": study.kl_bank_size,
+               "kl_bank_per_step": int(study.extra.get("kl_bank_per_step", 1)), "study_dir": str(pilot)}
         lv, cp = t["levels"], t["comparisons"]
         levels.append(lv[(lv["at"] == "end") & lv["metric"].isin(["kept_10x", "x_rate"]) & (lv["penalty"] != "base")]
                       .assign(**tag))

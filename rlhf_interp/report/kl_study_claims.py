@@ -188,9 +188,10 @@ def pilot_claims(levels: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]
         return []
     out = []
     paired = sorted(comparisons["kl_coef"].unique()) if comparisons is not None and len(comparisons) else []
-    for (coef, bank), g in levels.groupby(["kl_coef", "kl_bank_size"]):
+    levels = levels.assign(kl_bank_per_step=levels.get("kl_bank_per_step", 1)).fillna({"kl_bank_per_step": 1})
+    for (coef, bank, per_step), g in levels.groupby(["kl_coef", "kl_bank_size", "kl_bank_per_step"]):
         tag = f"{coef:g}".replace(".", "_")
-        if coef in paired and set(g["penalty"]) >= {"ref_pi_seq", "ref_pi_reward"}:
+        if per_step == 1 and coef in paired and set(g["penalty"]) >= {"ref_pi_seq", "ref_pi_reward"}:
             out.append(coverage_question(
                 g, comparisons[comparisons["kl_coef"] == coef], 2, 2, cid=f"pilot_kl_coef_{tag}_seq_keeps",
                 lead="Pilot with kl_coef {beta}, one seed per placement: ", extra={"beta": f"{coef:g}"},
@@ -200,9 +201,10 @@ def pilot_claims(levels: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]
             iv = Interval(r.value, r.low, r.high, method=r.method, n=_n(r.prompts, r.per_prompt, r.seeds),
                           note=str(r.note if isinstance(r.note, str) else ""))
             out.append(Claim.estimate(
-                f"pilot_kl_coef_{tag}_bank_{int(bank)}_{r.penalty}_kept",
-                "Pilot with kl_coef {beta} and a {bank}-sample reference bank, one seed: {penalty} keeps {value} {ci} "
-                "of the reference's samples within {tenfold}× likelihood ({n}{caveat}).", iv, fmt=".1%",
-                params={"beta": f"{coef:g}", "bank": str(int(bank)), "penalty": r.penalty, "tenfold": 10,
-                        "caveat": _caveat(iv.n)}, headline=False))
+                f"pilot_kl_coef_{tag}_bank_{int(bank)}_per_step_{int(per_step)}_{r.penalty}_kept",
+                "Pilot with kl_coef {beta}, {per_step} of {bank} reference-bank samples per prompt in each step, one "
+                "seed: {penalty} keeps {value} {ci} of the reference's samples within {tenfold}× likelihood "
+                "({n}{caveat}).", iv, fmt=".1%",
+                params={"beta": f"{coef:g}", "bank": str(int(bank)), "per_step": str(int(per_step)),
+                        "penalty": r.penalty, "tenfold": 10, "caveat": _caveat(iv.n)}, headline=per_step > 1))
     return out

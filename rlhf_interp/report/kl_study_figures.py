@@ -157,19 +157,22 @@ def figure_pilots(main_levels: pd.DataFrame, pilot_levels: pd.DataFrame, main_co
     """Share of the reference's samples kept within 10x likelihood at the end of training against the coefficient:
     the main study (3 seeds) at its coefficient, the one-seed pilots at stronger ones; 95% intervals; the 95% mark."""
     main = main_levels[(main_levels["at"] == "end") & (main_levels["metric"] == "kept_10x")].assign(
-        kl_coef=main_coef, kl_bank_size=4)
+        kl_coef=main_coef, kl_bank_per_step=1)
     rows = pd.concat([main, pilot_levels[pilot_levels["metric"] == "kept_10x"]], ignore_index=True)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for (penalty, bank), g in rows[rows["penalty"].isin(["ref_pi_seq", "ref_pi_reward"])].groupby(
-            ["penalty", "kl_bank_size"]):
+    rows["kl_bank_per_step"] = rows["kl_bank_per_step"].fillna(1).astype(int)
+    for (penalty, per_step), g in rows[rows["penalty"].isin(["ref_pi_seq", "ref_pi_reward"])].groupby(
+            ["penalty", "kl_bank_per_step"]):
         g = g.sort_values("kl_coef")
         style = COLORS[penalty]
-        label = f"{penalty}" + (f" (bank {int(bank)})" if penalty == "ref_pi_seq" else "")
-        ax.errorbar(g["kl_coef"] * (1.08 if bank != 4 else 1.0), g["value"] * 100,
+        label = penalty + (f" ({per_step} bank sample{'s' if per_step > 1 else ''} per step)"
+                           if penalty == "ref_pi_seq" else "")
+        ax.errorbar(g["kl_coef"] * (1.08 if per_step != 1 else 1.0), g["value"] * 100,
                     yerr=[(g["value"] - g["low"]) * 100, (g["high"] - g["value"]) * 100], color=style["color"],
-                    marker="s" if bank != 4 else style.get("marker", "o"), ls="--" if bank != 4 else "-", capsize=3,
-                    label=label)
+                    marker="s" if per_step != 1 else style.get("marker", "o"), ls="--" if per_step != 1 else "-",
+                    capsize=3, label=label)
     ax.axhline(95, color="grey", ls=":", lw=1, label="the 95% mark")
+    ax.set_ylim(top=100)
     ax.set_xscale("log")
     ax.set_xlabel("kl_coef (log axis)")
     ax.set_ylabel("reference samples kept within 10x (%)")
@@ -188,7 +191,8 @@ def pilot_section(report, main_levels: pd.DataFrame, pilot_levels: pd.DataFrame,
     report.figure("pilots", figure_pilots(main_levels, pilot_levels, main_coef), caption=(
         "Reference samples kept within 10x likelihood at the end of training against the coefficient. At the main "
         "study's coefficient: 3 seeds (t over seed means); the pilots: one seed each, t over the evaluation prompts "
-        "(seed-to-seed variation not included)."))
+        "(seed-to-seed variation not included). Square: the sequence-level penalty averaging 4 of 8 bank samples per "
+        "prompt in each step instead of 1 of 4."))
     report.table("pilot_levels", pilot_levels, title="Pilots: coverage and X's rate at the end, per penalty "
                  "(95% intervals)", show=20)
     if pilot_comparisons is not None and len(pilot_comparisons):
