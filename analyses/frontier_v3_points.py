@@ -98,7 +98,8 @@ def part_algorithms(rnd, ctx) -> None:
 
 
 def part_trajectory(rnd, ctx) -> None:
-    checkpoint_points(rnd, "PPO", "trajectory", TRAJECTORY, "all")
+    runs = [TRAJECTORY[s] for s in ctx.args.trajectory_seeds if s < len(TRAJECTORY)]  # TRAJECTORY[s]: seed s
+    checkpoint_points(rnd, "PPO", "trajectory", runs, "all")
 
 
 def part_prompting(rnd, ctx) -> None:
@@ -179,6 +180,8 @@ def main(argv=None) -> None:
     p.add_argument("--work-dir", type=Path, default=Path("runs/frontier_v3_heldout"))
     p.add_argument("--out", type=Path, default=Path("reports/edit_vs_finetune"))
     p.add_argument("--assemble-only", action="store_true")
+    p.add_argument("--trajectory-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2],
+                   help="which PPO seeds the trajectory part measures (split the part over processes)")
     args = p.parse_args(argv)
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
@@ -206,7 +209,8 @@ def main(argv=None) -> None:
                       pd.read_csv(cap_path), args.selection_samples)
         rnd = Round(setup, args.work_dir, args.budgets)
         ctx = Context(argparse.Namespace(reward=args.reward, pair_samples=4, max_new_tokens=24, seed=args.seed,
-                                         trajectory=TRAJECTORY[0], steer_start=0.1),
+                                         trajectory=TRAJECTORY[0], steer_start=0.1,
+                                         trajectory_seeds=args.trajectory_seeds),
                       base, report, direction, args.work_dir)
         for part in args.parts:
             globals()[f"part_{part}"](rnd, ctx)
