@@ -97,6 +97,22 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def ratio_interval(ours: list[float], trl: list[float]) -> dict:
+    """median(trl) / median(ours) with a 95% percentile bootstrap interval, the two sides' times paired by
+    position (same round, same update: they were alternated), as `rlhf_interp.core.stats.bootstrap_interval`.
+    The interval is over updates: process-to-process variation beyond that is not in it."""
+    import numpy as np
+
+    from rlhf_interp.core.stats import bootstrap_interval
+
+    k = min(len(ours), len(trl))
+    pairs = np.column_stack([ours[:k], trl[:k]])
+    found = bootstrap_interval(pairs, lambda a: float(np.median(a[:, 1]) / np.median(a[:, 0])),
+                               n={"updates_per_side": k}, note="over updates paired by position")
+    return {"value": found.value, "low": found.low, "high": found.high, "level": found.level,
+            "method": found.method, "n": found.n, "note": found.note}
+
+
 _RESULT = "RESULT "
 
 

@@ -106,7 +106,7 @@ def phase_limits(counts: dict, work: dict, seconds: dict, peaks: dict, bandwidth
     flop_limit = flops["total"] / peak
     phase = seconds["phase"]
     return {
-        "precision": precision, "peak_gflops": peaks[precision], "bandwidth_gbs": bandwidth_gbs,
+        "precision": precision, "peak_gflops": peaks[precision], "bandwidth_gbs": bandwidth_gbs, "counts": counts,
         "gflop": {k: v / 1e9 for k, v in flops.items()},
         "achieved_gflops": flops["total"] / phase / 1e9,
         "flop_limit_seconds": flop_limit, "fraction_of_flop_limit": flop_limit / phase,

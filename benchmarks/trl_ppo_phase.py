@@ -15,9 +15,20 @@ token, tests/test_precision.py); TRL ``--trl-precision`` (default fp32, its CPU 
 two alternate ``--rounds`` times, and the first update/phase of each process is dropped as warm-up.
 Absolute times drift on a shared machine; the ratio of medians measured in the same run is what holds.
 ``--trl-malloc`` hands TRL's process the glibc malloc settings this toolkit's trainer sets for itself
-(`rlhf_interp.core.allocator`), to show how much of the gap that alone is (``ppo_phase_trl_malloc.json``).
+(`rlhf_interp.core.allocator`), to show how much of the gap that alone is.
 Writes ``benchmarks/results/ppo_phase.json`` with ``{"ppo_phase": {"trl_ratio": ...}}`` (TRL seconds per
 update / ours per phase: > 1 means ours is faster).
+
+``--precisions fp32 bf16``: the equal-precision comparison the README's headline shows (issue 34). Four sides
+alternate in each round (ours fp32, TRL fp32, ours bf16, TRL bf16), TRL always with our malloc settings (both
+sides then run with the same allocator settings), and ``ppo_phase.json`` records ``pairs`` (each comparison with
+its precisions, ``same_allocator``, ratio, 95% interval and n), ``trl_ratio_fp32`` and ``trl_ratio_bf16`` (equal
+precision), and the mixed ours-bf16 / TRL-fp32 figure as a secondary pair. Every run also records ``limits``:
+each of our phases against the machine's limits (`_limits.py`: FLOPs at the measured matmul peak of its
+precision, the rollout's weight reads at the measured memory bandwidth). Other single-pair runs that are not
+``--precisions`` write ``ppo_phase_<ours>_vs_trl_<trl>[_trl_malloc].json`` (e.g. the default pair:
+``ppo_phase_bf16_vs_trl_fp32.json``; before issue 34 it wrote ``ppo_phase.json`` and ``ppo_phase_trl_malloc.json``)
+so that no run overwrites the headline's file or another pair's.
 """
 
 from __future__ import annotations
@@ -30,9 +41,22 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _bench_common import median, report_to_parent, run_child, set_threads, write_result
+from _bench_common import RESULTS, median, ratio_interval, report_to_parent, run_child, set_threads, write_result
+from _limits import machine_peaks, memory_bandwidth, param_counts, phase_limits
 
 EPOCHS, MINIBATCHES, KL_COEF, LR = 2, 2, 0.05, 1e-5
+DEFAULT_PAIR = ("bf16", "fp32")  # ours, TRL: the first comparison this script made (issue 17), mixed precision
+TARGETS = {("fp32", "fp32"): 2.5, ("bf16", "bf16"): 4.0}  # issue 34; any mixed pair: issue 17's 2x
+ALLOCATOR = "glibc M_MMAP_THRESHOLD = M_TRIM_THRESHOLD = 1 GiB (rlhf_interp.core.allocator)"
+
+
+def result_name(precision: str, trl_precision: str, trl_malloc: bool, pairs: bool = False) -> str:
+    """The results file of a run: ``ppo_phase`` for the equal-precision run (``--precisions``, the README's
+    headline); a single-pair run writes ``ppo_phase_<ours>_vs_trl_<trl>[_trl_malloc]`` so that it never
+    overwrites the headline's file or another pair's."""
+    if pairs:
+        return "ppo_phase"
+    return f"ppo_phase_{precision}_vs_trl_{trl_precision}" + ("_trl_malloc" if trl_malloc else "")
 
 
 def run_ours(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
@@ -46,11 +70,11 @@ def run_ours(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
         "checkpoint_every=0", "sample_every=0", "stop_at_eos=false", f"precision={precision}"])
     with tempfile.TemporaryDirectory() as out:
         trainer = PPOTrainer(config, out, progress=False)
-        trainable = sum(p.numel() for p in trainer.trainable_parameters())
+        counts = param_counts(trainer, config.freeze_layers)
         head = sum(p.numel() for p in trainer.head.parameters())
         history = trainer.train()
     return {"seconds": [m["seconds"] for m in history], "rollout_seconds": [m["rollout_seconds"] for m in history],
-            "trainable_policy_params": trainable, "trainable_value_params": head}
+            "trainable_policy_params": counts["n_trainable"], "trainable_value_params": head, "counts": counts}
 
 
 def run_trl(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
@@ -129,15 +153,96 @@ def child(args: argparse.Namespace) -> None:
     report_to_parent(run(args.updates, args.batch, args.new_tokens, precision))
 
 
-def spawn(which: str, args: argparse.Namespace) -> dict:
+def spawn(which: str, precision: str, args: argparse.Namespace, trl_malloc: bool) -> dict:
     env = {"TRL_EXPERIMENTAL_SILENCE": "1"}
-    if which == "trl" and args.trl_malloc:  # the glibc settings our trainer makes itself (core/allocator.py)
+    if which == "trl" and trl_malloc:  # the glibc settings our trainer makes itself (core/allocator.py)
         env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
     flags = ["--updates", str(args.updates), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
-             "--precision", args.precision, "--trl-precision", args.trl_precision]
+             "--precision" if which == "ours" else "--trl-precision", precision]
     if args.threads:
         flags += ["--threads", str(args.threads)]
     return run_child(__file__, which, flags, env)
+
+
+def comparison(ours: list[float], trl: list[float], ours_precision: str, trl_precision: str, trl_malloc: bool,
+               rounds: int) -> dict:
+    """One ours-vs-TRL pair of the run: medians, the ratio with its interval and n, and what makes it fair or
+    not (equal precision, same allocator settings, alternated in one run)."""
+    interval = ratio_interval(ours, trl)
+    return {"ours_precision": ours_precision, "trl_precision": trl_precision,
+            "equal_precision": ours_precision == trl_precision, "same_allocator": trl_malloc, "alternated": True,
+            "ours_seconds_median": median(ours), "trl_seconds_median": median(trl),
+            "trl_ratio": median(trl) / median(ours), "trl_ratio_ci95": [interval["low"], interval["high"]],
+            "n": {**interval["n"], "processes_per_side": rounds}, "interval": interval,
+            "ours_seconds": ours, "trl_seconds": trl}
+
+
+def summarize(samples: dict[tuple[str, str], list[float]], rollout: dict[str, list[float]], params: dict,
+              counts: dict, args: argparse.Namespace, pairs_mode: bool, peaks: dict, bandwidth: dict) -> dict:
+    """The result body from the run's samples: keyed ``(side, precision)`` seconds per update, our rollout
+    seconds per precision, trainable counts, our parameter counts; the machine's peaks and bandwidth."""
+    trl_malloc = args.trl_malloc or pairs_mode
+    if pairs_mode:
+        wanted = [(p, p) for p in args.precisions]
+        if set(args.precisions) == {"fp32", "bf16"}:
+            wanted.append(DEFAULT_PAIR)  # the mixed figure, secondary
+    else:
+        wanted = [(args.precision, args.trl_precision)]
+    pairs = [comparison(samples[("ours", o)], samples[("trl", t)], o, t, trl_malloc, args.rounds) for o, t in wanted]
+    main_pair = pairs[0]
+    quoted = args.batch == 16 and args.new_tokens == 24
+    limits = {}
+    for precision, times in rollout.items():
+        ours = median(samples[("ours", precision)])
+        work = {"batch": args.batch, "new_tokens": args.new_tokens, "epochs": EPOCHS, "precision": precision}
+        limits[precision] = phase_limits(counts, work, {"phase": ours, "rollout": median(times),
+                                                        "update": ours - median(times)}, peaks, bandwidth["gbs"])
+    limits_source = {"peaks": peaks, "bandwidth": bandwidth}
+
+    def figure(pair: dict) -> str:
+        lo, hi = pair["trl_ratio_ci95"]
+        return (f"{pair['trl_ratio']:.2f}x [{lo:.2f}, {hi:.2f}] (TRL {pair['trl_seconds_median']:.1f} s / ours "
+                f"{pair['ours_seconds_median']:.1f} s per update; n = {pair['n']['updates_per_side']} updates per "
+                f"side, {args.rounds} processes)")
+
+    def met(pair: dict) -> bool:
+        target = TARGETS.get((pair["ours_precision"], pair["trl_precision"]), 2.0)
+        return bool(pair["trl_ratio"] >= target and quoted)
+
+    body = {
+        "ours_seconds_median": main_pair["ours_seconds_median"],
+        "ours_rollout_seconds_median": median(rollout[main_pair["ours_precision"]]),
+        "ours_update_seconds_median": main_pair["ours_seconds_median"] - median(rollout[main_pair["ours_precision"]]),
+        "trl_seconds_median": main_pair["trl_seconds_median"], "trl_ratio": main_pair["trl_ratio"],
+        "trl_ratio_ci95": main_pair["trl_ratio_ci95"], "n": main_pair["n"],
+        "ours_seconds": main_pair["ours_seconds"], "trl_seconds": main_pair["trl_seconds"], "trainable": params,
+        "work": {"batch": args.batch, "new_tokens": args.new_tokens, "epochs": EPOCHS, "minibatches": MINIBATCHES,
+                 "kl": "forward k1 in reward", "model": "smollm2-135m", "trained": "every policy weight",
+                 "ours_precision": main_pair["ours_precision"], "trl_precision": main_pair["trl_precision"],
+                 "rounds": args.rounds, "updates_per_process": args.updates},
+        "trl_malloc": trl_malloc, "same_allocator": trl_malloc,
+        "allocator": {"ours": ALLOCATOR, "trl": ALLOCATOR if trl_malloc else "glibc defaults"},
+        "pairs": pairs, "limits": limits, "limits_source": limits_source,
+    }
+    for pair in pairs:
+        if pair["equal_precision"]:
+            body[f"trl_ratio_{pair['ours_precision']}"] = pair["trl_ratio"]
+            body[f"trl_ratio_{pair['ours_precision']}_ci95"] = pair["trl_ratio_ci95"]
+    work = f"batch {args.batch} x {args.new_tokens} tokens, 2 epochs x 2 minibatches"
+    if pairs_mode:
+        equal = [p for p in pairs if p["equal_precision"]]
+        body["headline"] = {
+            "what": f"PPO phase vs TRL 1.12 at equal precision ({work}; same allocator settings, alternated)",
+            "result": "; ".join(f"{p['ours_precision']}: {figure(p)}" for p in equal),
+            "target": ", ".join(f"{p['ours_precision']} >= {TARGETS.get((p['ours_precision'],) * 2, 2.0):g}x"
+                                for p in equal),
+            "met": all(met(p) for p in equal)}
+    else:
+        body["headline"] = {
+            "what": f"PPO phase vs TRL 1.12 ({work}; ours {args.precision}, TRL {args.trl_precision}"
+                    f"{', TRL with our malloc settings' if trl_malloc else ''})",
+            "result": figure(main_pair), "target": f">= {TARGETS.get(wanted[0], 2.0):g}x", "met": met(main_pair)}
+    return body
 
 
 def main() -> None:
@@ -148,47 +253,51 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=24, help="sampled tokens (24 for the quoted work)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="ours")
     parser.add_argument("--trl-precision", choices=["fp32", "bf16"], default="fp32", help="TRL's (bf16=True)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+                        help="equal-precision pairs, alternated in one run with TRL given our malloc settings "
+                             "(overrides --precision/--trl-precision; writes ppo_phase.json, the README headline)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--trl-malloc", action="store_true",
                         help="give TRL the glibc malloc settings our trainer sets for itself (freed memory reused); "
-                             "writes ppo_phase_trl_malloc.json")
+                             "the results file ends in _trl_malloc")
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.batch % MINIBATCHES:
         parser.error(f"--batch must be divisible by {MINIBATCHES} minibatches")
     if args.child:
         return child(args)
-    samples: dict[str, list[float]] = {"ours": [], "trl": []}
-    rollout: list[float] = []
+    pairs_mode = bool(args.precisions)
+    trl_malloc = args.trl_malloc or pairs_mode
+    set_threads(args.threads)  # the limits are measured at the children's threads
+    peaks, bandwidth = machine_peaks(RESULTS), memory_bandwidth()
+    sides = ([(w, p) for p in dict.fromkeys(args.precisions) for w in ("ours", "trl")] if pairs_mode
+             else [("ours", args.precision), ("trl", args.trl_precision)])
+    samples: dict[tuple[str, str], list[float]] = {side: [] for side in sides}
+    rollout: dict[str, list[float]] = {p: [] for w, p in sides if w == "ours"}
     params: dict[str, dict] = {}
+    counts: dict = {}
     for r in range(args.rounds):
-        for which in ("ours", "trl"):
-            out = spawn(which, args)
-            samples[which] += out["seconds"][1:]
+        for which, precision in sides:
+            out = spawn(which, precision, args, trl_malloc)
+            samples[(which, precision)] += out["seconds"][1:]
             if which == "ours":
-                rollout += out["rollout_seconds"][1:]
+                rollout[precision] += out["rollout_seconds"][1:]
+                counts = out["counts"]
             params[which] = {k: v for k, v in out.items() if k.startswith("trainable")}
-            print(f"round {r + 1}: {which:4s} " + " ".join(f"{t:.1f}" for t in out["seconds"]) + " s (first = warm-up)")
-    ours, trl = median(samples["ours"]), median(samples["trl"])
-    quoted = args.batch == 16 and args.new_tokens == 24
-    ratio = trl / ours
-    result = {"ppo_phase": {
-        "ours_seconds_median": ours, "ours_rollout_seconds_median": median(rollout),
-        "ours_update_seconds_median": ours - median(rollout), "trl_seconds_median": trl, "trl_ratio": ratio,
-        "ours_seconds": samples["ours"], "trl_seconds": samples["trl"], "trainable": params,
-        "work": {"batch": args.batch, "new_tokens": args.new_tokens, "epochs": EPOCHS, "minibatches": MINIBATCHES,
-                 "kl": "forward k1 in reward", "model": "smollm2-135m", "trained": "every policy weight",
-                 "ours_precision": args.precision, "trl_precision": args.trl_precision, "rounds": args.rounds,
-                 "updates_per_process": args.updates},
-        "trl_malloc": args.trl_malloc,
-        "headline": {"what": f"PPO phase vs TRL 1.12 (batch {args.batch} x {args.new_tokens} tokens, 2 epochs x 2 "
-                             f"minibatches; ours {args.precision}, TRL {args.trl_precision}"
-                             f"{', TRL with our malloc settings' if args.trl_malloc else ''})",
-                     "result": f"{ratio:.2f}x TRL's throughput (TRL {trl:.1f} s / ours {ours:.1f} s per update)",
-                     "target": ">= 2x", "met": bool(ratio >= 2.0 and quoted)}}}
-    print(f"\nmedian seconds per update: ours {ours:.2f} (rollout {median(rollout):.2f}), TRL {trl:.2f} -> "
-          f"TRL/ours = {ratio:.2f}x")
-    write_result("ppo_phase_trl_malloc" if args.trl_malloc else "ppo_phase", result)
+            print(f"round {r + 1}: {which:4s} {precision} " + " ".join(f"{t:.1f}" for t in out["seconds"])
+                  + " s (first = warm-up)")
+    body = summarize(samples, rollout, params, counts, args, pairs_mode, peaks, bandwidth)
+    print()
+    for pair in body["pairs"]:
+        lo, hi = pair["trl_ratio_ci95"]
+        print(f"ours {pair['ours_precision']} vs TRL {pair['trl_precision']}: median seconds per update ours "
+              f"{pair['ours_seconds_median']:.2f}, TRL {pair['trl_seconds_median']:.2f} -> TRL/ours = "
+              f"{pair['trl_ratio']:.2f}x [{lo:.2f}, {hi:.2f}] (n = {pair['n']['updates_per_side']} per side)")
+    for precision, lim in body["limits"].items():
+        rollout_part, update_part = lim["rollout"]["fraction_of_limit"], lim["update"]["fraction_of_limit"]
+        print(f"ours {precision}: {100 * lim['fraction_of_flop_limit']:.0f}% of the FLOP limit; rollout "
+              f"{100 * rollout_part:.0f}%, update {100 * update_part:.0f}% of their limits")
+    write_result(result_name(args.precision, args.trl_precision, trl_malloc, pairs_mode), {"ppo_phase": body})
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""benchmarks/run_all.py: the README table comes from the results JSONs, and rewriting it touches nothing else."""
+"""benchmarks/run_all.py: the README table comes from the results JSONs, and rewriting it touches nothing else;
+it leads with equal-precision TRL comparisons only and says for every figure whether the machine was quiet.
+benchmarks/ppo_phase.py: a phase against the machine's measured limits (FLOPs at the matmul peak of its
+precision, the rollout's weight reads at the measured memory bandwidth)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +25,8 @@ def run_all(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
     (tmp_path / "results").mkdir()
     yield module
-    sys.modules.pop("run_all", None)
+    for name in ("run_all", "trl_ppo_phase"):
+        sys.modules.pop(name, None)
 
 
 def _result(directory: Path, stem: str, met: bool, *, load: float, timed: bool = True) -> None:
@@ -42,11 +49,18 @@ def test_table_rows_come_from_the_headlines_and_missing_results_say_so(run_all):
     by_name = {row.split(" | ")[0].lstrip("| "): row for row in rows[2:]}
     assert by_name["sweep measured"].split(" | ")[1:4] == ["1.23x", ">= 2x", "yes"]
     assert "`python benchmarks/sweep.py --fast`" in by_name["sweep measured"]  # the command as it was run
-    assert "**no**" in by_name["ppo_phase measured"] and "(noisy)" in by_name["ppo_phase measured"]
-    assert "(noisy)" not in by_name["precision_drift measured"]  # not a timing: load does not matter
+    assert "**no**" in by_name["ppo_phase measured"] and "**no** (noisy: load 5.0" in by_name["ppo_phase measured"]
+    assert "yes (load 0.3" in by_name["sweep measured"]  # a quiet machine, said so
+    assert "not a timing" in by_name["precision_drift measured"]  # not a timing: load does not matter
+    assert "noisy" not in by_name["precision_drift measured"]
     assert by_name["rollout"].startswith("| rollout | not measured yet")
     assert "see `benchmarks/results/other.json`" in by_name["other"]
-    assert len(rows) == 2 + len(run_all.BENCHMARKS) + 1
+    headline = [row for row in rows if "**Headline**" in row]  # no TRL pair in these results: said so
+    assert len(headline) == 2 and all("not measured" in row for row in headline)
+    trl_runs = [n for n, (_, args) in run_all.BENCHMARKS.items() if args[0] == "trl_ppo_phase.py"]
+    assert trl_runs == ["ppo_phase"]  # shown through the headline rows, not as a row of its own
+    # header, the two TRL headline rows, the other benchmarks, then ppo_phase.json (no TRL pair in it) and other.json
+    assert len(rows) == 2 + 2 + len(run_all.BENCHMARKS) - 1 + 2
 
 
 def test_readme_section_is_created_once_then_only_the_marked_block_changes(run_all, tmp_path):
@@ -63,3 +77,118 @@ def test_readme_section_is_created_once_then_only_the_marked_block_changes(run_a
     assert second == first.replace("| a | b |", "| c | d |")
     run_all.write_readme("| c | d |", readme)
     assert readme.read_text() == second
+
+
+def _machine(load: float, date: str = "2026-11-28T10:00:00+00:00") -> dict:
+    return {"date": date, "cpu_count": 2, "torch_threads": 2, "load_average_1min_at_end": load, "noisy": load > 2}
+
+
+def _legacy_pair(directory: Path, stem: str, ours: float, trl: float, precisions: tuple[str, str], trl_malloc: bool,
+                 load: float) -> None:
+    """A single-pair result as trl_ppo_phase.py wrote it before ``--precisions`` (no interval, samples kept)."""
+    ours_s, trl_s = [ours * (1 + 0.02 * i) for i in range(6)], [trl * (1 - 0.01 * i) for i in range(6)]
+    body = {"ours_seconds_median": ours, "trl_seconds_median": trl, "trl_ratio": trl / ours, "ours_seconds": ours_s,
+            "trl_seconds": trl_s, "trl_malloc": trl_malloc,
+            "work": {"batch": 16, "new_tokens": 24, "ours_precision": precisions[0], "trl_precision": precisions[1],
+                     "rounds": 3, "updates_per_process": 3},
+            "headline": {"what": "PPO phase vs TRL", "result": f"{trl / ours:.2f}x", "target": ">= 2x", "met": True}}
+    (directory / f"{stem}.json").write_text(json.dumps({"ppo_phase": body, "machine": _machine(load),
+                                                        "command": f"python benchmarks/trl_ppo_phase.py # {stem}"}))
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip("|").split(" | ")]
+
+
+def test_trl_headline_is_equal_precision_only_with_n_and_interval(run_all):
+    """Mixed-precision or different-allocator comparisons are secondary rows; the headline says "not measured"
+    until an equal-precision, same-allocator, alternated pair exists, then shows it with its interval and n."""
+    results = run_all.RESULTS
+    _legacy_pair(results, "ppo_phase", 6.7, 15.3, ("bf16", "fp32"), False, load=1.8)  # mixed: the old headline
+    # equal precision, but TRL with glibc's malloc defaults: not the headline either
+    _legacy_pair(results, "ppo_phase_fp32_vs_trl_fp32", 8.6, 15.0, ("fp32", "fp32"), False, load=1.5)
+    rows = run_all.table().splitlines()[2:]
+    headline = [r for r in rows if "**Headline**" in r]
+    assert [("both fp32" in r, "both bf16" in r) for r in headline] == [(True, False), (False, True)]
+    assert all(_cells(r)[1].startswith("not measured") for r in headline)
+    assert rows[:2] == headline  # the table leads with them
+    secondary = [r for r in rows if r.startswith("| Secondary")]
+    assert len(secondary) == 2
+    mixed = next(r for r in secondary if "ppo_phase.json" in r)
+    assert "mixed precision: ours bf16 vs TRL fp32" in mixed and "malloc defaults" in mixed
+    assert "2.28x TRL's throughput [95% bootstrap over updates: " in mixed and "n = 6 updates per side" in mixed
+    assert _cells(mixed)[3] == ""  # no "met" on a secondary row
+    assert "malloc defaults" in next(r for r in secondary if "fp32_vs_trl_fp32" in r)
+
+    # the run the headline wants: four sides alternated, TRL with our malloc settings (summarize: no timing here)
+    trl_ppo_phase = importlib.import_module("trl_ppo_phase")
+    args = argparse.Namespace(precisions=["fp32", "bf16"], precision="bf16", trl_precision="fp32", trl_malloc=False,
+                              rounds=3, updates=3, batch=16, new_tokens=24)
+    samples = {("ours", "fp32"): [8.6, 8.7, 8.5, 8.6, 8.8, 8.6], ("trl", "fp32"): [15.0, 14.8, 15.3, 15.1, 14.9, 15.2],
+               ("ours", "bf16"): [4.5, 4.6, 4.8, 4.5, 4.7, 4.6], ("trl", "bf16"): [15.5, 15.6, 15.4, 15.7, 15.5, 15.6]}
+    rollout = {"fp32": [3.0] * 6, "bf16": [2.0] * 6}
+    counts = {"n_params": 134_515_008, "n_trainable": 134_515_008, "n_backprop": 134_515_008}
+    body = trl_ppo_phase.summarize(samples, rollout, {}, counts, args, True, {"fp32": 295.0, "bf16": 1709.0},
+                                   {"gbs": 20.0})
+    assert body["same_allocator"] and body["trl_ratio_fp32"] == pytest.approx(15.05 / 8.6)
+    assert body["trl_ratio_bf16"] == pytest.approx(15.55 / 4.6)
+    assert [(p["ours_precision"], p["trl_precision"]) for p in body["pairs"]] == [("fp32", "fp32"), ("bf16", "bf16"),
+                                                                                   ("bf16", "fp32")]
+    for pair in body["pairs"]:
+        low, high = pair["trl_ratio_ci95"]
+        assert low <= pair["trl_ratio"] <= high and pair["n"]["updates_per_side"] == 6
+    for lim in body["limits"].values():  # FLOP and bandwidth limits of our phase at each precision
+        for fraction in (lim["fraction_of_flop_limit"], lim["fraction_of_limit"], lim["rollout"]["fraction_of_limit"],
+                         lim["update"]["fraction_of_limit"]):
+            assert 0 < fraction <= 1
+    assert trl_ppo_phase.result_name("bf16", "fp32", True, pairs=True) == "ppo_phase"  # only it: the headline's file
+    assert trl_ppo_phase.result_name("fp32", "fp32", False) == "ppo_phase_fp32_vs_trl_fp32"
+    assert trl_ppo_phase.result_name("bf16", "fp32", True) == "ppo_phase_bf16_vs_trl_fp32_trl_malloc"
+    (results / "ppo_phase.json").write_text(json.dumps({"ppo_phase": body, "machine": _machine(3.1, "2026-12-01"),
+                                                        "command": "python benchmarks/trl_ppo_phase.py --precisions"}))
+    rows = run_all.table().splitlines()[2:]
+    headline = [r for r in rows if "**Headline**" in r]
+    fp32, bf16 = (_cells(r) for r in headline)
+    assert fp32[1].startswith(f"{15.05 / 8.6:.2f}x TRL's throughput [95%: ") and "n = 6 updates per side" in fp32[1]
+    assert bf16[1].startswith(f"{15.55 / 4.6:.2f}x TRL's throughput [95%: ")
+    assert (fp32[2], fp32[3], bf16[2], bf16[3]) == (">= 2.5x", "**no**", ">= 4x", "**no**")
+    assert all(c[5].startswith("**no** (noisy: load 3.1 on 2 cores)") for c in (fp32, bf16))
+    mixed_ratio = f"{body['pairs'][2]['trl_ratio']:.2f}x"  # ours bf16 vs TRL fp32: 15.05 / 4.6
+    assert mixed_ratio == f"{15.05 / 4.6:.2f}x"
+    assert not any(mixed_ratio in r or "mixed" in r for r in headline)  # never a mixed figure in the headline
+    assert any("mixed precision: ours bf16 vs TRL fp32" in r and mixed_ratio in r for r in rows
+               if r.startswith("| Secondary"))
+
+
+def test_machine_peaks_come_from_learn_step_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    limits = importlib.import_module("_limits")
+    (tmp_path / "learn_step.json").write_text(json.dumps({
+        "learn_step": {"peak_gflops": {"fp32": 295.3, "bf16": 1708.6}}, "machine": _machine(1.4)}))
+    peaks = limits.machine_peaks(tmp_path)
+    assert (peaks["fp32"], peaks["bf16"], peaks["source"]) == (295.3, 1708.6, "learn_step.json")
+
+
+def test_ppo_phase_states_its_fraction_of_the_measured_limits(tmp_path):
+    """A tiny phase (seconds): no learn_step.json in the results directory, so the peaks and the bandwidth are
+    measured on the spot; every fraction of a limit is in (0, 1] and the single-side fields are kept."""
+    env = dict(os.environ, RLHF_BENCH_RESULTS=str(tmp_path), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "ppo_phase.py"), "--config", "configs/tiny.yaml",
+                           "--phases", "2", "--peak-n", "512", "--bandwidth-mb", "64", "--set", "sample_every=0"],
+                          cwd=BENCHMARKS.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "% of peak" not in proc.stdout and "of the fp32 FLOP limit" in proc.stdout
+    data = json.loads((tmp_path / "ppo_phase_tiny.json").read_text())
+    body, machine = data["ppo_phase"], data["machine"]
+    lim = body["limits"]
+    assert lim["peaks_source"]["source"].startswith("measured now") and lim["precision"] == "fp32"
+    assert lim["bandwidth_gbs"] > 0 and lim["rollout"]["decode_steps"] == 8
+    assert lim["rollout"]["weight_bytes_per_decode_step"] == 4 * lim["counts"]["n_params"]  # fp32 weights
+    for fraction in (lim["fraction_of_flop_limit"], lim["fraction_of_limit"], lim["rollout"]["fraction_of_limit"],
+                     lim["rollout"]["fraction_of_memory_limit"], lim["update"]["fraction_of_limit"]):
+        assert 0 < fraction <= 1
+    assert body["ours_rollout_seconds_median"] + body["ours_update_seconds_median"] == pytest.approx(
+        body["ours_seconds_median"])
+    assert lim["update"]["seconds"] == pytest.approx(body["ours_update_seconds_median"])
+    assert {"load_average_1min_at_end", "noisy", "cpu_count"} <= set(machine)
+    assert body["headline"]["what"].startswith("PPO phase of tiny.yaml")
