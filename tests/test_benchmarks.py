@@ -192,3 +192,47 @@ def test_ppo_phase_states_its_fraction_of_the_measured_limits(tmp_path):
     assert lim["update"]["seconds"] == pytest.approx(body["ours_update_seconds_median"])
     assert {"load_average_1min_at_end", "noisy", "cpu_count"} <= set(machine)
     assert body["headline"]["what"].startswith("PPO phase of tiny.yaml")
+
+
+def test_trl_ppo_phase_alternates_four_sides_and_writes_the_headline_file(tmp_path, monkeypatch):
+    """The parent's flow without TRL (its children are stand-ins here): ours and TRL alternate per precision
+    in every round, TRL always on our malloc settings, and only the equal-precision run writes ppo_phase.json."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    trl_ppo_phase = importlib.import_module("trl_ppo_phase")
+    common = importlib.import_module("_bench_common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(trl_ppo_phase, "machine_peaks", lambda _: {"fp32": 295.0, "bf16": 1709.0, "source": "test"})
+    monkeypatch.setattr(trl_ppo_phase, "memory_bandwidth", lambda: {"gbs": 20.0, "source": "test"})
+    calls = []
+
+    def spawn(which, precision, args, trl_malloc):
+        calls.append((which, precision, trl_malloc))
+        base = {("ours", "fp32"): 8.6, ("ours", "bf16"): 4.6, ("trl", "fp32"): 15.0, ("trl", "bf16"): 15.5}
+        seconds = [base[(which, precision)] * (1 + 0.01 * k) for k in range(3)]
+        out = {"seconds": seconds, "trainable_policy_params": 134_515_008, "trainable_value_params": 1}
+        if which == "ours":
+            out.update(rollout_seconds=[2.0] * 3, counts={"n_params": 134_515_008, "n_trainable": 134_515_008,
+                                                          "n_backprop": 134_515_008})
+        return out
+
+    monkeypatch.setattr(trl_ppo_phase, "spawn", spawn)
+    monkeypatch.setattr(sys, "argv", ["trl_ppo_phase.py", "--rounds", "2", "--updates", "3", "--precisions", "fp32",
+                                      "bf16"])
+    try:
+        trl_ppo_phase.main()
+        sides = [("ours", "fp32", True), ("trl", "fp32", True), ("ours", "bf16", True), ("trl", "bf16", True)]
+        assert calls == sides * 2
+        body = json.loads((tmp_path / "ppo_phase.json").read_text())["ppo_phase"]
+        assert body["same_allocator"] and body["n"] == {"updates_per_side": 4, "processes_per_side": 2}
+        assert body["trl_ratio_fp32"] == pytest.approx(15.0 / 8.6, rel=0.02)
+        assert body["headline"]["what"].startswith("PPO phase vs TRL 1.12 at equal precision")
+        assert set(body["limits"]) == {"fp32", "bf16"}
+        calls.clear()
+        monkeypatch.setattr(sys, "argv", ["trl_ppo_phase.py", "--rounds", "1", "--updates", "3"])
+        trl_ppo_phase.main()  # the old mixed default: its own file, the headline's untouched
+        assert calls == [("ours", "bf16", False), ("trl", "fp32", False)]
+        assert (tmp_path / "ppo_phase_bf16_vs_trl_fp32.json").exists()
+        headline_file = json.loads((tmp_path / "ppo_phase.json").read_text())["ppo_phase"]
+        assert headline_file["pairs"][0]["ours_precision"] == "fp32"
+    finally:
+        sys.modules.pop("trl_ppo_phase", None)
