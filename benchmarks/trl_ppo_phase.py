@@ -1,6 +1,7 @@
 """A PPO phase of this toolkit vs one update of TRL 1.12's PPO, on identical work, alternated in one run.
 
     pip install -e ".[bench]"       # TRL 1.12.0 (the last release with PPO), never a main dependency
+    python benchmarks/trl_ppo_phase.py --rounds 3 --updates 3 --precisions fp32 bf16   # the README headline
     python benchmarks/trl_ppo_phase.py --rounds 3 --updates 3 [--precision bf16] [--trl-precision fp32]
     RLHF_BENCH_RESULTS=/tmp/bench python benchmarks/trl_ppo_phase.py --rounds 1 --updates 2 --batch 4 --new-tokens 8  # smoke
 
@@ -16,8 +17,8 @@ two alternate ``--rounds`` times, and the first update/phase of each process is 
 Absolute times drift on a shared machine; the ratio of medians measured in the same run is what holds.
 ``--trl-malloc`` hands TRL's process the glibc malloc settings this toolkit's trainer sets for itself
 (`rlhf_interp.core.allocator`), to show how much of the gap that alone is.
-Writes ``benchmarks/results/ppo_phase.json`` with ``{"ppo_phase": {"trl_ratio": ...}}`` (TRL seconds per
-update / ours per phase: > 1 means ours is faster).
+Every result holds ``{"ppo_phase": {"trl_ratio": ...}}`` (TRL seconds per update / ours per phase: > 1 means
+ours is faster) with its 95% interval (bootstrap over updates paired by round and position) and n.
 
 ``--precisions fp32 bf16``: the equal-precision comparison the README's headline shows (issue 34). Four sides
 alternate in each round (ours fp32, TRL fp32, ours bf16, TRL bf16), TRL always with our malloc settings (both
