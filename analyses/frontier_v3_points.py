@@ -14,12 +14,13 @@ The study's choices (everything else is `rlhf_interp.frontier.v3_round` / `heldo
 - reward: periods in 24 new tokens, temperature 1, sampling seed 0 for every method (common random numbers).
 - budgets: 1, 2 and 4 nats per sequence.
 - steering: the contrastive vector (base samples' best minus worst under the reward) at layer 20 and the
-  fine-tuning direction (PPO seed 0's last checkpoint minus base) at layer 28, each the v2 round's best layer for
-  its vector; rank-one edits at layers 20 and 28; the
-  prompting library; logit amplification of PPO seed 0's last checkpoint. Each family's strength is bisected to
+  fine-tuning direction (PPO seed 0's step-20 checkpoint minus base) at layer 28, each the v2 round's best layer for
+  its vector; a rank-one edit at layer 20 (the v2 round's best at 1 and 4 nats); the
+  prompting library; logit amplification of a PPO seed-0 checkpoint (its step in the setting). Each family's strength is bisected to
   each budget on the selection split and the family with the highest selection reward is reported.
 - fine-tuning: three PPO runs (`configs/periods.yaml`, 25 phases, KL target 0.2 nats/token, seeds 0-2,
-  checkpoints every 5 phases), interpolated per prompt between checkpoints to each budget and averaged over seeds;
+  checkpoints every 5 phases; steps 10-25 measured, the base model standing for step 0), interpolated per prompt
+  between checkpoints to each budget and averaged over seeds;
   the algorithms study's last checkpoints of seed 0 (PPO, GRPO, RLOO, DPO: the CPU budget of this round).
 - best-of-n from a pool of 16 base samples per report prompt, n = 1, 2, 4, 8.
 """
@@ -35,7 +36,7 @@ PARTS = ("base", "algorithms", "trajectory", "prompting", "steering", "rank_one"
 TRAJECTORY = [Path(f"runs/frontier_ppo_s{s}") for s in (0, 1, 2)]
 ALGORITHMS = {a: [Path(f"runs/algorithms/{a.lower()}_s0")] for a in ("PPO", "GRPO", "RLOO", "DPO")}
 STEERING = (("contrastive", 20), ("fine-tuning direction", 28))  # v2's best layer of each vector
-LAYERS = (20, 28)
+LAYERS = (20,)  # rank-one: the v2 round's best layer at 1 and 4 nats (one layer: the CPU budget of this round)
 
 
 def layers(model) -> list[int]:
@@ -45,8 +46,9 @@ def layers(model) -> list[int]:
 BEST_OF_N, POOL = (1, 2, 4, 8), 16
 
 
-def checkpoint_points(rnd, name: str, kind: str, runs: list[Path], which: str) -> None:
-    """Every checkpoint (``which = "all"``) or the last one of each run, measured against the base model."""
+def checkpoint_points(rnd, name: str, kind: str, runs: list[Path], which: str, only: list[int] | None = None) -> None:
+    """Every checkpoint (``which = "all"``; ``only``: of these steps) or the last one of each run, measured against
+    the base model."""
     from rlhf_interp.bridge import RunDir, load_model
 
     for path in runs:
@@ -55,7 +57,7 @@ def checkpoint_points(rnd, name: str, kind: str, runs: list[Path], which: str) -
             continue
         run = RunDir(path)
         seed = int(run.config().get("seed", 0))
-        steps = run.steps if which == "all" else run.steps[-1:]
+        steps = [t for t in run.steps if only is None or t in only] if which == "all" else run.steps[-1:]
         for step in steps:
             key = f"{kind}_{name}_s{seed}_step{step}"
             if rnd.points.done(key):
@@ -99,7 +101,7 @@ def part_algorithms(rnd, ctx) -> None:
 
 def part_trajectory(rnd, ctx) -> None:
     runs = [TRAJECTORY[s] for s in ctx.args.trajectory_seeds if s < len(TRAJECTORY)]  # TRAJECTORY[s]: seed s
-    checkpoint_points(rnd, "PPO", "trajectory", runs, "all")
+    checkpoint_points(rnd, "PPO", "trajectory", runs, "all", ctx.args.trajectory_steps)
 
 
 def part_prompting(rnd, ctx) -> None:
@@ -180,6 +182,8 @@ def main(argv=None) -> None:
     p.add_argument("--work-dir", type=Path, default=Path("runs/frontier_v3_heldout"))
     p.add_argument("--out", type=Path, default=Path("reports/edit_vs_finetune"))
     p.add_argument("--assemble-only", action="store_true")
+    p.add_argument("--trajectory-steps", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="measure only these checkpoints of each PPO run (default: all)")
     p.add_argument("--trajectory-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2],
                    help="which PPO seeds the trajectory part measures (split the part over processes)")
     args = p.parse_args(argv)
@@ -210,7 +214,8 @@ def main(argv=None) -> None:
         rnd = Round(setup, args.work_dir, args.budgets)
         ctx = Context(argparse.Namespace(reward=args.reward, pair_samples=4, max_new_tokens=24, seed=args.seed,
                                          trajectory=TRAJECTORY[0], steer_start=0.1,
-                                         trajectory_seeds=args.trajectory_seeds),
+                                         trajectory_seeds=args.trajectory_seeds,
+                                         trajectory_steps=args.trajectory_steps),
                       base, report, direction, args.work_dir)
         for part in args.parts:
             globals()[f"part_{part}"](rnd, ctx)
