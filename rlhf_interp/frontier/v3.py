@@ -117,12 +117,13 @@ def heldout_section(report, at: pd.DataFrame, comparisons: pd.DataFrame, points:
         "budget, then averaged over seeds; best-of-n: a pool of 16 base samples per prompt, interpolated between n. "
         "A method without a mark at a budget did not reach it (see the table)."))
     report.table("v3_at_budget", at, caption="Reward at each budget per method with its 95% interval (n_prompts, "
-                 "samples_per_prompt, seeds); kl_report: the chosen setting's KL on the report prompts (selection "
-                 "aims at the budget on other prompts); capability_delta: next-token NLL change on the held-out "
+                 "samples_per_prompt, seeds); kl_report: the chosen setting's KL on the report prompts (on the "
+                 "selection prompts it was within 15% of the budget: hit); capability_delta: next-token NLL change on the held-out "
                  "texts, paired over texts; how: where the number comes from.", show=40)
-    report.table("v3_comparisons", comparisons, caption="Paired differences in reward (a - b, periods), per budget: "
-                 "the top two, and every method against steering and against PPO; 95% t intervals over the prompts "
-                 "both have.", show=40)
+    if len(comparisons):
+        report.table("v3_comparisons", comparisons, caption="Paired differences in reward (a - b, periods), per "
+                     "budget: the top two, and every method against steering and against PPO; 95% t intervals over "
+                     "the prompts both have.", show=40)
     report.table("v3_points", points, caption="Every measured point of this round (one row per checkpoint or chosen "
                  "edit setting), with reward, KL, capability and fluency intervals.", show=20)
     capability_section(report, points, {**meta, "notes": []}, which=(

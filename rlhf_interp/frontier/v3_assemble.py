@@ -76,8 +76,8 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
         at: dict[str, pd.Series] = {}
         for part, method in EDIT_PARTS.items():
             for c in choices.get(part, []):
-                if float(c["budget"]) != float(budget):
-                    continue
+                if float(c["budget"]) != float(budget) or not points.done(c["key"]):
+                    continue  # another budget, or a choice whose point is still being measured
                 row = rows[rows["key"] == c["key"]].iloc[0]
                 entry = {"budget": budget, "method": method, "setting": row["setting"], "key": c["key"],
                          "hit": bool(c["hit"]), "selection_kl": c["selection_kl"], "seeds": 1,
@@ -135,7 +135,8 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
                 if method != ref:
                     comparisons.append({"budget": budget, "comparison": f"vs {ref}", "a": method, "b": ref,
                                         **paired_difference(s, at[ref])})
-    return pd.DataFrame(out), pd.DataFrame(comparisons), series
+    columns = ["budget", "comparison", "a", "b", "difference", "low", "high", "n_prompts"]
+    return pd.DataFrame(out), pd.DataFrame(comparisons, columns=columns), series
 
 
 def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> None:
@@ -160,7 +161,7 @@ def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> 
     if (work / "best_of_n_per_prompt.csv").exists():
         tables["v3_best_of_n"] = pd.read_csv(work / "best_of_n_per_prompt.csv")
     for name, df in tables.items():
-        if df is not None and not df.empty:
+        if df is not None and (not df.empty or name == "v3_comparisons"):  # comparisons: its header even when empty
             df.to_csv(out / f"{name}.csv", index=False)
     atomic_write_json(out / "v3.json", {**meta, "budgets": list(budgets), "capability_source": SOURCE_NOTE,
                                         "capability_tokens": int(points.table("texts").query("key == 'base'")["n_tokens"].sum()),

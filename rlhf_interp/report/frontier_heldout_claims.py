@@ -24,7 +24,7 @@ def _n(row: pd.Series, prompts_key: str = "n_prompts") -> dict[str, int]:
 
 
 def _id(text: str) -> str:
-    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
 
 def _tag(budget: float) -> str:
@@ -53,9 +53,11 @@ def heldout_claims(at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataF
                 f"v3_top_two_at_{_tag(budget)}_nats",
                 "At {budget} {nats} of KL per sequence (strengths chosen on other prompts; paired over the same "
                 "prompts and sampling seed) the most reward is {first}'s, {first_value} [{first_low}, {first_high}] "
-                "periods per {tokens} tokens; its lead over {second}: {value} {ci}; {verdict}.", diff, c["a"], c["b"],
+                "periods per {tokens} tokens (at {first_kl} nats on the report prompts); its lead over {second}: "
+                "{value} {ci}; {verdict}.", diff, c["a"], c["b"],
                 params={**params, "first": c["a"], "second": c["b"], "first_value": float(first["reward_mean"]),
-                        "first_low": float(first["reward_low"]), "first_high": float(first["reward_high"])}))
+                        "first_low": float(first["reward_low"]), "first_high": float(first["reward_high"]),
+                        "first_kl": f"{float(first['kl_report']):.2f}"}))
         for row in here.itertuples():
             if pd.isna(row.reward_mean):
                 out.append(Claim.fact(
@@ -78,9 +80,9 @@ def heldout_claims(at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataF
                               float(row.capability_delta_high), n={"texts": int(_texts(points))})
                 out.append(Claim.estimate(
                     _id(f"v3_{row.method}_capability_at_{_tag(budget)}_nats"),
-                    "At {budget} {nats}, {method} changes the next-token NLL of held-out text by {value} {ci} nats "
-                    "per token (paired over texts).", iv, fmt=".3f", params={**params, "method": row.method},
-                    headline=False))
+                    "At {budget} {nats} ({kl} on the report prompts), {method} changes the next-token NLL of "
+                    "held-out text by {value} {ci} nats per token (paired over texts).", iv, fmt=".3f",
+                    params={**params, "method": row.method, "kl": f"{float(row.kl_report):.2f}"}, headline=False))
     algos = points[points["kind"] == "algorithm"]
     for method, g in algos.groupby("method"):
         if len(g) > 1:  # several seeds: the interval is over seeds
