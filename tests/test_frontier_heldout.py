@@ -134,3 +134,18 @@ def test_fluency_taken_from_the_reference_pass_is_the_base_models_nll(tiny):
     gen = sample(tiny, Steering(vec, [layer], 4.0), prompts, max_new_tokens=6, seed=0, samples_per_prompt=2)
     direct = continuation_nll(tiny, gen)["fluency_nll"].to_numpy()
     assert seqs["fluency_nll"].to_numpy() == pytest.approx(direct, rel=1e-4)
+
+
+def test_scoring_in_chunks_gives_the_same_numbers(tiny, monkeypatch):
+    """score_generation splits a large sample into chunks (bounded memory): the same table as in one piece."""
+    from rlhf_interp import Steering, contrastive, load_prompts
+    from rlhf_interp.measure import sample, score_generation
+    from rlhf_interp.measure import sequences
+
+    prompts = load_prompts("default", limit=5, seed=1)
+    edit = Steering(contrastive(tiny, [("A. B. C.", "A and B and")]), [int(tiny.cfg.n_layers) - 1], 3.0)
+    gen = sample(tiny, edit, prompts, max_new_tokens=5, seed=0, samples_per_prompt=2)
+    whole = score_generation(tiny, edit, gen)
+    monkeypatch.setattr(sequences, "SCORE_CHUNK", 3)
+    chunked = score_generation(tiny, edit, gen)
+    pd.testing.assert_frame_equal(whole, chunked, rtol=1e-5)

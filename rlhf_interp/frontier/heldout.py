@@ -25,7 +25,8 @@ from rlhf_interp.core.stats import mean_interval
 def choose_per_budget(candidates: pd.DataFrame, budgets: Sequence[float]) -> pd.DataFrame:
     """Per budget, among the candidates (selection-split rows with ``budget``, ``hit``, ``reward_mean``,
     ``kl_exact_mean``) that reached it, the one with the highest selection reward; when none reached it, the one
-    closest in log KL, marked ``hit = False``. One row per budget, with ``selected_from`` (how many reached it)."""
+    closest in log KL among every setting tried (for any budget; KL 0 only when nothing else was tried), marked
+    ``hit = False``. One row per budget, with ``selected_from`` (how many reached it)."""
     rows = []
     for budget in budgets:
         at = candidates[np.isclose(candidates["budget"], budget)]
@@ -34,9 +35,11 @@ def choose_per_budget(candidates: pd.DataFrame, budgets: Sequence[float]) -> pd.
         hits = at[at["hit"].astype(bool)]
         if len(hits):
             best = hits.loc[hits["reward_mean"].idxmax()]
-        else:
-            gap = (np.log(at["kl_exact_mean"].clip(lower=1e-9)) - math.log(budget)).abs()
-            best = at.loc[gap.idxmin()]
+        else:  # the closest setting tried for any budget (a bisection that ended at no change says nothing)
+            tried = candidates[candidates["kl_exact_mean"] > 0]
+            tried = tried if len(tried) else candidates
+            gap = (np.log(tried["kl_exact_mean"].clip(lower=1e-9)) - math.log(budget)).abs()
+            best = tried.loc[gap.idxmin()]
         rows.append({**best.to_dict(), "budget": float(budget), "hit": bool(len(hits)), "selected_from": len(hits),
                      "selection_kl": float(best["kl_exact_mean"]), "selection_reward": float(best["reward_mean"])})
     return pd.DataFrame(rows)

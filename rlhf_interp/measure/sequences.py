@@ -31,6 +31,15 @@ def distinct_n(token_lists: Iterable[Sequence[int]], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
+SCORE_CHUNK = 32  # sequences scored at once: each holds [tokens x vocabulary] log-probs of two models, several times
+
+
+def gen_rows(gen: Generation, rows: slice) -> Generation:
+    """Some rows of a `Generation` (same padded prompt width), e.g. to score a large sample in chunks."""
+    return Generation(gen.prompts[rows], gen.tokens[rows], gen.attention_mask[rows], gen.generated_mask[rows],
+                      gen.prompt_len, gen.texts[rows])
+
+
 @torch.no_grad()
 def score_generation(model, edit: Edit | None, gen: Generation, *, reference=None, batch_size: int = 16,
                      temperature: float = 1.0) -> pd.DataFrame:
@@ -44,6 +53,11 @@ def score_generation(model, edit: Edit | None, gen: Generation, *, reference=Non
     per-token entropy of the edited model along the sample).
     """
     check_reference(model, reference)
+    if len(gen) > SCORE_CHUNK:  # full-vocabulary log-probs of both models: bounded memory, same numbers
+        parts = [score_generation(model, edit, gen_rows(gen, slice(i, i + SCORE_CHUNK)), reference=reference,
+                                  batch_size=batch_size, temperature=temperature)
+                 for i in range(0, len(gen), SCORE_CHUNK)]
+        return pd.concat(parts, ignore_index=True).assign(prompt_idx=range(len(gen)))
     edit = bind(model, edit)
     ref_model = reference if reference is not None else model
     ref_logits = forward_logits(ref_model, gen.tokens, gen.attention_mask, gen.prompt_len, batch_size)
