@@ -94,7 +94,7 @@ def at_budget_figure(at: pd.DataFrame, reward_label: str):
         mark = S.mark(S.family(method, None))
         ax.errorbar(xs, g["reward_mean"], yerr=[g["reward_mean"] - g["reward_low"], g["reward_high"] - g["reward_mean"]],
                     fmt=mark.marker, color=mark.color, ms=7, capsize=3, label=method)
-    ax.set_xticks(range(len(budgets)), [f"{b:g} nats" for b in budgets])
+    ax.set_xticks(range(len(budgets)), [f"{b:g} nat" + ("" if b == 1 else "s") for b in budgets])
     ax.set_xlabel("KL(changed ‖ base) per sequence (budget)")
     ax.set_ylabel(reward_label)
     ax.grid(alpha=0.3, axis="y")
