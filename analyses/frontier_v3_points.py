@@ -14,10 +14,11 @@ The study's choices (everything else is `rlhf_interp.frontier.v3_round` / `heldo
 - reward: periods in 24 new tokens, temperature 1, sampling seed 0 for every method (common random numbers).
 - budgets: 1, 2 and 4 nats per sequence.
 - steering: the contrastive vector (base samples' best minus worst under the reward) at layer 20 and the
-  fine-tuning direction (PPO seed 0's step-20 checkpoint minus base) at layer 28, each the v2 round's best layer for
-  its vector; a rank-one edit at layer 20 (the v2 round's best at 1 and 4 nats); the
-  prompting library; logit amplification of a PPO seed-0 checkpoint (its step in the setting). Each family's strength is bisected to
-  each budget on the selection split and the family with the highest selection reward is reported.
+  fine-tuning direction (PPO seed 0's step-20 checkpoint minus base; the work dir keeps the vector) at layer 28,
+  each the v2 round's best layer for its vector; a rank-one edit at layer 20 (the v2 round's best at 1 and 4 nats);
+  the prompting library; logit amplification of PPO seed 0's step-20 checkpoint (`TUNED_STEP`). Each family's
+  strength is bisected to each budget on the selection split and the family with the highest selection reward is
+  reported.
 - fine-tuning: three PPO runs (`configs/periods.yaml`, 25 phases, KL target 0.2 nats/token, seeds 0-2,
   checkpoints every 5 phases; steps 10-25 measured, the base model standing for step 0), interpolated per prompt
   between checkpoints to each budget and averaged over seeds;
@@ -68,11 +69,14 @@ def checkpoint_points(rnd, name: str, kind: str, runs: list[Path], which: str, o
             del tuned
 
 
+TUNED_STEP = 20  # the PPO seed-0 checkpoint amplified and steered along (the vectors and selection were made on it)
+
+
 def last_tuned(rnd):
     from rlhf_interp.bridge import RunDir, load_model
 
-    step, path = RunDir(TRAJECTORY[0]).require_checkpoints()[-1]
-    return load_model(path, device=rnd.setup.base.cfg.device, frozen=True), f"{TRAJECTORY[0]} step {step}"
+    path = RunDir(TRAJECTORY[0]).checkpoint(TUNED_STEP)
+    return load_model(path, device=rnd.setup.base.cfg.device, frozen=True), f"{TRAJECTORY[0]} step {TUNED_STEP}"
 
 
 def report_choices(rnd, part: str, chosen: pd.DataFrame, make, model=None, reference=None, labels=None) -> None:
