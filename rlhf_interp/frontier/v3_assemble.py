@@ -79,7 +79,9 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
                 if float(c["budget"]) != float(budget) or not points.done(c["key"]):
                     continue  # another budget, or a choice whose point is still being measured
                 row = rows[rows["key"] == c["key"]].iloc[0]
-                entry = {"budget": budget, "method": method, "setting": row["setting"], "key": c["key"],
+                vector = row.get("vector")
+                setting = f"{vector}, {row['setting']}" if isinstance(vector, str) else row["setting"]
+                entry = {"budget": budget, "method": method, "setting": setting, "key": c["key"],
                          "hit": bool(c["hit"]), "selection_kl": c["selection_kl"], "seeds": 1,
                          "samples_per_prompt": samples, "kl_report": row["kl_exact_mean"],
                          "kl_report_low": row["kl_exact_low"], "kl_report_high": row["kl_exact_high"],
