@@ -36,7 +36,6 @@ Compute is split into resumable parts (``--parts``, ``--resume``): each part's t
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -238,7 +237,7 @@ def render(report_dir: Path):
     from rlhf_interp.report.frontier_heldout_claims import heldout_claims
 
     v3 = {n: optional_table(report_dir, f"v3_{n}") for n in ("at_budget", "comparisons", "points")}
-    meta = json.loads((report_dir / "v3.json").read_text()) if (report_dir / "v3.json").exists() else {}
+    meta = config.get("v3", {})  # the held-out round's settings (written by frontier_v3_points.py)
     points = T.tidy_points(read_table(report_dir, "points"))  # the v2 round; derived columns recomputed
     notes, scan, trials, moved, timings = (optional_table(report_dir, n) for n in
                                            ("notes", "layer_scan", "search_trials", "moved_tokens", "timings"))

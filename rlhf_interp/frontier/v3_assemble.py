@@ -142,7 +142,7 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
 
 
 def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> None:
-    """Write the round's CSVs (``v3_*.csv``) and ``v3.json`` into ``out``."""
+    """Write the round's CSVs (``v3_*.csv``) into ``out`` and its settings into ``out/config.json`` (key ``v3``)."""
     from rlhf_interp.measure.capability import SOURCE_NOTE
 
     work, out = Path(work), Path(out)
@@ -165,9 +165,13 @@ def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> 
     for name, df in tables.items():
         if df is not None and (not df.empty or name == "v3_comparisons"):  # comparisons: its header even when empty
             df.to_csv(out / f"{name}.csv", index=False)
-    atomic_write_json(out / "v3.json", {**meta, "budgets": list(budgets), "capability_source": SOURCE_NOTE,
-                                        "capability_tokens": int(points.table("texts").query("key == 'base'")["n_tokens"].sum()),
-                                        "cpu_seconds_points": float(rows.get("cpu_seconds", pd.Series(dtype=float)).sum())})
+    config_path = out / "config.json"  # the round's settings live in the page's config (it rebuilds from it)
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config["v3"] = {**meta, "budgets": list(budgets), "capability_source": SOURCE_NOTE,
+                    "capability_tokens": int(points.table("texts").query("key == 'base'")["n_tokens"].sum()),
+                    "cpu_seconds_points": float(rows.get("cpu_seconds", pd.Series(dtype=float)).sum())}
+    atomic_write_json(config_path, config)
+    (out / "v3.json").unlink(missing_ok=True)
     print(f"wrote {len(tables)} v3 tables into {out} ({len(rows)} points)")
 
 

@@ -195,7 +195,7 @@ def pilot_claims(levels: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]
             out.append(coverage_question(
                 g, comparisons[comparisons["kl_coef"] == coef], 2, 2, cid=f"pilot_kl_coef_{tag}_seq_keeps",
                 lead="Pilot with kl_coef {beta}, one seed per placement: ", extra={"beta": f"{coef:g}"},
-                headline=coef == max(paired)))
+                headline=bool(coef == max(paired))))
             continue
         for r in g[g["metric"] == "kept_10x"].itertuples():
             iv = Interval(r.value, r.low, r.high, method=r.method, n=_n(r.prompts, r.per_prompt, r.seeds),
@@ -206,5 +206,5 @@ def pilot_claims(levels: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]
                 "seed: {penalty} keeps {value} {ci} of the reference's samples within {tenfold}× likelihood "
                 "({n}{caveat}).", iv, fmt=".1%",
                 params={"beta": f"{coef:g}", "bank": str(int(bank)), "per_step": str(int(per_step)),
-                        "penalty": r.penalty, "tenfold": 10, "caveat": _caveat(iv.n)}, headline=per_step > 1))
+                        "penalty": r.penalty, "tenfold": 10, "caveat": _caveat(iv.n)}, headline=bool(per_step > 1)))
     return out
