@@ -51,10 +51,9 @@ def heldout_claims(at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataF
             diff = Interval(float(c["difference"]), float(c["low"]), float(c["high"]), n=n)
             out.append(Claim.compare(
                 f"v3_top_two_at_{_tag(budget)}_nats",
-                "At {budget} {nats} of KL per sequence (strengths chosen on other prompts; paired over the same "
-                "prompts and sampling seed) the most reward is {first}'s ({first_setting}), {first_value} "
-                "[{first_low}, {first_high}] periods per {tokens} tokens (at {first_kl} nats on the report prompts); "
-                "its lead over {second} ({second_setting}): {value} {ci}; {verdict}.", diff, c["a"], c["b"],
+                "At {budget} {nats} per sequence the most reward is {first}'s ({first_setting}; {first_kl} nats on "
+                "the report prompts): {first_value} [{first_low}, {first_high}] periods per {tokens} tokens; its "
+                "paired lead over {second} ({second_setting}): {value} {ci}; {verdict}.", diff, c["a"], c["b"],
                 params={**params, "first": c["a"], "second": c["b"], "first_value": float(first["reward_mean"]),
                         "first_low": float(first["reward_low"]), "first_high": float(first["reward_high"]),
                         "first_kl": f"{float(first['kl_report']):.2f}", "first_setting": str(first["setting"]),
