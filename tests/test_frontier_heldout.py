@@ -23,6 +23,10 @@ def test_bracket_finds_the_first_pair_around_the_budget_in_training_order():
     assert bracket([0.0, 0.5, 1.5, 3.0], 1.0) == (1, 2, pytest.approx(0.5))
     assert bracket([0.0, 2.0, 1.0], 1.5) == (0, 1, pytest.approx(0.75))  # non-monotone: the first crossing
     assert bracket([0.0, 0.5, 0.9], 1.0) is None  # never reached: no extrapolation
+    a = pd.DataFrame({"reward": [1.0, 2.0], "kl_exact": [0.5, 0.5]})
+    b = pd.DataFrame({"reward": [3.0, 2.0], "kl_exact": [1.5, 1.5]})
+    assert interpolate_at([a, b], 1.25).tolist() == pytest.approx([2.5, 2.0])  # w = 0.75 per prompt
+    assert interpolate_at([a, b], 2.0) is None
 
 
 def test_choose_per_budget_takes_the_best_selection_reward_among_hits_else_the_nearest_miss():

@@ -17,7 +17,8 @@ import pandas as pd
 
 from rlhf_interp.core.io import atomic_write_json
 from rlhf_interp.core.stats import mean_interval
-from rlhf_interp.frontier.heldout import bracket, level, paired_difference, per_prompt, seed_average, top_two
+from rlhf_interp.frontier.heldout import (bracket, interpolate_at, level, paired_difference, per_prompt, seed_average,
+                                          top_two)
 from rlhf_interp.frontier.v3_round import Points
 
 EDIT_PARTS = {"steering": "steering", "rank_one": "rank-one edit", "prompting": "prompting",
@@ -50,11 +51,7 @@ def _trajectory_series(points: Points, rows: pd.DataFrame, texts: pd.DataFrame, 
 
 def _best_of_n_series(table: pd.DataFrame, budget: float) -> pd.Series | None:
     tables = [g.set_index("prompt_idx").rename(columns={"kl": "kl_exact"}) for _, g in table.groupby("n", sort=True)]
-    found = bracket([float(t["kl_exact"].mean()) for t in tables], budget)
-    if found is None:
-        return None
-    i, j, w = found
-    return (1 - w) * tables[i]["reward"] + w * tables[j]["reward"]
+    return interpolate_at(tables, budget)
 
 
 def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
