@@ -14,6 +14,7 @@ reward it buys? And for a trained policy: which of the reference's behaviours di
 - `context`, `capability`: a prompting prefix measured in the user's frame; capability NLL on held-out text, fluency;
 - `kl_estimator_audit`: k1/k2/k3 against the exact per-token KL, binned by the true KL, and per-sequence sums;
 - `matched_runs`: training runs read at a common KL (or reward) level;
+- `seed_groups`: runs differing only in their seed as one group; curves and end values over seeds (t bands);
 - `kl_study`, `kl_study_runs`, `kl_study_tables`: the KL-direction study (settings and run names, the base step,
   evaluations and training a run with a trainer handed in, per-prompt tables with intervals and paired comparisons).
 
@@ -34,6 +35,8 @@ _WHERE = {
     **names_from(".coverage", "ReferenceSamples", "coverage_summary", "draw_reference_samples", "measure_coverage"),
     **names_from(".kl_estimator_audit", "binned_audit", "estimates", "overall_audit", "sequence_sums"),
     **names_from(".matched_runs", "at_level", "common_level", "matched", "seed_spread"),
+    **names_from(".seed_groups", "RunGroup", "check_group", "group_runs", "over_seeds", "parse_group", "seed_band",
+                 "seed_ends"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 __all__ = sorted(_WHERE)

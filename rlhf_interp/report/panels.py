@@ -3,7 +3,7 @@
 Why: a figure of six panels in a row (2563 x 417 px) is unreadable at page width, and a Plotly chart built
 separately from its PNG drifted from it (the caption promised a symlog axis, a rolling mean and a dashed budget
 line the chart lacked). Here both come from the same `Panel` list: a grid of at most `cols` columns, log axes,
-dashed reference lines, markers-only series (a metric logged at two phases is two points, not a line) and the
+dashed reference lines, filled 95% bands (`Line.band`), markers-only series (a metric logged at two phases is two points, not a line) and the
 legend entries are the same in both, and `rlhf_interp.report.layout.chart_key` writes the caption's key from it.
 """
 
@@ -32,6 +32,20 @@ class Line:
     alpha: float = 1.0
     legend: bool = True
     yerr: list[float] | None = None  # error bars (one standard error, say so in the caption)
+    band: tuple[list[float], list[float]] | None = None  # (low, high) per x: a filled band (say which interval)
+
+
+def _band_points(line: Line, log_y: bool) -> tuple[list[float], list[float], list[float]]:
+    """The band's (x, low, high) where both ends are finite (and, on a log axis, the low end positive)."""
+    keep = [(x, lo, hi) for x, lo, hi in zip(line.x, *line.band) if lo is not None and hi is not None
+            and np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or not log_y)]
+    return [k[0] for k in keep], [k[1] for k in keep], [k[2] for k in keep]
+
+
+def _rgba(color: str, alpha: float) -> str:
+    color = color.lstrip("#")
+    r, g, b = (int(color[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
 
 
 @dataclass
@@ -70,6 +84,9 @@ def to_matplotlib(panels: list[Panel], cols: int = 3, panel_size: tuple[float, f
     plt.close(fig)
     for ax, panel in zip(axes.flat, panels):
         for line in panel.lines:
+            if line.band is not None:
+                bx, lo, hi = _band_points(line, panel.log_y)
+                ax.fill_between(bx, lo, hi, color=line.color, alpha=0.15, lw=0)
             ls = {"dash": "--", "dot": ":"}.get(line.dash, "-") if "lines" in line.mode else "none"
             ax.errorbar(line.x, line.y, yerr=line.yerr, color=line.color, ls=ls, lw=line.width, alpha=line.alpha,
                         marker=line.marker if "markers" in line.mode else None, ms=line.size + 1, capsize=2,
@@ -111,6 +128,12 @@ def to_plotly(panels: list[Panel], cols: int = 3, height_per_row: int = 330, tit
     for i, panel in enumerate(panels):
         row, col = i // cols + 1, i % cols + 1
         for line in panel.lines:
+            if line.band is not None:  # drawn first, under its line; no legend entry of its own
+                bx, lo, hi = _band_points(line, panel.log_y)
+                fig.add_trace(go.Scatter(x=bx + bx[::-1], y=hi + lo[::-1], fill="toself", mode="lines",
+                                         fillcolor=_rgba(line.color, 0.15), line={"width": 0}, hoverinfo="skip",
+                                         showlegend=False, legendgroup=line.name, name=f"{line.name}: 95% band"),
+                              row=row, col=col)
             first = line.legend and line.name not in shown
             if line.legend:
                 shown.add(line.name)
