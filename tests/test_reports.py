@@ -194,7 +194,7 @@ def test_index_matches_manifests(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["edit_vs_finetune", "reward_hacking", "steering_sweep", "kl_direction",
-                                  "kl_estimators", "iterated_rm"])
+                                  "kl_estimators", "iterated_rm", "ppo_periods"])
 def test_committed_page_rebuilds_from_its_csvs_alone(tmp_path, name):
     """Copy only the CSVs, config.json and report.json (no PNG, no HTML, no run directory); the rebuild must
     reproduce the committed page: README.md exactly, the HTML's text, the same figures (PNG bytes depend on the
