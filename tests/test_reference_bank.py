@@ -50,3 +50,43 @@ def test_more_samples_per_step_trains_and_spends_the_bank_passes(tmp_path):
     one, three = run(1, "one"), run(3, "three")
     assert all(torch.isfinite(torch.tensor(float(three[k]))) for k in ("policy_loss", "kl_loss"))
     assert three["kl_loss"] != pytest.approx(one["kl_loss"], rel=1e-6)
+
+
+def test_k_samples_per_step_give_the_gradient_of_their_average_sequence_kl(tiny):
+    """The k-sample loss term's gradient, taken through the bridge (`sequence_kl_loss`), equals the true gradient of
+    its target computed independently: minus the mean over the k bank sequences (all of one length) of
+    grad log pi(x) per token, with log pi from a plain forward of the same weights. It also equals the mean of the
+    one-sample steps' gradients over the same k sequences (the average adds no bias)."""
+    import copy
+
+    from rlhf_interp.bridge.heads import ValueHead
+    from rlhf_interp.ppo.kl_penalty import KLPenalty
+    from rlhf_interp.ppo.reference_bank import sequence_kl_loss
+
+    policy = copy.deepcopy(tiny)
+    head = ValueHead(policy.cfg.d_model)
+    g = torch.Generator().manual_seed(0)
+    batch, size, prompt, gen = 2, 3, 3, 4
+    tokens = torch.randint(5, policy.cfg.d_vocab, (batch, size, prompt + gen), generator=g)
+    ref_logprobs = -torch.rand(batch, size, gen, generator=g)
+    bank = BankBatch(tokens, torch.ones_like(tokens), prompt, torch.ones(batch, size, gen), ref_logprobs, offset=0)
+    penalty = KLPenalty(direction="ref_pi", estimator="k1", placement="sequence", coef=1.0, bank_size=size)
+    idx = torch.arange(batch)
+    params = [p for p in policy.parameters() if p.requires_grad]
+
+    def grads(loss: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.flatten() for x in torch.autograd.grad(loss, params, allow_unused=False)])
+
+    def surrogate(per_step: int, epoch: int) -> torch.Tensor:
+        return grads(sequence_kl_loss(penalty, policy, head, bank, idx, epoch, value_hook="ln_final.hook_normalized",
+                                      temperature=1.0, per_step=per_step))
+
+    rows = tokens.reshape(batch * size, prompt + gen)  # every bank sequence once (per_step = size: the whole bank)
+    logits = policy(rows, return_type="logits")[:, prompt - 1:-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, rows[:, prompt:, None]).squeeze(-1)
+    true = grads(-logp.mean())
+    torch.testing.assert_close(surrogate(size, 0), true, rtol=1e-4, atol=1e-6)
+    one_at_a_time = torch.stack([surrogate(1, e) for e in range(size)]).mean(0)  # epochs 0..size-1: each sample once
+    torch.testing.assert_close(one_at_a_time, true, rtol=1e-4, atol=1e-6)
+    assert true.abs().max() > 1e-3  # a gradient that is there to compare
+    assert not torch.allclose(surrogate(1, 0), true, rtol=1e-2, atol=1e-4)  # one sample alone is not the average
