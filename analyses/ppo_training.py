@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
@@ -117,18 +118,27 @@ def kept_rows(report_dir: Path, spec: str) -> tuple[pd.DataFrame, pd.DataFrame, 
 # Tables and figures (from the CSVs)
 
 
+@lru_cache(maxsize=1)
+def _tokenizer():
+    from rlhf_interp.bridge import load_tokenizer
+
+    return load_tokenizer()
+
+
+def token_ids(text: str) -> list[int]:
+    """The completion's token ids under the shipped SmolLM2 tokenizer (no special tokens)."""
+    return _tokenizer()(text, add_special_tokens=False)["input_ids"]
+
+
 def diversity_table(samples: pd.DataFrame) -> pd.DataFrame:
     """Per run and logged phase: distinct-1/2 over the completions' token ids (pooled over the phase's samples),
     the share of distinct completions, and the mean reward of those samples."""
-    from rlhf_interp.bridge import load_tokenizer
-
-    tokenizer = load_tokenizer()
     if "group" not in samples:
         samples = samples.assign(group=samples["run"], seed=np.nan)
     rows = []
     for (group, seed, run, phase), g in samples.groupby(["group", "seed", "run", "phase"], sort=False, dropna=False):
         texts = g["completion"].fillna("").tolist()
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [token_ids(t) for t in texts]
         rows.append({"group": group, "seed": seed, "run": run, "phase": int(phase), "n_samples": len(texts),
                      "distinct_1": distinct_n(ids, 1), "distinct_2": distinct_n(ids, 2),
                      "unique_completions": len(set(texts)) / len(texts), "reward_mean": g["reward"].mean()})
@@ -212,7 +222,7 @@ def render(report_dir: Path) -> Report:
     ends = pc.run_ends(metrics, diversity)
     summary = pc.group_summary(ends)
 
-    claims = pc.ppo_claims(metrics, samples, runs, diversity)
+    claims = pc.ppo_claims(metrics, samples, runs, diversity, tokenize=token_ids)
     report = Report.at(report_dir, "PPO on the period task: reward, KL and collapse", source=__file__,
                        claims=claims)
     seeds = ends.groupby("group", sort=False)["run"].nunique()

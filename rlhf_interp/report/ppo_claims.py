@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -97,13 +98,10 @@ def conditions_text(runs: pd.DataFrame, metrics: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def _distinct2_draws(texts: list[str], n_boot: int = 2000, seed: int = 0):
-    """distinct-2 over token ids of ``texts`` and its bootstrap draws over the completions."""
-    from rlhf_interp.bridge import load_tokenizer
+def _distinct2_draws(ids: list[list[int]], n_boot: int = 2000, seed: int = 0):
+    """distinct-2 of token-id sequences and its bootstrap draws over the sequences (completions)."""
     from rlhf_interp.measure import distinct_n
 
-    tokenizer = load_tokenizer()
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     rng = np.random.default_rng(seed)
     draws = np.array([distinct_n([ids[i] for i in rng.integers(0, len(ids), len(ids))], 2) for _ in range(n_boot)])
     return distinct_n(ids, 2), draws
@@ -170,11 +168,12 @@ def _phase_claims(metrics: pd.DataFrame, run: str, prefix: str, headline: bool) 
                            fmt=".3f" if not zero else ".2f", n=n, note=note, headline=headline)]
 
 
-def ppo_claims(metrics: pd.DataFrame, samples: pd.DataFrame, runs: pd.DataFrame, diversity: pd.DataFrame
-               ) -> list[Claim]:
+def ppo_claims(metrics: pd.DataFrame, samples: pd.DataFrame, runs: pd.DataFrame, diversity: pd.DataFrame,
+               tokenize: Callable[[str], list[int]] | None = None) -> list[Claim]:
     """The page's claims: the penalised group with the most seeds (over seeds), other penalised groups of one seed
     (over phases, not in the headline), and the unpenalised group: its end and its collapse (distinct-2 with a
-    bootstrap interval over the logged completions of its first and last logged phase)."""
+    bootstrap interval over the logged completions of its first and last logged phase; ``tokenize``: text -> token
+    ids, the tokenizer the diversity table used, needed only when there is an unpenalised group)."""
     ends = run_ends(metrics, diversity)
     seeds = ends.groupby("group", sort=False)["run"].nunique()
     penalised = [g for g in seeds.index if not is_free(g)]
@@ -195,8 +194,10 @@ def ppo_claims(metrics: pd.DataFrame, samples: pd.DataFrame, runs: pd.DataFrame,
         p0, p1 = int(s["phase"].min()), int(s["phase"].max())
         t0 = s[s["phase"] == p0]["completion"].fillna("").tolist()
         t1 = s[s["phase"] == p1]["completion"].fillna("").tolist()
-        d0, draws0 = _distinct2_draws(t0, seed=0)
-        d1, draws1 = _distinct2_draws(t1, seed=1)
+        if tokenize is None:
+            raise ValueError("ppo_claims: an unpenalised group's collapse needs tokenize (text -> token ids)")
+        d0, draws0 = _distinct2_draws([tokenize(t) for t in t0], seed=0)
+        d1, draws1 = _distinct2_draws([tokenize(t) for t in t1], seed=1)
         lo, hi = np.quantile(draws1 - draws0, [0.025, 0.975])
         diff = stats.Interval(d1 - d0, float(lo), float(hi), method="percentile bootstrap over completions",
                               n={"samples_per_phase": min(len(t0), len(t1)), "seeds": 1})
