@@ -15,6 +15,8 @@ reward it buys? And for a trained policy: which of the reference's behaviours di
 - `kl_estimator_audit`: k1/k2/k3 against the exact per-token KL, binned by the true KL, and per-sequence sums;
 - `matched_runs`: training runs read at a common KL (or reward) level;
 - `seed_groups`: runs differing only in their seed as one group; curves and end values over seeds (t bands);
+- `stratified`: two groups compared at equal values of a count (bins, per-bin means, a stratified difference,
+  slopes), each with its 95% interval;
 - `kl_study`, `kl_study_runs`, `kl_study_tables`: the KL-direction study (settings and run names, the base step,
   evaluations and training a run with a trainer handed in, per-prompt tables with intervals and paired comparisons).
 
@@ -37,6 +39,8 @@ _WHERE = {
     **names_from(".matched_runs", "at_level", "common_level", "matched", "seed_spread"),
     **names_from(".seed_groups", "RunGroup", "check_group", "group_runs", "over_seeds", "parse_group", "seed_band",
                  "seed_ends"),
+    **names_from(".stratified", "bin_labels", "binned_means", "count_bins", "slope_difference", "slope_interval",
+                 "stratified_difference"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 __all__ = sorted(_WHERE)
