@@ -1,11 +1,16 @@
-"""Would a later layer make a smaller change? Steer SmolLM2 toward periods at early and late layers and
-measure what each setting buys (periods in the continuation) and what it costs (KL from the unedited model).
+"""At equal KL, which layer buys the most reward, and is a later layer cheaper? Steer SmolLM2 toward periods at
+early and late layers and measure what each setting buys (periods in the continuation) and what it costs (KL from
+the unedited model).
 
-    python analyses/steering_sweep.py                      # the measured run: 16 prompts x 24 tokens, 5 x 5 grid
+    python analyses/steering_sweep.py --equal-kl            # the headline: 6 layers bisected to 1 and 2 nats on 32
+                                                            # selection prompts, measured on 128 x 2 (resumable)
+    python analyses/steering_sweep.py                      # the grid: 16 prompts x 24 tokens, 5 layers x 5 coefs
     python analyses/steering_sweep.py --model tiny-test --n-prompts 3 --max-new-tokens 4 --layers 0,1 --coefs 0,1
     python analyses/steering_sweep.py --from-csv           # re-render the page from its CSVs (no model)
 
-Writes reports/steering_sweep/ (README.md, index.html, CSV tables, PNG figures, config.json, the vector).
+Writes reports/steering_sweep/ (README.md, index.html, CSV tables, PNG figures, config.json, the vector). The
+equal-KL round (`rlhf_interp.frontier.layer_round`) keeps every finished step under ``--work-dir``; killed, it
+resumes where it stopped. The grid run keeps the round's ``equal_kl`` settings in ``config.json``.
 
 The period direction is a difference of means over contrastive pairs: short sentences ending in
 periods ("I came. I saw. I left.") minus the same words joined by commas ("I came, I saw, I left"),
@@ -34,6 +39,7 @@ from rlhf_interp.edits import NoEdit, Steering, mean_difference, residual_norms
 from rlhf_interp.measure import LogitsCache, sweep
 from rlhf_interp.report import Report, read_config, read_table, write_tables
 from rlhf_interp.report.rebuild import rerender
+from rlhf_interp.report.steering_page import equal_kl_parts, equal_kl_section, sweep_claims
 from rlhf_interp.report.panels import Line, Panel, to_matplotlib, to_plotly
 from rlhf_interp.report.plots import plot_sweep_curves
 from rlhf_interp.report.style import cycle
@@ -72,6 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-root", default="reports")
     p.add_argument("--from-csv", "--rebuild", dest="from_csv", action="store_true",
                    help="re-render the page from the CSVs of an earlier run in OUT_ROOT/steering_sweep (no model)")
+    q = p.add_argument_group("equal KL (the page's headline): every layer bisected to each budget, paired layers")
+    q.add_argument("--equal-kl", action="store_true", help="run (or resume) the equal-KL round instead of the grid")
+    q.add_argument("--kl-layers", default="2,8,14,20,26,28")
+    q.add_argument("--budgets", default="1,2", help="KL budgets, nats per sequence")
+    q.add_argument("--report-prompts", type=int, default=128)
+    q.add_argument("--selection-prompts", type=int, default=32)
+    q.add_argument("--samples", type=int, default=2, help="continuations per report prompt")
+    q.add_argument("--work-dir", default="runs/steering_equal_kl", help="finished points, cached per setting")
     return p.parse_args(argv)
 
 
@@ -80,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_root) / NAME
     if args.from_csv:
         return rerender(render, out)
+    if args.equal_kl:
+        run_equal_kl(args, out)
+        render(out).save()
+        return 0
     start = time.perf_counter()
     layers = [int(x) for x in args.layers.split(",")]
     coefs = sorted({float(x) for x in args.coefs.split(",")})
@@ -106,14 +124,61 @@ def main(argv: list[str] | None = None) -> int:
     table = table.sort_values(["layer", "coef"]).reset_index(drop=True)
     table["layer"] = table["layer"].astype(int)
     seqs = seqs.assign(layer=seqs["layer"].astype(int))
-    config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "seconds": time.perf_counter() - start,
-              "period_pairs": PERIOD_SENTENCES}
+    grid_args = ("model", "layers", "coefs", "n_prompts", "max_new_tokens", "seed", "out_root")
+    earlier = read_config(out) if (out / "config.json").exists() else {}
+    config = {**{k: getattr(args, k) for k in grid_args}, "seconds": time.perf_counter() - start,
+              "period_pairs": PERIOD_SENTENCES, **({"equal_kl": earlier["equal_kl"]} if "equal_kl" in earlier else {})}
     write_tables(out, {"sweep": table[SWEEP_COLUMNS], "vector_norms": norms, "sequences": seqs[SEQUENCE_COLUMNS]},
                  config=config)
     vector.save(out / "period_vector.safetensors")
     render(out).save()
     print(f"[steering_sweep] wrote {out}/ in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
+
+
+def run_equal_kl(args: argparse.Namespace, out: Path) -> None:
+    """The equal-KL round (`rlhf_interp.frontier.layer_round`): the frontier's held-out splits of the shipped prompts
+    (seed-shuffled: the first ``report_prompts`` report, the next ``selection_prompts`` select), the period vector
+    at every layer, every step cached under ``work_dir/<settings digest>``; writes ``equal_kl_*.csv`` and the round's
+    settings under ``config.json``'s ``equal_kl`` key (the grid's settings are kept)."""
+    import hashlib
+    import json
+
+    from rlhf_interp.core.hashing import tensor_digest, text_digest
+    from rlhf_interp.core.io import atomic_write_json
+    from rlhf_interp.frontier.layer_round import collect, run_layers
+    from rlhf_interp.frontier.new_methods import Setup
+    from rlhf_interp.frontier.v3_round import Round
+
+    model = load_model(args.model, frozen=True)
+    n_layers = int(model.cfg.n_layers)
+    layers = [x for x in (int(t) for t in args.kl_layers.split(",")) if x < n_layers] or [n_layers - 1]
+    budgets = [float(b) for b in args.budgets.split(",")]
+    shuffled = load_prompts("default", seed=args.seed)
+    r, s = args.report_prompts, args.selection_prompts
+    report, selection = shuffled[:r], shuffled[r:r + s]
+    vector = mean_difference(model, PERIOD_SENTENCES, [comma_joined(t) for t in PERIOD_SENTENCES], "all",
+                             "resid_post", "mean")
+    settings = {"model": args.model, "report": text_digest(report), "selection": text_digest(selection),
+                "samples": args.samples, "max_new_tokens": args.max_new_tokens, "seed": args.seed, "budgets": budgets,
+                "vector": tensor_digest(*(vector[k] for k in vector.layers)), "reward": "char_count"}
+    work = Path(args.work_dir) / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    setup = Setup(model, report, selection, "char_count", args.max_new_tokens, args.seed, args.samples)
+    rnd = Round(setup, work, budgets)
+    atomic_write_json(work / "settings.json", settings)
+    cpu_path, cpu_start = work / "cpu_seconds.json", time.process_time()
+    spent = json.loads(cpu_path.read_text())["cpu_seconds"] if cpu_path.exists() else 0.0
+    try:
+        run_layers(rnd, vector, layers, log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:  # a killed part keeps its CPU time in the total
+        atomic_write_json(cpu_path, {"cpu_seconds": spent + time.process_time() - cpu_start})
+    tables = collect(rnd)
+    config = read_config(out) if (out / "config.json").exists() else {}
+    config["equal_kl"] = {"layers": layers, "budgets": budgets, "report_prompts": len(report),
+                          "selection_prompts": len(selection), "samples": args.samples, "selection_samples": 1,
+                          "model": args.model, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                          "cpu_seconds": json.loads(cpu_path.read_text())["cpu_seconds"]}
+    write_tables(out, {f"equal_kl_{k}": v for k, v in tables.items()}, config=config)
 
 
 def kl_scaling(table: pd.DataFrame, push: float = 0.1) -> pd.DataFrame:
@@ -200,69 +265,6 @@ def answer(table: pd.DataFrame, layers: list[int], baseline: pd.Series) -> str:
     return "\n".join(text)
 
 
-def sweep_claims(table: pd.DataFrame, seqs: pd.DataFrame, baseline: pd.Series, seed: int = 0) -> list:
-    """The page's claims: how KL scales with the coefficient, the early-vs-late KL at one coefficient (paired over
-    prompts), and the setting with the most periods chosen on half the prompts and reported on the other half."""
-    from rlhf_interp.core import stats
-    from rlhf_interp.report.claims import Claim
-
-    layers = sorted(table.layer.unique().tolist())
-    early, late = min(layers), max(layers)
-    n_prompts = int(seqs.prompt_idx.nunique())
-    n = {"prompts": n_prompts, "samples_per_prompt": 1, "seeds": 1}
-    out = []
-    scaling = kl_scaling(table)
-    if len(scaling) >= 2:
-        r2 = []
-        for layer, g in table[(table.coef > 0) & (table.kl_exact_mean > 0)].groupby("layer"):
-            x, y = np.log(g.coef.to_numpy()), np.log(g.kl_exact_mean.to_numpy())
-            slope, icpt = np.polyfit(x, y, 1)
-            r2.append(stats.r_squared(y, icpt + slope * x))
-        iv = stats.mean_interval(scaling.kl_slope.to_numpy(), n={"layers": len(scaling), "prompts": n_prompts})
-        out.append(Claim.estimate(
-            "kl_scaling", "A contrastive period vector's KL per sequence grows like coef^k with k = {value} {ci} "
-            "(log-log slope per layer, interval over the {layers} layers; every fit R² ≥ {r2}).", iv,
-            params={"layers": len(scaling), "r2": f"{min(r2):.2f}"}))
-    coef = 1.0 if 1.0 in set(table.coef) else sorted(c for c in table.coef.unique() if c > 0)[0]
-    a = seqs[(seqs.layer == late) & (seqs.coef == coef)].set_index("prompt_idx").kl_exact
-    b = seqs[(seqs.layer == early) & (seqs.coef == coef)].set_index("prompt_idx").kl_exact.reindex(a.index)
-    diff = stats.paired_difference(a.to_numpy(), b.to_numpy(), n=n)
-    out.append(Claim.compare(
-        "later_layer_kl", "At coefficient {coef} (each layer's own period-vs-comma difference) layer {late} minus "
-        "layer {early} in KL per sequence: {value} {ci} nats, paired over prompts; {verdict}. Equal coefficients are "
-        "not equal pushes, so this does not say which layer is cheaper per unit of reward.", diff,
-        f"layer {late}", f"layer {early}", params={"coef": f"{coef:g}", "late": late, "early": early}))
-    steered = seqs[seqs.coef > 0].assign(setting=lambda d: d.layer.astype(str) + "/" + d.coef.map("{:g}".format))
-    sel = stats.select_on_holdout(steered, unit="prompt_idx", candidate="setting", value="reward", seed=seed)
-    layer, c = sel.chosen.split("/")
-    chosen = table[(table.layer == int(layer)) & (table.coef == float(c))].iloc[0]
-    rep = list(sel.report_units)
-    on = steered[(steered.setting == sel.chosen) & steered.prompt_idx.isin(rep)].set_index("prompt_idx").reward
-    off = seqs[(seqs.coef == 0) & seqs.prompt_idx.isin(rep)].drop_duplicates("prompt_idx").set_index(
-        "prompt_idx").reward.reindex(on.index)
-    k = steered.setting.nunique()
-    out.append(Claim.estimate(
-        "most_periods_held_out", "The setting with the most periods, chosen among {k} on {sel} prompts: layer "
-        "{layer}, coefficient {coef}; on the other {rep} prompts it gives {value} {ci} periods per continuation at "
-        "{kl} nats per sequence; fluency beside it: entropy {ent} nats per token and `distinct-2` {d2} (unsteered {ent0} "
-        "and {d20}).", sel.held_out, n={"prompts": len(rep), "samples_per_prompt": 1, "seeds": 1},
-        params={"k": k, "sel": len(sel.selection_units), "rep": len(rep), "layer": int(layer), "coef": c,
-                "kl": f"{chosen.kl_exact_mean:.1f}", "ent": f"{chosen.entropy_mean:.2f}",
-                "ent0": f"{baseline.entropy_mean:.2f}", "d2": f"{chosen.distinct_2:.2f}",
-                "d20": f"{baseline.distinct_2:.2f}"}))
-    diff = stats.paired_difference(on.to_numpy(), off.to_numpy(), n={"prompts": len(rep), "samples_per_prompt": 1,
-                                                                     "seeds": 1})
-    out.append(Claim.compare(
-        "most_periods_vs_unsteered", "Against unsteered on those held-out prompts: {value} {ci} periods; {verdict}.",
-        diff, "steered", "unsteered"))
-    out.append(Claim.fact(
-        "in_sample_best", "Chosen and reported on all prompts, the best setting would read {best} periods: the "
-        "maximum of {k} noisy settings, not an estimate.",
-        params={"best": f"{sel.in_sample_value:.2f}", "k": k}, n={"prompts": n_prompts, "settings": k},
-        headline=False))
-    return out
-
-
 def sweep_panels(table: pd.DataFrame, baseline: pd.Series) -> list[Panel]:
     """KL vs coefficient, periods vs coefficient and periods vs KL, one line per layer (the PNG and the interactive
     chart are drawn from these panels); the unsteered setting is a dashed reference line."""
@@ -297,11 +299,19 @@ def render(report_dir: Path) -> Report:
     baseline = table[table.coef == 0].iloc[0]
     seconds = float(config["seconds"])
     layers = sorted(table.layer.unique().tolist())
-    report = Report.at(report_dir, "Steering toward periods: reward and KL shift by layer and coefficient",
-                       source=__file__, claims=sweep_claims(table, seqs, baseline, seed=int(args.seed)))
+    ekl = equal_kl_parts(report_dir, config)
+    claims = (ekl["claims"] if ekl else []) + sweep_claims(table, seqs, baseline, seed=int(args.seed))
+    report = Report.at(report_dir, "Steering toward periods: which layer buys the most reward at equal KL?",
+                       source=__file__, claims=claims)
     per_setting = table[table.coef != 0].seconds
     report.text(f"""
-Model `{args.model}`; {args.n_prompts} shipped prompts x {args.max_new_tokens} sampled tokens (temperature 1,
+Two studies of one steering vector. **At equal KL** (the headline): every layer's coefficient bisected to the same
+KL budget on selection prompts, then every layer measured on the same held-out report prompts and samples and
+compared prompt by prompt. **At equal coefficient** (the grid below it): {len(layers)} layers x
+{table.coef.nunique()} coefficients on {args.n_prompts} prompts, which shows how KL grows with the coefficient but
+cannot say which layer is cheaper (an equal coefficient is a different KL at each layer).
+
+The grid: model `{args.model}`; {args.n_prompts} shipped prompts x {args.max_new_tokens} sampled tokens (temperature 1,
 seed {args.seed}, the same random numbers for every setting). Reward: `char_count`, the number of `.` in the
 continuation. KL: `KL(steered || unsteered)` of the continuation, per sequence, in nats — the exact per-token KL
 summed along the steered model's own samples (`kl_exact`), with the k1 and k3 sample estimators beside it
@@ -317,8 +327,10 @@ Unsteered baseline: {baseline.reward_mean:.3g} ± {baseline.reward_stderr:.2g} p
 Time per setting: {per_setting.median():.0f} s median ({per_setting.min():.0f}-{per_setting.max():.0f} s) on a
 shared 2-core CPU; whole run {seconds / 60:.1f} min.
 """)
-    report.section("Would a later layer make a smaller change?", answer(table, layers, baseline))
-    report.section("KL and reward by layer and coefficient")
+    if ekl:
+        equal_kl_section(report, ekl, config["equal_kl"])
+    report.section("At equal coefficient: would a later layer make a smaller change?", answer(table, layers, baseline))
+    report.section("KL and reward by layer and coefficient (the grid)")
     panels = sweep_panels(table, baseline)
     report.figure("sweep", to_matplotlib(panels, cols=3, panel_size=(5.2, 4.0)), chart=to_plotly(panels, cols=3),
                   chart_height=460, caption=(

@@ -24,7 +24,7 @@ WORK_ORDER: dict[str, tuple[str, str]] = {
     "ppo_periods": ("1 · train", "How fast does PPO under a KL penalty raise the reward, at what KL, and do the "
                                  "samples collapse?"),
     "diff_ppo": ("2 · diff", "Where in the network do the tuned and the base model differ, and which tokens moved?"),
-    "steering_sweep": ("3 · edit", "How much KL does steering cost for how much reward, by layer and strength?"),
+    "steering_sweep": ("3 · edit", "At equal KL, which layer buys the most reward, and is a later layer cheaper?"),
     "edit_vs_finetune": ("4 · frontier", "At equal KL (1, 2, 4 nats), which way of changing the model buys the most "
                                          "reward: editing, best-of-n or fine-tuning?"),
     "causal_ppo": ("5 · causal", "Which layers and components carry the tuned model's change, and does patching "
