@@ -162,3 +162,26 @@ def test_the_estimator_audit_and_its_claims_run_on_the_studys_tokens(study_dir):
     claims = check_claims(estimator_claims(binned, spread, by_run))
     seq = next(c for c in claims if c.id == "k3_vs_k1_sequence_spread")
     assert seq.kind == "comparison" and seq.params["length"] == STUDY.max_new_tokens and seq.n["runs"] == len(PENALTIES)
+
+
+def test_pilot_claims_pair_each_setting_and_count_its_seeds():
+    """Pilots pair the two placements within one setting (coefficient, bank, samples per step), word the seed count
+    from the data, and leave a setting with the sequence-level penalty alone as an estimate."""
+    from rlhf_interp.report.kl_study_claims import pilot_claims
+
+    def level(penalty, value, seeds, per_step):
+        return {"at": "end", "penalty": penalty, "metric": "kept_10x", "value": value, "low": value - 0.03,
+                "high": value + 0.03, "seeds": seeds, "prompts": 32, "per_prompt": 8, "method": "t over prompts",
+                "note": "", "kl_coef": 5.0, "kl_bank_size": 8, "kl_bank_per_step": per_step}
+
+    levels = pd.DataFrame([level("ref_pi_seq", 0.75, 3, 1), level("ref_pi_reward", 0.88, 3, 1),
+                           level("ref_pi_seq", 0.86, 1, 4)])
+    comparisons = pd.DataFrame([{"at": "end", "metric": "kept_10x", "a": "ref_pi_seq", "b": "ref_pi_reward",
+                                 "difference": -0.13, "low": -0.2, "high": -0.06, "method": "t", "prompts": 32,
+                                 "seeds": 3, "note": "", "kl_coef": 5.0, "kl_bank_size": 8, "kl_bank_per_step": 1}])
+    claims = {c.id: c for c in pilot_claims(levels, comparisons)}
+    paired = claims["pilot_kl_coef_5_seq_keeps"]
+    assert "3 seeds per placement" in paired.sentence() and "75.0%" in paired.sentence() and paired.headline
+    assert "ref_pi_reward" in paired.verdict and "one seed" not in paired.sentence()
+    alone = claims["pilot_kl_coef_5_bank_8_per_step_4_ref_pi_seq_kept"]
+    assert "one seed" in alone.sentence() and "86.0%" in alone.sentence()
