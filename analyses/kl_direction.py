@@ -50,10 +50,12 @@ NAME = "kl_direction"
 # grows enough within 8 phases for the directions to differ), X = the word "I" (base rate ~20% on the shipped
 # prompts), evaluations at the base model and at the end: 32 prompts x 8 samples (256), 8 reference samples each.
 STUDY = Study(phases=8, eval_every=8)
-# Pilots at stronger coefficients (the main study's question, one seed each: the CPU budget of one session):
-# both placements at kl_coef 1 and 5, and the sequence-level penalty at 5 averaging 4 of 8 bank samples per prompt in
-# each step (a less noisy gradient). Each directory is a study like the main one (same base, prompts, evaluation).
-PILOTS = (Path("runs/kl_direction_strong"), Path("runs/kl_direction_b5"), Path("runs/kl_direction_b5_ps4"))
+# Pilots at stronger coefficients (the main study's question): both placements at kl_coef 1 (one seed) and 5 (three
+# seeds), the sequence-level penalty at 5 averaging 4 of 8 bank samples per prompt in each step (a less noisy
+# gradient; three seeds), and both placements at 25 with all 8 bank samples per step (one seed). Each directory is a
+# study like the main one (same base, prompts, evaluation).
+PILOTS = (Path("runs/kl_direction_strong"), Path("runs/kl_direction_b5"), Path("runs/kl_direction_b5_ps4"),
+          Path("runs/kl_direction_b25"))
 
 
 def training() -> Training:
