@@ -214,26 +214,52 @@ def test_cli_patch_writes_tables(tiny_run, tmp_path, capsys):
 
 def test_causal_report_is_written_and_rebuilds_from_its_csvs(tiny_run, tmp_path):
     import importlib.util
+    import json
     from pathlib import Path
+
+    from rlhf_interp.patching import summarize
 
     path = Path(__file__).resolve().parent.parent / "analyses" / "causal_ppo.py"
     spec = importlib.util.spec_from_file_location("causal_ppo", path)
     analysis = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(analysis)
-    args = ["--base", "tiny-test", "--tuned", str(tiny_run), "--n-prompts", "3", "--samples", "3", "--batch-size", "4",
-            "--undo-prompts", "2", "--undo-tokens", "2", "--undo-layers", "1", "--root", str(tmp_path), "--name", "c"]
+    args = ["--base", "tiny-test", "--tuned", str(tiny_run), "--n-prompts", "6", "--samples", "3", "--batch-size", "4",
+            "--text-chunk", "4", "--undo-prompts", "4", "--undo-tokens", "2", "--undo-layers", "1",
+            "--undo-pcs", "1,3", "--root", str(tmp_path), "--name", "c", "--work-dir", str(tmp_path / "work")]
     assert analysis.main(args) == 0
     out = tmp_path / "c"
     page, readme = (out / "index.html").read_text(), (out / "README.md").read_text()
     act = pd.read_csv(out / "activation_patching.csv")
     top = act[(act["direction"] == "into_base") & act["component"].isin(["hook_attn_out", "hook_mlp_out"])]
     best = top.loc[top["fraction_recovered"].idxmax()]
-    headline = f"L{int(best['layer'])} mlp_out ({best['fraction_recovered']:.3f})"
-    assert headline == "L1 mlp_out (1.000)" and headline in readme and headline in page
-    assert "<img" in page and (out / "trajectory_heatmap.png").stat().st_size > 0
-    undo = pd.read_csv(out / "undo.csv")
+    line = f"L{int(best['layer'])} MLP output {best['fraction_recovered']:.3f} ["
+    assert line == "L1 MLP output 1.000 [" and line in readme and line in page
+    # the summary is the pooled ratio of the per-text sums kept beside it (texts of two resumable parts)
+    per_text = pd.read_csv(out / "patching_per_text.csv")
+    assert sorted(per_text["text"].unique()) == list(range(6))
+    again = summarize(per_text)
+    assert (again["fraction_recovered"] - act["fraction_recovered"]).abs().max() < 1e-12
+    assert (act["fraction_low"] <= act["fraction_recovered"] + 1e-12).all()
+    assert (act["fraction_recovered"] <= act["fraction_high"] + 1e-12).all()
+    claims = {c["id"]: c for c in json.loads((out / "report.json").read_text())["claims"]}
+    assert claims["top_patch"]["value"] == pytest.approx(best["fraction_recovered"])
+    assert claims["top_patch"]["n"] == {"texts": 6, "positions": int(per_text[per_text["patch"] == -1]["n_tokens"].sum()) // 2}
+    assert claims["top_vs_runner_up"]["verdict"] and claims["undo_reward"]["verdict"]
+    assert claims["resid_reaches_50"]["value"] == 1.0  # the planted change is in layer 1's MLP
+    undo, sampled = pd.read_csv(out / "undo.csv"), pd.read_csv(out / "undo_prompts.csv")
     assert set(undo["method"]) >= {"none", "ablate_mean", "ablate_mean_local", "ablate_pcs1", "ablate_pcs3",
                                   "subtract_mean", "add_mean"}
+    assert len(sampled) == 4 * len(undo)  # every edit sampled on the same 4 prompts
+    tuned = sampled[(sampled["model"] == "tuned") & (sampled["method"] == "none")]
+    assert tuned["reward"].mean() == pytest.approx(undo[(undo["model"] == "tuned") & (undo["method"] == "none")]
+                                                   ["reward_mean"].item())
+    # resumable: a second run with the same settings recomputes nothing and writes the same tables
+    done = sorted((tmp_path / "work").glob("*/*.done.json"))
+    assert [d.name for d in done][:3] == ["activation_000.done.json", "activation_001.done.json", "texts.done.json"][:3]
+    stamps = [d.stat().st_mtime_ns for d in done]
+    assert analysis.main(args) == 0
+    assert [d.stat().st_mtime_ns for d in done] == stamps
+    assert pd.read_csv(out / "activation_patching.csv").equals(act)
     (out / "README.md").unlink()
     assert analysis.main(["--from-csv", "--root", str(tmp_path), "--name", "c"]) == 0  # no model: CSVs in, page out
     assert (out / "README.md").read_text() == readme

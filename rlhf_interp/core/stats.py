@@ -14,6 +14,8 @@ interval is too narrow; average them per prompt first (`unit_means`).
 - `paired_difference(a, b)`: A - B measured on the same prompts (and seeds): the interval of the mean of the
   per-unit differences, far narrower than two separate intervals when the units are correlated.
 - `welch_difference(a, b)`: A - B on different units (e.g. runs with different seeds), Welch's t interval.
+- `rlhf_interp.core.bootstrap.ratio_of_sums_interval(num, den)`: a ratio of means pooled over positions (sum
+  over units / sum over units), percentile bootstrap over units.
 - `summary_interval` / `summary_difference`: the same from stored means and standard errors when a table kept
   no per-unit rows (the difference then unpaired, so conservative for the same prompts).
 - `sd_interval(x)`: a standard deviation (e.g. batch noise from phase to phase) with its chi-square interval.

@@ -67,32 +67,43 @@ def patched(model, replacements: Mapping[str, Tensor]) -> Iterator[None]:
 def activation_patching(base, tuned, texts: Sequence[str], *, components: Sequence[str] = COMPONENTS,
                         layers: int | Iterable[int] | str = "all", directions: Sequence[str] = DIRECTIONS,
                         embedding: bool = True, reward_token_ids: Sequence[int] | None = None,
-                        batch_size: int = 8) -> pd.DataFrame:
+                        batch_size: int = 8, return_per_text: bool = False,
+                        reverse_components: Sequence[str] | None = None
+                        ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Patch each (layer, component) of one model into the other; one tidy row per direction x layer x component.
 
     ``embedding`` adds one row per direction for ``hook_resid_pre`` at layer 0 (the embedding output), which
     `residual_attribution` needs when the embeddings were trained. Columns: see
-    `rlhf_interp.patching.scores.COLUMNS`. Cost: one forward of the receiver per row and batch.
+    `rlhf_interp.patching.scores.COLUMNS`. Cost: one forward of the receiver per row and batch. With
+    ``return_per_text`` also the per-text sums (`rlhf_interp.patching.scores.PER_TEXT_COLUMNS`) for intervals
+    over texts (`rlhf_interp.patching.intervals`). ``reverse_components``: the components patched into tuned,
+    when fewer than into base are wanted (the reverse direction costs as much per patch; default the same).
     """
     bad = [c for c in components if c not in RESID_HOOKS]
     if bad or not components:
         raise ValueError(f"Unknown or empty hook point(s) {bad or list(components)}; patching replaces these per-block "
                          f"hook points (TransformerLens names): {', '.join(RESID_HOOKS)}.")
     components = tuple(dict.fromkeys(components))
+    reverse = components if reverse_components is None else tuple(dict.fromkeys(reverse_components))
+    if set(reverse) - set(RESID_HOOKS):
+        raise ValueError(f"Unknown reverse hook point(s) {sorted(set(reverse) - set(RESID_HOOKS))}; use "
+                         f"{', '.join(RESID_HOOKS)}.")
     directions = check_directions(directions)
     layer_list = resolve_layers(base, layers)
-    targets = [(0, EMBED)] if embedding else []
-    targets += [(layer, c) for layer in layer_list for c in components]
-    names = [name for layer, c in targets for name in hooks_to_replace(layer, c)]
+    head = [(0, EMBED)] if embedding else []
+    targets = {d: head + [(layer, c) for layer in layer_list for c in (components if d == "into_base" else reverse)]
+               for d in directions}
+    names = list(dict.fromkeys(name for d in directions for layer, c in targets[d]
+                               for name in hooks_to_replace(layer, c)))
     patches = []
     for direction in directions:
         receiver, donor = (base, "tuned") if direction == "into_base" else (tuned, "base")
-        for layer, component in targets:
+        for layer, component in targets[direction]:
             hooks = hooks_to_replace(layer, component)
             patches.append(Patch(direction, layer, component, lambda batch, r=receiver, d=donor, h=tuple(hooks):
                                  patched(r, {n: getattr(batch, d)[n] for n in h})))
     return run_patches(base, tuned, texts, patches, hook_names=names, reward_token_ids=reward_token_ids,
-                       batch_size=batch_size, desc="activation patching")
+                       batch_size=batch_size, desc="activation patching", return_per_text=return_per_text)
 
 
 def residual_attribution(table: pd.DataFrame) -> pd.DataFrame:
@@ -102,13 +113,17 @@ def residual_attribution(table: pd.DataFrame) -> pd.DataFrame:
     split attention from MLP, ``hook_resid_pre`` at layer 0 for the embedding). One row per (step,)
     direction and part: ``layer`` (-1 for ``embed``, n_layers for ``unembed``), ``component`` (``embed``,
     ``attn``, ``mlp``, ``block`` when no resid_mid rows, ``unembed`` = ln_final + unembedding),
-    ``increment`` (its share of the base->tuned KL; the increments of one direction sum to 1),
+    ``increment`` (its share of the base->tuned KL; the increments of one direction sum to 1; a direction
+    without residual rows, patched at its sublayers only, is left out),
     ``fraction_before``, ``fraction_after``.
     """
     keys = [k for k in ("step", "direction") if k in table.columns]
     rows = []
     for key, group in table.groupby(keys, sort=True):
         key = key if isinstance(key, tuple) else (key,)
+        if not (group["component"] == "hook_resid_post").any() and (
+                table["component"] == "hook_resid_post").any():
+            continue  # a direction patched at its sublayers only (e.g. the reverse one) has no attribution
         f = {(int(r.layer), r.component): float(r.fraction_recovered) for r in group.itertuples()}
         layers = sorted(layer for layer, c in f if c == "hook_resid_post")
         if not layers or layers != list(range(len(layers))):

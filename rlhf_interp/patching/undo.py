@@ -67,7 +67,8 @@ def undo_settings(directions: DifferenceDirections, layers: Iterable[int], pcs: 
 def undo_rlhf(base, tuned, texts: Sequence[str], layers: Iterable[int], *, prompts: Sequence[str] = (),
               pcs: Sequence[int] = (1, 3), directions: DifferenceDirections | None = None,
               reward: str | Callable = "char_count", reward_token_ids: Sequence[int] | None = None,
-              max_new_tokens: int = 24, seed: int = 0, batch_size: int = 8) -> pd.DataFrame:
+              max_new_tokens: int = 24, seed: int = 0, batch_size: int = 8, return_details: bool = False
+              ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """One row per (model, method, layer); columns:
 
     - ``kl_tf_base`` / ``kl_tf_tuned``: mean teacher-forced KL(edited || base) / KL(edited || tuned) per token;
@@ -80,6 +81,10 @@ def undo_rlhf(base, tuned, texts: Sequence[str], layers: Iterable[int], *, promp
     - ``n_tokens`` (teacher-forced positions).
 
     ``directions``: precomputed difference directions (else computed on ``texts``, with max(pcs) components).
+    With ``return_details``: ``(table, per_text, per_prompt)``, the teacher-forced per-text sums of
+    `run_patches` (``component`` = method) and one row per (model, method, layer, prompt) of the sampled
+    continuations (``reward``, ``kl_exact`` per sequence, ``n_new_tokens``): every setting samples the same
+    prompts with the same seed, so differences between settings are paired per prompt.
     """
     layers = list(layers)
     if directions is None:
@@ -91,11 +96,11 @@ def undo_rlhf(base, tuned, texts: Sequence[str], layers: Iterable[int], *, promp
         edit.on(models[name])
     patches = [Patch("into_tuned" if name == "tuned" else "into_base", -1 if layer is None else layer, method,
                      lambda batch, e=edit: e) for name, method, layer, edit in settings]
-    tf = run_patches(base, tuned, texts, patches, reward_token_ids=reward_token_ids, batch_size=batch_size,
-                     desc="undo RLHF")
+    tf, per_text = run_patches(base, tuned, texts, patches, reward_token_ids=reward_token_ids,
+                               batch_size=batch_size, desc="undo RLHF", return_per_text=True)
     kl_tuned_base = float(tf["kl_patched_base"].iloc[0])  # the unedited tuned model's row
     proxy_base, proxy_tuned = float(tf["reward_proxy"].iloc[1]), float(tf["reward_proxy"].iloc[0])
-    rows = []
+    rows, per_prompt = [], []
     for (name, method, layer, edit), (_, r) in zip(settings, tf.iterrows()):
         row = {"model": name, "method": method, "layer": layer, "kl_tf_base": r["kl_patched_base"],
                "kl_tf_tuned": r["kl_patched_tuned"],
@@ -105,8 +110,12 @@ def undo_rlhf(base, tuned, texts: Sequence[str], layers: Iterable[int], *, promp
                if proxy_tuned != proxy_base else float("nan"),
                "n_tokens": r["n_tokens"]}
         if max_new_tokens > 0 and prompts:
-            sampled = evaluate_edit(models[name], edit, list(prompts), reward, reference=base,
-                                    max_new_tokens=max_new_tokens, seed=seed).iloc[0]
+            summary, seqs = evaluate_edit(models[name], edit, list(prompts), reward, reference=base,
+                                          max_new_tokens=max_new_tokens, seed=seed, return_sequences=True)
+            sampled = summary.iloc[0]
+            per_prompt.append(pd.DataFrame({"model": name, "method": method, "layer": layer,
+                                            "prompt": seqs["prompt_idx"], "reward": seqs["reward"],
+                                            "kl_exact": seqs["kl_exact"], "n_new_tokens": seqs["n_new_tokens"]}))
             row.update(reward_mean=sampled["reward_mean"], reward_stderr=sampled["reward_stderr"],
                        kl_sample_per_token=sampled["kl_per_token"], entropy_mean=sampled["entropy_mean"],
                        distinct_2=sampled["distinct_2"])
@@ -118,7 +127,12 @@ def undo_rlhf(base, tuned, texts: Sequence[str], layers: Iterable[int], *, promp
         gain = r_tuned - r_base
         table["reward_gain_kept"] = (table["reward_mean"] - r_base) / gain if gain != 0 else float("nan")
         table["reward_gain_removed"] = 1.0 - table["reward_gain_kept"]
-    return table
+    if not return_details:
+        return table
+    prompts_table = (pd.concat(per_prompt, ignore_index=True) if per_prompt else
+                     pd.DataFrame(columns=["model", "method", "layer", "prompt", "reward", "kl_exact", "n_new_tokens"]))
+    prompts_table["layer"] = prompts_table["layer"].astype("Int64")
+    return table, per_text, prompts_table
 
 
 def attribution_layers(table: pd.DataFrame, k: int = 2) -> list[int]:
