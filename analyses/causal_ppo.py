@@ -122,9 +122,12 @@ class Parts:
         self.dir = Path(args.work_dir) / key
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / "settings.json", {k: str(getattr(args, k)) for k in RESULT_ARGS})
+        self.used: list[str] = []
 
     def get(self, name: str, make) -> dict[str, pd.DataFrame]:
         done = self.dir / f"{name}.done.json"
+        if name not in self.used:
+            self.used.append(name)
         if done.exists():
             tables = json.loads(done.read_text())["tables"]
             return {t: pd.read_csv(self.dir / f"{name}__{t}.csv", keep_default_na=False, na_values=[""])
@@ -139,8 +142,8 @@ class Parts:
         return self.get(name, lambda: tables)
 
     def seconds(self) -> dict[str, dict[str, float]]:
-        return {f.name.removesuffix(".done.json"): json.loads(f.read_text())["seconds"]
-                for f in sorted(self.dir.glob("*.done.json"))}
+        """Each part of this run (not other settings' parts in the same directory): its wall and CPU seconds."""
+        return {name: json.loads((self.dir / f"{name}.done.json").read_text())["seconds"] for name in self.used}
 
 
 def compute(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -272,8 +275,10 @@ def render(report_dir: str | Path) -> Report:
         "prompts (`undo_prompts.csv`). " + cost_text(config))
     act = tables["activation_patching"]
     report.section("Where the change lives", "Each cell patches one activation of one model into the other at every "
-                   "position (the colour bar gives the fraction recovered). The rows `hook_resid_mid` / "
-                   "`hook_resid_post` carry every change up to that layer, the sublayer rows only their own output.")
+                   "position (the colour bar gives the fraction recovered). The `hook_resid_post` rows (and `hook_resid_mid`, "
+                   "when patched) carry every change up to that layer, the sublayer rows only their own output. "
+                   f"Patched into base: {config.get('components', '')}; into tuned: "
+                   f"{config.get('reverse_components', '') or 'none'}.")
     zero = sorted(int(layer) for layer, g in act.groupby("layer") if (g["fraction_recovered"].fillna(0) == 0).all())
     zero_note = f"; 0 at layers {zero[0]}-{zero[-1]}, where no patch changes anything" if zero else ""
     report.figure("patching_heatmap", figure_patching(act), title="Fraction of the KL recovered, per layer and component",

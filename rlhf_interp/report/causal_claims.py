@@ -70,7 +70,7 @@ def causal_claims(tables: dict[str, pd.DataFrame], config: dict) -> list[Claim]:
     seed = int(config.get("seed", 0))
     where = "the tuned policy's own sampled continuations" if int(config.get("samples", 0) or 0) else "bare prompts"
     out = [Claim.estimate("kl_base_tuned", "Without a patch, KL(base||tuned) on {where} is {value} {ci} nats per "
-                          "position ({n}).", kl_clean_interval(per_text, seed=seed), fmt=".3f",
+                          "position ({n}).", kl_clean_interval(per_text, seed=seed), fmt=".3g",
                           params={"where": where}, headline=False)]
     top = top_sublayers(act)
     if len(top) >= 1:
@@ -122,6 +122,7 @@ def undo_claims(tables: dict[str, pd.DataFrame], config: dict) -> list[Claim]:
         iv = ratio_of_sums_interval(edited.sort_values("text")["kl_base_sum"],
                                     unedited.sort_values("text")["kl_base_sum"], offset=1.0, scale=-1.0, seed=seed,
                                     n={"texts": len(edited), "positions": int(edited["n_tokens"].sum())})
+        iv = stats.Interval(iv.value, iv.low, iv.high, iv.level, "percentile bootstrap over texts, ratio of sums", iv.n)
         out.append(Claim.estimate(
             "undo_kl_removed", "Subtracting layer {layer}'s mean tuned-minus-base difference removes {value} {ci} "
             "of the tuned model's teacher-forced KL to base on the patched texts ({n}).", iv,
@@ -171,7 +172,7 @@ def findings(tables: dict[str, pd.DataFrame], config: dict) -> list[str]:
         tp = tables["trajectory_per_text"]
         parts = []
         for step, group in tp.groupby("step"):
-            parts.append(f"step {int(step)}: {_fmt(kl_clean_interval(group, seed=int(config.get('seed', 0))), '.4f')}")
+            parts.append(f"step {int(step)}: {_fmt(kl_clean_interval(group, seed=int(config.get('seed', 0))), '.3g')}")
         lines.append(f"Along the run, KL(base||tuned) per position on the first {tp['text'].nunique()} texts "
                      "(95% bootstrap interval over texts): " + "; ".join(parts) + ".")
     return lines
