@@ -294,11 +294,13 @@ def render(report_dir: str | Path) -> Report:
                 "`hook_resid_mid` is the residual after attention, patched as `hook_resid_pre` + `hook_attn_out` "
                 "(in TransformerLens 4's bridge `hook_resid_mid` is the MLP input only, and replacing it would "
                 "leave the skip connection unpatched). The layer-0 `hook_resid_pre` row is the embedding.")
+    top_columns = ["direction", "layer", "component", "fraction_recovered", "fraction_low", "fraction_high",
+                   "reward_proxy_recovered", "proxy_recovered_low", "proxy_recovered_high", "kl_clean", "n_tokens"]
     report.table("top_patches", act[act["component"].isin(SUBLAYERS)].sort_values("fraction_recovered", ascending=False)
-                 .groupby("direction").head(8), title="Strongest sublayer patches per direction",
+                 .groupby("direction").head(8)[top_columns], title="Strongest sublayer patches per direction",
                  caption="The 8 sublayer-output patches with the largest fraction recovered, per direction; "
                          "`fraction_low` / `fraction_high` and `proxy_recovered_low` / `_high`: 95% percentile "
-                         "bootstrap intervals over texts.")
+                         "bootstrap intervals over texts (every column of every patch: `activation_patching.csv`).")
     report.table("activation_patching", act, title="Every patch", show=0)
 
     parts = tables["residual_attribution"]

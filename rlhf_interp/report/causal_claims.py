@@ -42,6 +42,11 @@ def top_sublayers(act: pd.DataFrame, direction: str = "into_base", k: int = 3) -
     return rows.nlargest(k, "fraction_recovered")
 
 
+def _short(row) -> str:
+    """``L27 attn`` / ``L23 mlp``: a patch as a verdict names it."""
+    return f"L{int(row['layer'])} {'attn' if row['component'] == 'hook_attn_out' else 'mlp'}"
+
+
 def _key(row) -> tuple[str, int, str]:
     return (row["direction"], int(row["layer"]), row["component"])
 
@@ -88,8 +93,7 @@ def causal_claims(tables: dict[str, pd.DataFrame], config: dict) -> list[Claim]:
         b = top.iloc[1]
         out.append(Claim.compare(
             "top_vs_runner_up", "Over the runner-up (layer {layer_b}'s {part_b}) it recovers {value} {ci} more; "
-            "{verdict}.", fraction_difference(per_text, _key(a), _key(b), seed=seed), f"L{int(a['layer'])}",
-            f"L{int(b['layer'])}", params={"layer_b": int(b["layer"]), "part_b": LABEL[b["component"]]},
+            "{verdict}.", fraction_difference(per_text, _key(a), _key(b), seed=seed), _short(a), _short(b), params={"layer_b": int(b["layer"]), "part_b": LABEL[b["component"]]},
             note=CHOSEN))
     back = top_sublayers(act, "into_tuned", 1)
     if len(back):
