@@ -95,7 +95,8 @@ def stratified_difference(a: Sequence[float], a_bins: Sequence, b: Sequence[floa
         used = len(va) >= min_n and len(vb) >= min_n
         diff = stats.welch_difference(va, vb, level=level) if used else None
         rows.append({"bin": k, "n_a": len(va), "n_b": len(vb),
-                     "mean_a": float(va.mean()) if len(va) else np.nan, "mean_b": float(vb.mean()) if len(vb) else np.nan,
+                     "mean_a": float(va.mean()) if len(va) else np.nan,
+                     "mean_b": float(vb.mean()) if len(vb) else np.nan,
                      "diff": float(va.mean() - vb.mean()) if len(va) and len(vb) else np.nan,
                      "low": diff.low if diff else np.nan, "high": diff.high if diff else np.nan, "used": used})
         if used:
