@@ -258,17 +258,19 @@ def calibration_panels(table: pd.DataFrame, diffs: pd.DataFrame, top: int, suppo
     """The RM's mean score per true-count bin for each group (95% t intervals), and the equal-count differences."""
     colors = {"base": "#4c72b0", "policy": "#c44e52", "late": "#dd8452"}
     x_of = {label: i for i, label in enumerate([*map(str, range(top)), f"{top}+"])}
+    dodge = {"base": -0.08, "policy": 0.0, "late": 0.08}  # side by side, so the intervals do not hide each other
     lines = []
     for source, g in table.groupby("source", sort=False):
         g = g[g.n >= 2]
-        lines.append(Line(SOURCES[source], [x_of[b] for b in g.bin], g["mean"].tolist(), colors[source],
-                          yerr=((g.high - g.low) / 2).tolist()))
+        lines.append(Line(SOURCES[source], [x_of[b] + dodge[source] for b in g.bin], g["mean"].tolist(),
+                          colors[source], yerr=((g.high - g.low) / 2).tolist()))
     xlabel = f"true count of '{char}' (bin {top}: {top} or more; RM support up to {support})"
     panels = [Panel("RM score per true count (95% t intervals)", xlabel, "mean RM score (normalised units)", lines)]
     d_lines = []
     for comparison, g in diffs[diffs.used].groupby("comparison", sort=False):
-        d_lines.append(Line(f"{SOURCES[comparison]} − base model", [x_of[b] for b in g.bin], g["diff"].tolist(),
-                            colors[comparison], yerr=((g.high - g.low) / 2).tolist()))
+        d_lines.append(Line(f"{SOURCES[comparison]} − base model", [x_of[b] + dodge[comparison] for b in g.bin],
+                            g["diff"].tolist(), colors[comparison], yerr=((g.high - g.low) / 2).tolist(),
+                            mode="markers", marker="D", symbol="diamond"))
     panels.append(Panel("At equal true count: policy − base (95% Welch t)", xlabel, "RM score difference",
                         d_lines, hlines=[(0.0, "no difference")]))
     return panels
@@ -352,9 +354,9 @@ out there is the RM failing to follow the truth where it was never trained.
     report.section("Findings", f"""
 - **RM**: {say("rm_accuracy", "rm_spearman")}
 - **PPO**: {say("true_start", "true_late", "kl_late", "entropy_change")}
-- **At equal true count**: {say("equal_count")} Per bin (final policy − base): {say(*[c.id for c in eq_policy[1:]])}
+- **The equal-count test**: {say("equal_count")} Per bin (final policy − base): {say(*[c.id for c in eq_policy[1:]])}
   The same test on the late PPO rollouts: {say("late_equal_count")}
-- **Beyond the support**: {say("slope_inside", "slope_beyond", "slope_change", "beyond_support")}
+- **The along-the-count test**: {say("slope_inside", "slope_beyond", "slope_change", "beyond_support")}
 - **The first test** (kept for comparison): {say("rise_test")} It compares rises in units of the base texts' spread,
   so an RM that saturates above its support looks *less* hackable the further the policy goes; the equal-count
   test above does not have that blind spot.
@@ -367,8 +369,8 @@ out there is the RM failing to follow the truth where it was never trained.
                   chart=to_plotly(calibration_panels(binned, diffs, top, s_top, char), cols=2),
                   caption=f"Left: the RM's mean score per true-count bin of the base model's texts, the final "
                           f"policy's samples (same prompts and seeds) and the late rollouts (phases {late_from}-"
-                          f"{n_phases}); bars: 95% t intervals (bins with one text have none). Right: policy minus "
-                          f"base per bin, for bins with at least {MIN_PER_BIN} texts of each (95% Welch t).")
+                          f"{n_phases}); bars: 95% t intervals (bins with one text have none). Right (diamonds): policy "
+                          f"minus base per bin, for bins with at least {MIN_PER_BIN} texts of each (95% Welch t).")
     report.table("by_true_count", binned, title="The RM's mean score per true-count bin",
                  caption="source: base (base-model texts), policy (final policy's samples), late (late PPO "
                          "rollouts); low/high: 95% t interval of the mean.")

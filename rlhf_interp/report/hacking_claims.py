@@ -152,7 +152,7 @@ def beyond_support_claims(policy: pd.DataFrame, heldout: pd.DataFrame, top: int)
                             n={"policy_samples": len(beyond), "base_texts": len(inside)})
     return [Claim.estimate("slope_inside", "Along the count, the RM pays {value} {ci} units per period on base texts "
                            "within its training support (up to {top} periods)", s_in, params={"top": top}),
-            Claim.estimate("slope_beyond", "and {value} {ci} on the final policy's samples with {top} or more",
+            Claim.estimate("slope_beyond", "and {value} {ci} on the final policy's samples with {top} or more periods",
                            s_out, params={"top": top}),
             Claim.compare("slope_change", "(beyond minus inside: {value} {ci}; {verdict}).", diff, "beyond",
                           "inside")]
