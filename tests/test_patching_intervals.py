@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rlhf_interp import load_prompts
 from rlhf_interp.core.bootstrap import bootstrap_weights, ratio_of_sums_interval
@@ -93,3 +94,34 @@ def test_ratio_of_sums_interval_resamples_units():
     assert 0.3 < (narrow.high - narrow.low) / (wide.high - wide.low) < 0.8
     with pytest.raises(ValueError, match="one numerator and one denominator"):
         ratio_of_sums_interval([1.0, 2.0], [1.0])
+
+
+def test_a_patch_that_changes_nothing_skips_its_forward_with_the_same_numbers(tiny):
+    """Layer 0 is the same in both models (only layer 1's MLP was perturbed): its patches write the receiver's
+    own activations, so their forward passes are skipped; running them anyway gives the same sums exactly."""
+    from dataclasses import replace
+
+    from rlhf_interp.patching import Patch, run_patches
+    from rlhf_interp.patching.activation import hooks_to_replace, patched
+
+    tuned = perturbed_tiny("model.layers.1.mlp.down_proj.weight", scale=0.3, seed=1, relative=True)
+    names = [h for layer in (0, 1) for h in hooks_to_replace(layer, "hook_mlp_out")]
+    calls = []
+
+    def patch(layer):
+        hooks = hooks_to_replace(layer, "hook_mlp_out")
+
+        def apply(batch):
+            calls.append(layer)
+            return patched(tiny, {n: batch.tuned[n] for n in hooks})
+        return Patch("into_base", layer, "hook_mlp_out", apply,
+                     unchanged=lambda batch: all(torch.equal(batch.base[n], batch.tuned[n]) for n in hooks))
+
+    patches = [patch(0), patch(1)]
+    skipped = run_patches(tiny, tuned, TEXTS, patches, hook_names=names, batch_size=3, return_per_text=True)
+    assert calls == [1, 1]  # two batches, layer 0 never run
+    forced = run_patches(tiny, tuned, TEXTS, [replace(p, unchanged=None) for p in patches], hook_names=names,
+                         batch_size=3, return_per_text=True)
+    assert calls == [1, 1, 0, 1, 0, 1]
+    pd.testing.assert_frame_equal(skipped[1], forced[1])
+    assert skipped[0]["fraction_recovered"].tolist() == [0.0, 1.0]

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from rlhf_interp.diff.stream import RESID_HOOKS, block_hook
@@ -74,7 +75,8 @@ def activation_patching(base, tuned, texts: Sequence[str], *, components: Sequen
 
     ``embedding`` adds one row per direction for ``hook_resid_pre`` at layer 0 (the embedding output), which
     `residual_attribution` needs when the embeddings were trained. Columns: see
-    `rlhf_interp.patching.scores.COLUMNS`. Cost: one forward of the receiver per row and batch. With
+    `rlhf_interp.patching.scores.COLUMNS`. Cost: one forward of the receiver per row and batch, none where
+    the donor's activation equals the receiver's exactly (layers training froze: the patch changes nothing). With
     ``return_per_text`` also the per-text sums (`rlhf_interp.patching.scores.PER_TEXT_COLUMNS`) for intervals
     over texts (`rlhf_interp.patching.intervals`). ``reverse_components``: the components patched into tuned,
     when fewer than into base are wanted (the reverse direction costs as much per patch; default the same).
@@ -101,7 +103,9 @@ def activation_patching(base, tuned, texts: Sequence[str], *, components: Sequen
         for layer, component in targets[direction]:
             hooks = hooks_to_replace(layer, component)
             patches.append(Patch(direction, layer, component, lambda batch, r=receiver, d=donor, h=tuple(hooks):
-                                 patched(r, {n: getattr(batch, d)[n] for n in h})))
+                                 patched(r, {n: getattr(batch, d)[n] for n in h}),
+                                 unchanged=lambda batch, h=tuple(hooks): all(torch.equal(batch.base[n], batch.tuned[n])
+                                                                             for n in h)))
     return run_patches(base, tuned, texts, patches, hook_names=names, reward_token_ids=reward_token_ids,
                        batch_size=batch_size, desc="activation patching", return_per_text=return_per_text)
 

@@ -116,13 +116,17 @@ class Patch:
     """One intervention: which model receives it and a factory for the context manager that applies it.
 
     ``apply(batch)`` is entered around the receiver's forward pass on ``batch.tokens``; it must undo itself
-    on exit (also on error).
+    on exit (also on error). ``unchanged(batch)``, when given and true, says the patch leaves the receiver
+    exactly as it is on this batch (e.g. it writes an activation equal to the receiver's own, as in layers
+    that training froze): its forward pass is skipped and the receiver's clean logits are scored instead,
+    the same numbers at no cost.
     """
 
     direction: str
     layer: int
     component: str
     apply: Callable[[PairedBatch], AbstractContextManager]
+    unchanged: Callable[[PairedBatch], bool] | None = None
 
 
 def run_patches(base, tuned, texts: Sequence[str], patches: Sequence[Patch], *, hook_names: Sequence[str] = (),
@@ -151,8 +155,11 @@ def run_patches(base, tuned, texts: Sequence[str], patches: Sequence[Patch], *, 
         for patch, acc in zip(patches, sums):
             receiver = base if patch.direction == "into_base" else tuned
             device = receiver.cfg.device
-            with torch.no_grad(), patch.apply(batch):
-                logits = receiver(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
+            if patch.unchanged is not None and patch.unchanged(batch):
+                logits = base_logits if patch.direction == "into_base" else tuned_logits
+            else:
+                with torch.no_grad(), patch.apply(batch):
+                    logits = receiver(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device))
             acc.add(logits.float().to(keep.device), base_logp, tuned_logp, keep, ids)
     rows = [_text_rows(-1, direction, -1, NONE, clean[model]) for direction, model in (("into_base", "base"),
                                                                                    ("into_tuned", "tuned"))]
