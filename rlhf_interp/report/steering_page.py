@@ -37,17 +37,29 @@ def equal_kl_claims(levels: pd.DataFrame, comparisons: pd.DataFrame, n: dict, *,
         head = bool(np.isclose(budget, headline_budget))
         best = lv[lv["chosen"].astype(bool)].iloc[0]
         comps = comparisons[np.isclose(comparisons["budget"], budget)]
+        kl = lv.set_index("layer")["kl_report"]
+
+        def pair(a, b) -> dict:
+            return {"a": int(a), "b": int(b), "kla": f"{kl[int(a)]:.2f}", "klb": f"{kl[int(b)]:.2f}"}
+
         params = {"budget": f"{budget:g}", "nats": "nat" if budget == 1 else "nats", "layer": int(best["layer"])}
         out.append(Claim.estimate(
             f"equal_kl_chosen_layer_at_{_tag(budget)}_nats",
             "At {budget} {nats} of KL per sequence, the layer chosen among {k} on {sel} selection prompts is layer "
-            "{layer}: {value} {ci} periods per continuation on the report prompts ({gain} [{gain_low}, {gain_high}] "
-            "over unsteered); fluency beside it: the base model's NLL of its continuations moves {dflu} "
-            "[{dflu_low}, {dflu_high}] nats per token.", _iv(best.reward_mean, best.reward_low, best.reward_high, n),
+            "{layer} ({kl} nats on the report prompts, {how}): {value} {ci} periods per continuation ({gain} "
+            "[{gain_low}, {gain_high}] against unsteered); fluency beside it: the base model's NLL of its "
+            "continuations moves {dflu} [{dflu_low}, {dflu_high}] nats per token.",
+            _iv(best.reward_mean, best.reward_low, best.reward_high, n),
             params={**params, "k": len(lv), "sel": selection_prompts, "gain": float(best.gain_mean),
+                    "kl": f"{best.kl_report:.2f}", "how": str(best.how),
                     "gain_low": float(best.gain_low), "gain_high": float(best.gain_high),
                     "dflu": f"{best.fluency_change:+.2f}", "dflu_low": f"{best.fluency_change_low:.2f}",
                     "dflu_high": f"{best.fluency_change_high:.2f}"}, headline=head))
+        out.append(Claim.compare(
+            f"equal_kl_chosen_layer_gain_at_{_tag(budget)}_nats",
+            "Layer {layer} at {budget} {nats} against unsteered (periods per continuation, paired over prompts): "
+            "{value} {ci}; {verdict}.", _iv(best.gain_mean, best.gain_low, best.gain_high, n),
+            f"layer {int(best['layer'])}", "unsteered", params=params, headline=False))
         out.append(Claim.compare(
             f"equal_kl_chosen_layer_fluency_at_{_tag(budget)}_nats",
             "Fluency of layer {layer} at {budget} {nats} against unsteered (the base model's NLL of the "
@@ -68,18 +80,21 @@ def equal_kl_claims(levels: pd.DataFrame, comparisons: pd.DataFrame, n: dict, *,
             c = ends.iloc[0]
             out.append(Claim.compare(
                 f"equal_kl_last_vs_first_at_{_tag(budget)}_nats",
-                "At {budget} {nats}, layer {a} minus layer {b}: {value} {ci} periods per continuation, paired over "
+                "At {budget} {nats} ({kla} and {klb} nats on the report prompts), layer {a} minus layer {b}: {value} "
+                "{ci} periods per continuation, paired over "
                 "prompts; {verdict}.", _iv(c.difference, c.low, c.high, n), f"layer {int(c.a)}", f"layer {int(c.b)}",
-                params={**params, "a": int(c.a), "b": int(c.b)}, headline=False))
+                params={**params, **pair(c.a, c.b)}, headline=False))
         rivals = comps[comps["comparison"] == "best vs layer"].sort_values("difference")
         for i, c in enumerate(rivals.itertuples()):
             template = ("Layer {a} against the strongest other layer on the report prompts, layer {b}, at {budget} "
-                        "{nats}: " if i == 0 else "At {budget} {nats}, chosen layer {a} minus layer {b}: ")
+                        "{nats} ({kla} and {klb} nats): " if i == 0 else
+                        "At {budget} {nats} ({kla} and {klb} nats on the report prompts), chosen layer {a} minus "
+                        "layer {b}: ")
             out.append(Claim.compare(
                 f"equal_kl_layer_{int(c.a)}_vs_{int(c.b)}_at_{_tag(budget)}_nats",
                 template + "{value} {ci} periods, paired over prompts; {verdict}.",
                 _iv(c.difference, c.low, c.high, n), f"layer {int(c.a)}", f"layer {int(c.b)}",
-                params={**params, "a": int(c.a), "b": int(c.b)}, headline=head and i == 0))
+                params={**params, **pair(c.a, c.b)}, headline=head and i == 0))
     return out
 
 
@@ -209,13 +224,16 @@ def equal_kl_section(report, parts: dict, ekl: dict) -> None:
     levels, comps, points = parts["levels"], parts["comparisons"], parts["points"]
     layers = ", ".join(str(x) for x in ekl["layers"])
     budgets = " and ".join(f"{b:g}" for b in ekl["budgets"])
+    head = f"_at_{_tag(min(ekl['budgets']))}_nats"  # every comparison at the headline budget, the levels at all
     said = " ".join(c.sentence() for c in parts["claims"] if c.id.startswith("equal_kl_") and c.kind != "fact"
-                    and ("_vs_" not in c.id or c.headline))
+                    and "_fluency_" not in c.id and "_gain_" not in c.id and ("_vs_" not in c.id or
+                                                                              c.id.endswith(head)))
     measured = points[points["key"] != "base"]["cpu_seconds"]
     paired = comps[comps["comparison"] == "best vs layer"]
     half = ((paired["high"] - paired["low"]) / 2) if len(paired) else pd.Series([np.nan])
     how = levels.groupby("how").size().to_dict()
     base_reward = float(parts["per_prompt"].query("key == 'base'")["reward"].mean())
+    bisection = ekl["cpu_seconds"] - points["cpu_seconds"].sum()
     report.section("At equal KL: which layer buys the most periods, and is a later layer cheaper?", f"""
 **Design.** The period vector below (one direction per layer) at layers {layers}. Per layer, the coefficient is
 bisected on {ekl['selection_prompts']} selection prompts (one sample each) until the KL per sequence is within 15% of
@@ -232,10 +250,11 @@ less like the base model's own text), the sampled entropy and distinct-2 (table)
 **Answer.** {said}
 
 **Sizing and cost.** One point on {ekl['report_prompts']} prompts x {ekl['samples']} samples took
-{measured.median():.0f} s of CPU (median of {len(measured)}; capability texts not scored), the bisection ~{ekl['cpu_seconds'] / 60 - points['cpu_seconds'].sum() / 60:.0f}
-min for all layers; the whole round {ekl['cpu_seconds'] / 60:.0f} min of one core. The design follows the frontier
-round's sizing (reward sd per sample 0.6-1.0, mostly within a prompt: {ekl['report_prompts']} x {ekl['samples']} puts a
-paired difference's 95% half-width near 0.15 periods); measured half-widths of the paired layer differences here:
+{measured.median():.0f} s of CPU (median of {len(measured)}; capability texts not scored), the bisection
+~{bisection / 60:.0f} min for all layers; the whole round {ekl['cpu_seconds'] / 60:.0f} min of one core. The design
+follows the frontier round's sizing (reward sd per sample 0.6-1.0, mostly within a prompt:
+{ekl['report_prompts']} x {ekl['samples']} puts a paired difference's 95% half-width near 0.15 periods); measured
+half-widths of the paired layer differences here:
 {half.min():.2f}-{half.max():.2f} periods.
 """)
     panels = equal_kl_panels(levels, base_reward)
@@ -266,10 +285,11 @@ paired difference's 95% half-width near 0.15 periods); measured half-widths of t
     report.table("equal_kl_examples", ex, preview=shown.assign(continuation=shown["continuation"].astype(str)
                                                                 .str.replace("\n", " ⏎ ", regex=False)),
                  title="Sample continuations at equal KL", caption=(
-        "The first sample of three report prompts, unsteered (`base`) and at each budget's chosen layer (⏎ = newline); "
-        "the CSV has every point's."))
+        "The first sample of three report prompts, unsteered (`base`) and at each budget's chosen layer "
+        "(⏎ = newline); the CSV has every point's."))
     report.table("equal_kl_points", points, show=0, title="Every measured point",
-                 caption="One row per point on the report prompts (`measure_point`'s columns; `cpu_seconds` per point).")
+                 caption="One row per point on the report prompts (`measure_point`'s columns; `cpu_seconds` per "
+                         "point).")
     report.table("equal_kl_per_prompt", parts["per_prompt"], show=0, title="Per-prompt values",
                  caption="One row per point and report prompt (its samples averaged): what every interval rests on.")
 
