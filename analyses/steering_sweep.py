@@ -5,7 +5,7 @@ the unedited model).
     python analyses/steering_sweep.py --equal-kl            # the headline: 6 layers bisected to 1 and 2 nats on 32
                                                             # selection prompts, measured on 128 x 2 (resumable)
     python analyses/steering_sweep.py                      # the grid: 16 prompts x 24 tokens, 5 layers x 5 coefs
-    python analyses/steering_sweep.py --model tiny-test --n-prompts 3 --max-new-tokens 4 --layers 0,1 --coefs 0,1
+    python analyses/steering_sweep.py --model tiny-test --n-prompts 6 --max-new-tokens 4 --layers 0,1 --coefs 0,1
     python analyses/steering_sweep.py --from-csv           # re-render the page from its CSVs (no model)
 
 Writes reports/steering_sweep/ (README.md, index.html, CSV tables, PNG figures, config.json, the vector). The
