@@ -318,7 +318,8 @@ def render(report_dir: Path) -> Report:
               *hc.legacy_claims(samples, heldout, phases, late_from)]
     cost = {k.split(": ")[1]: float(v) for k, v in quantity.items() if k.startswith("seconds (one thread)")}
     if cost:
-        claims.append(Claim.fact("cost", "The study cost {total} CPU-minutes on one thread ({parts}).", n={"runs": 1},
+        claims.append(Claim.fact("cost", "The study took {total} wall-clock minutes on one thread of a shared machine, "
+                                 "an upper bound on its CPU time ({parts}).", n={"runs": 1},
                                  params={"total": f"{cost.pop('total') / 60:.1f}", "parts": ", ".join(
                                      f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in cost.items() if v == v)},
                                  headline=False))

@@ -281,16 +281,28 @@ def test_diversity_is_distinct_n_over_token_ids():
     assert kl0["distinct_2"].iloc[-1] < 0.5 < kl0["distinct_2"].iloc[0]
 
 
-def test_reward_hacking_page_states_what_the_data_shows():
-    phases = pd.read_csv(REPORTS / "reward_hacking" / "ppo_phases.csv")
-    tail = phases.tail(5)
-    true_gain = tail.true_reward_z.mean() - phases.true_reward_z.iloc[0]
-    rm_gain = tail.rm_reward_z.mean() - phases.rm_reward_z.iloc[0]
-    text = page_text(REPORTS / "reward_hacking")
-    assert f"{tail.true_reward.mean():.2f}" in text
-    if rm_gain <= true_gain:
-        assert "test for hacking is not met" in text
-    proxies = pd.read_csv(REPORTS / "reward_hacking" / "proxy_counts.csv")
-    excl = proxies[proxies.feature == "exclamation"]
-    if excl[excl.phase >= 16].mean_count.mean() < excl[excl.phase == 0].mean_count.iloc[0]:
-        assert "`!` fell" in json.loads((REPORTS / "reward_hacking" / "report.json").read_text())["headline"]
+def test_reward_hacking_page_states_what_the_data_shows(report_dir: Path = REPORTS / "reward_hacking"):
+    """The equal-count table is what the base texts and the final policy's samples say, bin by bin; the claims'
+    KL and entropy are the per-phase table's; the page and headline state the equal-count verdict."""
+    from rlhf_interp.measure.stratified import count_bins
+
+    claims = {c["id"]: c for c in json.loads((report_dir / "report.json").read_text())["claims"]}
+    config = json.loads((report_dir / "config.json").read_text())
+    policy, heldout = pd.read_csv(report_dir / "policy_samples.csv"), pd.read_csv(report_dir / "heldout.csv")
+    table = pd.read_csv(report_dir / "equal_count.csv")
+    table = table[table.comparison == "policy"].set_index("bin")
+    for frame, side in ((policy, "a"), (heldout, "b")):
+        bins = pd.Series(count_bins(frame.true_reward, config.get("bin_top", 5)), index=frame.index).astype(str)
+        means = frame.rm_reward.groupby(bins).agg(["size", "mean"])
+        assert table[f"n_{side}"][means.index].tolist() == means["size"].tolist()
+        assert table[f"mean_{side}"][means.index].to_numpy() == pytest.approx(means["mean"].to_numpy())
+    assert table.weight.sum() == pytest.approx(1.0) and (table.weight[~table.used] == 0).all()
+    phases = pd.read_csv(report_dir / "ppo_phases.csv")
+    late = phases[phases.phase > phases.phase.max() - 5]
+    assert claims["kl_late"]["value"] == pytest.approx(late.kl_pi_ref_per_token.mean())
+    assert claims["entropy_change"]["value"] == pytest.approx(late.entropy.mean() - phases.head(5).entropy.mean())
+    text = page_text(report_dir)
+    headline = json.loads((report_dir / "report.json").read_text())["headline"]
+    assert all(claims[key]["headline"] for key in ("equal_count", "kl_late", "entropy_change"))
+    assert claims["equal_count"]["verdict"] and claims["entropy_change"]["verdict"]
+    assert claims["equal_count"]["verdict"] in headline and claims["equal_count"]["verdict"] in text
