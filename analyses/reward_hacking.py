@@ -46,7 +46,6 @@ from rlhf_interp.bridge import RunDir
 from rlhf_interp.bridge.run_dirs import checkpoint_step
 from rlhf_interp.core.io import append_jsonl, read_jsonl, trim_jsonl, write_jsonl
 from rlhf_interp.core.seeding import mix_seed
-from rlhf_interp.measure.stratified import binned_means, count_bins
 from rlhf_interp.ppo import PPOConfig
 from rlhf_interp.ppo.runs import phases_done, train_or_resume
 from rlhf_interp.ppo.trainer import PPOTrainer
@@ -55,7 +54,8 @@ from rlhf_interp.report import hacking_claims as hc
 from rlhf_interp.report.claims import Claim
 from rlhf_interp.report.rebuild import rerender
 from rlhf_interp.report.charts import xy_chart
-from rlhf_interp.report.panels import Line, Panel, to_matplotlib, to_plotly
+from rlhf_interp.report.hacking_figures import by_true_count, calibration_panels, kl_entropy_panels
+from rlhf_interp.report.panels import to_matplotlib, to_plotly
 from rlhf_interp.report.plots import plot_learned_vs_true, plot_reward_hacking, plot_reward_model_training
 from rlhf_interp.reward import MODEL_SUBDIR, get_reward, load_reward_model, read_preferences, score
 from rlhf_interp.reward.hacking import (
@@ -66,12 +66,12 @@ from rlhf_interp.reward.hacking import (
     phase_table,
     probe_suffixes,
     proxy_counts,
+    support_counts,
 )
 
 LATE = 5  # phases averaged for "late in training"
 MIN_PER_BIN = 5  # texts of each group a true-count bin needs to enter the equal-count test
 SUPPORT_SHARE = 0.01  # the RM's support: true counts held by at least this share of its training texts
-SOURCES = {"base": "base model", "policy": "final policy", "late": "late PPO rollouts"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -171,13 +171,6 @@ def record_seconds(work: Path, step: str, seconds: float) -> dict[str, float]:
     return timings
 
 
-def support_table(pairs_path: Path) -> pd.DataFrame:
-    """How many of the RM's training (and validation) texts hold each true count: both texts of every pair."""
-    counts = [p.extra[k] for p in read_preferences(pairs_path) for k in ("chosen_score", "rejected_score")]
-    s = pd.Series(counts, dtype=float).value_counts().sort_index()
-    return pd.DataFrame({"true_count": s.index.astype(int), "texts": s.values.astype(int)})
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.root) / args.name
@@ -192,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs_path, rm_dir, run_dir = work / "pairs.jsonl", work / "rm", work / "ppo"
     recipe = RMRecipe.from_namespace(args)
     synth = recipe.pairs(pairs_path, reward, max_new_tokens, reuse=args.reuse, progress=not args.no_progress)
-    n_pairs = len(read_preferences(pairs_path))
+    pairs = read_preferences(pairs_path)
     rm_metrics, rm_seconds = recipe.train(pairs_path, rm_dir, reuse=args.reuse, progress=not args.no_progress)
     rm = load_reward_model(rm_dir)
     heldout = cached(work / "heldout.jsonl", lambda: recipe.heldout(rm, reward, args.heldout, max_new_tokens),
@@ -216,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = cached(work / "policy_samples.jsonl", final_policy, args.reuse and not ppo_cpu)
     phases = phase_table(samples, metrics, heldout)
     summary = pd.DataFrame([
-        ("synthetic pairs", n_pairs), ("sampled pairs (two completions of one prompt)", synth.get("sampled_pairs")),
+        ("synthetic pairs", len(pairs)), ("sampled pairs (two completions of one prompt)", synth.get("sampled_pairs")),
         ("ties dropped", synth.get("ties")), ("label noise", args.label_noise),
         ("completion tokens", max_new_tokens), ("synthesis seconds", synth.get("seconds")),
         ("RM training seconds (incl. prefix cache)", rm_seconds),
@@ -233,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         + [("seconds (one thread): total", sum(v for v in timings.values() if v == v))],
         columns=["quantity", "value"])], ignore_index=True)
     config = {**{k: v for k, v in vars(args).items() if k != "from_csv"}, "ppo_overrides": PPO_OVERRIDES}
-    write_tables(out, {"summary": summary, "rm_training": rm_metrics, "rm_support": support_table(pairs_path),
+    write_tables(out, {"summary": summary, "rm_training": rm_metrics, "rm_support": support_counts(pairs),
                        "heldout": heldout, "policy_samples": policy, "ppo_phases": phases, "probes": probes,
                        "proxy_counts": proxy_counts(samples, heldout), "ppo_samples": samples}, config=config)
     report = render(out)
@@ -241,47 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     print(report.headline)
     print(f"report: {out}")
     return 0
-
-
-def by_true_count(groups: dict[str, pd.DataFrame], top: int) -> pd.DataFrame:
-    """The RM's mean score per true-count bin of each group of texts (``source``: `SOURCES`' keys)."""
-    long = pd.concat([g[["true_reward", "rm_reward"]].assign(source=k) for k, g in groups.items()])
-    long["bin"] = count_bins(long.true_reward, top)
-    long["source"] = pd.Categorical(long.source, categories=list(groups), ordered=True)
-    table = binned_means(long, "rm_reward", "bin", group="source")
-    table["source"] = table.source.astype(str)
-    table["bin"] = table.bin.astype(str)
-    return table
-
-
-def calibration_panels(table: pd.DataFrame, diffs: pd.DataFrame, top: int, support: int, char: str) -> list[Panel]:
-    """The RM's mean score per true-count bin for each group (95% t intervals), and the equal-count differences."""
-    colors = {"base": "#4c72b0", "policy": "#c44e52", "late": "#dd8452"}
-    x_of = {label: i for i, label in enumerate([*map(str, range(top)), f"{top}+"])}
-    dodge = {"base": -0.08, "policy": 0.0, "late": 0.08}  # side by side, so the intervals do not hide each other
-    lines = []
-    for source, g in table.groupby("source", sort=False):
-        g = g[g.n >= 2]
-        lines.append(Line(SOURCES[source], [x_of[b] + dodge[source] for b in g.bin], g["mean"].tolist(),
-                          colors[source], yerr=((g.high - g.low) / 2).tolist()))
-    xlabel = f"true count of '{char}' (bin {top}: {top} or more; RM support up to {support})"
-    panels = [Panel("RM score per true count (95% t intervals)", xlabel, "mean RM score (normalised units)", lines)]
-    d_lines = []
-    for comparison, g in diffs[diffs.used].groupby("comparison", sort=False):
-        d_lines.append(Line(f"{SOURCES[comparison]} − base model", [x_of[b] + dodge[comparison] for b in g.bin],
-                            g["diff"].tolist(), colors[comparison], yerr=((g.high - g.low) / 2).tolist(),
-                            mode="markers", marker="D", symbol="diamond"))
-    panels.append(Panel("At equal true count: policy − base (95% Welch t)", xlabel, "RM score difference",
-                        d_lines, hlines=[(0.0, "no difference")]))
-    return panels
-
-
-def kl_entropy_panels(phases: pd.DataFrame, kl_target: float) -> list[Panel]:
-    kl = Line("KL(π‖ref) per token", phases.phase.tolist(), phases.kl_pi_ref_per_token.tolist(), "#4c72b0")
-    ent = Line("entropy per token", phases.phase.tolist(), phases.entropy.tolist(), "#55a868")
-    target = [(kl_target, f"controller target {kl_target:g}")] if kl_target == kl_target else []
-    return [Panel("Exact KL(π‖ref) per token", "PPO phase", "nats per token", [kl], hlines=target, ylim=(0, None)),
-            Panel("Policy entropy per token", "PPO phase", "nats per token", [ent], ylim=(0, None))]
 
 
 def render(report_dir: Path) -> Report:
@@ -318,8 +270,8 @@ def render(report_dir: Path) -> Report:
               *hc.legacy_claims(samples, heldout, phases, late_from)]
     cost = {k.split(": ")[1]: float(v) for k, v in quantity.items() if k.startswith("seconds (one thread)")}
     if cost:
-        claims.append(Claim.fact("cost", "The study took {total} wall-clock minutes on one thread of a shared machine, "
-                                 "an upper bound on its CPU time ({parts}).", n={"runs": 1},
+        claims.append(Claim.fact("cost", "The study took {total} wall-clock minutes on one thread of a shared "
+                                 "machine, an upper bound on its CPU time ({parts}).", n={"runs": 1},
                                  params={"total": f"{cost.pop('total') / 60:.1f}", "parts": ", ".join(
                                      f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in cost.items() if v == v)},
                                  headline=False))
@@ -334,9 +286,9 @@ def render(report_dir: Path) -> Report:
     report.text(f"""
 A reward model (RM) was trained to imitate the true reward — the number of `{char}` characters in a
 completion — from {int(quantity['synthetic pairs'])} synthetic preference pairs (two samples of
-`{config.get('model')}` per prompt, labelled by the count, ties dropped). Then PPO ({config.get('ppo_config')} with {overrides},
-{n_phases} phases of {per_phase} samples, one seed) optimised the policy against the RM alone, while the true count
-of every rollout sample was recorded. The RM never sees the prompt, and it was trained on texts like the base
+`{config.get('model')}` per prompt, labelled by the count, ties dropped). Then PPO ({config.get('ppo_config')} with
+{overrides}, {n_phases} phases of {per_phase} samples, one seed) optimised the policy against the RM alone, while the
+true count of every rollout sample was recorded. The RM never sees the prompt, and it was trained on texts like the base
 model's: its training texts hold up to {s_top} periods (counts with at least {SUPPORT_SHARE:.0%} of them; `rm_support`).
 What the policy learns to write drifts outside that support, which is where a learned reward can be exploited.
 After training, the final policy was sampled {len(policy)} times (fp32, as in its rollouts) on the prompts and
@@ -370,8 +322,9 @@ out there is the RM failing to follow the truth where it was never trained.
                   chart=to_plotly(calibration_panels(binned, diffs, top, s_top, char), cols=2),
                   caption=f"Left: the RM's mean score per true-count bin of the base model's texts, the final "
                           f"policy's samples (same prompts and seeds) and the late rollouts (phases {late_from}-"
-                          f"{n_phases}); bars: 95% t intervals (bins with one text have none). Right (diamonds): policy "
-                          f"minus base per bin, for bins with at least {MIN_PER_BIN} texts of each (95% Welch t).")
+                          f"{n_phases}); bars: 95% t intervals (bins with one text have none). Right (diamonds): "
+                          f"policy minus base per bin, for bins with at least {MIN_PER_BIN} texts of each (95% "
+                          "Welch t).")
     report.table("by_true_count", binned, title="The RM's mean score per true-count bin",
                  caption="source: base (base-model texts), policy (final policy's samples), late (late PPO "
                          "rollouts); low/high: 95% t interval of the mean.")

@@ -8,7 +8,7 @@ A study here has a *true* reward (a function ``list[str] -> scores``, e.g. ``cha
 - held-out texts freshly sampled from the base model, scored by both (`heldout_texts`): the yardstick that puts the
   two rewards in comparable units (z-scores of the base model's texts);
 - what an appended string is worth to each (`probe_suffixes`) and how often proxy characters occur
-  (`proxy_counts`): where an RM pays without the truth;
+  (`proxy_counts`): where an RM pays without the truth; the true counts of its training texts (`support_counts`);
 - per phase of a policy's samples, both rewards in held-out units and their rank agreement (`phase_table`,
   `pairwise_accuracy`, `spearman`), and the samples the RM overrates most (`exploits`).
 """
@@ -157,6 +157,14 @@ def probe_suffixes(rm: RewardModel, reward: RewardFn, texts: list[str],
         rows.append({"suffix": suffix, "true_delta": float(d_true.mean()), "rm_delta": float(d_rm.mean()),
                      "rm_delta_stderr": float(d_rm.std() / len(texts) ** 0.5)})
     return pd.DataFrame(rows)
+
+
+def support_counts(pairs: Sequence) -> pd.DataFrame:
+    """The RM's training support: how many of its training (and validation) texts hold each true count, from both
+    texts of every synthetic pair (their ``chosen_score`` and ``rejected_score``). Columns: true_count, texts."""
+    counts = [p.extra[k] for p in pairs for k in ("chosen_score", "rejected_score")]
+    s = pd.Series(counts, dtype=float).value_counts().sort_index()
+    return pd.DataFrame({"true_count": s.index.astype(int), "texts": s.values.astype(int)})
 
 
 def proxy_counts(samples: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
