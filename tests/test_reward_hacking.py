@@ -136,3 +136,13 @@ def test_study_runs_resumes_and_rebuilds_on_the_tiny_model(tmp_path, monkeypatch
     shutil.copytree(REPO / "analyses", tmp_path / "analyses")
     rebuild(copy)
     assert (copy / "README.md").read_text() == (root / "rh" / "README.md").read_text()
+
+
+def test_support_counts_count_both_texts_of_every_pair():
+    from rlhf_interp.reward import PreferencePair
+    from rlhf_interp.reward.hacking import support_counts
+
+    pairs = [PreferencePair("p", "a.b.", "c", {"chosen_score": 2.0, "rejected_score": 0.0}),
+             PreferencePair("p", "x.", "y", {"chosen_score": 1.0, "rejected_score": 0.0})]
+    table = support_counts(pairs)
+    assert table.to_dict("list") == {"true_count": [0, 1, 2], "texts": [2, 1, 1]}
