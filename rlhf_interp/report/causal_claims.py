@@ -74,7 +74,7 @@ def causal_claims(tables: dict[str, pd.DataFrame], config: dict) -> list[Claim]:
     act, per_text = tables["activation_patching"], tables["patching_per_text"]
     seed = int(config.get("seed", 0))
     where = "the tuned policy's own sampled continuations" if int(config.get("samples", 0) or 0) else "bare prompts"
-    out = [Claim.estimate("kl_base_tuned", "Without a patch, KL(base||tuned) on {where} is {value} {ci} nats per "
+    out = [Claim.estimate("kl_base_tuned", "Without a patch, KL(base‖tuned) on {where} is {value} {ci} nats per "
                           "position ({n}).", kl_clean_interval(per_text, seed=seed), fmt=".3g",
                           params={"where": where}, headline=False)]
     top = top_sublayers(act)
@@ -83,7 +83,7 @@ def causal_claims(tables: dict[str, pd.DataFrame], config: dict) -> list[Claim]:
         params = {"layer": int(a["layer"]), "part": LABEL[a["component"]]}
         out.append(Claim.estimate(
             "top_patch", "The strongest single patch of tuned into base, layer {layer}'s {part}, recovers {value} "
-            "{ci} of KL(base||tuned) on {where} ({n}).", fraction_interval(per_text, _key(a), seed=seed),
+            "{ci} of KL(base‖tuned) on {where} ({n}).", fraction_interval(per_text, _key(a), seed=seed),
             params={**params, "where": where}, note=CHOSEN))
         out.append(Claim.estimate(
             "top_patch_proxy", "It moves the reward proxy (log-probability of a period) {value} {ci} of the way "
@@ -100,7 +100,7 @@ def causal_claims(tables: dict[str, pd.DataFrame], config: dict) -> list[Claim]:
         r = back.iloc[0]
         out.append(Claim.estimate(
             "top_reverse_patch", "The other way round, base's layer {layer} {part} in tuned removes {value} {ci} "
-            "of KL(tuned||base) ({n}).", fraction_interval(per_text, _key(r), seed=seed), headline=False,
+            "of KL(tuned‖base) ({n}).", fraction_interval(per_text, _key(r), seed=seed), headline=False,
             params={"layer": int(r["layer"]), "part": LABEL[r["component"]]}, note=CHOSEN))
     for share, headline in ((50, True), (90, False)):
         iv = first_layer_reaching(per_text, share / 100, seed=seed)
