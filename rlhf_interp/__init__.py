@@ -16,7 +16,7 @@ with the units it imports; a unit imports only lower layers)::
      [5] ppo          -> core, prompts, bridge, checkpoints, reward
      [6] frontier     -> core, prompts, bridge, edits, reward, measure
      [6] patching     -> core, bridge, checkpoints, edits, diff, measure
-     [7] report       -> core, measure, frontier
+     [7] report       -> core, measure, frontier, patching
      [8] cli          -> core, prompts, bridge, edits, reward, diff, measure, ppo, frontier, patching, report
 
 Names below are re-exported lazily (PEP 562): ``import rlhf_interp`` imports no torch; the module that
