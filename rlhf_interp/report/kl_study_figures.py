@@ -187,12 +187,15 @@ def pilot_section(report, main_levels: pd.DataFrame, pilot_levels: pd.DataFrame,
     """The stronger-coefficient pilots on the page (nothing when none has finished)."""
     if pilot_levels is None or pilot_levels.empty:
         return
-    report.section("A stronger coefficient (one-seed pilots)")
+    seeds = pilot_levels.fillna({"kl_bank_per_step": 1}).groupby(["kl_coef", "kl_bank_per_step"])["seeds"].min()
+    seed_words = "; ".join(f"kl_coef {c:g}" + ("" if k == 1 else f" with {int(k)} bank samples per step")
+                           + f": {int(n)} seed{'s' if n > 1 else ''}" for (c, k), n in seeds.items())
+    report.section("Stronger coefficients (pilots)")
     report.figure("pilots", figure_pilots(main_levels, pilot_levels, main_coef), caption=(
         "Reference samples kept within 10x likelihood at the end of training against the coefficient. At the main "
-        "study's coefficient: 3 seeds (t over seed means); the pilots: one seed each, t over the evaluation prompts "
-        "(seed-to-seed variation not included). Square: the sequence-level penalty averaging 4 of 8 bank samples per "
-        "prompt in each step instead of 1 of 4."))
+        f"study's coefficient: 3 seeds (t over seed means). Pilots: {seed_words} (several seeds: t over seed means; "
+        "one seed: t over the evaluation prompts, seed-to-seed variation not included). Squares, dashed: the "
+        "sequence-level penalty averaging the labelled number of bank samples per prompt in each step."))
     report.table("pilot_levels", pilot_levels, title="Pilots: coverage and X's rate at the end, per penalty "
                  "(95% intervals)", show=20)
     if pilot_comparisons is not None and len(pilot_comparisons):
