@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rlhf_interp.core.stats import LEVEL, N_BOOT, Interval
+from rlhf_interp.core.stats import LEVEL, N_BOOT, Interval, percentile_bounds
 
 
 def bootstrap_weights(units: int, *, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
@@ -25,16 +25,6 @@ def bootstrap_weights(units: int, *, n_boot: int = N_BOOT, seed: int = 0) -> np.
     weights = np.zeros((n_boot, units))
     np.add.at(weights, (np.arange(n_boot)[:, None], draws), 1.0)
     return weights
-
-
-def percentile_bounds(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The percentile interval of bootstrap draws (non-finite draws, e.g. a ratio over a zero sum, dropped)."""
-    draws = np.asarray(draws, dtype=float)
-    draws = draws[np.isfinite(draws)]
-    if not draws.size:
-        return -np.inf, np.inf
-    alpha = (1 - level) / 2
-    return float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
 
 
 def ratio_of_sums_interval(numerator: Sequence[float], denominator: Sequence[float], *, offset: float = 0.0,

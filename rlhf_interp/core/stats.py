@@ -129,11 +129,18 @@ def bootstrap_interval(x: Sequence[float], statistic: Callable[[np.ndarray], flo
     draws = np.empty(n_boot)
     for i in range(n_boot):
         draws[i] = statistic(arr[rng.integers(0, rows, rows)])
-    draws = draws[np.isfinite(draws)]
-    alpha = (1 - level) / 2
-    low, high = (float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))) if draws.size else (
-        -np.inf, np.inf)
+    low, high = percentile_bounds(draws, level)
     return Interval(value, low, high, level, "percentile", dict(n or {"prompts": rows}), note)
+
+
+def percentile_bounds(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap draws (non-finite draws, e.g. a ratio over a zero sum, dropped)."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if not draws.size:
+        return -np.inf, np.inf
+    alpha = (1 - level) / 2
+    return float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
 
 
 def unit_means(values: Sequence[float], units: Sequence[Any]) -> tuple[np.ndarray, int]:
