@@ -50,8 +50,13 @@ LAYERS: dict[str, float] = {
     "cli": 8, "__main__": 9,                              # the command line
     "__init__": 10,                                       # the root facade (lazy re-exports)
 }
-PRELOAD = ("torch", "numpy", "pandas", "jaxtyping", "tqdm", "yaml", "safetensors", "einops", "transformers",
-           "transformer_lens", "matplotlib")
+# Third-party modules imported once before the forks (ours never: that is what an import cycle needs to show). The
+# submodules our modules import at their top (transformer_lens.model_bridge alone takes seconds) are here too, or
+# every child would import them again.
+PRELOAD = ("torch", "numpy", "pandas", "jaxtyping", "tqdm", "yaml", "safetensors", "safetensors.torch", "einops",
+           "transformers", "transformers.models.llama.modeling_llama", "transformer_lens",
+           "transformer_lens.model_bridge", "transformer_lens.hook_points", "matplotlib", "matplotlib.pyplot",
+           "scipy.stats")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -220,21 +220,53 @@ def test_algorithm_trains_and_logs_the_common_metrics(tmp_path, alg):
         assert prompts[0] == prompts[1] and prompts[2] == prompts[3]
 
 
-@pytest.mark.parametrize("alg", ["grpo", "rloo", "dpo"])
-@pytest.mark.parametrize("kills", [["mid_phase:5"], ["before_checkpoint:4", "torn_log:5"]], ids="+".join)
-def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path_factory, alg, kills):
+def _crash_child(alg: str, pairs: str) -> str:
+    """tests/test_crash_safety.py's child process, running ``alg`` instead of PPO."""
     import test_crash_safety as crash
 
-    tmp = tmp_path_factory.mktemp(f"{alg}")
-    pairs = write_pairs(tmp / "pairs.jsonl")
-    child = crash.CHILD.replace(
+    return crash.CHILD.replace(
         'OVERRIDES = ["model=tiny-test"',
         f'OVERRIDES = {overrides(alg, pairs)!r} + ["phases=6", "checkpoint_every=2", "sample_every=1", '
         f'"keep_checkpoints=2"]\n_UNUSED = ["model=tiny-test"')
-    crash.CHILD, original = child, crash.CHILD
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_runs(tmp_path_factory):
+    """One uninterrupted run per algorithm, made when first asked for and shared by that algorithm's kill tests."""
+    import test_crash_safety as crash
+
+    made: dict[str, tuple] = {}
+
+    def get(alg: str):
+        if alg not in made:
+            tmp = tmp_path_factory.mktemp(f"{alg}_full")
+            pairs = write_pairs(tmp / "pairs.jsonl")
+            original, crash.CHILD = crash.CHILD, _crash_child(alg, pairs)
+            try:
+                assert crash._run(tmp, tmp / "full", "fresh") == 0
+            finally:
+                crash.CHILD = original
+            made[alg] = (tmp / "full", pairs)
+        return made[alg]
+
+    return get
+
+
+# Every algorithm is killed mid-phase (its own state: group sampling, DPO's pair order, the optimizer part-way);
+# the checkpoint and log mechanics a second kill point exercises are the run directory's, shared by all of them
+# and covered kill point by kill point for PPO in tests/test_crash_safety.py, so one algorithm repeats them here.
+KILL_CASES = [("grpo", ["mid_phase:5"]), ("rloo", ["mid_phase:5"]), ("dpo", ["mid_phase:5"]),
+              ("grpo", ["before_checkpoint:4", "torn_log:5"])]
+
+
+@pytest.mark.parametrize("alg,kills", KILL_CASES, ids=["+".join(ks) + "-" + a for a, ks in KILL_CASES])
+def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path_factory, uninterrupted_runs, alg, kills):
+    import test_crash_safety as crash
+
+    full, pairs = uninterrupted_runs(alg)
+    tmp = tmp_path_factory.mktemp(f"{alg}")
+    crash.CHILD, original = _crash_child(alg, pairs), crash.CHILD
     try:
-        full = tmp / "full"
-        assert crash._run(tmp, full, "fresh") == 0
         run = tmp / "run"
         assert crash._run(tmp, run, "fresh", kills[0]) == -9
         for spec in kills[1:]:
