@@ -30,7 +30,7 @@ import pandas as pd
 
 from rlhf_interp.core.io import atomic_write_json
 from rlhf_interp.measure.behaviour import CANDIDATES
-from rlhf_interp.measure.kl_study import PENALTY_LABEL, RUN_KEYS, Study, load_study, read_base
+from rlhf_interp.measure.kl_study import PENALTY_KL, PENALTY_LABEL, RUN_KEYS, Study, load_study, read_base
 from rlhf_interp.measure.kl_study_runs import Training, calibrate, run_base, train_run
 from rlhf_interp.measure.kl_study_tables import collect_tables, finished_runs
 from rlhf_interp.report import Report, read_config, read_table, write_tables
@@ -52,10 +52,12 @@ NAME = "kl_direction"
 STUDY = Study(phases=8, eval_every=8)
 # Pilots at stronger coefficients (the main study's question): both placements at kl_coef 1 (one seed) and 5 (three
 # seeds), the sequence-level penalty at 5 averaging 4 of 8 bank samples per prompt in each step (a less noisy
-# gradient; three seeds), and both placements at 25 with all 8 bank samples per step (one seed). Each directory is a
-# study like the main one (same base, prompts, evaluation).
+# gradient; one seed), both placements at 25 with all 8 bank samples per step (one seed), and at 5 the
+# sequence-level penalty with the exact estimator (the reference's whole next-token distribution at its own states
+# instead of its sampled token; three seeds, beside the same three ref_pi_reward runs as the k1 pilot at 5). Each
+# directory is a study like the main one (same base, prompts, evaluation).
 PILOTS = (Path("runs/kl_direction_strong"), Path("runs/kl_direction_b5"), Path("runs/kl_direction_b5_ps4"),
-          Path("runs/kl_direction_b25"))
+          Path("runs/kl_direction_b25"), Path("runs/kl_direction_b5_exact"))
 
 
 def training() -> Training:
@@ -76,7 +78,8 @@ def pilot_tables(pilots=PILOTS) -> dict[str, pd.DataFrame]:
             continue
         t = collect_tables(study, pilot)
         tag = {"kl_coef": study.kl_coef, "kl_bank_size": study.kl_bank_size,
-               "kl_bank_per_step": int(study.extra.get("kl_bank_per_step", 1)), "study_dir": str(pilot)}
+               "kl_bank_per_step": int(study.extra.get("kl_bank_per_step", 1)),
+               "seq_estimator": study.extra.get("kl_estimator", PENALTY_KL["ref_pi_seq"][1]), "study_dir": str(pilot)}
         lv, cp = t["levels"], t["comparisons"]
         levels.append(lv[(lv["at"] == "end") & lv["metric"].isin(["kept_10x", "x_rate"]) & (lv["penalty"] != "base")]
                       .assign(**tag))
@@ -140,8 +143,9 @@ def render(report_dir: Path) -> Report:
         seed). X's rate is the share of samples with X, its base rate measured on the same prompts. Coverage:
         {study['ref_samples']} reference samples per prompt, drawn once; a sample is *lost by 10×* (100×) when
         log π(y) − log ref(y) < −log 10 (−log 100), *kept* otherwise. **Intervals**: per-prompt values, t over the
-        seeds' means (df = seeds − 1, seed-to-seed variation included; one seed: over prompts, noted; two seeds: the
-        wider of that and the t interval over prompts, since two close seed means give a spuriously narrow one); differences
+        seeds' means (df = seeds − 1, seed-to-seed variation included; one seed: over prompts, noted; where the t
+        interval over prompts of the seed-averaged values is wider, that one, since a few close seed means give a
+        spuriously narrow interval: three seeds that lose the same reference samples give zero width); differences
         paired by seed and prompt (`core.stats`). **Equal KL**: each run read where its exact KL(π‖ref) per token on
         the evaluation samples reaches 0.8 × the smallest final KL over the runs; with evaluations only at the base
         and the end, each prompt's values are interpolated linearly in KL between the two (an assumption: the

@@ -185,3 +185,28 @@ def test_pilot_claims_pair_each_setting_and_count_its_seeds():
     assert "ref_pi_reward" in paired.verdict and "one seed" not in paired.sentence()
     alone = claims["pilot_kl_coef_5_bank_8_per_step_4_ref_pi_seq_kept"]
     assert "one seed" in alone.sentence() and "86.0%" in alone.sentence()
+
+
+def test_pilot_claims_keep_the_exact_sequence_estimator_apart_from_k1():
+    """Two pilots with the same coefficient and bank, one with the exact sequence-level estimator: each pairs its own
+    ref_pi_seq with the ref_pi_reward rows of its own study, and the exact one says which estimator it used."""
+    from rlhf_interp.report.kl_study_claims import pilot_claims
+
+    def level(penalty, value, estimator):
+        return {"at": "end", "penalty": penalty, "metric": "kept_10x", "value": value, "low": value - 0.02,
+                "high": value + 0.02, "seeds": 3, "prompts": 32, "per_prompt": 8, "method": "t over seed means",
+                "note": "", "kl_coef": 5.0, "kl_bank_size": 4, "kl_bank_per_step": 1, "seq_estimator": estimator}
+
+    def comparison(difference, estimator):
+        return {"at": "end", "metric": "kept_10x", "a": "ref_pi_seq", "b": "ref_pi_reward", "difference": difference,
+                "low": difference - 0.04, "high": difference + 0.04, "method": "t", "prompts": 32, "seeds": 3,
+                "note": "", "kl_coef": 5.0, "kl_bank_size": 4, "kl_bank_per_step": 1, "seq_estimator": estimator}
+
+    levels = pd.DataFrame([level("ref_pi_seq", 0.75, "k1"), level("ref_pi_reward", 0.86, "k1"),
+                           level("ref_pi_seq", 0.97, "exact"), level("ref_pi_reward", 0.86, "exact")])
+    comparisons = pd.DataFrame([comparison(-0.11, "k1"), comparison(0.11, "exact")])
+    claims = {c.id: c for c in pilot_claims(levels, comparisons)}
+    k1, exact = claims["pilot_kl_coef_5_seq_keeps"], claims["pilot_kl_coef_5_seq_keeps_exact"]
+    assert "75.0%" in k1.sentence() and "exact" not in k1.sentence() and "ref_pi_reward >" in k1.verdict
+    assert "97.0%" in exact.sentence() and "exact sequence-level estimator" in exact.sentence()
+    assert "at or above the mark" in exact.sentence() and "ref_pi_seq >" in exact.verdict and exact.headline

@@ -112,17 +112,21 @@ def per_prompt_table(study: Study, study_dir: Path, matched_runs: pd.DataFrame |
 
 
 def _guarded(values: pd.Series, seeds: pd.Series, prompts: pd.Series):
-    """t over seed means; with two seeds also the t interval over prompts of the seed-averaged values, and the
-    wider of the two: a t interval from two seed means can be near zero width by chance (two close means)."""
+    """t over seed means; with several seeds also the t interval over prompts of the seed-averaged values, and the
+    wider of the two: a t interval from a few seed means can be near zero width by chance (two close means; three
+    seeds that each lose the same few reference samples give exactly zero width)."""
     from rlhf_interp.core.stats import Interval, mean_interval, seeds_interval
 
     iv = seeds_interval(values, seeds)
-    if seeds.nunique() != 2:
+    k = seeds.nunique()
+    if k < 2:
         return iv
     over = mean_interval(values.groupby(prompts.to_numpy()).mean())
+    if over.low >= iv.low and over.high <= iv.high:
+        return iv
     return Interval(iv.value, min(iv.low, over.low), max(iv.high, over.high), iv.level,
-                    "wider of t over 2 seed means and t over prompts", iv.n,
-                    "two seeds: the wider of the seed and the prompt interval")
+                    f"wider of t over {k} seed means and t over prompts", iv.n,
+                    f"{k} seeds: the wider of the seed and the prompt interval")
 
 
 def levels_and_comparisons(prompts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

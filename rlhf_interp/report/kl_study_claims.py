@@ -185,42 +185,56 @@ def _seed_words(seeds: int) -> str:
     return "one seed" if int(seeds) == 1 else f"{int(seeds)} seeds"
 
 
+SEQ_ESTIMATOR_WORDS = {"k1": "", "exact": ", the exact sequence-level estimator (the reference's whole next-token "
+                                           "distribution at its own states, not only its sampled token)"}
+
+
 def pilot_claims(levels: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]:
-    """The stronger-coefficient pilots: per setting (coefficient, bank size, bank samples per step) with both
-    placements, `coverage_question`'s sentence; a setting with the sequence-level penalty alone, its coverage. The
-    paired pilot with the largest coefficient is a headline claim; the seed count is read from the data."""
+    """The stronger-coefficient pilots: per setting (coefficient, bank size, bank samples per step, the sequence-level
+    penalty's estimator) with both placements, `coverage_question`'s sentence; a setting with the sequence-level
+    penalty alone, its coverage. The paired pilots with the largest coefficient or the exact estimator are headline
+    claims; the seed count is read from the data."""
     if levels is None or levels.empty:
         return []
     out = []
-    setting = ["kl_coef", "kl_bank_size", "kl_bank_per_step"]
-    levels = levels.assign(kl_bank_per_step=levels.get("kl_bank_per_step", 1)).fillna({"kl_bank_per_step": 1})
-    comparisons = (comparisons.assign(kl_bank_per_step=comparisons.get("kl_bank_per_step", 1))
-                   .fillna({"kl_bank_per_step": 1}) if comparisons is not None and len(comparisons)
+    setting = ["kl_coef", "kl_bank_size", "kl_bank_per_step", "seq_estimator"]
+
+    def with_defaults(table: pd.DataFrame) -> pd.DataFrame:
+        table = table.assign(kl_bank_per_step=table.get("kl_bank_per_step", 1), seq_estimator=table.get(
+            "seq_estimator", "k1"))
+        return table.fillna({"kl_bank_per_step": 1, "seq_estimator": "k1"})
+
+    levels = with_defaults(levels)
+    comparisons = (with_defaults(comparisons) if comparisons is not None and len(comparisons)
                    else pd.DataFrame(columns=setting))
     paired = {k for k, _ in comparisons.groupby(setting)} if len(comparisons) else set()
     top = max((k[0] for k in paired), default=None)
-    for (coef, bank, per_step), g in levels.groupby(setting):
+    for (coef, bank, per_step, estimator), g in levels.groupby(setting):
         tag = f"{coef:g}".replace(".", "_")
         seeds = _seed_words(g["seeds"].min())
-        if (coef, bank, per_step) in paired and set(g["penalty"]) >= {"ref_pi_seq", "ref_pi_reward"}:
+        if (coef, bank, per_step, estimator) in paired and set(g["penalty"]) >= {"ref_pi_seq", "ref_pi_reward"}:
             c = comparisons[(comparisons["kl_coef"] == coef) & (comparisons["kl_bank_size"] == bank)
-                            & (comparisons["kl_bank_per_step"] == per_step)]
-            bank_words = "" if per_step == 1 else f", {int(per_step)} of {int(bank)} bank samples per step"
+                            & (comparisons["kl_bank_per_step"] == per_step) & (comparisons["seq_estimator"] == estimator)]
+            bank_words = ("" if per_step == 1 else f", {int(per_step)} of {int(bank)} bank samples per step") + \
+                SEQ_ESTIMATOR_WORDS.get(estimator, f", estimator {estimator}")
             out.append(coverage_question(
-                g, c, 2, 2, cid=f"pilot_kl_coef_{tag}_seq_keeps" + ("" if per_step == 1 else f"_per_step_{int(per_step)}"),
+                g, c, 2, 2, cid=f"pilot_kl_coef_{tag}_seq_keeps" + ("" if per_step == 1 else f"_per_step_{int(per_step)}")
+                + ("" if estimator == "k1" else f"_{estimator}"),
                 lead="Pilot with kl_coef {beta}{bank_words}, {seeds} per placement: ",
                 extra={"beta": f"{coef:g}", "bank_words": bank_words, "seeds": seeds},
-                headline=bool(coef == top)))
+                headline=bool(coef == top or estimator != "k1")))
             continue
         for r in g[g["metric"] == "kept_10x"].itertuples():
             iv = Interval(r.value, r.low, r.high, method=r.method, n=_n(r.prompts, r.per_prompt, r.seeds),
                           note=str(r.note if isinstance(r.note, str) else ""))
             out.append(Claim.estimate(
-                f"pilot_kl_coef_{tag}_bank_{int(bank)}_per_step_{int(per_step)}_{r.penalty}_kept",
-                "Pilot with kl_coef {beta}, {per_step} of {bank} reference-bank samples per prompt in each step, "
-                "{seeds}: {penalty} keeps {value} {ci} of the reference's samples within {tenfold}× likelihood "
-                "({n}{caveat}).", iv, fmt=".1%",
+                f"pilot_kl_coef_{tag}_bank_{int(bank)}_per_step_{int(per_step)}_{r.penalty}_kept"
+                + ("" if estimator == "k1" else f"_{estimator}"),
+                "Pilot with kl_coef {beta}, {per_step} of {bank} reference-bank samples per prompt in each step"
+                "{estimator_words}, {seeds}: {penalty} keeps {value} {ci} of the reference's samples within {tenfold}× "
+                "likelihood ({n}{caveat}).", iv, fmt=".1%",
                 params={"beta": f"{coef:g}", "bank": str(int(bank)), "per_step": str(int(per_step)),
                         "penalty": r.penalty, "tenfold": 10, "caveat": _caveat(iv.n),
+                        "estimator_words": SEQ_ESTIMATOR_WORDS.get(estimator, f", estimator {estimator}"),
                         "seeds": _seed_words(r.seeds)}, headline=bool(per_step > 1)))
     return out

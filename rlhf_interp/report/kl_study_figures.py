@@ -157,20 +157,25 @@ def figure_pilots(main_levels: pd.DataFrame, pilot_levels: pd.DataFrame, main_co
     """Share of the reference's samples kept within 10x likelihood at the end of training against the coefficient:
     the main study (3 seeds) at its coefficient, the one-seed pilots at stronger ones; 95% intervals; the 95% mark."""
     main = main_levels[(main_levels["at"] == "end") & (main_levels["metric"] == "kept_10x")].assign(
-        kl_coef=main_coef, kl_bank_per_step=1)
+        kl_coef=main_coef, kl_bank_per_step=1, seq_estimator="k1")
     rows = pd.concat([main, pilot_levels[pilot_levels["metric"] == "kept_10x"]], ignore_index=True)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     rows["kl_bank_per_step"] = rows["kl_bank_per_step"].fillna(1).astype(int)
-    for (penalty, per_step), g in rows[rows["penalty"].isin(["ref_pi_seq", "ref_pi_reward"])].groupby(
-            ["penalty", "kl_bank_per_step"]):
-        g = g.sort_values("kl_coef")
+    rows["seq_estimator"] = rows.get("seq_estimator", pd.Series("k1", index=rows.index)).fillna("k1")
+    rows.loc[rows["penalty"] != "ref_pi_seq", "seq_estimator"] = "k1"  # the estimator names the sequence term's
+    for (penalty, per_step, estimator), g in rows[rows["penalty"].isin(["ref_pi_seq", "ref_pi_reward"])].groupby(
+            ["penalty", "kl_bank_per_step", "seq_estimator"]):
+        g = g.sort_values("kl_coef").drop_duplicates("kl_coef")  # ref_pi_reward runs shared by two pilots: once
         style = COLORS[penalty]
-        label = penalty + (f" ({per_step} bank sample{'s' if per_step > 1 else ''} per step)"
-                           if penalty == "ref_pi_seq" else "")
-        ax.errorbar(g["kl_coef"] * (1.08 if per_step != 1 else 1.0), g["value"] * 100,
-                    yerr=[(g["value"] - g["low"]) * 100, (g["high"] - g["value"]) * 100], color=style["color"],
-                    marker="s" if per_step != 1 else style.get("marker", "o"), ls="--" if per_step != 1 else "-",
-                    capsize=3, label=label)
+        exact = estimator != "k1"
+        label = penalty + (f" ({'exact, ' if exact else ''}{per_step} bank sample{'s' if per_step > 1 else ''} per "
+                           "step)" if penalty == "ref_pi_seq" else "")
+        shift = 1.16 if exact else 1.08 if per_step != 1 else 1.0
+        ax.errorbar(g["kl_coef"] * shift, g["value"] * 100,
+                    yerr=[(g["value"] - g["low"]) * 100, (g["high"] - g["value"]) * 100],
+                    color="black" if exact else style["color"],
+                    marker="D" if exact else "s" if per_step != 1 else style.get("marker", "o"),
+                    ls=":" if exact else "--" if per_step != 1 else "-", capsize=3, label=label)
     ax.axhline(95, color="grey", ls=":", lw=1, label="the 95% mark")
     ax.set_ylim(top=100)
     ax.set_xscale("log")
@@ -187,15 +192,20 @@ def pilot_section(report, main_levels: pd.DataFrame, pilot_levels: pd.DataFrame,
     """The stronger-coefficient pilots on the page (nothing when none has finished)."""
     if pilot_levels is None or pilot_levels.empty:
         return
-    seeds = pilot_levels.fillna({"kl_bank_per_step": 1}).groupby(["kl_coef", "kl_bank_per_step"])["seeds"].min()
+    levels = pilot_levels.assign(seq_estimator=pilot_levels.get("seq_estimator", "k1"))
+    seeds = (levels.fillna({"kl_bank_per_step": 1, "seq_estimator": "k1"})
+             .groupby(["kl_coef", "kl_bank_per_step", "seq_estimator"])["seeds"].min())
     seed_words = "; ".join(f"kl_coef {c:g}" + ("" if k == 1 else f" with {int(k)} bank samples per step")
-                           + f": {int(n)} seed{'s' if n > 1 else ''}" for (c, k), n in seeds.items())
+                           + ("" if e == "k1" else f" with the {e} sequence-level estimator")
+                           + f": {int(n)} seed{'s' if n > 1 else ''}" for (c, k, e), n in seeds.items())
     report.section("Stronger coefficients (pilots)")
     report.figure("pilots", figure_pilots(main_levels, pilot_levels, main_coef), caption=(
         "Reference samples kept within 10x likelihood at the end of training against the coefficient. At the main "
         f"study's coefficient: 3 seeds (t over seed means). Pilots: {seed_words} (several seeds: t over seed means; "
         "one seed: t over the evaluation prompts, seed-to-seed variation not included). Squares, dashed: the "
-        "sequence-level penalty averaging the labelled number of bank samples per prompt in each step."))
+        "sequence-level penalty averaging the labelled number of bank samples per prompt in each step. Black "
+        "diamonds, dotted: the sequence-level penalty with the exact estimator (the reference's whole next-token "
+        "distribution at each of its sampled states; the others use k1, the sampled token only)."))
     report.table("pilot_levels", pilot_levels, title="Pilots: coverage and X's rate at the end, per penalty "
                  "(95% intervals)", show=20)
     if pilot_comparisons is not None and len(pilot_comparisons):
