@@ -26,12 +26,12 @@ def _training() -> Training:
     return Training(PPOTrainer, PPOConfig)
 
 
-STUDY = replace(Study.tiny(), tasks=("suppress",), seeds=(0, 1), phases=4, eval_every=2, behaviour="capital")
+STUDY = replace(Study.tiny(), tasks=("suppress",), seeds=(0, 1), phases=2, eval_every=1, behaviour="capital")
 
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
-    """The tiny study, trained once: base, every run to 4 phases (evaluations at 2 and 4)."""
+    """The tiny study, trained once: base, every run to 2 phases (evaluations at 1 and 2)."""
     d = tmp_path_factory.mktemp("kl_study") / "study"
     run_base(STUDY, d)
     for name in STUDY.run_names():
@@ -54,12 +54,12 @@ def test_base_step_measures_x_on_the_evaluation_samples(study_dir):
 def test_a_run_resumed_in_parts_reproduces_the_uninterrupted_one(study_dir, tmp_path):
     parts = tmp_path / "parts"
     shutil.copytree(study_dir / "base", parts / "base")
-    train_run(replace(STUDY, phases=2), parts, "suppress-ref_pi_seq-s0", _training(), progress=False)
+    train_run(replace(STUDY, phases=1), parts, "suppress-ref_pi_seq-s0", _training(), progress=False)
     train_run(STUDY, parts, "suppress-ref_pi_seq-s0", _training(), progress=False)
     for log in ("metrics.jsonl", "probes.jsonl"):
         a = pd.read_json(study_dir / "runs" / "suppress-ref_pi_seq-s0" / log, lines=True)
         b = pd.read_json(parts / "runs" / "suppress-ref_pi_seq-s0" / log, lines=True)
-        assert list(b["phase"]) == [1, 2, 3, 4]
+        assert list(b["phase"]) == [1, 2]
         for col in ("reward_mean", "kl_pi_ref_per_token") if log == "metrics.jsonl" else ("x_rate", "distinct_2"):
             assert b[col].tolist() == pytest.approx(a[col].tolist(), abs=1e-5), (log, col)
 
@@ -67,9 +67,9 @@ def test_a_run_resumed_in_parts_reproduces_the_uninterrupted_one(study_dir, tmp_
 def test_tables_hold_per_prompt_values_intervals_and_paired_comparisons(study_dir):
     tables = collect_tables(STUDY, study_dir)
     evals = tables["evals"]
-    assert sorted(evals["updates"].unique()) == [0, 2, 4] and len(evals) == 3 * len(PENALTIES) * len(STUDY.seeds)
+    assert sorted(evals["updates"].unique()) == [0, 1, 2] and len(evals) == 3 * len(PENALTIES) * len(STUDY.seeds)
     assert (evals.loc[evals["updates"] == 0, "lost_100x"] == 0).all()
-    assert (evals.loc[evals["updates"] == 4, "kl_pi_ref_per_token"] > 0).any()
+    assert (evals.loc[evals["updates"] == STUDY.phases, "kl_pi_ref_per_token"] > 0).any()
     prompts = tables["per_prompt"]
     end = prompts[prompts["at"] == "end"]
     assert len(end) == STUDY.eval_prompts * (1 + len(PENALTIES) * len(STUDY.seeds))
