@@ -152,10 +152,13 @@ def render(report_dir: Path):
     config = read_config(report_dir)
     per_run, per_n, pairs = (read_table(report_dir, t) for t in ("per_run", "per_n", "pairs"))
     target = float(config.get("target", TARGET))
-    best, facts = fz.best_n_claim(per_run, target)
-    claims = [best, *fz.per_n_claims(per_n)]
+    unit = "periods" if config.get("reward", "char_count") == "char_count" else "reward"
+    best, facts = fz.best_n_claim(per_run, target, unit=unit)
+    claims = [best, *fz.per_n_claims(per_n, unit=unit), fz.cpu_claim(per_run)]
     report = Report.at(report_dir, "Freezing the first N layers: which N buys the most reward per nat",
-                       source=__file__, claims=claims)
+                       source=__file__, claims=claims,
+                       question="How many of the first transformer blocks should PPO freeze to buy the most reward "
+                                "per nat of KL from the base model?")
     seeds = ", ".join(f"N={int(r.n)}: {int(r.seeds)}" for r in per_n.itertuples())
     report.text(
         f"PPO on the period task (`{config.get('config', CONFIG)}` with `freeze_layers=N`, `seed=S`, "
@@ -168,6 +171,11 @@ def render(report_dir: Path):
         "the base model (paired by prompt) divided by its mean KL: one value per run. Per N the interval is "
         "Student's t over the seeds; Ns are compared seed by seed (paired by seed).")
     report.section("Reward per nat per N")
+    report.figure("per_nat", per_nat_figure(per_run, per_n, unit),
+                  caption=f"Reward gain over the base model per nat of KL, per N: each seed's run (dots) and the mean "
+                          f"over seeds with its 95% t interval over seeds (bar; none with one seed). Best: N="
+                          f"{facts.get('first', '-')}; the claim compares it with N={facts.get('second', '-')} "
+                          f"seed by seed.")
     report.table("per_n", per_n, title="Per N, over seeds",
                  caption="Per N: the mean over seeds of each run's reward per nat, reward gain and KL, with the 95% t "
                          "interval over seeds (blank with one seed).")
@@ -180,6 +188,30 @@ def render(report_dir: Path):
                          "by prompt, reward per nat, training seconds (sum of `seconds` in metrics.jsonl) and the "
                          "measuring CPU seconds.")
     return report
+
+
+def per_nat_figure(per_run: pd.DataFrame, per_n: pd.DataFrame, unit: str):
+    """Per N: each run's reward per nat and the mean over seeds with its t interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    xs = {int(n): i for i, n in enumerate(sorted(per_n["n"]))}
+    for r in per_run.itertuples():
+        ax.plot(xs[int(r.n)] + 0.08 * (int(r.seed) - 1), r.reward_per_nat, "o", color="0.55", ms=4)
+    for r in per_n.itertuples():
+        low, high = r.reward_per_nat_low, r.reward_per_nat_high
+        err = [[r.reward_per_nat - low], [high - r.reward_per_nat]] if np.isfinite(low) else None
+        ax.errorbar(xs[int(r.n)] + 0.25, r.reward_per_nat, yerr=err, fmt="s", color="C0", capsize=4, ms=6)
+    ax.set_xticks(list(xs.values()), [f"N={n}" for n in xs])
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.set_xlabel("first N blocks frozen")
+    ax.set_ylabel(f"{unit} gained per nat of KL")
+    fig.tight_layout()
+    return fig
 
 
 def report(args) -> None:

@@ -166,7 +166,8 @@ def pairwise_table(per_run: pd.DataFrame, column: str = "reward_per_nat") -> pd.
     return pd.DataFrame(rows)
 
 
-def best_n_claim(per_run: pd.DataFrame, target: float, column: str = "reward_per_nat") -> tuple[Claim, dict]:
+def best_n_claim(per_run: pd.DataFrame, target: float, column: str = "reward_per_nat", unit: str = "periods"
+                 ) -> tuple[Claim, dict]:
     """"Which N buys the most per nat": the N with the highest mean over seeds against the runner-up, paired by
     seed. Decided when the interval excludes 0; otherwise bounded by the largest difference not ruled out, which
     meets the target when it is within ``target``. A claim not measured when fewer than two Ns share two seeds.
@@ -188,13 +189,13 @@ def best_n_claim(per_run: pd.DataFrame, target: float, column: str = "reward_per
     goal = "decided" if v.decided else ("bounded within the target" if met else "the target not met")
     claim = Claim.compare(
         "freezing_best_n", "most reward per nat: `N` = {first} frozen layers, ahead of `N` = {second} by {value} "
-        "periods per nat {ci} (paired by seed, {n}); {verdict}; target ±{target}: {goal}",
+        "{unit} per nat {ci} (paired by seed, {n}); {verdict}; target ±{target}: {goal}",
         diff, f"N={first}", f"N={second}", params={"first": first, "second": second, "target": float(target),
-                                                   "goal": goal})
+                                                   "goal": goal, "unit": unit})
     return claim, {"first": first, "second": second, "decided": v.decided, "bound": v.bound, "target_met": met}
 
 
-def per_n_claims(per_n: pd.DataFrame) -> list[Claim]:
+def per_n_claims(per_n: pd.DataFrame, unit: str = "periods") -> list[Claim]:
     """One estimate per N with at least two seeds: its reward per nat, mean over seeds with a t interval."""
     out = []
     for r in per_n.itertuples():
@@ -203,11 +204,22 @@ def per_n_claims(per_n: pd.DataFrame) -> list[Claim]:
         iv = stats.Interval(r.reward_per_nat, r.reward_per_nat_low, r.reward_per_nat_high, method="t over seeds",
                             n={"seeds": int(r.seeds), "prompts": int(r.prompts),
                                "samples_per_prompt": int(r.samples_per_prompt)})
-        out.append(Claim.estimate(f"freezing_n{int(r.n)}_per_nat", "`N` = {frozen} frozen layers: {value} periods "
-                                  "of reward gain per nat of KL {ci} (mean over seeds, {n})", iv,
-                                  params={"frozen": int(r.n)}, headline=False))
+        out.append(Claim.estimate(f"freezing_n{int(r.n)}_per_nat", "`N` = {frozen} frozen layers: {value} {unit} "
+                                  "gained per nat of KL {ci} (mean over seeds, {n})", iv,
+                                  params={"frozen": int(r.n), "unit": unit}, headline=False))
     return out
 
 
-__all__ = ["best_n_claim", "finished", "pairwise_table", "parse_run_name", "per_n_claims", "per_n_table",
+def cpu_claim(per_run: pd.DataFrame) -> Claim:
+    """What the study cost: training seconds (the runs' logged phase seconds) and measuring CPU seconds, summed
+    over the runs and per run."""
+    train = per_run["train_seconds"].astype(float)
+    measure = per_run["measure_cpu_seconds"].astype(float)
+    return Claim.fact("freezing_cpu", "cost: {train} s of training ({per_run} s per run, one thread) and {measure} s "
+                      "of measuring CPU over {runs} runs", params={"train": round(float(train.sum())),
+                      "per_run": round(float(train.mean())), "measure": round(float(measure.sum())),
+                      "runs": len(per_run)}, n={"runs": len(per_run)}, headline=False)
+
+
+__all__ = ["best_n_claim", "cpu_claim", "finished", "pairwise_table", "parse_run_name", "per_n_claims", "per_n_table",
            "per_run_table", "prompt_means", "run_name", "run_seconds", "study_runs", "train_or_resume"]
