@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from rlhf_interp.frontier import freezing as fz
+from rlhf_interp.ppo import train_to as tt
+from rlhf_interp.report import freezing_claims as fc
 
 NAME = "freezing"
 NS, SEEDS, PHASES = (0, 10, 20, 25), (0, 1, 2), 12
@@ -67,15 +68,10 @@ def train(args) -> None:
         overrides = [f"freeze_layers={n}", f"seed={seed}", f"phases={args.phases}", "keep_checkpoints=1",
                      *args.set]
         start, cpu = time.perf_counter(), time.process_time()
-        how = fz.train_or_resume(args.config, run_dir, overrides, args.phases)
-        if how != "done" and not args.keep_state:
-            latest = fz.finished(run_dir, args.phases) and sorted(run_dir.glob("checkpoint-*"))[-1]
-            state = latest / "trainer_state.pt" if latest else None
-            if state is not None and state.exists():
-                state.unlink()  # the optimiser's state: only needed to train on, and the disk is short
+        how = tt.train_or_resume(args.config, run_dir, overrides, args.phases, keep_state=args.keep_state)
         print(f"{time.strftime('%H:%M:%S')} {name}: {how}"
               + ("" if how == "done" else f" ({time.perf_counter() - start:.0f} s, {time.process_time() - cpu:.0f} s "
-                                          f"CPU in this call; {fz.run_seconds(run_dir):.0f} s logged)"), flush=True)
+                                          f"CPU in this call; {tt.run_seconds(run_dir):.0f} s logged)"), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- measure
@@ -90,13 +86,14 @@ def report_split(seed: int, size: int) -> list[str]:
 
 def measure(args) -> None:
     from rlhf_interp.bridge import RunDir, load_model
+    from rlhf_interp.core.io import atomic_write_json
     from rlhf_interp.frontier.new_methods import Setup
     from rlhf_interp.frontier.v3_round import Round
     from rlhf_interp.measure.capability import load_capability_texts, text_nll
 
     work = args.runs / "measure"
     work.mkdir(parents=True, exist_ok=True)
-    runs = [(name, n, seed) for name, n, seed in selected(args) if fz.finished(args.runs / name, args.phases)]
+    runs = [(name, n, seed) for name, n, seed in selected(args) if tt.finished(args.runs / name, args.phases)]
     texts = load_capability_texts(args.capability_texts, seed=args.seed).texts if args.capability_texts else []
     base = load_model(args.base, frozen=True)
     cap_path = work / "base_capability.csv"
@@ -105,9 +102,9 @@ def measure(args) -> None:
     setup = Setup(base, report_split(args.seed, args.report_prompts), [], args.reward, args.max_new_tokens, args.seed,
                   args.samples, texts, pd.read_csv(cap_path) if len(texts) else None)
     rnd = Round(setup, work, [])
-    json.dump({"base": args.base, "report_prompts": args.report_prompts, "samples_per_prompt": args.samples,
-               "seed": args.seed, "max_new_tokens": args.max_new_tokens, "reward": args.reward,
-               "capability_texts": len(texts)}, open(work / "setup.json", "w"), indent=1)
+    atomic_write_json(work / "setup.json", {
+        "base": args.base, "report_prompts": args.report_prompts, "samples_per_prompt": args.samples, "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens, "reward": args.reward, "capability_texts": len(texts)})
     rnd.measure("base", {"method": "base model", "kind": "base", "setting": "no change"}, base)
     for name, n, seed in runs:
         run = RunDir(args.runs / name)
@@ -116,10 +113,10 @@ def measure(args) -> None:
             continue
         tuned = load_model(run.checkpoint(step), device=base.cfg.device, frozen=True)
         rnd.measure(name, {"method": f"PPO first {n} layers frozen", "kind": "freezing", "n": n, "seed": seed,
-                           "step": step, "run": str(args.runs / name), "train_seconds": fz.run_seconds(run.path)},
+                           "step": step, "run": str(args.runs / name), "train_seconds": tt.run_seconds(run.path)},
                     tuned, None, reference=base)
         del tuned
-    missing = [name for name, _, _ in selected(args) if not fz.finished(args.runs / name, args.phases)]
+    missing = [name for name, _, _ in selected(args) if not tt.finished(args.runs / name, args.phases)]
     if missing:
         print(f"not finished, not measured: {', '.join(missing)}", flush=True)
 
@@ -153,8 +150,8 @@ def render(report_dir: Path):
     per_run, per_n, pairs = (read_table(report_dir, t) for t in ("per_run", "per_n", "pairs"))
     target = float(config.get("target", TARGET))
     unit = "periods" if config.get("reward", "char_count") == "char_count" else "reward"
-    best, facts = fz.best_n_claim(per_run, target, unit=unit)
-    claims = [best, *fz.per_n_claims(per_n, unit=unit), fz.cpu_claim(per_run)]
+    best, facts = fc.best_n_claim(per_run, target, unit=unit)
+    claims = [best, *fc.per_n_claims(per_n, unit=unit), fc.cpu_claim(per_run)]
     report = Report.at(report_dir, "Freezing the first N layers: which N buys the most reward per nat",
                        source=__file__, claims=claims,
                        question="How many of the first transformer blocks should PPO freeze to buy the most reward "

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 
 from rlhf_interp.frontier import freezing as fz
+from rlhf_interp.ppo import train_to as tt
+from rlhf_interp.report import freezing_claims as fc
 from rlhf_interp.report.claims import check_claims
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,9 +59,9 @@ def test_train_freezes_skips_finished_runs_and_resumes_a_killed_one(study, tmp_p
     module, runs, _ = study
     for name in ("N0_s0", "N1_s0", "N0_s1", "N1_s1"):
         run = runs / name
-        assert fz.finished(run, 2) and [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000002"]
+        assert tt.finished(run, 2) and [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000002"]
         assert not (run / "checkpoint-000002" / "trainer_state.pt").exists()  # a finished run's optimiser: deleted
-        assert len(metrics(run)) == 2 and fz.run_seconds(run) > 0
+        assert len(metrics(run)) == 2 and tt.run_seconds(run) > 0
     config = (runs / "N1_s1" / "config.yaml").read_text()
     assert "freeze_layers: 1" in config and "seed: 1" in config and "phases: 2" in config
     capsys.readouterr()
@@ -138,16 +140,16 @@ def planted(values: dict[int, list[float]]) -> pd.DataFrame:
 
 
 def test_best_n_claim_is_decided_bounded_or_not_measured():
-    decided, facts = fz.best_n_claim(planted({0: [0.1, 0.2, 0.15], 10: [1.3, 1.42, 1.35], 20: [1.0, 1.1, 1.02]}),
+    decided, facts = fc.best_n_claim(planted({0: [0.1, 0.2, 0.15], 10: [1.3, 1.42, 1.35], 20: [1.0, 1.1, 1.02]}),
                                      0.15)
     assert facts["first"] == 10 and facts["second"] == 20 and facts["decided"] and facts["target_met"]
     assert decided.verdict.startswith("N=10 > N=20, decided") and decided.n["seeds"] == 3
-    close, facts = fz.best_n_claim(planted({10: [1.30, 1.42, 1.35], 20: [1.29, 1.43, 1.33]}), 0.15)
+    close, facts = fc.best_n_claim(planted({10: [1.30, 1.42, 1.35], 20: [1.29, 1.43, 1.33]}), 0.15)
     assert not facts["decided"] and facts["target_met"] and facts["bound"] < 0.15
     assert "target met" not in close.sentence() and "bounded within the target" in close.sentence()
-    wide, facts = fz.best_n_claim(planted({10: [0.5, 1.9, 1.2], 20: [1.2, 0.6, 1.3]}), 0.15)
+    wide, facts = fc.best_n_claim(planted({10: [0.5, 1.9, 1.2], 20: [1.2, 0.6, 1.3]}), 0.15)
     assert not facts["decided"] and not facts["target_met"] and "the target not met" in wide.sentence()
-    early, facts = fz.best_n_claim(planted({0: [0.1], 10: [1.3]}), 0.15)
+    early, facts = fc.best_n_claim(planted({0: [0.1], 10: [1.3]}), 0.15)
     assert early.kind == "not_measured" and not facts["target_met"]
     for claim in (decided, close, wide, early):
         check_claims([claim])
