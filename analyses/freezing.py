@@ -139,7 +139,7 @@ def collect(args) -> dict[str, pd.DataFrame]:
     if per_run.empty:
         raise SystemExit("no run is measured yet: run `python analyses/freezing.py measure` after training.")
     per_run = per_run.sort_values(["n", "seed"]).reset_index(drop=True)
-    return {"per_run": per_run, "per_n": fz.per_n_table(per_run), "pairs": fz.pairwise_table(per_run)}
+    return {"per_run": per_run, "per_n": fz.per_n_table(per_run), "pairs": fz.pairwise_table(per_run, target=TARGET)}
 
 
 def render(report_dir: Path):
@@ -158,12 +158,13 @@ def render(report_dir: Path):
                                 "per nat of KL from the base model?")
     seeds = ", ".join(f"N={int(r.n)}: {int(r.seeds)}" for r in per_n.itertuples())
     report.text(
-        f"PPO on the period task (`{config.get('config', CONFIG)}` with `freeze_layers=N`, `seed=S`, "
+        f"PPO (`{config.get('config', CONFIG)}` with `freeze_layers=N`, `seed=S`, "
         f"`phases={config.get('phases', PHASES)}`; its adaptive KL controller kept) with the first N transformer "
         f"blocks frozen; seeds per N: {seeds}. Each run's last checkpoint is measured like the frontier v3 round's "
         f"fine-tuning points: {config.get('report_prompts')} report prompts x {config.get('samples_per_prompt')} "
         f"samples of {config.get('max_new_tokens')} new tokens at temperature 1 with sampling seed "
-        f"{config.get('seed')} for every run and for the base model (common random numbers); reward = periods, KL = "
+        f"{config.get('seed')} for every run and for the base model (common random numbers); reward = "
+        f"{'the number of periods' if unit == 'periods' else '`' + str(config.get('reward')) + '`'}, KL = "
         "the exact KL(tuned || base) summed over each continuation. A run's reward per nat is its reward gain over "
         "the base model (paired by prompt) divided by its mean KL: one value per run. Per N the interval is "
         "Student's t over the seeds; Ns are compared seed by seed (paired by seed).")
@@ -179,7 +180,9 @@ def render(report_dir: Path):
     report.table("pairs", pairs, title="Pairs of N, paired by seed",
                  caption="Reward per nat of N=a minus N=b over the seeds both have, with the 95% t interval over "
                          "those seeds and the verdict (decided, or the largest difference not ruled out). The "
-                         f"target is ±{target:g} periods per nat.")
+                         f"target is ±{target:g} {unit} per nat; `sd`: the spread of the per-seed differences, "
+                         "`seeds_for_target`: the seeds a t interval with that spread needs to be within the target "
+                         "(the sizing of a next round; an estimate from few seeds).")
     report.table("per_run", per_run, title="Every run",
                  caption="One row per run: reward and KL with t intervals over prompts, the gain over the base paired "
                          "by prompt, reward per nat, training seconds (sum of `seconds` in metrics.jsonl) and the "

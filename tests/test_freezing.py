@@ -116,6 +116,8 @@ def test_report_tables_claim_and_rebuild_from_csvs(study, tmp_path):
     assert len(pairs) == 1 and pairs.loc[0, "seeds"] == 2
     wide = per_run.pivot(index="seed", columns="n", values="reward_per_nat")
     np.testing.assert_allclose(pairs.loc[0, "difference"], (wide[0] - wide[1]).mean())
+    np.testing.assert_allclose(pairs.loc[0, "sd"], (wide[0] - wide[1]).std(ddof=1))
+    assert pairs.loc[0, "seeds_for_target"] == fz.seeds_for(pairs.loc[0, "sd"], 0.15)
 
     manifest = json.loads((out / "report.json").read_text())
     claims = {c.id: c for c in check_claims(manifest["claims"])}
@@ -132,6 +134,13 @@ def test_report_tables_claim_and_rebuild_from_csvs(study, tmp_path):
     module.main(["report", "--from-csv", "--root", str(copy.parent)])
     assert (copy / "README.md").read_text() == (out / "README.md").read_text()
     assert json.loads((copy / "report.json").read_text())["claims"] == manifest["claims"]
+
+
+def test_seeds_for_target_sizes_the_t_interval():
+    # t(0.975, n - 1) * sd / sqrt(n) <= target: with sd = target, n = 7 (2.45 <= 2.65) and not 6 (2.57 > 2.45)
+    assert fz.seeds_for(0.15, 0.15) == 7
+    assert fz.seeds_for(0.0, 0.15) == 2 and fz.seeds_for(0.3, 0.15) > 7
+    assert fz.seeds_for(100.0, 0.15, most=50) == 51
 
 
 def planted(values: dict[int, list[float]]) -> pd.DataFrame:

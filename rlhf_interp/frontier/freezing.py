@@ -100,9 +100,24 @@ def per_n_table(per_run: pd.DataFrame, columns: Sequence[str] = ("reward_per_nat
     return pd.DataFrame(rows)
 
 
-def pairwise_table(per_run: pd.DataFrame, column: str = "reward_per_nat") -> pd.DataFrame:
+def seeds_for(sd: float, target: float, level: float = stats.LEVEL, most: int = 1000) -> int:
+    """The fewest seeds whose t interval of a mean (df = seeds - 1) has half-width <= ``target`` when the per-seed
+    values spread with ``sd``: the sizing of the next round from this one's noise (``most`` + 1 when even
+    ``most`` seeds would not do; 2 when the spread is 0)."""
+    from scipy.stats import t
+
+    for n in range(2, most + 1):
+        if t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n) <= target:
+            return n
+    return most + 1
+
+
+def pairwise_table(per_run: pd.DataFrame, column: str = "reward_per_nat", target: float | None = None
+                   ) -> pd.DataFrame:
     """Every pair of Ns (a < b): ``a - b`` of ``column`` over the seeds both have, paired by seed, with its 95% t
-    interval over seeds and the verdict (`rlhf_interp.core.stats.verdict`)."""
+    interval over seeds and the verdict (`rlhf_interp.core.stats.verdict`); with ``target``, the standard
+    deviation of the per-seed differences and the seeds it would take to bring the half-width within ``target``
+    (`seeds_for`)."""
     wide = per_run.pivot_table(index="seed", columns="n", values=column, aggfunc="mean")
     rows = []
     for a, b in itertools.combinations(sorted(wide.columns), 2):
@@ -114,9 +129,12 @@ def pairwise_table(per_run: pd.DataFrame, column: str = "reward_per_nat") -> pd.
             row.update(difference=iv.value, low=iv.low if math.isfinite(iv.low) else math.nan,
                        high=iv.high if math.isfinite(iv.high) else math.nan, decided=v.decided,
                        bound=v.bound if math.isfinite(v.bound) else math.nan, verdict=v.text)
+        if target is not None and len(both) >= 2:
+            sd = float((both[a] - both[b]).std(ddof=1))
+            row.update(sd=sd, seeds_for_target=seeds_for(sd, target))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-__all__ = ["pairwise_table", "parse_run_name", "per_n_claims", "per_n_table",
-           "per_run_table", "prompt_means", "run_name", "study_runs"]
+__all__ = ["pairwise_table", "parse_run_name", "per_n_table", "per_run_table", "prompt_means", "run_name", "seeds_for",
+           "study_runs"]
