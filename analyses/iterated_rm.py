@@ -1,7 +1,7 @@
 """Iterated online RLHF, measured: the same PPO budget against a frozen reward model and against the same RM
 refreshed every N phases on labelled pairs of the policy's own samples (Bai et al. 2022; issue 20).
 
-    python analyses/iterated_rm.py                                  # SmolLM2, sized for ~25 min of a quiet 2-core CPU
+    python analyses/iterated_rm.py                                  # SmolLM2, 4 seeds: ~40 CPU-min (one thread)
     python analyses/iterated_rm.py --rm runs/reward_hacking/rm      # reuse reward_hacking.py's RM (and its pairs)
     python analyses/iterated_rm.py --model tiny-test --char e --ppo-config configs/tiny.yaml --n-pairs 40 \\
         --heldout 32 --ppo-phases 4 --refresh-every 2 --refresh-pairs 8 --root /tmp/reports   # seconds-long smoke
@@ -46,7 +46,7 @@ from rlhf_interp.report.rebuild import rerender
 from rlhf_interp.reward.hacking import PPO_OVERRIDES
 
 # CPU-sized, after reward_hacking.py's defaults: half its batch, the last 6 of SmolLM2's 30 blocks trained, so the
-# lr is doubled (fewer samples, fewer weights); ~25 min of one core for the whole default study.
+# lr is doubled (fewer samples, fewer weights); ~40 min of one core for the whole default study (4 seeds).
 STUDY_OVERRIDES = ["batch_size=8", "freeze_layers=24", "lr=1e-4"]
 SETTINGS = ("frozen", "refreshed")
 PROBES = [".", "?", "!", "\n"]
@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ppo-phases", type=int, default=12)
     p.add_argument("--ppo-set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"PPO overrides after reward_hacking.py's defaults and {STUDY_OVERRIDES} (repeatable)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="PPO seeds (each runs both settings)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                   help="PPO seeds (each runs both settings; 4: a t interval over seeds with 3 degrees of freedom)")
     p.add_argument("--refresh-every", type=int, default=3, help="rm_refresh_every of the refreshed runs")
     p.add_argument("--refresh-pairs", type=int, default=32)
     p.add_argument("--refresh-epochs", type=int, default=2)
