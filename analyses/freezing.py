@@ -167,7 +167,11 @@ def render(report_dir: Path):
         f"{'the number of periods' if unit == 'periods' else '`' + str(config.get('reward')) + '`'}, KL = "
         "the exact KL(tuned || base) summed over each continuation. A run's reward per nat is its reward gain over "
         "the base model (paired by prompt) divided by its mean KL: one value per run. Per N the interval is "
-        "Student's t over the seeds; Ns are compared seed by seed (paired by seed).")
+        "Student's t over the seeds; Ns are compared seed by seed (paired by seed). **Read with care:** the runs "
+        "share a training budget (phases), not a KL budget, so each N ends at its own KL (the `kl_exact_mean` column), "
+        "and reward per nat is not constant along a run: where reward grows slower than KL (as on the PPO "
+        "trajectories of `edit_vs_finetune`), a run that ends at a smaller KL scores more per nat whatever its N. "
+        "This table answers 'per nat after 12 phases'; reward at equal KL needs each run read at a common budget.")
     report.section("Reward per nat per N")
     report.figure("per_nat", per_nat_figure(per_run, per_n, unit),
                   caption=f"Reward gain over the base model per nat of KL, per N: each seed's run (dots) and the mean "
