@@ -49,3 +49,16 @@ DEVICES = [pytest.param("cpu", id="cpu"),
 def device(request) -> str:
     """``"cpu"``, then ``"cuda"`` when a GPU is present (skipped otherwise)."""
     return request.param
+
+
+# The files whose tests run longest (the README's blocks, which continue each other and so run on one worker; then
+# the crash and training tests) are handed out first: pytest-xdist's `--dist loadfile` gives whole files to the
+# workers in collection order, and a long file collected last would leave the other worker idle at the end.
+# The order is fixed (same on every worker, as xdist requires); the tests inside each file keep theirs.
+_LONG_FIRST = ("test_readme.py", "test_ppo_trainer.py", "test_algorithms.py", "test_crash_safety.py",
+               "test_bad_inputs.py", "test_rm_refresh.py", "test_patching.py", "test_generation.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
