@@ -189,6 +189,14 @@ SEQ_ESTIMATOR_WORDS = {"k1": "", "exact": ", the exact sequence-level estimator 
                                            "distribution at its own states, not only its sampled token)"}
 
 
+def with_pilot_defaults(table: pd.DataFrame) -> pd.DataFrame:
+    """A pilot table with its setting columns filled: pilots written before a column existed ran with its default
+    (one bank sample per step, the k1 sequence estimator)."""
+    table = table.assign(kl_bank_per_step=table.get("kl_bank_per_step", 1), seq_estimator=table.get("seq_estimator",
+                                                                                                    "k1"))
+    return table.fillna({"kl_bank_per_step": 1, "seq_estimator": "k1"})
+
+
 def pilot_claims(levels: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]:
     """The stronger-coefficient pilots: per setting (coefficient, bank size, bank samples per step, the sequence-level
     penalty's estimator) with both placements, `coverage_question`'s sentence; a setting with the sequence-level
@@ -198,14 +206,8 @@ def pilot_claims(levels: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]
         return []
     out = []
     setting = ["kl_coef", "kl_bank_size", "kl_bank_per_step", "seq_estimator"]
-
-    def with_defaults(table: pd.DataFrame) -> pd.DataFrame:
-        table = table.assign(kl_bank_per_step=table.get("kl_bank_per_step", 1), seq_estimator=table.get(
-            "seq_estimator", "k1"))
-        return table.fillna({"kl_bank_per_step": 1, "seq_estimator": "k1"})
-
-    levels = with_defaults(levels)
-    comparisons = (with_defaults(comparisons) if comparisons is not None and len(comparisons)
+    levels = with_pilot_defaults(levels)
+    comparisons = (with_pilot_defaults(comparisons) if comparisons is not None and len(comparisons)
                    else pd.DataFrame(columns=setting))
     paired = {k for k, _ in comparisons.groupby(setting)} if len(comparisons) else set()
     top = max((k[0] for k in paired), default=None)

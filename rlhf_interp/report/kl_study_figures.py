@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_interp.measure.kl_study import ALL_PENALTIES, PENALTY_LABEL
+from rlhf_interp.report.kl_study_claims import with_pilot_defaults
 from rlhf_interp.report.plots import plt, series_style  # plots picks the backend before pyplot loads
 
 COLORS = {p: series_style(i) for i, p in enumerate(ALL_PENALTIES)}
@@ -160,8 +161,8 @@ def figure_pilots(main_levels: pd.DataFrame, pilot_levels: pd.DataFrame, main_co
         kl_coef=main_coef, kl_bank_per_step=1, seq_estimator="k1")
     rows = pd.concat([main, pilot_levels[pilot_levels["metric"] == "kept_10x"]], ignore_index=True)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    rows["kl_bank_per_step"] = rows["kl_bank_per_step"].fillna(1).astype(int)
-    rows["seq_estimator"] = rows.get("seq_estimator", pd.Series("k1", index=rows.index)).fillna("k1")
+    rows = with_pilot_defaults(rows)
+    rows["kl_bank_per_step"] = rows["kl_bank_per_step"].astype(int)
     rows.loc[rows["penalty"] != "ref_pi_seq", "seq_estimator"] = "k1"  # the estimator names the sequence term's
     for (penalty, per_step, estimator), g in rows[rows["penalty"].isin(["ref_pi_seq", "ref_pi_reward"])].groupby(
             ["penalty", "kl_bank_per_step", "seq_estimator"]):
@@ -192,9 +193,7 @@ def pilot_section(report, main_levels: pd.DataFrame, pilot_levels: pd.DataFrame,
     """The stronger-coefficient pilots on the page (nothing when none has finished)."""
     if pilot_levels is None or pilot_levels.empty:
         return
-    levels = pilot_levels.assign(seq_estimator=pilot_levels.get("seq_estimator", "k1"))
-    seeds = (levels.fillna({"kl_bank_per_step": 1, "seq_estimator": "k1"})
-             .groupby(["kl_coef", "kl_bank_per_step", "seq_estimator"])["seeds"].min())
+    seeds = with_pilot_defaults(pilot_levels).groupby(["kl_coef", "kl_bank_per_step", "seq_estimator"])["seeds"].min()
     seed_words = "; ".join(f"kl_coef {c:g}" + ("" if k == 1 else f" with {int(k)} bank samples per step")
                            + ("" if e == "k1" else f" with the {e} sequence-level estimator")
                            + f": {int(n)} seed{'s' if n > 1 else ''}" for (c, k, e), n in seeds.items())
