@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 PRECISION_BYTES = {"fp32": 4, "bf16": 2}
+# Profiler op names whose self time is matrix multiplication (dense layers, attention, their backward's mm calls).
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention",
+              "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 PROMPT_TOKENS = 12  # ~ prompt tokens with BOS in the bundled prompts (the FLOP count's sequence = this + new tokens)
 
 
@@ -119,6 +123,26 @@ def phase_limits(counts: dict, work: dict, seconds: dict, peaks: dict, bandwidth
                    "fraction_of_limit": update_limit / seconds["update"]},
         "limit_seconds": rollout_limit + update_limit, "fraction_of_limit": (rollout_limit + update_limit) / phase,
     }
+
+
+def matmul_share(run) -> dict:
+    """Run ``run()`` once under torch's profiler and return the share of its CPU time spent in matmul kernels.
+
+    Why: the FLOP limit assumes every matmul at the square-matrix peak; a phase's matmuls have smaller shapes
+    (8-16 rows at decoding) and run slower. The measured share says what the phase would take if everything
+    else took no time at all (``share x its seconds``): a floor no change short of fewer FLOPs or faster
+    kernels can beat, and so the largest ratio against another trainer that such changes could reach."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return {"matmul_share": matmul / total if total else float("nan"), "threads": torch.get_num_threads(),
+            "top_ops": [{"op": e.key, "share": e.self_cpu_time_total / total} for e in top]}
 
 
 def param_counts(trainer, freeze_layers: int) -> dict[str, float]:

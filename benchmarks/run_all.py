@@ -141,6 +141,10 @@ def _ratio_text(pair: dict) -> str:
         details.append(f"TRL {trl:.1f} s / ours {ours:.1f} s per update")
     parts = [f"{v} {k.replace('_', ' ')}" for k, v in n.items() if v is not None]
     details.append("n = " + ", ".join(parts) if parts else "n not recorded")
+    floor = pair.get("matmul_floor")
+    if floor:  # what our phase's matmuls alone take: the ratio no non-matmul saving can pass
+        details.append(f"matmuls are {100 * floor['matmul_share']:.0f}% of our phase, so at most "
+                       f"{floor['ratio_ceiling']:.2f}x with these FLOPs and kernels")
     return f"{text} ({'; '.join(details)})"
 
 

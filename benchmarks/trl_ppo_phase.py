@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _bench_common import RESULTS, median, ratio_interval, report_to_parent, run_child, set_threads, write_result
-from _limits import machine_peaks, memory_bandwidth, param_counts, phase_limits
+from _limits import machine_peaks, matmul_share, memory_bandwidth, param_counts, phase_limits
 
 EPOCHS, MINIBATCHES, KL_COEF, LR = 2, 2, 0.05, 1e-5
 DEFAULT_PAIR = ("bf16", "fp32")  # ours, TRL: the first comparison this script made (issue 17), mixed precision
@@ -74,8 +74,10 @@ def run_ours(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
         counts = param_counts(trainer, config.freeze_layers)
         head = sum(p.numel() for p in trainer.head.parameters())
         history = trainer.train()
+        profiled = matmul_share(trainer.run_phase)  # one more phase, profiled: the share of it in matmuls
     return {"seconds": [m["seconds"] for m in history], "rollout_seconds": [m["rollout_seconds"] for m in history],
-            "trainable_policy_params": counts["n_trainable"], "trainable_value_params": head, "counts": counts}
+            "trainable_policy_params": counts["n_trainable"], "trainable_value_params": head, "counts": counts,
+            "matmul": profiled}
 
 
 def run_trl(updates: int, batch: int, new_tokens: int, precision: str) -> dict:
@@ -179,9 +181,15 @@ def comparison(ours: list[float], trl: list[float], ours_precision: str, trl_pre
 
 
 def summarize(samples: dict[tuple[str, str], list[float]], rollout: dict[str, list[float]], params: dict,
-              counts: dict, args: argparse.Namespace, pairs_mode: bool, peaks: dict, bandwidth: dict) -> dict:
+              counts: dict, args: argparse.Namespace, pairs_mode: bool, peaks: dict, bandwidth: dict,
+              shares: dict[str, list[float]] | None = None) -> dict:
     """The result body from the run's samples: keyed ``(side, precision)`` seconds per update, our rollout
-    seconds per precision, trainable counts, our parameter counts; the machine's peaks and bandwidth."""
+    seconds per precision, trainable counts, our parameter counts; the machine's peaks and bandwidth; ``shares``:
+    per precision, the share of a profiled phase of ours spent in matmuls (one per process).
+
+    Each pair also gets ``matmul_floor``: our median phase x our matmul share (the phase if only its matmuls took
+    time) and ``ratio_ceiling`` = TRL's median / that floor, the largest ratio that removing every non-matmul cost
+    could reach with the same FLOPs and kernels; ``target_within_ceiling`` says whether the pair's target is."""
     trl_malloc = args.trl_malloc or pairs_mode
     if pairs_mode:
         wanted = [(p, p) for p in args.precisions]
@@ -190,6 +198,14 @@ def summarize(samples: dict[tuple[str, str], list[float]], rollout: dict[str, li
     else:
         wanted = [(args.precision, args.trl_precision)]
     pairs = [comparison(samples[("ours", o)], samples[("trl", t)], o, t, trl_malloc, args.rounds) for o, t in wanted]
+    for pair in pairs:
+        share = (shares or {}).get(pair["ours_precision"]) or []
+        if share:
+            floor = median(share) * pair["ours_seconds_median"]
+            target = TARGETS.get((pair["ours_precision"], pair["trl_precision"]), 2.0)
+            pair["matmul_floor"] = {"matmul_share": median(share), "shares": share, "seconds": floor,
+                                    "ratio_ceiling": pair["trl_seconds_median"] / floor, "target": target,
+                                    "target_within_ceiling": pair["trl_seconds_median"] / floor >= target}
     main_pair = pairs[0]
     quoted = args.batch == 16 and args.new_tokens == 24
     limits = {}
@@ -275,6 +291,7 @@ def main() -> None:
              else [("ours", args.precision), ("trl", args.trl_precision)])
     samples: dict[tuple[str, str], list[float]] = {side: [] for side in sides}
     rollout: dict[str, list[float]] = {p: [] for w, p in sides if w == "ours"}
+    shares: dict[str, list[float]] = {p: [] for w, p in sides if w == "ours"}
     params: dict[str, dict] = {}
     counts: dict = {}
     for r in range(args.rounds):
@@ -283,17 +300,24 @@ def main() -> None:
             samples[(which, precision)] += out["seconds"][1:]
             if which == "ours":
                 rollout[precision] += out["rollout_seconds"][1:]
+                if "matmul" in out:
+                    shares[precision].append(out["matmul"]["matmul_share"])
                 counts = out["counts"]
             params[which] = {k: v for k, v in out.items() if k.startswith("trainable")}
             print(f"round {r + 1}: {which:4s} {precision} " + " ".join(f"{t:.1f}" for t in out["seconds"])
                   + " s (first = warm-up)")
-    body = summarize(samples, rollout, params, counts, args, pairs_mode, peaks, bandwidth)
+    body = summarize(samples, rollout, params, counts, args, pairs_mode, peaks, bandwidth, shares)
     print()
     for pair in body["pairs"]:
         lo, hi = pair["trl_ratio_ci95"]
         print(f"ours {pair['ours_precision']} vs TRL {pair['trl_precision']}: median seconds per update ours "
               f"{pair['ours_seconds_median']:.2f}, TRL {pair['trl_seconds_median']:.2f} -> TRL/ours = "
               f"{pair['trl_ratio']:.2f}x [{lo:.2f}, {hi:.2f}] (n = {pair['n']['updates_per_side']} per side)")
+        if "matmul_floor" in pair:
+            f = pair["matmul_floor"]
+            print(f"  matmuls are {100 * f['matmul_share']:.0f}% of our phase: {f['seconds']:.2f} s if nothing else "
+                  f"took time -> at most {f['ratio_ceiling']:.2f}x TRL with these FLOPs and kernels "
+                  f"(target {f['target']:g}x)")
     for precision, lim in body["limits"].items():
         rollout_part, update_part = lim["rollout"]["fraction_of_limit"], lim["update"]["fraction_of_limit"]
         print(f"ours {precision}: {100 * lim['fraction_of_flop_limit']:.0f}% of the FLOP limit; rollout "

@@ -128,8 +128,9 @@ def test_trl_headline_is_equal_precision_only_with_n_and_interval(run_all):
                ("ours", "bf16"): [4.5, 4.6, 4.8, 4.5, 4.7, 4.6], ("trl", "bf16"): [15.5, 15.6, 15.4, 15.7, 15.5, 15.6]}
     rollout = {"fp32": [3.0] * 6, "bf16": [2.0] * 6}
     counts = {"n_params": 134_515_008, "n_trainable": 134_515_008, "n_backprop": 134_515_008}
+    shares = {"fp32": [0.80, 0.82, 0.81], "bf16": [0.60, 0.62, 0.58]}  # one profiled phase per process
     body = trl_ppo_phase.summarize(samples, rollout, {}, counts, args, True, {"fp32": 295.0, "bf16": 1709.0},
-                                   {"gbs": 20.0})
+                                   {"gbs": 20.0}, shares)
     assert body["same_allocator"] and body["trl_ratio_fp32"] == pytest.approx(15.05 / 8.6)
     assert body["trl_ratio_bf16"] == pytest.approx(15.55 / 4.6)
     assert [(p["ours_precision"], p["trl_precision"]) for p in body["pairs"]] == [("fp32", "fp32"), ("bf16", "bf16"),
@@ -137,6 +138,10 @@ def test_trl_headline_is_equal_precision_only_with_n_and_interval(run_all):
     for pair in body["pairs"]:
         low, high = pair["trl_ratio_ci95"]
         assert low <= pair["trl_ratio"] <= high and pair["n"]["updates_per_side"] == 6
+    fp32_floor = body["pairs"][0]["matmul_floor"]  # 81% of 8.6 s in matmuls: TRL's 15.05 s is <= 2.16x that
+    assert fp32_floor["seconds"] == pytest.approx(0.81 * 8.6)
+    assert fp32_floor["ratio_ceiling"] == pytest.approx(15.05 / (0.81 * 8.6))
+    assert not fp32_floor["target_within_ceiling"] and body["pairs"][1]["matmul_floor"]["target_within_ceiling"]
     for lim in body["limits"].values():  # FLOP and bandwidth limits of our phase at each precision
         for fraction in (lim["fraction_of_flop_limit"], lim["fraction_of_limit"], lim["rollout"]["fraction_of_limit"],
                          lim["update"]["fraction_of_limit"]):
@@ -151,6 +156,7 @@ def test_trl_headline_is_equal_precision_only_with_n_and_interval(run_all):
     fp32, bf16 = (_cells(r) for r in headline)
     assert fp32[1].startswith(f"{15.05 / 8.6:.2f}x TRL's throughput [95%: ") and "n = 6 updates per side" in fp32[1]
     assert bf16[1].startswith(f"{15.55 / 4.6:.2f}x TRL's throughput [95%: ")
+    assert f"matmuls are 81% of our phase, so at most {15.05 / (0.81 * 8.6):.2f}x" in fp32[1]
     assert (fp32[2], fp32[3], bf16[2], bf16[3]) == (">= 2.5x", "**no**", ">= 4x", "**no**")
     assert all(c[5].startswith("**no** (noisy: load 3.1 on 2 cores)") for c in (fp32, bf16))
     mixed_ratio = f"{body['pairs'][2]['trl_ratio']:.2f}x"  # ours bf16 vs TRL fp32: 15.05 / 4.6
@@ -158,6 +164,19 @@ def test_trl_headline_is_equal_precision_only_with_n_and_interval(run_all):
     assert not any(mixed_ratio in r or "mixed" in r for r in headline)  # never a mixed figure in the headline
     assert any("mixed precision: ours bf16 vs TRL fp32" in r and mixed_ratio in r for r in rows
                if r.startswith("| Secondary"))
+
+
+def test_matmul_share_tells_a_matmul_from_elementwise_work(monkeypatch):
+    """The profiled share behind the ratio ceiling: ~all of a run of matmuls, ~none of a run of elementwise ops."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    limits = importlib.import_module("_limits")
+    a = torch.randn(256, 256)
+    matmuls = limits.matmul_share(lambda: [a @ a for _ in range(20)])
+    elementwise = limits.matmul_share(lambda: [a.exp().sin() for _ in range(20)])
+    assert matmuls["matmul_share"] > 0.9 and elementwise["matmul_share"] < 0.05
+    assert matmuls["top_ops"][0]["op"] == "aten::mm"
 
 
 def test_machine_peaks_come_from_learn_step_results(tmp_path, monkeypatch):
@@ -212,7 +231,7 @@ def test_trl_ppo_phase_alternates_four_sides_and_writes_the_headline_file(tmp_pa
         out = {"seconds": seconds, "trainable_policy_params": 134_515_008, "trainable_value_params": 1}
         if which == "ours":
             out.update(rollout_seconds=[2.0] * 3, counts={"n_params": 134_515_008, "n_trainable": 134_515_008,
-                                                          "n_backprop": 134_515_008})
+                                                          "n_backprop": 134_515_008}, matmul={"matmul_share": 0.5})
         return out
 
     monkeypatch.setattr(trl_ppo_phase, "spawn", spawn)
@@ -227,6 +246,7 @@ def test_trl_ppo_phase_alternates_four_sides_and_writes_the_headline_file(tmp_pa
         assert body["trl_ratio_fp32"] == pytest.approx(15.0 / 8.6, rel=0.02)
         assert body["headline"]["what"].startswith("PPO phase vs TRL 1.12 at equal precision")
         assert set(body["limits"]) == {"fp32", "bf16"}
+        assert body["pairs"][0]["matmul_floor"]["shares"] == [0.5, 0.5]  # one profiled phase per ours process
         calls.clear()
         monkeypatch.setattr(sys, "argv", ["trl_ppo_phase.py", "--rounds", "1", "--updates", "3"])
         trl_ppo_phase.main()  # the old mixed default: its own file, the headline's untouched
