@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import traceback
-import re
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,17 +54,30 @@ LAYERS: dict[str, float] = {
     "cli": 8, "__main__": 9,                              # the command line
     "__init__": 10,                                       # the root facade (lazy re-exports)
 }
-# Third-party modules imported once before the forks (ours never: that is what an import cycle needs to show). The
-# submodules our modules import at their top (transformer_lens.model_bridge alone takes seconds) are here too, or
-# every child would import them again.
-PRELOAD = ("torch", "numpy", "pandas", "jaxtyping", "tqdm", "yaml", "safetensors", "safetensors.torch", "einops",
-           "transformers", "transformers.models.llama.modeling_llama", "transformer_lens",
-           "transformer_lens.model_bridge", "transformer_lens.hook_points", "matplotlib", "matplotlib.pyplot",
-           "scipy.stats")
+# Third-party modules the fork server imports before its forks, besides those our modules import at their top (found
+# in the source, `top_level_imports`). Ours never: that is what an import cycle needs to show.
+PRELOAD = ("torch", "numpy", "pandas", "transformers", "transformer_lens", "matplotlib.pyplot", "scipy.stats")
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading the source
+
+
+@lru_cache(maxsize=None)
+def _parse_text(text: str) -> tuple[ast.Module, tuple[ast.AST, ...]]:
+    tree = ast.parse(text)
+    return tree, tuple(n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom, ast.Call)))
+
+
+def parse(path: Path) -> ast.Module:
+    """The file's syntax tree, parsed once per distinct text (the checks read every file many times over;
+    nothing here edits a tree)."""
+    return _parse_text(path.read_text())[0]
+
+
+def import_nodes(path: Path) -> tuple[ast.AST, ...]:
+    """The file's imports and calls, anywhere in it (what the graph is read from), found once per distinct text."""
+    return _parse_text(path.read_text())[1]
 
 
 def discover(root: Path = ROOT) -> dict[str, Path]:
@@ -101,7 +118,7 @@ def lazy_tables(modules: dict[str, Path]) -> dict[str, dict[str, str]]:
     tables: dict[str, dict[str, str]] = {}
     for name, path in modules.items():
         table = {}
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in import_nodes(path):
             if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "names_from" and node.args
                     and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)):
                 target = node.args[0].value
@@ -129,7 +146,7 @@ def module_edges(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
         return _known(target, modules)
 
     for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in import_nodes(path):
             found: list[str | None] = []
             if isinstance(node, ast.Import):
                 found = [resolve(a.name, None) for a in node.names if a.name.startswith(PACKAGE)]
@@ -201,16 +218,12 @@ def statement_edges(modules: dict[str, Path] | None = None) -> dict[str, set[str
     # keep a lazy target only when a statement imports it too
     out = {}
     for name, targets in edges.items():
-        stated = set()
-        for node in ast.walk(ast.parse(modules[name].read_text())):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                stated.add(node)
         out[name] = {t for t in targets if t not in lazy.get(name, set()) or _imports_directly(modules[name], t)}
     return out
 
 
 def _imports_directly(path: Path, target: str) -> bool:
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in import_nodes(path):
         if isinstance(node, ast.Import) and any(a.name == target for a in node.names):
             return True
         if isinstance(node, ast.ImportFrom) and node.module and (
@@ -312,7 +325,64 @@ def write_layout(root: Path = ROOT, *, check: bool = False) -> list[Path]:
 # Importing each module alone
 
 
-def _import_alone(module: str) -> str | None:
+def top_level_imports(modules: dict[str, Path] | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """``(module, names)`` of every import of a module not ours that runs when one of ours is imported: the
+    statements at a file's top (also inside its top-level ``if``/``try``/``with``), not those in functions."""
+    modules = modules or discover()
+    found: set[tuple[str, tuple[str, ...]]] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                found.update((a.name, ()) for a in node.names if a.name.split(".")[0] != PACKAGE)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 0 and node.module and node.module.split(".")[0] not in (PACKAGE, "__future__"):
+                    found.add((node.module, tuple(a.name for a in node.names)))
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for block in (node.body, getattr(node, "orelse", []), getattr(node, "finalbody", []),
+                              *(h.body for h in getattr(node, "handlers", []))):
+                    visit(block)
+
+    for path in modules.values():
+        visit(parse(path).body)
+    return sorted(found)
+
+
+def _preload(modules: dict[str, Path]) -> None:
+    """Import what our modules import at their top, names included (a package's lazy attribute, like
+    ``transformers.AutoTokenizer``, loads its submodule only when taken), so no child imports it again."""
+    for name, attrs in [(lib, ()) for lib in PRELOAD] + top_level_imports(modules):
+        try:
+            module = importlib.import_module(name)
+            for attr in attrs:
+                if attr != "*" and not hasattr(module, attr):
+                    importlib.import_module(f"{name}.{attr}")
+        except Exception:  # noqa: BLE001 - a missing or broken library: the child importing it reports that
+            pass
+
+
+def _use_compiled(modules: dict[str, Path]) -> None:
+    """Compile our source once, here: the import system's ``get_code`` returns it to every child. Without this,
+    each child compiles every module it imports (under ``PYTHONDONTWRITEBYTECODE``, or with no writable
+    ``__pycache__``, no child's compiling is kept): about half of the children's user CPU time."""
+    from importlib.machinery import SourceFileLoader
+
+    codes = {}
+    for path in modules.values():
+        try:
+            codes[os.path.realpath(path)] = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        except (SyntaxError, ValueError):  # the child compiles it again and reports the error
+            pass
+    real = SourceFileLoader.get_code
+
+    def get_code(self, fullname):
+        code = codes.get(os.path.realpath(self.path))
+        return code if code is not None else real(self, fullname)
+
+    SourceFileLoader.get_code = get_code
+
+
+def _import_alone(module: str, extra_path: str | None = None) -> str | None:
     """In a forked child with none of our modules loaded: import ``module``; the error text or None."""
     read, write = os.pipe()
     pid = os.fork()
@@ -320,6 +390,8 @@ def _import_alone(module: str) -> str | None:
         os.close(read)
         code = 0
         try:
+            if extra_path:
+                sys.path.insert(0, extra_path)
             __import__(module)
         except BaseException:  # noqa: BLE001 - report anything, including SystemExit
             os.write(write, traceback.format_exc().encode()[-4000:])
@@ -330,23 +402,67 @@ def _import_alone(module: str) -> str | None:
     with os.fdopen(read, "rb") as handle:
         message = handle.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
-    return message or None if os.waitstatus_to_exitcode(status) == 0 else (message or f"exit status {status}")
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    return message or f"exit status {status}"
+
+
+class FreshImporter:
+    """A fork server for `fresh_imports`: one interpreter imports the third-party libraries our modules import at
+    their top and compiles our source (seconds, once), then forks one child per module, which imports that module
+    with none of rlhf_interp loaded. Keep one open to check several lists of modules for the preload's price once.
+
+        with FreshImporter() as importer:
+            failed = importer.run(["rlhf_interp.core.io"])
+    """
+
+    def __init__(self) -> None:
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen([sys.executable, __file__, "--_fork-imports"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True, cwd=ROOT)
+
+    def run(self, modules: list[str], extra_path: str | None = None) -> dict[str, str]:
+        """``{module: error}`` for each of ``modules`` that fails to import alone; ``extra_path`` goes first on
+        the children's ``sys.path``."""
+        try:
+            self._proc.stdin.write(json.dumps({"modules": modules, "path": extra_path}) + "\n")
+            self._proc.stdin.flush()
+            answer = self._proc.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
+        if not answer:
+            self._stderr.seek(0)
+            raise RuntimeError(f"import checker crashed:\n{self._stderr.read().decode(errors='replace')[-4000:]}")
+        return json.loads(answer)
+
+    def close(self) -> None:
+        if self._proc.stdin and not self._proc.stdin.closed:
+            self._proc.stdin.close()
+        self._proc.wait(timeout=60)
+        self._stderr.close()
+
+    def __enter__(self) -> "FreshImporter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def fresh_imports(modules: list[str] | None = None, *, subprocess_each: bool = False,
-                  extra_path: str | None = None) -> dict[str, str]:
+                  extra_path: str | None = None, importer: FreshImporter | None = None) -> dict[str, str]:
     """Import every module alone; ``{module: error}`` for those that fail.
 
-    Default: one fresh interpreter preloads the third-party libraries (`PRELOAD`), then forks once per
-    module, so each module is imported with none of rlhf_interp loaded (what an import cycle needs to
-    show) without paying torch's import time per module. ``subprocess_each``: a new interpreter per
-    module (slow; the strictest form). ``extra_path`` is prepended to ``PYTHONPATH``.
+    Default: a `FreshImporter` (``importer``, or a new one for this call) forks once per module from an
+    interpreter that has imported the third-party libraries, so each module is imported with none of rlhf_interp
+    loaded (what an import cycle needs to show) without paying torch's import time per module.
+    ``subprocess_each``: a new interpreter per module (slow; the strictest form). ``extra_path`` is put first on
+    the path.
     """
     modules = modules if modules is not None else sorted(discover())
-    env = dict(os.environ)
-    if extra_path:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH")) if p)
     if subprocess_each:
+        env = dict(os.environ)
+        if extra_path:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH")) if p)
         failed = {}
         for m in modules:
             run = subprocess.run([sys.executable, "-c", f"import {m}"], capture_output=True, text=True, cwd=ROOT,
@@ -354,24 +470,29 @@ def fresh_imports(modules: list[str] | None = None, *, subprocess_each: bool = F
             if run.returncode:
                 failed[m] = run.stderr[-4000:]
         return failed
-    run = subprocess.run([sys.executable, __file__, "--_fork-imports"], input=json.dumps(modules),
-                         capture_output=True, text=True, cwd=ROOT, env=env)
-    if run.returncode not in (0, 1):
-        raise RuntimeError(f"import checker crashed:\n{run.stderr[-4000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    if importer is not None:
+        return importer.run(modules, extra_path)
+    with FreshImporter() as own:
+        return own.run(modules, extra_path)
 
 
 def _fork_imports_main() -> None:
-    modules = json.loads(sys.stdin.read())
-    for lib in PRELOAD:
-        try:
-            __import__(lib)
-        except ImportError:
-            pass
-    assert not any(m == PACKAGE or m.startswith(PACKAGE + ".") for m in sys.modules), "preload imported our code"
-    failed = {m: err for m in modules if (err := _import_alone(m))}
-    print(json.dumps(failed))
-    sys.exit(1 if failed else 0)
+    """The fork server: one JSON request a line on stdin, ``{"modules": [...], "path": ...}``; one JSON answer a
+    line, ``{module: error}``, on what was stdout (fd 1 is stderr from here, so a module's prints cannot mix in)."""
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    modules = discover()
+    _preload(modules)
+    loaded = [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]
+    assert not loaded, f"the preload imported our code: {loaded}"
+    _use_compiled(modules)
+    gc.freeze()  # the children's garbage collections leave the preloaded objects (and their pages) alone
+    for line in sys.stdin:
+        request = json.loads(line)
+        failed = {m: err for m in request["modules"] if (err := _import_alone(m, request["path"]))}
+        answers.write(json.dumps(failed) + "\n")
+        answers.flush()
+    sys.exit(0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -49,21 +49,33 @@ def test_the_checker_sees_a_cycle_and_an_upward_import():
     assert "ppo" in units["core"]
 
 
-def test_every_module_imports_alone():
+@pytest.fixture(scope="module")
+def importer():
+    """One fork server for both fresh-import tests: its preload (torch, transformers, ...) is paid once."""
+    with graph.FreshImporter() as server:
+        yield server
+
+
+def test_every_module_imports_alone(importer):
     """Each module imported first, with no other module of ours loaded, so no import order hides a cycle."""
     modules = [m for m in graph.discover() if not m.endswith("__main__")]
-    assert graph.fresh_imports(modules) == {}
+    assert graph.fresh_imports(modules, importer=importer) == {}
 
 
-def test_fresh_imports_catch_a_cycle_that_import_order_hides(tmp_path):
+def test_fresh_imports_catch_a_cycle_that_import_order_hides(tmp_path, importer):
     """c and d take names from each other at import time, so importing c first fails; a and b (b imports a
-    as a module only) import in any order. A fresh process per module is what shows this."""
+    as a module only) import in any order. A fresh process per module is what shows this (the same server
+    as above: an earlier request leaves nothing loaded in the next one's children)."""
     (tmp_path / "cyc_a.py").write_text("from cyc_b import B\nA = 1\n")
     (tmp_path / "cyc_b.py").write_text("B = 2\nimport cyc_a\n")
     (tmp_path / "cyc_c.py").write_text("from cyc_d import D\nC = 1\n")
     (tmp_path / "cyc_d.py").write_text("from cyc_c import C\nD = 2\n")
-    failed = graph.fresh_imports(["cyc_a", "cyc_b", "cyc_c"], extra_path=str(tmp_path))
+    failed = graph.fresh_imports(["cyc_a", "cyc_b", "cyc_c"], extra_path=str(tmp_path), importer=importer)
     assert set(failed) == {"cyc_c"} and "ImportError" in failed["cyc_c"]
+    # A second request to the same server: cyc_d imported first fails the same way (its cyc_c finds it
+    # half-initialised, no D yet), and a module that is not there is reported, not skipped.
+    failed = graph.fresh_imports(["cyc_d", "cyc_missing"], extra_path=str(tmp_path), importer=importer)
+    assert set(failed) == {"cyc_d", "cyc_missing"} and "ModuleNotFoundError" in failed["cyc_missing"]
 
 
 def test_packages_import_without_torch():
