@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlhf_interp.frontier import freezing as fz
-from rlhf_interp.ppo import train_to as tt
+from rlhf_interp.ppo import runs as ppo_runs
 from rlhf_interp.report import freezing_claims as fc
 
 NAME = "freezing"
@@ -63,15 +63,18 @@ def selected(args) -> list[tuple[str, int, int]]:
 
 
 def train(args) -> None:
+    from rlhf_interp.ppo import PPOConfig
+
     for name, n, seed in selected(args):
         run_dir = args.runs / name
         overrides = [f"freeze_layers={n}", f"seed={seed}", f"phases={args.phases}", "keep_checkpoints=1",
                      *args.set]
-        start, cpu = time.perf_counter(), time.process_time()
-        how = tt.train_or_resume(args.config, run_dir, overrides, args.phases, keep_state=args.keep_state)
+        config = PPOConfig.load(args.config, overrides)
+        how = ppo_runs.plan(run_dir, config.phases)
+        wall, cpu = ppo_runs.train_or_resume(config, run_dir, keep_state=args.keep_state, progress=False)
         print(f"{time.strftime('%H:%M:%S')} {name}: {how}"
-              + ("" if how == "done" else f" ({time.perf_counter() - start:.0f} s, {time.process_time() - cpu:.0f} s "
-                                          f"CPU in this call; {tt.run_seconds(run_dir):.0f} s logged)"), flush=True)
+              + ("" if how == "done" else f" ({wall:.0f} s, {cpu:.0f} s CPU in this call; "
+                                          f"{ppo_runs.run_seconds(run_dir):.0f} s logged)"), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- measure
@@ -93,7 +96,7 @@ def measure(args) -> None:
 
     work = args.runs / "measure"
     work.mkdir(parents=True, exist_ok=True)
-    runs = [(name, n, seed) for name, n, seed in selected(args) if tt.finished(args.runs / name, args.phases)]
+    runs = [(name, n, seed) for name, n, seed in selected(args) if ppo_runs.finished(args.runs / name, args.phases)]
     texts = load_capability_texts(args.capability_texts, seed=args.seed).texts if args.capability_texts else []
     base = load_model(args.base, frozen=True)
     cap_path = work / "base_capability.csv"
@@ -113,10 +116,10 @@ def measure(args) -> None:
             continue
         tuned = load_model(run.checkpoint(step), device=base.cfg.device, frozen=True)
         rnd.measure(name, {"method": f"PPO first {n} layers frozen", "kind": "freezing", "n": n, "seed": seed,
-                           "step": step, "run": str(args.runs / name), "train_seconds": tt.run_seconds(run.path)},
+                           "step": step, "run": str(args.runs / name), "train_seconds": ppo_runs.run_seconds(run.path)},
                     tuned, None, reference=base)
         del tuned
-    missing = [name for name, _, _ in selected(args) if not tt.finished(args.runs / name, args.phases)]
+    missing = [name for name, _, _ in selected(args) if not ppo_runs.finished(args.runs / name, args.phases)]
     if missing:
         print(f"not finished, not measured: {', '.join(missing)}", flush=True)
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from rlhf_interp.frontier import freezing as fz
-from rlhf_interp.ppo import train_to as tt
+from rlhf_interp.ppo import runs as ppo_runs
 from rlhf_interp.report import freezing_claims as fc
 from rlhf_interp.report.claims import check_claims
 
@@ -59,9 +59,9 @@ def test_train_freezes_skips_finished_runs_and_resumes_a_killed_one(study, tmp_p
     module, runs, _ = study
     for name in ("N0_s0", "N1_s0", "N0_s1", "N1_s1"):
         run = runs / name
-        assert tt.finished(run, 2) and [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000002"]
+        assert ppo_runs.finished(run, 2) and [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000002"]
         assert not (run / "checkpoint-000002" / "trainer_state.pt").exists()  # a finished run's optimiser: deleted
-        assert len(metrics(run)) == 2 and tt.run_seconds(run) > 0
+        assert len(metrics(run)) == 2 and ppo_runs.run_seconds(run) > 0
     config = (runs / "N1_s1" / "config.yaml").read_text()
     assert "freeze_layers: 1" in config and "seed: 1" in config and "phases: 2" in config
     capsys.readouterr()

@@ -6,7 +6,7 @@ Why a module: the analyses script holds the study's choices (which Ns, seeds, ph
 mechanics below are what any "one setting, several seeds, one number per run" study of fine-tuning needs:
 
 - `run_name` / `study_runs`: the runs, seed-major (every N of seed 0 first), so a study cut short is balanced;
-- training each run: `rlhf_interp.ppo.train_to.train_or_resume` (resumed after a kill, skipped when finished);
+- training each run: `rlhf_interp.ppo.runs.train_or_resume` (resumed after a kill, skipped when finished);
 - `per_run_table`: each run's reward gain over the base model per nat of KL(tuned || base), from the per-sequence
   rows `rlhf_interp.frontier.v3_round.Round.measure` saves (the base measured on the same prompts with the same
   sampling seed, so the gain is paired prompt by prompt);
