@@ -3,23 +3,27 @@ uninterrupted run: samples.jsonl byte for byte, metrics.jsonl record for record 
 fields, which are timings), and every kept checkpoint's weights, value head and trainer state byte for byte.
 
 Each run is a child process (one torch thread). The child kills itself with SIGKILL at the named point, so no
-Python cleanup runs: ``finally`` blocks, atexit and signal handlers are skipped as in a real crash.
+Python cleanup runs: ``finally`` blocks, atexit and signal handlers are skipped as in a real crash. The children
+are forked from one server that has made the child script's own first imports (torch, the trainer: nothing it
+patches later), so no run pays ~6 s of CPU for them (tests/fork_server.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from fork_server import ForkServer
 
 TIMING_KEYS = {"seconds", "rollout_seconds", "tokens_per_second"}
 CHECKPOINT_FILES_SAME_BYTES = ("model.safetensors", "value_head.safetensors", "trainer_state.pt", "config.json",
                                "generation_config.json", "tokenizer.json", "tokenizer_config.json")
 
+# What CHILD imports before it patches anything: all the server may preload (see tests/fork_server.py).
+CHILD_IMPORTS = ["torch", "rlhf_interp.ppo.run_dir", "rlhf_interp.ppo.trainer", "safetensors.torch", "rlhf_interp.ppo"]
 CHILD = r'''
 import os, signal, sys
 from pathlib import Path
@@ -97,21 +101,24 @@ trainer.train()
 '''
 
 
-def _run(tmp: Path, run_dir: Path, mode: str, spec: str = "") -> int:
-    script = tmp / "child.py"
-    script.write_text(CHILD)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, str(script), str(run_dir), mode, spec], env=env, capture_output=True,
-                          text=True, timeout=600)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with ForkServer(CHILD_IMPORTS, tmp_path_factory.mktemp("server"), env=env) as forks:
+        yield forks
+
+
+def _run(server: ForkServer, run_dir: Path, mode: str, spec: str = "") -> int:
+    done = server.run(CHILD, run_dir, mode, spec, timeout=600)
     if done.returncode not in (0, -9):
-        raise AssertionError(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise AssertionError(f"child failed ({done.returncode}):\n{done.communicate()[1][-3000:]}")
     return done.returncode
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
+def uninterrupted(tmp_path_factory, server) -> Path:
     tmp = tmp_path_factory.mktemp("full")
-    assert _run(tmp, tmp / "run", "fresh") == 0
+    assert _run(server, tmp / "run", "fresh") == 0
     return tmp / "run"
 
 
@@ -147,14 +154,14 @@ def assert_same_outputs(full: Path, resumed: Path) -> None:
     ["mid_prune:6"],  # checkpoint-000002 renamed for deletion, not deleted
     ["torn_log:5", "mid_trim"],  # killed again while resuming, in the middle of trimming the logs
 ], ids=lambda kills: "+".join(kills))
-def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path, uninterrupted, kills):
+def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path, server, uninterrupted, kills):
     run = tmp_path / "run"
-    assert _run(tmp_path, run, "fresh", kills[0]) == -9
+    assert _run(server, run, "fresh", kills[0]) == -9
     for spec in kills[1:]:
-        assert _run(tmp_path, run, "resume", spec) == -9
+        assert _run(server, run, "resume", spec) == -9
     if kills[0].startswith("mid_checkpoint"):
         assert list(run.glob(".tmp-checkpoint-000004-*")), "the kill should have left a half-written checkpoint"
-    assert _run(tmp_path, run, "resume") == 0
+    assert _run(server, run, "resume") == 0
     assert_same_outputs(uninterrupted, run)
 
 
