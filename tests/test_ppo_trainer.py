@@ -70,53 +70,62 @@ def test_two_phase_run_writes_metrics_and_loadable_checkpoint(tmp_path):
     assert not list((tmp_path / "run").glob(".tmp-*"))  # no half-written checkpoint left behind
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    full = PPOTrainer(tiny_config(phases=3), tmp_path / "full", progress=False)
-    full.train()
+FULL_RUN = {"phases": 3, "checkpoint_every": 2}  # the run the three resume tests below compare against
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """One uninterrupted seeded run (read-only), shared by the resume tests: each compares its killed and resumed
+    run with it."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    PPOTrainer(tiny_config(**FULL_RUN), run, progress=False).train()
+    return run
+
+
+def test_resume_equals_uninterrupted(full_run, tmp_path):
     def kill_after_phase_2(trainer, metrics, rollout):
         if trainer.phase == 2:
             raise KeyboardInterrupt  # as if the process were killed right after checkpoint-000002
 
-    killed = PPOTrainer(tiny_config(phases=3), tmp_path / "resumed", callbacks=[kill_after_phase_2], progress=False)
+    killed = PPOTrainer(tiny_config(**FULL_RUN), tmp_path / "resumed", callbacks=[kill_after_phase_2], progress=False)
     with pytest.raises(KeyboardInterrupt):
         killed.train()
     assert len(_metrics(tmp_path / "resumed")) == 2
     resumed = PPOTrainer.resume(tmp_path / "resumed", progress=False)
     assert resumed.phase == 2
     resumed.train()
-    a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "resumed")
+    a, b = _metrics(full_run), _metrics(tmp_path / "resumed")
     assert len(a) == len(b) == 3
     for key in ("reward_mean", "kl_pi_ref_per_token", "entropy", "policy_loss", "value_loss"):
         assert a[2][key] == pytest.approx(b[2][key], rel=1e-5, abs=1e-7), key
 
 
-
-def test_train_or_resume_finishes_a_killed_run_and_leaves_a_finished_one(tmp_path):
-    """`rlhf_interp.ppo.runs.train_or_resume`, what the studies call: a run killed after phase 1 of 2 is resumed to
+def test_train_or_resume_finishes_a_killed_run_and_leaves_a_finished_one(full_run, tmp_path):
+    """`rlhf_interp.ppo.runs.train_or_resume`, what the studies call: a run killed after phase 1 of 3 is resumed to
     the uninterrupted run's metrics, a finished one is left alone (0 s, files untouched), and without ``reuse``
     the run starts again."""
     from rlhf_interp.ppo.runs import phases_done, train_or_resume
 
-    config = tiny_config(phases=2)
-    train_or_resume(config, tmp_path / "full", progress=False)
+    config = tiny_config(**FULL_RUN)
 
     def kill_after_phase_1(trainer, metrics, rollout):
         if trainer.phase == 1:
-            raise KeyboardInterrupt  # as if the process were killed right after checkpoint-000001
+            raise KeyboardInterrupt  # as if the process were killed right after phase 1 (the interrupt saves it)
 
     with pytest.raises(KeyboardInterrupt):
         train_or_resume(config, tmp_path / "run", callbacks=[kill_after_phase_1], progress=False)
     assert phases_done(tmp_path / "run") == 1 and phases_done(tmp_path / "nothing") == 0
     wall, cpu = train_or_resume(config, tmp_path / "run", progress=False)
     assert wall > 0 and cpu > 0
-    full, resumed = _metrics(tmp_path / "full"), _metrics(tmp_path / "run")
+    full, resumed = _metrics(full_run), _metrics(tmp_path / "run")
+    assert len(resumed) == len(full) == 3
     for key in ("reward_mean", "kl_pi_ref_per_token", "entropy", "policy_loss"):
         assert [m[key] for m in resumed] == pytest.approx([m[key] for m in full], rel=1e-5, abs=1e-7), key
     before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
     assert train_or_resume(config, tmp_path / "run", progress=False) == (0.0, 0.0)
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
     train_or_resume(tiny_config(phases=1), tmp_path / "run", reuse=False, progress=False)
-    assert phases_done(tmp_path / "run") == 1  # started again: the old two phases are gone
+    assert phases_done(tmp_path / "run") == 1  # started again: the old phases are gone
 
 
 def test_bad_reward_gives_clear_error(tmp_path):
@@ -272,16 +281,13 @@ def test_update_reuses_the_rollout_pass_for_its_first_minibatch(tmp_path, monkey
     assert len(calls) == 2 * 2 - 1  # 4 minibatches, the first one's forward pass came from the rollout
 
 
-def test_resume_after_an_unsaved_phase_and_a_torn_line_does_not_duplicate_logs(tmp_path):
-    full = PPOTrainer(tiny_config(phases=4, checkpoint_every=2), tmp_path / "full", progress=False)
-    full.train()
-
+def test_resume_after_an_unsaved_phase_and_a_torn_line_does_not_duplicate_logs(full_run, tmp_path):
     def kill_after_phase_3(trainer, metrics, rollout):
         if trainer.phase == 3:
             raise KeyboardInterrupt  # phase 3 is logged, its checkpoint never written
 
     run = tmp_path / "resumed"
-    killed = PPOTrainer(tiny_config(phases=4, checkpoint_every=2), run, callbacks=[kill_after_phase_3], progress=False)
+    killed = PPOTrainer(tiny_config(**FULL_RUN), run, callbacks=[kill_after_phase_3], progress=False)
     with pytest.raises(KeyboardInterrupt):
         killed.train()
     import shutil
@@ -294,11 +300,11 @@ def test_resume_after_an_unsaved_phase_and_a_torn_line_does_not_duplicate_logs(t
     assert resumed.phase == 2 and [m["phase"] for m in resumed.history] == [1, 2]
     resumed.train()
     for name in ("metrics.jsonl", "samples.jsonl"):
-        expected = [json.loads(line) for line in (tmp_path / "full" / name).read_text().splitlines()]
+        expected = [json.loads(line) for line in (full_run / name).read_text().splitlines()]
         got = [json.loads(line) for line in (run / name).read_text().splitlines()]
         assert [r["phase"] for r in got] == [r["phase"] for r in expected], name
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-    expected = [json.loads(line) for line in (tmp_path / "full" / "samples.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (full_run / "samples.jsonl").read_text().splitlines()]
     assert [(s["prompt"], s["completion"]) for s in samples] == [(s["prompt"], s["completion"]) for s in expected]
 
 

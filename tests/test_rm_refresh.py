@@ -8,8 +8,10 @@ its samples; the options work from the config and the CLI, and misuse is a clear
 
 from __future__ import annotations
 
+import copy
 import json
 import random
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from rlhf_interp.ppo.rm_refresh import (
     version_dir,
 )
 from rlhf_interp.reward import (
+    RewardModel,
     RewardTrainingConfig,
     finetune_reward_model,
     load_reward_model,
@@ -86,11 +89,10 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(pd.Series(a.tolist()).corr(pd.Series(b.tolist()), method="spearman"))
 
 
-def _self_labelled_refresh(rm_dir: Path, seed: int, sign: float) -> float:
-    """Fine-tune the RM on 32 fresh pairs labelled by ``sign`` x its own scores (as a refresh does); return the
-    Spearman correlation of its held-out scores before and after."""
-    rm = load_reward_model(rm_dir)
-    before = rm.score(HELD_OUT)
+def _self_labelled_refresh(rm: RewardModel, before: torch.Tensor, seed: int, sign: float) -> float:
+    """Fine-tune a copy of ``rm`` on 32 fresh pairs labelled by ``sign`` x its own scores (as a refresh does); return
+    the Spearman correlation of its held-out scores ``before`` and after."""
+    rm = copy.deepcopy(rm)  # each refresh starts from the trained RM (a copy: loading it again costs 4x as long)
     texts = [t for p in period_pairs(32, seed=seed) for t in (p.chosen, p.rejected)]
     random.Random(seed).shuffle(texts)  # pairs of unrelated texts, some of them tied in the truth
     own = (sign * rm.score(texts)).tolist()
@@ -106,8 +108,11 @@ def test_refresh_labelled_by_the_rms_own_scores_keeps_its_ranking(rm_dir):
     of 60 held-out texts stays (Spearman >= 0.94 on each of 5 pair sets; measured 0.95-0.99). Hard labels are
     not a fixed point of the Bradley-Terry loss (it wants infinite margins), hence a tolerance. The same
     refresh with the labels reversed moves the ranking (mean Spearman measured 0.86), so the check can fail."""
-    own = [_self_labelled_refresh(rm_dir, seed, 1.0) for seed in range(3, 8)]
-    reversed_ = [_self_labelled_refresh(rm_dir, seed, -1.0) for seed in range(3, 8)]
+    rm = load_reward_model(rm_dir)
+    before = rm.score(HELD_OUT)
+    own = [_self_labelled_refresh(rm, before, seed, 1.0) for seed in range(3, 8)]
+    reversed_ = [_self_labelled_refresh(rm, before, seed, -1.0) for seed in range(3, 8)]
+    assert torch.equal(rm.score(HELD_OUT), before)  # the copies were tuned, not the RM they started from
     assert min(own) >= 0.94, own
     assert sum(reversed_) / len(reversed_) <= 0.9 < sum(own) / len(own), (own, reversed_)
 
@@ -126,14 +131,19 @@ def test_any_callable_labels_a_refresh(rm_dir, tmp_path, sign):
 # ---------------------------------------------------------------------------------------------- resume
 
 
+@pytest.fixture(scope="module")
+def full_refreshed_run(rm_dir, tmp_path_factory) -> Path:
+    """The uninterrupted 4-phase refreshed run (refresh before phase 3), read-only: the resume tests compare with it."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    PPOTrainer(refresh_config(rm_dir), run, progress=False).train()
+    return run
+
+
 @pytest.mark.parametrize("kill_after", [2, 3], ids=["before-a-refresh", "after-a-refresh"])
-def test_refreshed_run_resumes_to_identical_outputs(rm_dir, tmp_path, kill_after):
+def test_refreshed_run_resumes_to_identical_outputs(rm_dir, full_refreshed_run, tmp_path, kill_after):
     """Killed right after checkpoint-<kill_after> and resumed: the same metrics, the same RM versions (tensors,
     bit for bit) and the same pairs as the uninterrupted run. After phase 2 the refresh (made before phase 3)
     is not in the checkpoint and must be redone identically; after phase 3 it must be restored from disk."""
-    full = PPOTrainer(refresh_config(rm_dir), tmp_path / "full", progress=False)
-    full.train()
-
     def kill(trainer, metrics, rollout):
         if trainer.phase == kill_after:
             raise KeyboardInterrupt
@@ -145,25 +155,25 @@ def test_refreshed_run_resumes_to_identical_outputs(rm_dir, tmp_path, kill_after
     assert resumed.phase == kill_after and resumed.rm_refresh.version == (kill_after - 1) // 2
     resumed.train()
 
-    a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "resumed")
+    a, b = _metrics(full_refreshed_run), _metrics(tmp_path / "resumed")
     assert [m["rm_version"] for m in a] == [m["rm_version"] for m in b] == [0, 0, 1, 1]
     for x, y in zip(a, b):
         assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
-    va, vb = _version_tensors(tmp_path / "full"), _version_tensors(tmp_path / "resumed")
+    va, vb = _version_tensors(full_refreshed_run), _version_tensors(tmp_path / "resumed")
     assert sorted(va) == sorted(vb) == [0, 1]
     for v in va:
         assert all(torch.equal(va[v][k], vb[v][k]) for k in va[v]), f"rm-v{v:03d} differs"
     assert not all(torch.equal(va[0][k], va[1][k]) for k in va[0])  # the refresh changed the RM
-    pairs_a = (tmp_path / "full" / VERSIONS_DIR / PAIRS_FILE).read_text()
+    pairs_a = (full_refreshed_run / VERSIONS_DIR / PAIRS_FILE).read_text()
     assert pairs_a == (tmp_path / "resumed" / VERSIONS_DIR / PAIRS_FILE).read_text()
     assert pairs_a.count('"version": 1') == 6 and pairs_a.count('"version": 0') == 48  # original data + 1 refresh
 
 
-def test_resume_refuses_to_drop_the_refreshed_rm(rm_dir, tmp_path):
-    trainer = PPOTrainer(refresh_config(rm_dir, phases=3), tmp_path / "run", progress=False)
-    trainer.train()
+def test_resume_refuses_to_drop_the_refreshed_rm(full_refreshed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_refreshed_run, run)  # a finished run with a refreshed RM (rm-v001), extended by a phase
     with pytest.raises(ValueError, match="rm_refresh_every"):  # refused (issue 26: before a model loads)
-        PPOTrainer.resume(tmp_path / "run", overrides=["rm_refresh_every=null", "phases=4"], progress=False)
+        PPOTrainer.resume(run, overrides=["rm_refresh_every=null", "phases=5"], progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- versions
