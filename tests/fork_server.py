@@ -75,21 +75,23 @@ class Child:
 
 class ForkServer:
     """One interpreter that imports ``preload`` and forks a `Child` per `spawn` (a context manager).
-    ``env``: environment variables of the server and so of every child (set before any import)."""
+    ``env``: environment variables of the server and so of every child (set before any import; None removes one)."""
 
-    def __init__(self, preload: list[str], logs: Path, env: dict[str, str] | None = None):
+    def __init__(self, preload: list[str], logs: Path, env: dict[str, str | None] | None = None):
         self.logs = Path(logs)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._count = 0
         self._stderr = open(self.logs / "server.err", "wb")
         self._proc = subprocess.Popen([sys.executable, __file__, json.dumps(preload)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0,
-                                      env={**os.environ, **(env or {})})
+                                      env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None})
 
     def spawn(self, code: str, *argv, env: dict[str, str] | None = None) -> Child:
         """Like ``subprocess.Popen([python, "-c", code, *argv], env=server's + env)``."""
         self._count += 1
         out, err = self.logs / f"{self._count}.out", self.logs / f"{self._count}.err"
+        out.touch()
+        err.touch()
         pid = self._ask({"op": "spawn", "code": code, "argv": [str(a) for a in argv], "env": env or {},
                          "out": str(out), "err": str(err)})["pid"]
         return Child(self, pid, out, err)
@@ -150,7 +152,7 @@ def _child(request: dict) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd, path in ((1, request["out"]), (2, request["err"])):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        target = os.open(path, os.O_WRONLY | os.O_TRUNC)
         os.dup2(target, fd)
         os.close(target)
     os.environ.update(request["env"])

@@ -23,6 +23,7 @@ import torch
 
 from rlhf_interp.cli import main as cli_main
 
+from fork_server import ForkServer
 from helpers import save_tiny
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -1109,38 +1110,36 @@ _WAIT_IN_TRAIN = ("import os, sys, time\n"
                   "sys.exit(main(sys.argv[1:]))\n")
 
 
-def _python(code: str, *argv, **kw):
-    import subprocess
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **kw.pop("env", {})}
-    env.pop("RLHF_INTERP_DEBUG", None)
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+# What each child script here imports before it patches anything: `rlhf_interp.reward.training` (and the torch,
+# transformers, ... it imports) is in all of them (_NO_MODEL's and _WAIT_IN_TRAIN's imports load it too), so the
+# fork server may preload it (tests/fork_server.py: never more than a child's own first imports).
+CHILD_IMPORTS = ["rlhf_interp.reward.training"]
 
 
-def _wait_ready(proc) -> None:
-    line = proc.stdout.readline()
-    while line and "READY" not in line:
-        line = proc.stdout.readline()
-    assert "READY" in line, proc.stderr.read()
+@pytest.fixture(scope="module")
+def forks(tmp_path_factory):
+    """Real processes, forked from one server that made the imports every child script starts with."""
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "RLHF_INTERP_DEBUG": None}
+    with ForkServer(CHILD_IMPORTS, tmp_path_factory.mktemp("forks"), env=env) as server:
+        yield server
 
 
-def test_second_writer_is_refused_before_a_model_loads(d, tmp_path):
+def test_second_writer_is_refused_before_a_model_loads(d, tmp_path, forks):
     """Two real `train --resume` at once: the second (and a `train --overwrite`, and a `diff --overwrite` into
     the same run) is refused by the first one's lock before it loads a model, and the first finishes the run
     with every phase once. Then two plain `train` into one new --out: the second is refused the same way."""
     run, go = tmp_path / "run", tmp_path / "go"
     shutil.copytree(d / "run", run, ignore=shutil.ignore_patterns(".rlhf-interp.lock"))
-    first = _python(_WAIT_IN_TRAIN, "train", "--resume", "--out", run, "--set", "phases=2", "--no-progress",
-                    env={"GO": str(go)})
+    first = forks.spawn(_WAIT_IN_TRAIN, "train", "--resume", "--out", run, "--set", "phases=2", "--no-progress",
+                        env={"GO": str(go)})
     try:
-        _wait_ready(first)  # it has claimed the run and loaded its models; training waits for "go"
+        first.wait_for_line("READY")  # it has claimed the run and loaded its models; training waits for "go"
         before = _tree(run)
         for argv in (["train", "--resume", "--out", run, "--set", "phases=2", "--no-progress"],
                      ["train", CONFIGS / "tiny.yaml", "--out", run, "--overwrite", "--no-progress"],
                      ["diff", "--base", "tiny-test", "--tuned", "tiny-test", "--out", run, "--overwrite"]):
-            second = _python(_NO_MODEL, *argv)
-            out, err = second.communicate(timeout=300)
+            second = forks.run(_NO_MODEL, *argv, timeout=300)
+            out, err = second.communicate()
             assert second.returncode == 2, err
             assert "being written by `train --resume`" in err and f"pid {first.pid}" in err, err
             assert "Traceback" not in err and "a model was loaded" not in err, err
@@ -1152,12 +1151,12 @@ def test_second_writer_is_refused_before_a_model_loads(d, tmp_path):
     assert [json.loads(x)["phase"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
     fresh, go2 = tmp_path / "fresh", tmp_path / "go2"
-    first = _python(_WAIT_IN_TRAIN, "train", CONFIGS / "tiny.yaml", "--out", fresh, "--no-progress",
-                    env={"GO": str(go2)})
+    first = forks.spawn(_WAIT_IN_TRAIN, "train", CONFIGS / "tiny.yaml", "--out", fresh, "--no-progress",
+                        env={"GO": str(go2)})
     try:
-        _wait_ready(first)
-        second = _python(_NO_MODEL, "train", CONFIGS / "tiny.yaml", "--out", fresh, "--no-progress")
-        _, err = second.communicate(timeout=300)
+        first.wait_for_line("READY")
+        second = forks.run(_NO_MODEL, "train", CONFIGS / "tiny.yaml", "--out", fresh, "--no-progress", timeout=300)
+        _, err = second.communicate()
         assert second.returncode == 2 and "being written by `train`" in err and "a model was loaded" not in err, err
     finally:
         go2.touch()
@@ -1165,21 +1164,42 @@ def test_second_writer_is_refused_before_a_model_loads(d, tmp_path):
     assert first.returncode == 0
 
 
+_CLI = "import sys\nfrom rlhf_interp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def _rm_argv(data: Path, out: Path) -> list:
+    return ["reward-model", "train", data, "--base", "tiny-test", "--epochs", "6", "--patience", "0", "--no-cache",
+            "--no-progress", "--out", out]
+
+
+@pytest.fixture(scope="module")
+def rm_pairs(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("rm_pairs") / "pairs.jsonl"
+    with data.open("w") as f:
+        for i in range(24):
+            f.write(json.dumps({"prompt": "p", "chosen": f"one. two. {i}.", "rejected": f"none at all {i}"}) + "\n")
+    return data
+
+
+@pytest.fixture(scope="module")
+def rm_uninterrupted(tmp_path_factory, rm_pairs, forks) -> Path:
+    """The reward model `reward-model train` writes uninterrupted, in a process like the interrupted ones (same
+    threads, same numbers); made once for both signals."""
+    whole = tmp_path_factory.mktemp("rm_whole") / "whole"
+    uninterrupted = forks.run(_CLI, *_rm_argv(rm_pairs, whole), timeout=900)
+    assert uninterrupted.returncode == 0, uninterrupted.communicate()[1]
+    return whole
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_interrupted_reward_model_train_resumes(d, tmp_path, sig):
+def test_interrupted_reward_model_train_resumes(rm_pairs, rm_uninterrupted, tmp_path, sig, forks):
     """A real `reward-model train` process stopped by Ctrl-C or SIGTERM mid-training keeps its last whole epoch and
     says how to continue; the same command plus --resume finishes it, and the model equals an uninterrupted
     run's, tensor for tensor; the log has every epoch once."""
     from safetensors.torch import load_file
 
-    data = tmp_path / "pairs.jsonl"
-    with data.open("w") as f:
-        for i in range(24):
-            f.write(json.dumps({"prompt": "p", "chosen": f"one. two. {i}.", "rejected": f"none at all {i}"}) + "\n")
     out = tmp_path / "rm"
-    argv = ["reward-model", "train", data, "--base", "tiny-test", "--epochs", "6", "--patience", "0", "--no-cache",
-            "--no-progress", "--out", out]
-    cli = "import sys\nfrom rlhf_interp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    argv = _rm_argv(rm_pairs, out)
     go = tmp_path / "go"
     # The child pauses once epoch 2's validation record is written, so the signal lands mid-training however
     # fast or loaded the machine is (a polling race let a quick child finish all 6 epochs first).
@@ -1195,10 +1215,10 @@ def test_interrupted_reward_model_train_resumes(d, tmp_path, sig):
                            "        print('READY', flush=True)\n"
                            "        while not os.path.exists(os.environ['GO']):\n"
                            "            time.sleep(0.05)\n"
-                           "training.append_jsonl = append\n" + cli)
-    proc = _python(pause_after_epoch_2, *argv, env={"GO": str(go)})
+                           "training.append_jsonl = append\n" + _CLI)
+    proc = forks.spawn(pause_after_epoch_2, *argv, env={"GO": str(go)})
     try:
-        _wait_ready(proc)
+        proc.wait_for_line("READY")
         proc.send_signal(sig)
     finally:
         go.touch()
@@ -1210,17 +1230,14 @@ def test_interrupted_reward_model_train_resumes(d, tmp_path, sig):
     assert "of 6 epoch(s)" in text and "--resume" in text, err
     assert (out / "training_state.pt").exists() and not (out / "model").exists()
 
-    resumed = _python(cli, *argv, "--resume")
-    _, err = resumed.communicate(timeout=900)
+    resumed = forks.run(_CLI, *argv, "--resume", timeout=900)
+    _, err = resumed.communicate()
     assert resumed.returncode == 0, err
     epochs = [(r["epoch"], r["split"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
     assert epochs == [(0, "val")] + [(e, s) for e in range(1, 7) for s in ("train", "val")]
     assert not (out / "training_state.pt").exists()
 
-    whole = tmp_path / "whole"  # uninterrupted, in a process like the others (same threads, same numbers)
-    uninterrupted = _python(cli, *argv[:-1], whole)
-    _, err = uninterrupted.communicate(timeout=900)
-    assert uninterrupted.returncode == 0, err
+    whole = rm_uninterrupted
     for name in ("model.safetensors", "reward_head.safetensors"):
         a, b = load_file(str(whole / "model" / name)), load_file(str(out / "model" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
