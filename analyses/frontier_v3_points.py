@@ -24,6 +24,8 @@ The study's choices (everything else is `rlhf_interp.frontier.v3_round` / `heldo
   between checkpoints to each budget and averaged over seeds;
   the algorithms study's last checkpoints of seed 0 (PPO, GRPO, RLOO, DPO: the CPU budget of this round).
 - best-of-n from a pool of 16 base samples per report prompt, n = 1, 2, 4, 8.
+- top_two (run after the others): the top two edits at 1 and 2 nats sampled again with seeds 1, 2, ... up to 12 and
+  16 samples per report prompt (`TOP_TWO_SAMPLES`), so that their paired difference is decided or within +-0.15.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
-PARTS = ("base", "algorithms", "trajectory", "prompting", "steering", "rank_one", "amplification", "best_of_n")
+PARTS = ("base", "algorithms", "trajectory", "prompting", "steering", "rank_one", "amplification", "best_of_n",
+         "top_two")
 TRAJECTORY = [Path(f"runs/frontier_ppo_s{s}") for s in (0, 1, 2)]
 ALGORITHMS = {a: [Path(f"runs/algorithms/{a.lower()}_s0")] for a in ("PPO", "GRPO", "RLOO", "DPO")}
 STEERING = (("contrastive", 20), ("fine-tuning direction", 28))  # v2's best layer of each vector
@@ -45,6 +48,11 @@ def layers(model) -> list[int]:
     n = int(model.cfg.n_layers)
     return [layer for layer in LAYERS if layer < n] or [n - 1]
 BEST_OF_N, POOL = (1, 2, 4, 8), 16
+# Samples per report prompt for the top two methods at a budget (part top_two). The 2-sample round: steering minus
+# rank-one 0.04 [-0.20, 0.28] at 1 nat and 0.12 [-0.16, 0.41] at 2 nats. The interval shrinks about as
+# 1/sqrt(samples) (the noise is almost all within a prompt): 12 samples put 1 nat's half-width near 0.10 (bounded
+# within +-0.15 if the difference stays near 0.04) and 16 put 2 nats' near 0.10 (decided if it stays near 0.12).
+TOP_TWO_SAMPLES = {1.0: 12, 2.0: 16}
 
 
 def checkpoint_points(rnd, name: str, kind: str, runs: list[Path], which: str, only: list[int] | None = None) -> None:
@@ -86,9 +94,10 @@ def report_choices(rnd, part: str, chosen: pd.DataFrame, make, model=None, refer
         setting = str(c.get("setting", ""))
         key = f"{part}_{c.get('family', 0)}_{float(c['strength']):.4g}"
         extra = labels(c) if labels else {}
+        edit = make(c)
+        rnd.makers[key] = (model if model is not None else rnd.setup.base, edit, reference)  # for part top_two
         rnd.measure(key, {"method": c["method"], "kind": part, "setting": setting, "strength": float(c["strength"]),
-                          "selected_on": "selection split", **extra},
-                    model if model is not None else rnd.setup.base, make(c), reference=reference)
+                          "selected_on": "selection split", **extra}, *rnd.makers[key])
         choices.append({"key": key, "budget": c["budget"], "hit": bool(c["hit"]), "selection_kl": c["selection_kl"],
                         "selection_reward": c["selection_reward"], "selected_from": c.get("selected_from")})
     rnd.save_choices(part, choices)
@@ -169,6 +178,41 @@ def part_best_of_n(rnd, ctx) -> None:
     _, per_prompt, _ = evaluate_best_of_n(s.base, s.report_prompts, s.reward, BEST_OF_N, pool_size=POOL,
                                           max_new_tokens=s.max_new_tokens, seed=s.seed)
     per_prompt.to_csv(path, index=False)
+
+
+def part_top_two(rnd, ctx) -> None:
+    """More samples for the top two methods at each budget of `TOP_TWO_SAMPLES` (their own settings and report
+    prompts, sampling seeds 1, 2, ...; both methods get the same seeds). Edits only: a PPO or best-of-n member of a
+    top two is noted and left at its samples (its points are many checkpoints / a pool). New samples can change
+    which two lead, so the top two are read again until every edit in them has its samples."""
+    import math
+
+    from rlhf_interp.frontier.v3_assemble import EDIT_PARTS, at_budgets
+
+    part_of = {method: part for part, method in EDIT_PARTS.items()}
+    per_seed, first = rnd.setup.samples_per_prompt, rnd.setup.seed + 1
+    while True:
+        at, comparisons, _ = at_budgets(rnd.work, rnd.budgets)
+        wanted: dict[str, int] = {}  # key -> samples per prompt
+        for budget, samples in TOP_TWO_SAMPLES.items():
+            top = comparisons[(comparisons["budget"] == budget) & (comparisons["comparison"] == "top two")]
+            for method in (top[["a", "b"]].iloc[0].tolist() if len(top) else []):
+                if method not in part_of:
+                    rnd.notes.append(f"top_two: {method} at {budget:g} nats is not an edit; left at its samples")
+                    continue
+                key = at[(at["budget"] == budget) & (at["method"] == method)].iloc[0]["key"]
+                wanted[key] = max(wanted.get(key, 0), samples)
+        seeds = {key: range(first, rnd.setup.seed + math.ceil(n / per_seed)) for key, n in wanted.items()}
+        todo = {key: [s for s in want if s not in rnd.points.extra_seeds(key)] for key, want in seeds.items()}
+        if not any(todo.values()):
+            return
+        unbuilt = [key for key, seeds_left in todo.items() if seeds_left and key not in rnd.makers]
+        for part in sorted({part_of[m] for m in at.loc[at["key"].isin(unbuilt), "method"]}):
+            globals()[f"part_{part}"](rnd, ctx)  # its points are done: this only rebuilds its edits (rnd.makers)
+        for target in sorted(set(wanted.values())):  # seed by seed: a kill leaves the two of a budget level
+            for seed in range(first, rnd.setup.seed + math.ceil(target / per_seed)):
+                for key in [k for k, n in wanted.items() if n == target and seed in todo[k]]:
+                    rnd.measure_extra(key, seed, *rnd.makers[key])
 
 
 def main(argv=None) -> None:

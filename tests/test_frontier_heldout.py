@@ -119,6 +119,34 @@ def test_the_round_runs_on_the_tiny_model_and_its_claims_reach_the_page(tmp_path
             assert top["verdict"] and top["n"]["prompts"] == 6 and top["n"]["samples_per_prompt"] == 2
     assert (page / "answer_v3.png").exists() and (page / "capability.png").exists()
 
+    # part top_two: the top two edits at 0.3 nats sampled again (seed 1) up to 4 samples per prompt
+    monkeypatch.setattr(script, "TOP_TWO_SAMPLES", {0.3: 4})
+    args = ["--base", "tiny-test", "--report-prompts", "6", "--selection-prompts", "3", "--samples", "2",
+            "--capability-texts", "4", "--budgets", "0.3,0.6", "--work-dir", str(tmp_path / "work"), "--out", str(out),
+            "--parts", "top_two"]
+    script.main(args)
+    at = pd.read_csv(out / "v3_at_budget.csv")
+    top = pd.read_csv(out / "v3_comparisons.csv").query("budget == 0.3 and comparison == 'top two'").iloc[0]
+    edits = at[(at["budget"] == 0.3) & at["method"].isin([top["a"], top["b"]]) & at["key"].notna()]
+    # the top two as they stand after the new samples (which can reorder them): every edit in them has 4 per prompt
+    assert len(edits) >= 1 and (edits["samples_per_prompt"] == 4).all() and (edits["extra_seeds"] == 1).all()
+    seqs = pd.read_csv(out / "v3_sequences.csv")
+    for row in edits.itertuples():
+        mine = seqs[seqs["key"] == row.key]
+        assert sorted(mine["sample_seed"].unique()) == [0, 1] and len(mine) == 6 * 4
+        assert row.reward_mean == pytest.approx(mine.groupby("prompt_idx")["reward"].mean().mean())
+        assert row.kl_report == pytest.approx(mine.groupby("prompt_idx")["kl_exact"].mean().mean())
+        own, extra = (mine[mine["sample_seed"] == s]["continuation"].tolist() for s in (0, 1))
+        assert own != extra  # new draws, not the point's samples again
+    if len(edits) == 2:  # both members edits: the pair rests on 4 samples per prompt, and the claim says so
+        assert top["samples_per_prompt"] == 4
+        claims = {c["id"]: c for c in json.loads((analysis.render(out).save() / "report.json").read_text())["claims"]}
+        assert claims["v3_top_two_at_0_3_nats"]["n"]["samples_per_prompt"] == 4
+    extra_files = sorted((tmp_path / "work" / "points" / "extra").glob("*.json"))
+    script.main(args)  # resumable: nothing measured again
+    assert sorted((tmp_path / "work" / "points" / "extra").glob("*.json")) == extra_files
+    assert all(json.loads(p.read_text())["cpu_seconds"] > 0 for p in extra_files)
+
 
 def test_fluency_taken_from_the_reference_pass_is_the_base_models_nll(tiny):
     """measure_point reuses score_generation's base pass for fluency (a steering edit on the base model, scored

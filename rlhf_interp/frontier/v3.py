@@ -103,6 +103,16 @@ def at_budget_figure(at: pd.DataFrame, reward_label: str):
     return fig
 
 
+def _extra_note(at: pd.DataFrame) -> str:
+    """The caption's sentence on settings sampled again with more seeds (the top two at a budget), if any."""
+    if "extra_seeds" not in at or not (at["extra_seeds"].fillna(0) > 0).any():
+        return ""
+    more = at[at["extra_seeds"].fillna(0) > 0]
+    items = "; ".join(f"{r.method} at {r.budget:g} nats: {int(r.samples_per_prompt)}" for r in more.itertuples())
+    return (f" The top two edits at a budget were sampled again with other sampling seeds (shared by both), so "
+            f"their intervals and paired difference rest on more samples per prompt ({items}).")
+
+
 def heldout_section(report, at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataFrame, meta: dict,
                     reward_label: str) -> None:
     """The held-out, paired round: the answer figure, its table, the paired differences, every point, and the
@@ -115,7 +125,7 @@ def heldout_section(report, at: pd.DataFrame, comparisons: pd.DataFrame, points:
         f"prefix, amplification factor) and strength chosen on {meta['selection_prompts']} other prompts; PPO: 3 "
         "training seeds, each prompt's reward interpolated linearly in KL between the two checkpoints around the "
         "budget, then averaged over seeds; best-of-n: a pool of 16 base samples per prompt, interpolated between n. "
-        "A method without a mark at a budget did not reach it (see the table)."))
+        "A method without a mark at a budget did not reach it (see the table)." + _extra_note(at)))
     report.table("v3_at_budget", at, caption="Reward at each budget per method with its 95% interval (n_prompts, "
                  "samples_per_prompt, seeds); kl_report: the chosen setting's KL on the report prompts (on the "
                  "selection prompts it was within 15% of the budget: hit); capability_delta: next-token NLL change on the held-out "
@@ -123,7 +133,8 @@ def heldout_section(report, at: pd.DataFrame, comparisons: pd.DataFrame, points:
     if len(comparisons):
         report.table("v3_comparisons", comparisons, caption="Paired differences in reward (a - b, periods), per "
                      "budget: the top two, and every method against steering and against PPO; 95% t intervals over "
-                     "the prompts both have.", show=40)
+                     "the prompts both have; samples_per_prompt: the fewer of the two methods' samples per prompt.",
+                     show=40)
     report.table("v3_points", points, caption="Every measured point of this round (one row per checkpoint or chosen "
                  "edit setting), with reward, KL, capability and fluency intervals.", show=20)
     capability_section(report, points, {**meta, "notes": []}, which=(

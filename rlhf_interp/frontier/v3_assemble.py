@@ -49,6 +49,12 @@ def _trajectory_series(points: Points, rows: pd.DataFrame, texts: pd.DataFrame, 
     return reward, seeds, nll
 
 
+def _samples(points: Points, key: str, own: int) -> int:
+    """Samples per prompt behind a point's per-prompt means: its own and those of its extra seeds."""
+    seqs = points.sequences(key)
+    return int(round(len(seqs) / seqs["prompt_idx"].nunique())) if len(seqs) else own
+
+
 def _best_of_n_series(table: pd.DataFrame, budget: float) -> pd.Series | None:
     tables = [g.set_index("prompt_idx").rename(columns={"kl": "kl_exact"}) for _, g in table.groupby("n", sort=True)]
     return interpolate_at(tables, budget)
@@ -68,9 +74,10 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
             choices[part] = json.loads(path.read_text())
     bon = pd.read_csv(work / "best_of_n_per_prompt.csv") if (work / "best_of_n_per_prompt.csv").exists() else None
     samples = int(rows["samples_per_prompt"].max())
-    out, series = [], {}
+    out, series, samples_at = [], {}, {}
     for budget in budgets:
         at: dict[str, pd.Series] = {}
+        samples_of: dict[str, int] = {}  # per method: samples per prompt behind its per-prompt means
         for part, method in EDIT_PARTS.items():
             for c in choices.get(part, []):
                 if float(c["budget"]) != float(budget) or not points.done(c["key"]):
@@ -87,8 +94,13 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
                          "capability_delta_high": row.get("capability_nll_delta_high"),
                          "how": "strength chosen on the selection split, reported on the report split"}
                 if c["hit"]:
-                    at[method] = per_prompt(points.sequences(c["key"]))["reward"]
-                    entry.update(level(at[method]))
+                    pp = per_prompt(points.sequences(c["key"]))
+                    at[method], samples_of[method] = pp["reward"], _samples(points, c["key"], samples)
+                    entry.update(level(at[method]), samples_per_prompt=samples_of[method],
+                                 extra_seeds=len(points.extra_seeds(c["key"])))
+                    if entry["extra_seeds"]:  # KL over every sample of the setting, not only the point's own
+                        kl = mean_interval(pp["kl_exact"].to_numpy())
+                        entry.update(kl_report=kl.value, kl_report_low=kl.low, kl_report_high=kl.high)
                 else:
                     entry["how"] = f"budget not reached on the selection split (closest: {c['selection_kl']:.2f} nats)"
                 out.append(entry)
@@ -100,7 +112,7 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
                      "how": "per prompt, linear in KL between the two checkpoints that bracket the budget, per seed; "
                             "mean over seeds"}
             if reward is not None:
-                at[PPO] = reward
+                at[PPO], samples_of[PPO] = reward, samples
                 entry.update(level(reward))
                 d = mean_interval((nll - base_texts).dropna().to_numpy())
                 entry.update(capability_delta=d.value, capability_delta_low=d.low, capability_delta_high=d.high)
@@ -115,27 +127,39 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
                      "how": "expected best of n per prompt, linear in measured KL between two n (the base model: "
                             "capability unchanged)"}
             if reward is not None:
-                at[BON] = reward
+                at[BON], samples_of[BON] = reward, 16
                 entry.update(level(reward))
             else:
                 entry["how"] = "outside the KL range of n <= 8"
             out.append(entry)
         series[budget] = at
+        samples_at[budget] = samples_of
     comparisons = []
     for budget, at in series.items():
+        fewest = lambda a, b: min(samples_at[budget][a], samples_at[budget][b])  # noqa: E731 (n of a pair)
         best = top_two(at)
         if best is not None:
             comparisons.append({"budget": budget, "comparison": "top two", "a": best["first"], "b": best["second"],
-                                **{k: best[k] for k in ("difference", "low", "high", "n_prompts")}})
+                                **{k: best[k] for k in ("difference", "low", "high", "n_prompts")},
+                                "samples_per_prompt": fewest(best["first"], best["second"])})
         for ref in ("steering", PPO):
             if ref not in at:
                 continue
             for method, s in at.items():
                 if method != ref:
                     comparisons.append({"budget": budget, "comparison": f"vs {ref}", "a": method, "b": ref,
-                                        **paired_difference(s, at[ref])})
-    columns = ["budget", "comparison", "a", "b", "difference", "low", "high", "n_prompts"]
+                                        **paired_difference(s, at[ref]), "samples_per_prompt": fewest(method, ref)})
+    columns = ["budget", "comparison", "a", "b", "difference", "low", "high", "n_prompts", "samples_per_prompt"]
     return pd.DataFrame(out), pd.DataFrame(comparisons, columns=columns), series
+
+
+def _all_sequences(points: Points, seed: int) -> pd.DataFrame:
+    """Every measured sequence, the extra seeds' too, with the sampling seed of each."""
+    columns = ["key", "prompt_idx", "reward", "kl_exact", "fluency_nll", "n_new_tokens", "continuation"]
+    own = points.table("sequences")[columns].assign(sample_seed=seed)
+    extras = [pd.read_csv(p)[columns + ["sample_seed"]] for p in sorted(points.extra_dir.glob("*__sequences.csv"))] \
+        if points.extra_dir.exists() else []
+    return pd.concat([own, *extras], ignore_index=True)
 
 
 def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> None:
@@ -154,8 +178,7 @@ def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> 
     selection = [pd.read_csv(p).assign(part=p.stem.removeprefix("selection_")) for p in sorted(work.glob("selection_*.csv"))]
     tables = {"v3_points": rows, "v3_at_budget": at, "v3_comparisons": comparisons,
               "v3_choices": pd.DataFrame(choices), "v3_selection": pd.concat(selection) if selection else None,
-              "v3_sequences": points.table("sequences")[["key", "prompt_idx", "reward", "kl_exact", "fluency_nll",
-                                                         "n_new_tokens", "continuation"]],
+              "v3_sequences": _all_sequences(points, int(meta.get("seed", 0))),
               "v3_capability": points.table("texts")}
     if (work / "best_of_n_per_prompt.csv").exists():
         tables["v3_best_of_n"] = pd.read_csv(work / "best_of_n_per_prompt.csv")
@@ -166,7 +189,8 @@ def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> 
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     config["v3"] = {**meta, "budgets": list(budgets), "capability_source": SOURCE_NOTE,
                     "capability_tokens": int(points.table("texts").query("key == 'base'")["n_tokens"].sum()),
-                    "cpu_seconds_points": float(rows.get("cpu_seconds", pd.Series(dtype=float)).sum())}
+                    "cpu_seconds_points": float(rows.get("cpu_seconds", pd.Series(dtype=float)).sum()),
+                    "cpu_seconds_extra_samples": float(sum(r.get("cpu_seconds", 0.0) for r in points.extra_rows()))}
     atomic_write_json(config_path, config)
     (out / "v3.json").unlink(missing_ok=True)
     print(f"wrote {len(tables)} v3 tables into {out} ({len(rows)} points)")

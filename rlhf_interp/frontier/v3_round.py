@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,11 +22,14 @@ from rlhf_interp.frontier.heldout import choose_per_budget
 
 
 class Points:
-    """One JSON row + per-sequence and per-text CSVs per finished point in ``<work>/points`` (resumable)."""
+    """One JSON row + per-sequence and per-text CSVs per finished point in ``<work>/points`` (resumable), and a
+    point's extra samples (`Round.measure_extra`: the same setting sampled again with other seeds) in
+    ``<work>/points/extra``."""
 
     def __init__(self, work: Path):
         self.dir = Path(work) / "points"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.extra_dir = self.dir / "extra"
 
     def done(self, key: str) -> bool:
         return (self.dir / f"{key}.json").exists()
@@ -40,8 +43,29 @@ class Points:
     def rows(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in sorted(self.dir.glob("*.json"))]
 
-    def sequences(self, key: str) -> pd.DataFrame:
-        return pd.read_csv(self.dir / f"{key}__sequences.csv")
+    def sequences(self, key: str, extras: bool = True) -> pd.DataFrame:
+        """The point's sequences; with ``extras`` also those of its extra seeds (column ``sample_seed``: the
+        sampling seed of each row, NaN for the point's own)."""
+        own = pd.read_csv(self.dir / f"{key}__sequences.csv")
+        more = [pd.read_csv(self._extra(key, seed)) for seed in self.extra_seeds(key)] if extras else []
+        return pd.concat([own, *more], ignore_index=True) if more else own
+
+    def _extra(self, key: str, seed: int) -> Path:
+        return self.extra_dir / f"{key}__seed{seed}__sequences.csv"
+
+    def extra_seeds(self, key: str) -> list[int]:
+        """Sampling seeds of the point's finished extra samples, in order."""
+        found = self.extra_dir.glob(f"{key}__seed*.json") if self.extra_dir.exists() else []
+        return sorted(int(p.stem.rsplit("__seed", 1)[1]) for p in found)
+
+    def save_extra(self, key: str, seed: int, seqs: pd.DataFrame, row: dict) -> None:
+        self.extra_dir.mkdir(parents=True, exist_ok=True)
+        seqs.assign(key=key, sample_seed=seed).to_csv(self._extra(key, seed), index=False)
+        atomic_write_json(self.extra_dir / f"{key}__seed{seed}.json", {"key": key, "seed": seed, **row})  # last
+
+    def extra_rows(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.extra_dir.glob("*.json"))] if self.extra_dir.exists() \
+            else []
 
     def table(self, suffix: str) -> pd.DataFrame:
         frames = [pd.read_csv(p) for p in sorted(self.dir.glob(f"*__{suffix}.csv"))]
@@ -56,6 +80,7 @@ class Round:
     work: Path
     budgets: Sequence[float]
     notes: list[str] = field(default_factory=list)
+    makers: dict[str, tuple] = field(default_factory=dict)  # point key -> (model, edit, reference) that measured it
 
     def __post_init__(self) -> None:
         self.work = Path(self.work)
@@ -75,6 +100,22 @@ class Round:
                   f"delta {row.get('capability_nll_delta_mean', float('nan')):+.3f}  fluency "
                   f"{row['fluency_nll_mean']:.2f}  ({row['cpu_seconds']:.0f} s CPU)", flush=True)
         return json.loads((self.points.dir / f"{key}.json").read_text())
+
+    def measure_extra(self, key: str, seed: int, model, edit=None, reference=None) -> None:
+        """More samples of a measured point: the same model, edit and report prompts sampled with sampling seed
+        ``seed`` (``samples_per_prompt`` per prompt again; capability not re-measured). Skipped when done.
+        Another method's extra samples with the same seed share its random numbers, as the point's own do."""
+        from rlhf_interp.frontier.new_methods import measure_point
+
+        if seed == self.setup.seed or seed in self.points.extra_seeds(key):
+            return
+        start = time.process_time()
+        row, seqs, _ = measure_point(replace(self.setup, seed=seed), model, edit, reference=reference,
+                                     capability=False)
+        row["cpu_seconds"] = time.process_time() - start
+        self.points.save_extra(key, seed, seqs, row)
+        print(f"[{key} seed {seed}] reward {row['reward_mean']:.2f}  KL {row['kl_exact_mean']:.2f}  "
+              f"({row['cpu_seconds']:.0f} s CPU)", flush=True)
 
     def select(self, part: str, model, families, *, reference=None, rel_tol: float = 0.15,
                max_evals_per_budget: int = 4) -> pd.DataFrame:

@@ -23,6 +23,13 @@ def _n(row: pd.Series, prompts_key: str = "n_prompts") -> dict[str, int]:
             "seeds": int(row.get("seeds", 1))}
 
 
+def _pair_samples(comparison, default: int) -> int:
+    """Samples per prompt behind a paired difference: the fewer of its two methods' (recorded since the top two
+    got extra samples), else the round's."""
+    value = comparison.get("samples_per_prompt") if hasattr(comparison, "get") else None
+    return int(value) if value is not None and pd.notna(value) else int(default)
+
+
 def _id(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
@@ -47,7 +54,7 @@ def heldout_claims(at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataF
             c = top.iloc[0]
             first = reached[reached["method"] == c["a"]].iloc[0]
             seeds = int(max(reached.loc[reached["method"].isin([c["a"], c["b"]]), "seeds"]))
-            n = {"prompts": int(c["n_prompts"]), "samples_per_prompt": samples, "seeds": seeds}
+            n = {"prompts": int(c["n_prompts"]), "samples_per_prompt": _pair_samples(c, samples), "seeds": seeds}
             diff = Interval(float(c["difference"]), float(c["low"]), float(c["high"]), n=n)
             out.append(Claim.compare(
                 f"v3_top_two_at_{_tag(budget)}_nats",
@@ -69,7 +76,8 @@ def heldout_claims(at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataF
             for c in rows.itertuples():
                 seeds = int(max(reached.loc[reached["method"].isin([c.a, c.b]), "seeds"]))
                 diff = Interval(float(c.difference), float(c.low), float(c.high),
-                                n={"prompts": int(c.n_prompts), "samples_per_prompt": samples, "seeds": seeds})
+                                n={"prompts": int(c.n_prompts), "samples_per_prompt": _pair_samples(c._asdict(), samples),
+                                   "seeds": seeds})
                 out.append(Claim.compare(
                     _id(f"v3_{c.a}_vs_{ref}_at_{_tag(budget)}_nats"),
                     "At {budget} {nats}, {a} minus {b}: {value} {ci} periods; {verdict}.", diff, c.a, c.b,
