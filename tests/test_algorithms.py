@@ -20,6 +20,10 @@ from rlhf_interp.ppo.algorithms.rloo import leave_one_out_advantages
 from rlhf_interp.ppo.kl_penalty import KLPenalty, kl_options
 from rlhf_interp.core.kl import kl_reward_terms
 
+# tests/test_crash_safety.py's fork server (a module fixture): the kill tests' runs are real processes forked from
+# one interpreter that has made the child script's imports, so none pays ~6 s CPU of imports.
+from test_crash_safety import server  # noqa: F401
+
 GROUP_ALGORITHMS = ("grpo", "rloo")
 # The placements whose gradient these tests prove per algorithm (the sequence placement's bank term does not pass
 # through the advantages: tests/test_kl_gradients.py covers it for every algorithm alike).
@@ -231,7 +235,7 @@ def _crash_child(alg: str, pairs: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_runs(tmp_path_factory):
+def uninterrupted_runs(tmp_path_factory, server):
     """One uninterrupted run per algorithm, made when first asked for and shared by that algorithm's kill tests."""
     import test_crash_safety as crash
 
@@ -243,7 +247,7 @@ def uninterrupted_runs(tmp_path_factory):
             pairs = write_pairs(tmp / "pairs.jsonl")
             original, crash.CHILD = crash.CHILD, _crash_child(alg, pairs)
             try:
-                assert crash._run(tmp, tmp / "full", "fresh") == 0
+                assert crash._run(server, tmp / "full", "fresh") == 0
             finally:
                 crash.CHILD = original
             made[alg] = (tmp / "full", pairs)
@@ -260,7 +264,7 @@ KILL_CASES = [("grpo", ["mid_phase:5"]), ("rloo", ["mid_phase:5"]), ("dpo", ["mi
 
 
 @pytest.mark.parametrize("alg,kills", KILL_CASES, ids=["+".join(ks) + "-" + a for a, ks in KILL_CASES])
-def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path_factory, uninterrupted_runs, alg, kills):
+def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path_factory, server, uninterrupted_runs, alg, kills):
     import test_crash_safety as crash
 
     full, pairs = uninterrupted_runs(alg)
@@ -268,10 +272,10 @@ def test_sigkill_then_resume_writes_the_uninterrupted_files(tmp_path_factory, un
     crash.CHILD, original = _crash_child(alg, pairs), crash.CHILD
     try:
         run = tmp / "run"
-        assert crash._run(tmp, run, "fresh", kills[0]) == -9
+        assert crash._run(server, run, "fresh", kills[0]) == -9
         for spec in kills[1:]:
-            assert crash._run(tmp, run, "resume", spec) == -9
-        assert crash._run(tmp, run, "resume") == 0
+            assert crash._run(server, run, "resume", spec) == -9
+        assert crash._run(server, run, "resume") == 0
         crash.assert_same_outputs(full, run)
     finally:
         crash.CHILD = original
