@@ -6,7 +6,8 @@ parsed. The command-line examples continue each other, and so do the Python ones
 block of the same kind wrote is linked in (the CLI's ``runs/rm`` is not the Python example's). Markers in the README, on the line before a block, say what happens instead:
 
 - ``<!-- readme-test: skip: REASON -->``: not run, for the reason given (long training, other tools' outputs);
-- ``<!-- readme-test: replace "OLD" "NEW" ... -->``: run with each OLD replaced by NEW (e.g. a smaller config).
+- ``<!-- readme-test: replace "OLD" "NEW" ... -->``: run with each OLD replaced by NEW (e.g. a smaller config;
+  ``\\"`` is a quote inside OLD or NEW).
 
 In shell lines, ``[optional]`` parts of a synopsis are dropped.
 
@@ -88,7 +89,7 @@ def readme_blocks(text: str) -> list[Block]:
             if directive.startswith("skip"):
                 block.skip = directive.partition(":")[2].strip() or "marked skip"
             elif directive.startswith("replace"):
-                pairs = re.findall(r'"((?:[^"\\]|\\.)*)"', directive)
+                pairs = [re.sub(r"\\(.)", r"\1", text) for text in re.findall(r'"((?:[^"\\]|\\.)*)"', directive)]
                 assert len(pairs) % 2 == 0, f"README line {start + 1}: replace needs OLD NEW pairs"
                 block.replace = list(zip(pairs[::2], pairs[1::2]))
             else:
