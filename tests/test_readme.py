@@ -11,13 +11,14 @@ block of the same kind wrote is linked in (the CLI's ``runs/rm`` is not the Pyth
 
 In shell lines, ``[optional]`` parts of a synopsis are dropped.
 
-Processes: a fresh interpreter spends ~7 s importing torch, transformers and transformer_lens, most of a small
-block's time. So the Python blocks and the shell's plain ``rlhf-interp ARGS`` and ``python SCRIPT.py ARGS`` lines
-run in a child forked from one interpreter that imported the toolkit once (`Launcher`): each child still gets the
-command's own argv, working directory, environment, stdout/stderr and exit code, and a fresh copy of the
-interpreter, and ends as the interpreter does (``sys.exit(main())`` for the console script, ``runpy`` as
-``__main__`` for a script). Lines with anything for the shell to do (``&&``, pipes, ``$``, globs) run in bash.
-`test_launcher_passes_on_exit_codes_output_and_timeouts` starts the installed ``rlhf-interp`` script itself.
+Processes: a fresh interpreter spends ~7 s importing torch, transformers and transformer_lens (and ~3 s tearing
+them down), most of a small block's time. So the Python blocks and the shell's plain ``rlhf-interp ARGS`` and
+``python SCRIPT.py ARGS`` lines run in children of one fork server that imported the toolkit once
+(tests/fork_server.py, `run_forked`): each child is a real process with the command's own argv, working directory,
+environment, stdout/stderr and exit code, and ends as the interpreter does (``sys.exit(main())`` for the console
+script, ``runpy`` as ``__main__`` for a script). Lines with anything for the shell to do (``&&``, pipes, ``$``,
+globs) run in bash. `test_forked_commands_pass_on_exit_codes_output_and_timeouts` starts the installed
+``rlhf-interp`` script itself.
 
 The one switch: the embedded model. By default ``RLHF_INTERP_CACHE`` points at the scratch directory, where
 ``smollm2-135m`` is a tiny random model of SmolLM2-135M's shape (30 layers, 9 heads, 3 KV heads, the real
@@ -32,16 +33,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import shlex
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from fork_server import ForkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -134,126 +135,36 @@ def direct_argv(command: str) -> list[str] | None:
     return None
 
 
-def serve() -> None:
-    """The launcher's process: import the toolkit and its libraries, then per request (a JSON line on stdin) fork
-    a child that runs it (`_child`, which never returns); answer its exit code (a JSON line on stdout)."""
-    import gc
-    import importlib
-    import pkgutil
-
-    import rlhf_interp
-    from rlhf_interp.cli import build_parser
-
-    build_parser()
-    for module in pkgutil.walk_packages(rlhf_interp.__path__, "rlhf_interp."):
-        if not module.name.endswith("__main__"):
-            importlib.import_module(module.name)
-    base_path = [p for p in sys.path if p not in ("", str(Path(__file__).resolve().parent))]
-    gc.freeze()   # the children's collections skip (and do not copy) the imported objects
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _child(request, base_path)   # ends the process
-            finally:
-                os._exit(70)   # never back into this loop, whatever failed before the command started
-        deadline = time.monotonic() + request["timeout"]
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                _, status = os.waitpid(pid, 0)
-                break
-            time.sleep(0.05)
-        print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
+def toolkit_modules() -> list[str]:
+    """Every module of the package: what the fork server imports once. The blocks import from all of it and patch
+    nothing, so a preload beyond a fresh process's own first imports hides nothing here (tests/fork_server.py)."""
+    package = ROOT / "rlhf_interp"
+    names = (".".join(p.relative_to(ROOT).with_suffix("").parts) for p in sorted(package.rglob("*.py")))
+    return [n.removesuffix(".__init__") for n in names if not n.endswith("__main__")]
 
 
-def _child(request: dict, base_path: list[str]) -> None:
-    """Become the command: its directory, streams, argv and sys.path (the script's directory first, as python
-    puts it; the console script's bin directory for ``rlhf-interp``), run it, and end as the interpreter ends a
-    program (`_end`)."""
-    os.chdir(request["cwd"])
-    written = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    for fd, name, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], written),
-                            (2, request["stderr"], written)):
-        opened = os.open(name, flags, 0o644)
-        os.dup2(opened, fd)
-        os.close(opened)
-    argv = request["argv"]
+# ``python -c`` code that becomes the console script (sys.exit(main()), its bin directory first on sys.path) or
+# ``python SCRIPT.py`` (runpy as __main__, the script's real directory first), in the directory argv[1] names.
+_CONSOLE_SCRIPT = ("import os, sys; os.chdir(sys.argv[1]); del sys.argv[:2]; "
+                   "sys.path[0] = os.path.dirname(sys.argv[0]); from rlhf_interp.cli import main; sys.exit(main())")
+_PYTHON_SCRIPT = ("import os, runpy, sys; os.chdir(sys.argv[1]); del sys.argv[:2]; "
+                  "sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0])); "
+                  "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def run_forked(server: ForkServer, argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """``rlhf-interp ARGS`` or ``SCRIPT.py ARGS`` run in ``cwd`` by a child of ``server``: its exit code and output,
+    as `subprocess.run` with ``capture_output`` gives them (past ``timeout`` it is killed: exit code -9)."""
+    if argv[0] == "rlhf-interp":
+        child = server.spawn(_CONSOLE_SCRIPT, cwd, Path(sys.executable).parent / "rlhf-interp", *argv[1:])
+    else:
+        child = server.spawn(_PYTHON_SCRIPT, cwd, *argv)
     try:
-        if argv[0] == "rlhf-interp":   # what the console script does: sys.exit(main())
-            script = Path(sys.executable).parent / "rlhf-interp"
-            sys.argv, sys.path[:] = [str(script), *argv[1:]], [str(script.parent), *base_path]
-            from rlhf_interp.cli import main
-
-            sys.exit(main())
-        sys.argv, sys.path[:] = list(argv), [os.path.dirname(os.path.realpath(argv[0])), *base_path]
-        runpy.run_path(argv[0], run_name="__main__")
-        code = 0
-    except SystemExit as stop:   # the interpreter's reading of sys.exit's argument
-        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
-        if not isinstance(stop.code, int) and stop.code is not None:
-            print(stop.code, file=sys.stderr)
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-        code = 1
-    _end(code)
-
-
-def _end(code: int) -> None:
-    """Exit as the interpreter does at the end of a program (non-daemon threads joined, atexit handlers run,
-    unreachable objects collected so an unclosed file is flushed, streams flushed) but without tearing down the
-    thousands of modules the launcher imported: that alone took 3 s a child."""
-    import atexit
-    import gc
-    import threading
-
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    gc.collect()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code & 0xFF)
-
-
-class Launcher:
-    """Runs commands in children of one process that has imported the toolkit (see `serve`)."""
-
-    def __init__(self, cwd: Path, env: dict[str, str]):
-        tests = str(Path(__file__).resolve().parent)
-        self.logs = cwd / "logs"
-        self.logs.mkdir()
-        self.count = 0
-        self.process = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {tests!r}); "
-                                         f"import test_readme; test_readme.serve()"],
-                                        cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def ready(self) -> None:
-        line = self.process.stdout.readline()
-        assert line and json.loads(line).get("ready"), "the README launcher did not start (see stderr above)"
-
-    def run(self, argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-        """``argv`` run in ``cwd``: its exit code and output, as `subprocess.run` with ``capture_output`` gives them
-        (a timeout kills it: exit code -9)."""
-        self.count += 1
-        out, err = self.logs / f"{self.count}.out", self.logs / f"{self.count}.err"
-        request = {"argv": argv, "cwd": str(cwd), "stdout": str(out), "stderr": str(err), "timeout": timeout}
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        assert line, "the README launcher died"
-        return subprocess.CompletedProcess(argv, json.loads(line)["code"], out.read_text(), err.read_text())
-
-    def close(self) -> None:
-        """Stop the launcher (it holds nothing to save: a slow interpreter shutdown is not waited for)."""
-        self.process.kill()
-        self.process.wait(timeout=60)
+        child.wait(timeout)
+    except TimeoutError:
+        pass   # killed and reaped: returncode -9
+    out, err = child.communicate()
+    return subprocess.CompletedProcess(argv, child.returncode, out, err)
 
 
 def write_stand_in(directory: Path) -> None:
@@ -285,16 +196,15 @@ def sandbox(tmp_path_factory):
     if not EMBEDDED:
         env["RLHF_INTERP_CACHE"] = str(work / "cache")
         write_stand_in(work / "cache" / "models" / "smollm2-135m")
-    launcher = Launcher(work, env)
-    launcher.ready()
-    run = launcher.run(["rlhf-interp", "train", "configs/tiny.yaml", "--no-progress", "--out", "runs/periods",
-                        "--set", "model=smollm2-135m", "--set", "max_new_tokens=6"], work, timeout=600)
+    server = ForkServer(toolkit_modules(), work / "forks", env=env)
+    run = run_forked(server, ["rlhf-interp", "train", "configs/tiny.yaml", "--no-progress", "--out", "runs/periods",
+                              "--set", "model=smollm2-135m", "--set", "max_new_tokens=6"], work, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     (work / "texts.txt").write_text("One. Two. Three.\nnone at all\n")
     # per kind of block: runs/NAME -> the directory the first block to write it wrote
     runs = {kind: {"periods": work / "runs" / "periods"} for kind in ("python", "shell")}
-    yield work, env, runs, launcher
-    launcher.close()
+    yield work, env, runs, server
+    server.close()
 
 
 def block_directory(work: Path, block: Block, runs: dict[str, Path]) -> Path:
@@ -326,7 +236,7 @@ def test_readme_has_blocks_and_every_skip_says_why():
 def test_readme_block_runs(block: Block, sandbox):
     if block.skip is not None:
         pytest.skip(f"README line {block.line}: {block.skip}")
-    work, env, all_runs, launcher = sandbox
+    work, env, all_runs, server = sandbox
     runs = all_runs["python" if block.lang == "python" else "shell"]
     code = block.source()
     if block.lang == "json":
@@ -337,13 +247,13 @@ def test_readme_block_runs(block: Block, sandbox):
     folder = block_directory(work, block, runs)
     if block.lang == "python":
         (folder / "block.py").write_text(code)
-        run = launcher.run(["block.py"], folder, timeout=900)
+        run = run_forked(server, ["block.py"], folder, timeout=900)
         assert run.returncode == 0, f"README line {block.line} (python):\n{run.stderr[-4000:]}"
     else:
         assert block.lang in ("", "bash", "sh", "shell"), f"README line {block.line}: no runner for {block.lang!r}"
         for command in shell_commands(code):
             argv = direct_argv(command)
-            run = (launcher.run(argv, folder, timeout=900) if argv is not None else
+            run = (run_forked(server, argv, folder, timeout=900) if argv is not None else
                    subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True,
                                   timeout=900))
             assert run.returncode == 0, (f"README line {block.line}: `{command}` exited {run.returncode}:\n"
@@ -366,20 +276,20 @@ def test_only_lines_the_shell_just_splits_skip_bash():
         assert direct_argv(line) is None, line
 
 
-def test_launcher_passes_on_exit_codes_output_and_timeouts(sandbox, tmp_path):
-    """A block fails when its command does: the launcher's children end with the code and output a process would."""
-    launcher = sandbox[3]
+def test_forked_commands_pass_on_exit_codes_output_and_timeouts(sandbox, tmp_path):
+    """A block fails when its command does: a forked command ends with the code and output a process would."""
+    server = sandbox[3]
     (tmp_path / "exits.py").write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)\n")
     (tmp_path / "raises.py").write_text("raise ValueError('boom')\n")
     (tmp_path / "hangs.py").write_text("import time\ntime.sleep(60)\n")
-    run = launcher.run(["exits.py"], tmp_path, timeout=60)
+    run = run_forked(server, ["exits.py"], tmp_path, timeout=60)
     assert (run.returncode, run.stdout, run.stderr) == (3, "out\n", "err\n")
-    run = launcher.run(["raises.py"], tmp_path, timeout=60)
+    run = run_forked(server, ["raises.py"], tmp_path, timeout=60)
     assert run.returncode == 1 and "ValueError: boom" in run.stderr
-    run = launcher.run(["rlhf-interp", "steer", "--coefs", "x"], tmp_path, timeout=60)
+    run = run_forked(server, ["rlhf-interp", "steer", "--coefs", "x"], tmp_path, timeout=60)
     assert run.returncode == 2 and "rlhf-interp steer: error" in run.stderr
-    assert launcher.run(["hangs.py"], tmp_path, timeout=1).returncode == -signal.SIGKILL
-    # the installed console script the launcher stands in for
+    assert run_forked(server, ["hangs.py"], tmp_path, timeout=1).returncode == -signal.SIGKILL
+    # the installed console script the forked children stand in for
     script = subprocess.run([str(Path(sys.executable).parent / "rlhf-interp"), "--help"], cwd=tmp_path,
                             env=sandbox[1], capture_output=True, text=True, timeout=120)
     assert script.returncode == 0 and "reward-model" in script.stdout, script.stderr
