@@ -54,9 +54,14 @@ LAYERS: dict[str, float] = {
     "cli": 8, "__main__": 9,                              # the command line
     "__init__": 10,                                       # the root facade (lazy re-exports)
 }
-# Third-party modules the fork server imports before its forks, besides those our modules import at their top (found
-# in the source, `top_level_imports`). Ours never: that is what an import cycle needs to show.
-PRELOAD = ("torch", "numpy", "pandas", "transformers", "transformer_lens", "matplotlib.pyplot", "scipy.stats")
+# Third-party modules imported once before the forks (ours never: that is what an import cycle needs to show). The
+# submodules our modules import at their top (transformer_lens.model_bridge alone takes seconds) are here too, or
+# every child would import them again. Hand-picked: preloading every top-level import of our modules (markdown,
+# plotly, each lazy `from transformers import X`) was measured slower, a bigger parent making every fork dearer.
+PRELOAD = ("torch", "numpy", "pandas", "jaxtyping", "tqdm", "yaml", "safetensors", "safetensors.torch", "einops",
+           "transformers", "transformers.models.llama.modeling_llama", "transformer_lens",
+           "transformer_lens.model_bridge", "transformer_lens.hook_points", "matplotlib", "matplotlib.pyplot",
+           "scipy.stats")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,20 +69,14 @@ PRELOAD = ("torch", "numpy", "pandas", "transformers", "transformer_lens", "matp
 
 
 @lru_cache(maxsize=None)
-def _parse_text(text: str) -> tuple[ast.Module, tuple[ast.AST, ...]]:
-    tree = ast.parse(text)
-    return tree, tuple(n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom, ast.Call)))
-
-
-def parse(path: Path) -> ast.Module:
-    """The file's syntax tree, parsed once per distinct text (the checks read every file many times over;
-    nothing here edits a tree)."""
-    return _parse_text(path.read_text())[0]
+def _import_nodes_of(text: str) -> tuple[ast.AST, ...]:
+    return tuple(n for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.Import, ast.ImportFrom, ast.Call)))
 
 
 def import_nodes(path: Path) -> tuple[ast.AST, ...]:
-    """The file's imports and calls, anywhere in it (what the graph is read from), found once per distinct text."""
-    return _parse_text(path.read_text())[1]
+    """The file's imports and calls, anywhere in it (what the graph is read from), parsed once per distinct text:
+    the checks read every file many times over (the layout test re-parsed all of them ~20 times, 25 s)."""
+    return _import_nodes_of(path.read_text())
 
 
 def discover(root: Path = ROOT) -> dict[str, Path]:
@@ -325,39 +324,11 @@ def write_layout(root: Path = ROOT, *, check: bool = False) -> list[Path]:
 # Importing each module alone
 
 
-def top_level_imports(modules: dict[str, Path] | None = None) -> list[tuple[str, tuple[str, ...]]]:
-    """``(module, names)`` of every import of a module not ours that runs when one of ours is imported: the
-    statements at a file's top (also inside its top-level ``if``/``try``/``with``), not those in functions."""
-    modules = modules or discover()
-    found: set[tuple[str, tuple[str, ...]]] = set()
-
-    def visit(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, ast.Import):
-                found.update((a.name, ()) for a in node.names if a.name.split(".")[0] != PACKAGE)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level == 0 and node.module and node.module.split(".")[0] not in (PACKAGE, "__future__"):
-                    found.add((node.module, tuple(a.name for a in node.names)))
-            elif isinstance(node, (ast.If, ast.Try, ast.With)):
-                for block in (node.body, getattr(node, "orelse", []), getattr(node, "finalbody", []),
-                              *(h.body for h in getattr(node, "handlers", []))):
-                    visit(block)
-
-    for path in modules.values():
-        visit(parse(path).body)
-    return sorted(found)
-
-
-def _preload(modules: dict[str, Path]) -> None:
-    """Import what our modules import at their top, names included (a package's lazy attribute, like
-    ``transformers.AutoTokenizer``, loads its submodule only when taken), so no child imports it again."""
-    for name, attrs in [(lib, ()) for lib in PRELOAD] + top_level_imports(modules):
+def _preload() -> None:
+    for lib in PRELOAD:
         try:
-            module = importlib.import_module(name)
-            for attr in attrs:
-                if attr != "*" and not hasattr(module, attr):
-                    importlib.import_module(f"{name}.{attr}")
-        except Exception:  # noqa: BLE001 - a missing or broken library: the child importing it reports that
+            importlib.import_module(lib)
+        except ImportError:  # an optional library: the child importing it reports that
             pass
 
 
@@ -408,8 +379,8 @@ def _import_alone(module: str, extra_path: str | None = None) -> str | None:
 
 
 class FreshImporter:
-    """A fork server for `fresh_imports`: one interpreter imports the third-party libraries our modules import at
-    their top and compiles our source (seconds, once), then forks one child per module, which imports that module
+    """A fork server for `fresh_imports`: one interpreter imports the third-party libraries (`PRELOAD`) and
+    compiles our source (seconds, once), then forks one child per module, which imports that module
     with none of rlhf_interp loaded. Keep one open to check several lists of modules for the preload's price once.
 
         with FreshImporter() as importer:
@@ -458,7 +429,8 @@ def fresh_imports(modules: list[str] | None = None, *, subprocess_each: bool = F
     ``subprocess_each``: a new interpreter per module (slow; the strictest form). ``extra_path`` is put first on
     the path.
     """
-    modules = modules if modules is not None else sorted(discover())
+    if modules is None:  # a `__main__` module runs the command line when imported: not a module to import
+        modules = [m for m in sorted(discover()) if not m.endswith("__main__")]
     if subprocess_each:
         env = dict(os.environ)
         if extra_path:
@@ -482,7 +454,7 @@ def _fork_imports_main() -> None:
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     modules = discover()
-    _preload(modules)
+    _preload()
     loaded = [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]
     assert not loaded, f"the preload imported our code: {loaded}"
     _use_compiled(modules)
