@@ -335,7 +335,7 @@ def _preload() -> None:
 def _use_compiled(modules: dict[str, Path]) -> None:
     """Compile our source once, here: the import system's ``get_code`` returns it to every child. Without this,
     each child compiles every module it imports (under ``PYTHONDONTWRITEBYTECODE``, or with no writable
-    ``__pycache__``, no child's compiling is kept): about half of the children's user CPU time."""
+    ``__pycache__``, no child's compiling is kept; the whole package compiles in ~0.25 s of CPU)."""
     from importlib.machinery import SourceFileLoader
 
     codes = {}
