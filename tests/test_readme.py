@@ -194,17 +194,18 @@ def sandbox(tmp_path_factory):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(ROOT)}
     if not EMBEDDED:
-        env["RLHF_INTERP_CACHE"] = str(work / "cache")
-        write_stand_in(work / "cache" / "models" / "smollm2-135m")
-    server = ForkServer(toolkit_modules(), work / "forks", env=env)
-    run = run_forked(server, ["rlhf-interp", "train", "configs/tiny.yaml", "--no-progress", "--out", "runs/periods",
-                              "--set", "model=smollm2-135m", "--set", "max_new_tokens=6"], work, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    (work / "texts.txt").write_text("One. Two. Three.\nnone at all\n")
-    # per kind of block: runs/NAME -> the directory the first block to write it wrote
-    runs = {kind: {"periods": work / "runs" / "periods"} for kind in ("python", "shell")}
-    yield work, env, runs, server
-    server.close()
+        env["RLHF_INTERP_CACHE"] = str(work / "cache")   # read when a model loads, not at import
+    with ForkServer(toolkit_modules(), work / "forks", env=env) as server:   # imports while the stand-in is written
+        if not EMBEDDED:
+            write_stand_in(work / "cache" / "models" / "smollm2-135m")
+        run = run_forked(server, ["rlhf-interp", "train", "configs/tiny.yaml", "--no-progress", "--out",
+                                  "runs/periods", "--set", "model=smollm2-135m", "--set", "max_new_tokens=6"],
+                         work, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        (work / "texts.txt").write_text("One. Two. Three.\nnone at all\n")
+        # per kind of block: runs/NAME -> the directory the first block to write it wrote
+        runs = {kind: {"periods": work / "runs" / "periods"} for kind in ("python", "shell")}
+        yield work, env, runs, server
 
 
 def block_directory(work: Path, block: Block, runs: dict[str, Path]) -> Path:
