@@ -41,10 +41,12 @@ def machine_info() -> dict:
         except PackageNotFoundError:
             return None
 
-    flags = ""
+    flags, model = "", platform.processor() or None
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next((line for line in lines if line.startswith("flags")), "")
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+    except OSError:
         pass
     try:
         import torch
@@ -55,11 +57,22 @@ def machine_info() -> dict:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cores = os.cpu_count() or 1
     return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu_count": cores, "torch_threads": threads, "machine": platform.machine(),
+            "cpu_count": cores, "cpu_model": model, "torch_threads": threads, "machine": platform.machine(),
             "python": platform.python_version(),
             "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
             "load_average_1min_at_end": load, "noisy": load is not None and load > cores,
             "versions": {n: v(n) for n in ("torch", "transformers", "transformer-lens", "trl", "peft", "rlhf-interp")}}
+
+
+CPU_KEYS = ("cpu_model", "cpu_count", "avx512_bf16", "amx_bf16")  # what makes two results' matmul speeds comparable
+
+
+def same_cpu(recorded: dict, current: dict) -> bool:
+    """Whether a result's machine had this machine's CPU (model, cores, bf16 units), on the keys both record.
+    A VM can move to another host between runs: peaks measured there (AMX bf16 on one host, none on the next)
+    do not describe this one."""
+    shared = [k for k in CPU_KEYS if k in recorded and k in current]
+    return bool(shared) and all(recorded[k] == current[k] for k in shared)
 
 
 def write_result(name: str, result: dict, machine: dict | None = None) -> Path:

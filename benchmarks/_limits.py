@@ -48,13 +48,16 @@ def measure_peaks(n: int = 1024, reps: int = 5) -> dict[str, float]:
 
 def machine_peaks(results: Path, *, n: int = 1024, reps: int = 5) -> dict:
     """``{"fp32", "bf16"}`` GFLOP/s with their ``source``: ``learn_step.json`` in ``results`` if it records
-    them, else measured now (``n`` x ``n`` matmuls)."""
+    them on this machine's CPU (`_bench_common.same_cpu`), else measured now (``n`` x ``n`` matmuls)."""
+    from _bench_common import machine_info, same_cpu
+
     path = Path(results) / "learn_step.json"
     if path.exists():
         data = json.loads(path.read_text())
         peaks = data.get("learn_step", {}).get("peak_gflops", {})
-        if all(isinstance(peaks.get(k), (int, float)) and peaks[k] > 0 for k in PRECISION_BYTES):
-            machine = data.get("machine", {})
+        machine = data.get("machine", {})
+        if all(isinstance(peaks.get(k), (int, float)) and peaks[k] > 0 for k in PRECISION_BYTES) and \
+                same_cpu(machine, machine_info()):
             return {"fp32": float(peaks["fp32"]), "bf16": float(peaks["bf16"]), "source": str(path.name),
                     "measured": machine.get("date"), "threads": machine.get("torch_threads"),
                     "noisy": machine.get("noisy")}

@@ -89,9 +89,13 @@ def _cells(cells: list) -> str:
 
 
 def _machine(machine: dict, timed: bool = True) -> tuple[str, str]:
-    """(when and how: date, threads; whether the machine was quiet: the load against the cores)."""
+    """(when and how: date, threads, the CPU and its bf16 units -- a VM's host can change between runs, and
+    with it every timing; whether the machine was quiet: the load against the cores)."""
     load, cores = machine.get("load_average_1min_at_end"), machine.get("cpu_count", "?")
-    when = f"{machine.get('date', '?')[:10]}, threads {machine.get('torch_threads', '?')}"
+    cpu = machine.get("cpu_model") or "CPU model not recorded"
+    units = "AMX bf16" if machine.get("amx_bf16") else ("AVX-512 bf16, no AMX" if machine.get("avx512_bf16") else "")
+    when = (f"{machine.get('date', '?')[:10]}, threads {machine.get('torch_threads', '?')}; {cpu}"
+            + (f" ({units})" if units else ""))
     if not timed:
         return when, "not a timing"
     if not isinstance(load, (int, float)):

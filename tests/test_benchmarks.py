@@ -179,13 +179,24 @@ def test_matmul_share_tells_a_matmul_from_elementwise_work(monkeypatch):
     assert matmuls["top_ops"][0]["op"] == "aten::mm"
 
 
-def test_machine_peaks_come_from_learn_step_results(tmp_path, monkeypatch):
+def test_machine_peaks_come_from_learn_step_results_of_this_cpu_only(tmp_path, monkeypatch):
+    """Peaks recorded on this CPU are reused; peaks recorded on another (a VM moved from an AMX host to one
+    without) are not: they are measured again."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     limits = importlib.import_module("_limits")
+    common = importlib.import_module("_bench_common")
+    here = {k: common.machine_info()[k] for k in common.CPU_KEYS}
     (tmp_path / "learn_step.json").write_text(json.dumps({
-        "learn_step": {"peak_gflops": {"fp32": 295.3, "bf16": 1708.6}}, "machine": _machine(1.4)}))
+        "learn_step": {"peak_gflops": {"fp32": 295.3, "bf16": 1708.6}}, "machine": {**_machine(1.4), **here}}))
     peaks = limits.machine_peaks(tmp_path)
     assert (peaks["fp32"], peaks["bf16"], peaks["source"]) == (295.3, 1708.6, "learn_step.json")
+    other = {**here, "cpu_model": f"not {here['cpu_model']}", "amx_bf16": not here["amx_bf16"]}
+    (tmp_path / "learn_step.json").write_text(json.dumps({
+        "learn_step": {"peak_gflops": {"fp32": 295.3, "bf16": 1708.6}}, "machine": {**_machine(1.4), **other}}))
+    peaks = limits.machine_peaks(tmp_path, n=128, reps=1)
+    assert peaks["source"].startswith("measured now") and peaks["fp32"] != 295.3
+    assert not common.same_cpu({"amx_bf16": True, "cpu_count": 2}, {"amx_bf16": False, "cpu_count": 2})
+    assert not common.same_cpu({}, here)  # nothing recorded to compare: not taken as the same CPU
 
 
 def test_ppo_phase_states_its_fraction_of_the_measured_limits(tmp_path):
