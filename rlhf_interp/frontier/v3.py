@@ -108,7 +108,8 @@ def _extra_note(at: pd.DataFrame) -> str:
     if "extra_seeds" not in at or not (at["extra_seeds"].fillna(0) > 0).any():
         return ""
     more = at[at["extra_seeds"].fillna(0) > 0]
-    items = "; ".join(f"{r.method} at {r.budget:g} nats: {int(r.samples_per_prompt)}" for r in more.itertuples())
+    items = "; ".join(f"{r.method} at {r.budget:g} nat{'' if r.budget == 1 else 's'}: {int(r.samples_per_prompt)}"
+                      for r in more.itertuples())
     return (f" The top two edits at a budget were sampled again with other sampling seeds (shared by both), so "
             f"their intervals and paired difference rest on more samples per prompt ({items}).")
 
@@ -126,6 +127,12 @@ def heldout_section(report, at: pd.DataFrame, comparisons: pd.DataFrame, points:
         "training seeds, each prompt's reward interpolated linearly in KL between the two checkpoints around the "
         "budget, then averaged over seeds; best-of-n: a pool of 16 base samples per prompt, interpolated between n. "
         "A method without a mark at a budget did not reach it (see the table)." + _extra_note(at)))
+    cost = [f"{meta[k] / 60:.0f} CPU-min {what}" for k, what in (
+        ("cpu_seconds_points", "for the points (each measured on the report prompts with its capability texts)"),
+        ("cpu_seconds_extra_samples", "for the top two's extra samples")) if meta.get(k)]
+    if cost:
+        report.text("Cost of this round: " + "; ".join(cost) + " (one thread; choosing the strengths on the selection "
+                    "prompts is not counted).")
     report.table("v3_at_budget", at, caption="Reward at each budget per method with its 95% interval (n_prompts, "
                  "samples_per_prompt, seeds); kl_report: the chosen setting's KL on the report prompts (on the "
                  "selection prompts it was within 15% of the budget: hit); capability_delta: next-token NLL change on the held-out "

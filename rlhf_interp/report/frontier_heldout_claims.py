@@ -60,11 +60,13 @@ def heldout_claims(at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataF
                 f"v3_top_two_at_{_tag(budget)}_nats",
                 "At {budget} {nats} per sequence the most reward is {first}'s ({first_setting}; {first_kl} nats on "
                 "the report prompts): {first_value} [{first_low}, {first_high}] periods per {tokens} tokens; its "
-                "paired lead over {second} ({second_setting}): {value} {ci}; {verdict}.", diff, c["a"], c["b"],
+                "paired lead over {second} ({second_setting}; {second_kl} nats): {value} {ci}; {verdict}.", diff,
+                c["a"], c["b"],
                 params={**params, "first": c["a"], "second": c["b"], "first_value": float(first["reward_mean"]),
                         "first_low": float(first["reward_low"]), "first_high": float(first["reward_high"]),
                         "first_kl": f"{float(first['kl_report']):.2f}", "first_setting": str(first["setting"]),
-                        "second_setting": str(reached[reached["method"] == c["b"]].iloc[0]["setting"])}))
+                        "second_setting": str(reached[reached["method"] == c["b"]].iloc[0]["setting"]),
+                        "second_kl": f"{float(reached[reached['method'] == c['b']].iloc[0]['kl_report']):.2f}"}))
         for row in here.itertuples():
             if pd.isna(row.reward_mean):
                 out.append(Claim.fact(
