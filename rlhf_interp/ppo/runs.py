@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from rlhf_interp.bridge.run_dirs import RunDir

@@ -77,9 +77,9 @@ def heldout_claims(at: pd.DataFrame, comparisons: pd.DataFrame, points: pd.DataF
             rows = comparisons[(comparisons["budget"] == budget) & (comparisons["comparison"] == f"vs {ref}")]
             for c in rows.itertuples():
                 seeds = int(max(reached.loc[reached["method"].isin([c.a, c.b]), "seeds"]))
-                diff = Interval(float(c.difference), float(c.low), float(c.high),
-                                n={"prompts": int(c.n_prompts), "samples_per_prompt": _pair_samples(c._asdict(), samples),
-                                   "seeds": seeds})
+                n = {"prompts": int(c.n_prompts), "samples_per_prompt": _pair_samples(c._asdict(), samples),
+                     "seeds": seeds}
+                diff = Interval(float(c.difference), float(c.low), float(c.high), n=n)
                 out.append(Claim.compare(
                     _id(f"v3_{c.a}_vs_{ref}_at_{_tag(budget)}_nats"),
                     "At {budget} {nats}, {a} minus {b}: {value} {ci} periods; {verdict}.", diff, c.a, c.b,
