@@ -202,10 +202,11 @@ def summarize(samples: dict[tuple[str, str], list[float]], rollout: dict[str, li
         share = (shares or {}).get(pair["ours_precision"]) or []
         if share:
             floor = median(share) * pair["ours_seconds_median"]
+            ceiling = pair["trl_seconds_median"] / floor
             target = TARGETS.get((pair["ours_precision"], pair["trl_precision"]), 2.0)
             pair["matmul_floor"] = {"matmul_share": median(share), "shares": share, "seconds": floor,
-                                    "ratio_ceiling": pair["trl_seconds_median"] / floor, "target": target,
-                                    "target_within_ceiling": pair["trl_seconds_median"] / floor >= target}
+                                    "ratio_ceiling": ceiling, "target": target,
+                                    "target_within_ceiling": ceiling >= target}
     main_pair = pairs[0]
     quoted = args.batch == 16 and args.new_tokens == 24
     limits = {}

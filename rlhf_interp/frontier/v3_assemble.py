@@ -49,12 +49,6 @@ def _trajectory_series(points: Points, rows: pd.DataFrame, texts: pd.DataFrame, 
     return reward, seeds, nll
 
 
-def _samples(points: Points, key: str, own: int) -> int:
-    """Samples per prompt behind a point's per-prompt means: its own and those of its extra seeds."""
-    seqs = points.sequences(key)
-    return int(round(len(seqs) / seqs["prompt_idx"].nunique())) if len(seqs) else own
-
-
 def _best_of_n_series(table: pd.DataFrame, budget: float) -> pd.Series | None:
     tables = [g.set_index("prompt_idx").rename(columns={"kl": "kl_exact"}) for _, g in table.groupby("n", sort=True)]
     return interpolate_at(tables, budget)
@@ -94,10 +88,12 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
                          "capability_delta_high": row.get("capability_nll_delta_high"),
                          "how": "strength chosen on the selection split, reported on the report split"}
                 if c["hit"]:
-                    pp = per_prompt(points.sequences(c["key"]))
-                    at[method], samples_of[method] = pp["reward"], _samples(points, c["key"], samples)
-                    entry.update(level(at[method]), samples_per_prompt=samples_of[method],
-                                 extra_seeds=len(points.extra_seeds(c["key"])))
+                    seqs = points.sequences(c["key"])  # its own samples and its extra seeds'
+                    pp = per_prompt(seqs)
+                    at[method] = pp["reward"]
+                    samples_of[method] = int(round(len(seqs) / len(pp)))  # per prompt, behind its per-prompt means
+                    extra = seqs["sample_seed"].nunique() if "sample_seed" in seqs else 0  # NaN on its own rows
+                    entry.update(level(at[method]), samples_per_prompt=samples_of[method], extra_seeds=int(extra))
                     if entry["extra_seeds"]:  # KL over every sample of the setting, not only the point's own
                         kl = mean_interval(pp["kl_exact"].to_numpy())
                         entry.update(kl_report=kl.value, kl_report_low=kl.low, kl_report_high=kl.high)
@@ -153,13 +149,13 @@ def at_budgets(work: Path, budgets: Sequence[float]) -> tuple[pd.DataFrame, pd.D
     return pd.DataFrame(out), pd.DataFrame(comparisons, columns=columns), series
 
 
-def _all_sequences(points: Points, seed: int) -> pd.DataFrame:
-    """Every measured sequence, the extra seeds' too, with the sampling seed of each."""
-    columns = ["key", "prompt_idx", "reward", "kl_exact", "fluency_nll", "n_new_tokens", "continuation"]
-    own = points.table("sequences")[columns].assign(sample_seed=seed)
-    extras = [pd.read_csv(p)[columns + ["sample_seed"]] for p in sorted(points.extra_dir.glob("*__sequences.csv"))] \
-        if points.extra_dir.exists() else []
-    return pd.concat([own, *extras], ignore_index=True)
+def _all_sequences(points: Points, keys: Sequence[str], seed: int) -> pd.DataFrame:
+    """Every measured sequence of ``keys``, the extra seeds' too, with the sampling seed of each (``seed``: the
+    round's, on a point's own samples)."""
+    columns = ["key", "prompt_idx", "reward", "kl_exact", "fluency_nll", "n_new_tokens", "continuation",
+               "sample_seed"]
+    frames = [points.sequences(key).reindex(columns=columns) for key in keys]
+    return pd.concat(frames, ignore_index=True).fillna({"sample_seed": seed}).astype({"sample_seed": int})
 
 
 def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> None:
@@ -178,7 +174,7 @@ def assemble(work: Path, out: Path, *, budgets: Sequence[float], meta: dict) -> 
     selection = [pd.read_csv(p).assign(part=p.stem.removeprefix("selection_")) for p in sorted(work.glob("selection_*.csv"))]
     tables = {"v3_points": rows, "v3_at_budget": at, "v3_comparisons": comparisons,
               "v3_choices": pd.DataFrame(choices), "v3_selection": pd.concat(selection) if selection else None,
-              "v3_sequences": _all_sequences(points, int(meta.get("seed", 0))),
+              "v3_sequences": _all_sequences(points, sorted(rows["key"]), int(meta.get("seed", 0))),
               "v3_capability": points.table("texts")}
     if (work / "best_of_n_per_prompt.csv").exists():
         tables["v3_best_of_n"] = pd.read_csv(work / "best_of_n_per_prompt.csv")
